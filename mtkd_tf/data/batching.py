@@ -1,0 +1,123 @@
+"""Multi-task batching (MT-DNN Algorithm 1) as tf.data pipelines.
+
+Each task is cut into task-homogeneous mini-batches; each epoch pools the batches of all
+tasks and shuffles them (`proportional`: every batch of every task exactly once per
+epoch). `temperature` samples tasks with p ~ |D|^tau and `uniform` with p = 1/#tasks.
+Every batch is `(x, y)`: x = model inputs + `task_id`, y = `label` (+ soft targets and
+masks when distilling), the same structure for every task.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.data.readers import SplitData
+
+SAMPLING = ("proportional", "temperature", "uniform")
+_TOKENIZE_CHUNK = 1024
+
+
+def _text_columns(data: SplitData) -> tuple:
+    return (data.text_a,) if data.text_b is None else (data.text_a, data.text_b)
+
+
+def tokenized_dataset(data: SplitData, preprocessor: Preprocessor) -> tf.data.Dataset:
+    """Per-example ragged token ids, tokenised in large batches and cached in memory."""
+    texts = tf.data.Dataset.from_tensor_slices(_text_columns(data))
+    return (
+        texts.batch(_TOKENIZE_CHUNK)
+        .map(preprocessor.tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+        .cache()
+    )
+
+
+def num_batches(size: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return size // batch_size if drop_remainder else math.ceil(size / batch_size)
+
+
+def task_dataset(
+    data: SplitData,
+    task_id: int,
+    preprocessor: Preprocessor,
+    batch_size: int,
+    targets: Mapping[str, np.ndarray] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Task-homogeneous training batches `(x, y)` of one task, reshuffled every pass.
+
+    `targets` are per-example arrays aligned with `data` that join `y` (soft targets and
+    masks); without labels, `y["label"]` is zeros.
+    """
+    labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
+    columns = {"label": np.asarray(labels, np.float32)}
+    for name, values in (targets or {}).items():
+        if len(values) != len(data):
+            raise ValueError(f"{name}: {len(values)} rows for {len(data)} examples of {data.task.name}")
+        columns[name] = np.asarray(values, np.float32)
+    dataset = tf.data.Dataset.zip(
+        tokenized_dataset(data, preprocessor), tf.data.Dataset.from_tensor_slices(columns)
+    )
+    if shuffle:
+        dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.ragged_batch(batch_size, drop_remainder=drop_remainder)
+
+    def to_model_inputs(segments, y):
+        x = preprocessor.pack(*segments)
+        x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
+        return x, y
+
+    return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def inference_dataset(data: SplitData, preprocessor: Preprocessor, batch_size: int) -> tf.data.Dataset:
+    """Model inputs in data order, for evaluation, prediction and soft labelling."""
+    dataset = tokenized_dataset(data, preprocessor).ragged_batch(batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
+    return dataset.map(lambda *segments: preprocessor.pack(*segments), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def batch_schedule(
+    batches_per_task: Sequence[int],
+    epochs: int,
+    sampling: str = "proportional",
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Which task each step trains, for all epochs: one int per step.
+
+    Every epoch has sum(batches_per_task) steps. `proportional` is a shuffled pool of
+    each task's batches (Algorithm 1); the others draw tasks with p ~ n_t^tau.
+    """
+    if sampling not in SAMPLING:
+        raise ValueError(f"task sampling {sampling!r} is not one of {', '.join(SAMPLING)}")
+    counts = np.asarray(batches_per_task, np.int64)
+    if counts.size == 0 or counts.min() <= 0:
+        raise ValueError(f"every task needs at least one batch, got {counts.tolist()}")
+    rng = np.random.default_rng(seed)
+    steps = int(counts.sum())
+    pool = np.repeat(np.arange(len(counts)), counts)
+    epochs_out = []
+    tau = 0.0 if sampling == "uniform" else temperature
+    probabilities = counts.astype(np.float64) ** tau
+    probabilities /= probabilities.sum()
+    for _ in range(epochs):
+        if sampling == "proportional":
+            epochs_out.append(rng.permutation(pool))
+        else:
+            epochs_out.append(rng.choice(len(counts), size=steps, p=probabilities))
+    return np.concatenate(epochs_out).astype(np.int64)
+
+
+def multitask_dataset(task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray) -> tf.data.Dataset:
+    """Interleaves task datasets in `schedule` order: one homogeneous batch per step."""
+    repeated = [dataset.repeat() for dataset in task_datasets]
+    choices = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets(repeated, choices).prefetch(tf.data.AUTOTUNE)

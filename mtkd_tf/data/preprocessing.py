@@ -1,0 +1,80 @@
+"""Tokenisation and packing with keras-hub, applied inside tf.data (no Python per-example loop).
+
+`Preprocessor` turns one or two string tensors into BERT inputs: WordPiece ids from
+keras-hub's `BertTokenizer`, then `MultiSegmentPacker` adds [CLS]/[SEP], segment ids
+and truncates pairs round-robin to `sequence_length`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras_hub
+import tensorflow as tf
+
+FEATURES = ("token_ids", "segment_ids", "padding_mask")
+
+
+def load_tokenizer(vocabulary: str | list[str], lowercase: bool = True) -> keras_hub.models.BertTokenizer:
+    """A BERT WordPiece tokenizer from a vocab.txt path or a token list."""
+    if isinstance(vocabulary, str) and not os.path.isfile(vocabulary):
+        raise FileNotFoundError(f"vocabulary file {vocabulary}: no such file")
+    return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+
+
+class Preprocessor:
+    """Raw text -> `{token_ids, segment_ids, padding_mask}`, split in two halves for tf.data.
+
+    `tokenize` runs once per example (and is cached); `pack` runs per batch, so batches
+    can be padded only to their longest member (`pad_to_multiple_of` bounds the number of
+    distinct shapes; 0 pads every batch to `sequence_length`).
+    """
+
+    def __init__(
+        self,
+        tokenizer: keras_hub.models.BertTokenizer,
+        sequence_length: int,
+        pad_to_multiple_of: int = 16,
+    ):
+        if sequence_length < 3:
+            raise ValueError(f"max_seq_length must be at least 3, got {sequence_length}")
+        self.tokenizer = tokenizer
+        self.sequence_length = sequence_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.packer = keras_hub.layers.MultiSegmentPacker(
+            sequence_length=sequence_length,
+            start_value=tokenizer.cls_token_id,
+            end_value=tokenizer.sep_token_id,
+            pad_value=tokenizer.pad_token_id,
+            truncate="round_robin",
+        )
+
+    def tokenize(self, *texts: tf.Tensor) -> tuple[tf.RaggedTensor, ...]:
+        """Batched strings -> ragged token ids, one tensor per segment."""
+        return tuple(self.tokenizer(text) for text in texts)
+
+    def pack(self, *segments: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+        """Ragged token ids of 1 or 2 segments -> dense model inputs."""
+        token_ids, segment_ids = self.packer(tuple(segments))
+        padding_mask = tf.cast(token_ids != self.tokenizer.pad_token_id, tf.int32)
+        features = {
+            "token_ids": token_ids,
+            "segment_ids": segment_ids,
+            "padding_mask": padding_mask,
+        }
+        if self.pad_to_multiple_of:
+            features = trim_to_longest(features, self.pad_to_multiple_of)
+        return features
+
+    def __call__(self, *texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Batched raw strings -> model inputs (tokenize + pack)."""
+        return self.pack(*self.tokenize(*texts))
+
+
+def trim_to_longest(features: dict[str, tf.Tensor], multiple: int) -> dict[str, tf.Tensor]:
+    """Cuts padding columns beyond the batch's longest sequence, rounded up to `multiple`."""
+    mask = features["padding_mask"]
+    longest = tf.reduce_max(tf.reduce_sum(mask, axis=1))
+    length = (longest + multiple - 1) // multiple * multiple
+    length = tf.minimum(tf.maximum(length, 1), tf.shape(mask)[1])
+    return {name: value[:, :length] for name, value in features.items()}

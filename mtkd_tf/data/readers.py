@@ -1,0 +1,300 @@
+"""Readers: GLUE TSV layouts, custom TSV/CSV files and TFDS, all into `SplitData` columns.
+
+Every example keeps a stable id `<task>/<split>/<row>` (the row's position in its split),
+the key soft labels are attached by. Bad rows raise `DataError` naming file, line and
+problem before any training starts; `skip_bad_rows` turns them into a counted warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mtkd_tf.tasks import CLASSIFICATION, Layout, Task
+
+logger = logging.getLogger(__name__)
+
+TSV = "tsv"
+TFDS = "tfds"
+SOURCES = (TSV, TFDS)
+
+
+class DataError(ValueError):
+    """Input data is missing or malformed; the message says where and how to fix it."""
+
+
+@dataclasses.dataclass
+class SplitData:
+    """One split of one task, as columns. `labels` holds class ids or scores (None: no labels)."""
+
+    task: Task
+    split: str
+    ids: list[str]
+    text_a: list[str]
+    text_b: list[str] | None = None
+    labels: np.ndarray | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, count: int) -> "SplitData":
+        """The first `count` examples (ids unchanged), for quick runs."""
+        if count <= 0 or count >= len(self):
+            return self
+        return dataclasses.replace(
+            self,
+            ids=self.ids[:count],
+            text_a=self.text_a[:count],
+            text_b=None if self.text_b is None else self.text_b[:count],
+            labels=None if self.labels is None else self.labels[:count],
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of ids, texts and labels: soft labels record it to catch changed data."""
+        digest = hashlib.sha256()
+        for i, example_id in enumerate(self.ids):
+            digest.update(example_id.encode())
+            digest.update(b"\0" + self.text_a[i].encode())
+            if self.text_b is not None:
+                digest.update(b"\0" + self.text_b[i].encode())
+            digest.update(b"\n")
+        if self.labels is not None:
+            digest.update(np.asarray(self.labels, np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+class _Rows:
+    """Collects bad rows: raises on the first, or with skip_bad_rows counts and samples them."""
+
+    def __init__(self, path: str, skip_bad_rows: bool):
+        self.path = path
+        self.skip = skip_bad_rows
+        self.bad: list[str] = []
+
+    def bad_row(self, line: int, problem: str) -> None:
+        message = f"{self.path}:{line}: {problem}"
+        if not self.skip:
+            raise DataError(message + " (fix the row, or pass --skip_bad_rows to skip bad rows with a warning)")
+        self.bad.append(message)
+
+    def report(self) -> None:
+        if self.bad:
+            sample = "\n  ".join(self.bad[:5])
+            logger.warning("skipped %d bad row(s) in %s, e.g.:\n  %s", len(self.bad), self.path, sample)
+
+
+def _decode(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _column_index(column, header: list[str] | None, path: str, what: str) -> int:
+    if isinstance(column, int):
+        return column
+    if header is None:
+        raise DataError(f"{path}: {what} column {column!r} is a name but the layout has no header")
+    if column not in header:
+        raise DataError(f"{path}:1: no {what} column {column!r} in header {header}")
+    return header.index(column)
+
+
+def read_delimited(
+    path: str, task: Task, split: str, layout: Layout, skip_bad_rows: bool = False
+) -> SplitData:
+    """Reads one TSV/CSV split of `task` with `layout` into columns, validating every row."""
+    text = _decode(path)
+    quoting = csv.QUOTE_MINIMAL if layout.quoting else csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter, quoting=quoting, strict=True)
+    rows = _Rows(path, skip_bad_rows)
+    header = None
+    try:
+        if layout.header:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: the file is empty (expected a header and rows)")
+        text_at = [_column_index(c, header, path, "text") for c in layout.text_columns]
+        label_at = None
+        if layout.label_column is not None:
+            label_at = _column_index(layout.label_column, header, path, "label")
+        width = len(header) if header is not None else None
+        needed = max(text_at + ([label_at] if label_at is not None else [])) + 1
+        ids, text_a, text_b, labels = [], [], [], []
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if width is not None and len(row) != width:
+                rows.bad_row(line, f"expected {width} columns (as in the header), found {len(row)}")
+                continue
+            if len(row) < needed:
+                rows.bad_row(line, f"expected at least {needed} columns, found {len(row)}")
+                continue
+            label = None
+            if label_at is not None:
+                label, problem = _parse_label(row[label_at].strip(), task)
+                if problem:
+                    rows.bad_row(line, problem)
+                    continue
+            ids.append(f"{task.name}/{split}/{len(ids)}")
+            text_a.append(row[text_at[0]])
+            if len(text_at) > 1:
+                text_b.append(row[text_at[1]])
+            labels.append(label)
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: malformed row ({error}); check quoting") from None
+    rows.report()
+    if not ids:
+        raise DataError(f"{path}: no examples in split {split!r} of task {task.name!r}")
+    return SplitData(
+        task=task,
+        split=split,
+        ids=ids,
+        text_a=text_a,
+        text_b=text_b if len(text_at) > 1 else None,
+        labels=_label_array(labels, task) if label_at is not None else None,
+        source=path,
+    )
+
+
+def _parse_label(value: str, task: Task) -> tuple[float | int | None, str | None]:
+    if task.labels:
+        if value not in task.labels:
+            shown = value if value else "an empty label"
+            return None, f"label {shown!r} is not one of task {task.name}'s labels {list(task.labels)}"
+        return task.labels.index(value), None
+    try:
+        score = float(value)
+    except ValueError:
+        return None, f"score {value!r} is not a number"
+    if not math.isfinite(score):
+        return None, f"score {value!r} is not finite"
+    if task.score_range and not task.score_range[0] <= score <= task.score_range[1]:
+        low, high = task.score_range
+        return None, f"score {score} is outside task {task.name}'s range [{low}, {high}]"
+    return score, None
+
+
+def _label_array(labels: list, task: Task) -> np.ndarray:
+    dtype = np.int32 if task.labels else np.float32
+    return np.asarray(labels, dtype=dtype)
+
+
+def split_path(task: Task, split: str, data_dir: str) -> str:
+    if split not in task.files:
+        raise DataError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(task.files)}")
+    name = task.files[split]
+    if os.path.isabs(name):
+        return name
+    return os.path.join(data_dir, task.directory or task.name, name)
+
+
+def read_tfds(
+    task: Task, split: str, data_dir: str | None, download: bool = False
+) -> SplitData:
+    """Reads a split through `tfds.load`; offline (`download=False`) a missing dataset fails fast."""
+    if not task.tfds_name:
+        raise DataError(f"task {task.name!r} has no TFDS dataset; use --data_source=tsv")
+    if split not in task.tfds_splits:
+        raise DataError(f"task {task.name!r} has no TFDS split for {split!r}")
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset = tfds.load(
+            task.tfds_name, split=task.tfds_splits[split], data_dir=data_dir or None,
+            download=download, shuffle_files=False,
+        )
+    except Exception as error:  # tfds raises AssertionError, DatasetNotFoundError, ...
+        hint = "" if download else " (downloads are off: prepare it with `tfds build` or pass --tfds_download)"
+        raise DataError(
+            f"TFDS dataset {task.tfds_name} split {task.tfds_splits[split]} is not available "
+            f"in {data_dir or 'the default TFDS data_dir'}{hint}: {str(error).splitlines()[0]}"
+        ) from None
+    columns: dict[str, list] = {name: [] for name in task.tfds_text_features}
+    labels, indices = [], []
+    for example in tfds.as_numpy(dataset):
+        for name in task.tfds_text_features:
+            columns[name].append(example[name].decode("utf-8"))
+        labels.append(example.get("label", -1))
+        indices.append(int(example.get("idx", len(indices))))
+    if not indices:
+        raise DataError(f"TFDS dataset {task.tfds_name} split {split!r} has no examples")
+    order = np.argsort(indices, kind="stable")
+    texts = [[columns[name][i] for i in order] for name in task.tfds_text_features]
+    label_array = None
+    if split not in task.test_splits and task.label_column is not None:
+        label_array = _label_array([labels[i] for i in order], task)
+        if task.type == CLASSIFICATION and (label_array.min() < 0 or label_array.max() >= task.num_classes):
+            raise DataError(f"TFDS {task.tfds_name} split {split!r}: labels outside 0..{task.num_classes - 1}")
+    return SplitData(
+        task=task,
+        split=split,
+        ids=[f"{task.name}/{split}/{indices[i]}" for i in order],
+        text_a=texts[0],
+        text_b=texts[1] if len(texts) > 1 else None,
+        labels=label_array,
+        source=f"tfds:{task.tfds_name}",
+    )
+
+
+def load_split(
+    task: Task,
+    split: str,
+    source: str = TSV,
+    data_dir: str | None = None,
+    skip_bad_rows: bool = False,
+    tfds_download: bool = False,
+) -> SplitData:
+    """One split of one task from `source` (tsv: the GLUE directory layout or a task file's)."""
+    if source == TFDS and task.tfds_name:
+        return read_tfds(task, split, data_dir, download=tfds_download)
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+    if not data_dir:
+        raise DataError("--data_dir is required to read TSV data")
+    path = split_path(task, split, data_dir)
+    return read_delimited(path, task, split, task.layout(split), skip_bad_rows)
+
+
+def load_splits(
+    tasks: Sequence[Task], splits: Sequence[str] | str, **kwargs
+) -> dict[str, dict[str, SplitData]]:
+    """Reads `splits` ("train", "dev" = every dev split, "test" = every test split) of every task.
+
+    All files are read and validated before anything trains, so bad input fails early.
+    """
+    if isinstance(splits, str):
+        splits = [splits]
+    result: dict[str, dict[str, SplitData]] = {}
+    for task in tasks:
+        names: list[str] = []
+        for split in splits:
+            if split == "dev":
+                names += list(task.dev_splits)
+            elif split == "test":
+                names += list(task.test_splits)
+            elif split in task.files or split in task.tfds_splits:
+                names.append(split)
+        result[task.name] = {name: load_split(task, name, **kwargs) for name in names}
+    return result

@@ -1,0 +1,205 @@
+"""Built-in data suites that need no download, materialised as files under the cache.
+
+`glue_sample` writes a small synthetic GLUE in the official directory layout, with each
+file's real quirks (CoLA without header, MNLI's 12/16 columns and matched/mismatched
+splits, literal quote characters, test files with an index column). Labels follow simple
+lexical rules plus label noise, so a tiny encoder learns them and ensembles have room to
+help. It stands in for GLUE on offline machines and in tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Callable
+
+import numpy as np
+
+from mtkd_tf import assets
+
+_NOUNS = "film story actor plot scene director cast script movie ending camera music hero villain city dog child house car river".split()
+_ADJS = "old young dark bright long short strange quiet loud simple".split()
+_VERBS = "shows tells builds hides finds loses follows meets watches breaks".split()
+_POS = "good great wonderful brilliant charming moving superb delightful".split()
+_NEG = "bad awful boring dull weak clumsy tedious poor".split()
+_DETS = ["the", "a", "this", "that"]
+_SYN = {"film": "movie", "movie": "film", "story": "tale", "shows": "reveals", "tells": "says", "big": "large"}
+
+
+class _Writer:
+    def __init__(self, root: str):
+        self.root = root
+
+    def write(self, directory: str, name: str, header: list[str] | None, rows: list[list]) -> None:
+        path = os.path.join(self.root, directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None, lineterminator="\n")
+            if header:
+                writer.writerow(header)
+            writer.writerows([[str(value) for value in row] for row in rows])
+
+
+class _Text:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def pick(self, words, k=1):
+        return [str(w) for w in self.rng.choice(words, k)]
+
+    def clause(self) -> list[str]:
+        return self.pick(_DETS) + self.pick(_ADJS) + self.pick(_NOUNS) + self.pick(_VERBS) + self.pick(_DETS) + self.pick(_NOUNS)
+
+    def sentence(self, words: list[str]) -> str:
+        text = " ".join(words)
+        if self.rng.random() < 0.1:
+            text = f'"{text}" , he said'  # literal quotes, as in real GLUE text
+        return text
+
+    def noisy(self, label: int, classes: int, noise: float) -> int:
+        return int(self.rng.integers(classes)) if self.rng.random() < noise else label
+
+
+def _sst2(t: _Text, n: int):
+    rows = []
+    for _ in range(n):
+        positive = t.rng.random() < 0.5
+        strong, weak = (_POS, _NEG) if positive else (_NEG, _POS)
+        words = t.clause() + ["and", "was"] + t.pick(strong, 2) + (t.pick(weak) if t.rng.random() < 0.3 else [])
+        rows.append((t.sentence(words), None, t.noisy(int(positive), 2, 0.1)))
+    return rows
+
+
+def _cola(t: _Text, n: int):
+    rows = []
+    for _ in range(n):
+        words = t.clause()
+        acceptable = t.rng.random() < 0.6
+        if not acceptable:
+            t.rng.shuffle(words)
+        rows.append((" ".join(words) + " .", None, t.noisy(int(acceptable), 2, 0.1)))
+    return rows
+
+
+def _paraphrase(t: _Text, n: int):
+    rows = []
+    for _ in range(n):
+        first = t.clause() + ["and"] + t.clause()
+        same = t.rng.random() < 0.5
+        if same:
+            second = [_SYN.get(w, w) for w in first]
+        else:
+            second = first[:3] + t.clause() + ["and"] + t.clause()[:3]
+        rows.append((t.sentence(first), t.sentence(second), t.noisy(int(same), 2, 0.1)))
+    return rows
+
+
+def _similarity(t: _Text, n: int):
+    rows = []
+    for _ in range(n):
+        first = t.clause() + t.clause()
+        keep = t.rng.random()
+        second = [w if t.rng.random() < keep else str(t.rng.choice(_NOUNS + _ADJS)) for w in first]
+        overlap = sum(a == b for a, b in zip(first, second)) / len(first)
+        score = float(np.clip(5 * overlap + t.rng.normal(0, 0.4), 0, 5))
+        rows.append((" ".join(first), " ".join(second), round(score, 3)))
+    return rows
+
+
+def _nli(t: _Text, n: int, labels: tuple[str, ...]):
+    rows = []
+    for _ in range(n):
+        premise = t.clause() + ["while"] + t.clause()
+        kind = int(t.rng.integers(len(labels)))
+        if kind == 0:  # entailment: a part of the premise
+            hypothesis = premise[:6]
+        elif len(labels) == 3 and kind == 2:  # contradiction: the premise negated
+            hypothesis = premise[:3] + ["never"] + premise[3:6]
+        else:  # neutral / not_entailment: something new, often hedged
+            hypothesis = (["perhaps"] if t.rng.random() < 0.7 else []) + premise[:2] + t.clause()[2:]
+        rows.append((t.sentence(premise), t.sentence(hypothesis), labels[t.noisy(kind, len(labels), 0.1)]))
+    return rows
+
+
+def _sizes(n: int) -> dict[str, int]:
+    return {"train": n, "dev": max(n // 4, 8), "test": max(n // 8, 8)}
+
+
+def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) -> str:
+    """Writes the synthetic GLUE-layout suite under `root` and returns it."""
+    rng = np.random.default_rng(seed)
+    t = _Text(rng)
+    w = _Writer(root)
+    sizes = _sizes(examples_per_task)
+
+    def labelled(directory, make: Callable, header, to_row, test_header, to_test_row, files=None):
+        files = files or {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+        for split, name in files.items():
+            rows = make(t, sizes["test" if split.startswith("test") else "dev" if split.startswith("dev") else "train"])
+            if split.startswith("test"):
+                w.write(directory, name, test_header, [to_test_row(i, r) for i, r in enumerate(rows)])
+            else:
+                w.write(directory, name, header, [to_row(i, r) for i, r in enumerate(rows)])
+
+    labelled("CoLA", _cola, None, lambda i, r: ["gj04", r[2], "" if r[2] else "*", r[0]],
+             ["index", "sentence"], lambda i, r: [i, r[0]])
+    labelled("SST-2", _sst2, ["sentence", "label"], lambda i, r: [r[0], r[2]],
+             ["index", "sentence"], lambda i, r: [i, r[0]])
+    labelled("MRPC", _paraphrase, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+             lambda i, r: [r[2], 1000 + i, 2000 + i, r[0], r[1]],
+             ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda i, r: [i, 1000 + i, 2000 + i, r[0], r[1]])
+    sts_cols = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"]
+    labelled("STS-B", _similarity, sts_cols + ["score"],
+             lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1], r[2]],
+             sts_cols, lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1]])
+    labelled("QQP", _paraphrase, ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+             lambda i, r: [i, 2 * i, 2 * i + 1, r[0] + " ?", r[1] + " ?", r[2]],
+             ["id", "question1", "question2"], lambda i, r: [i, r[0] + " ?", r[1] + " ?"])
+    mnli_labels = ("entailment", "neutral", "contradiction")
+    mnli_head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                 "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+
+    def mnli_row(i, r, dev):
+        extra = [r[2]] * (5 if dev else 1)
+        return [i, i, f"{i}e", "fiction", f"( {r[0]} )", f"( {r[1]} )", f"(ROOT {r[0]})", f"(ROOT {r[1]})", r[0], r[1], *extra, r[2]]
+
+    for split, name in {"train": "train.tsv", "dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"}.items():
+        dev = split != "train"
+        rows = _nli(t, sizes["dev" if dev else "train"], mnli_labels)
+        labels_cols = [f"label{k}" for k in range(1, 6)] if dev else ["label1"]
+        w.write("MNLI", name, mnli_head + labels_cols + ["gold_label"], [mnli_row(i, r, dev) for i, r in enumerate(rows)])
+    for name in ("test_matched.tsv", "test_mismatched.tsv"):
+        rows = _nli(t, sizes["test"], mnli_labels)
+        w.write("MNLI", name, mnli_head, [mnli_row(i, r, False)[:10] for i, r in enumerate(rows)])
+    w.write("diagnostic", "diagnostic.tsv", ["index", "sentence1", "sentence2"],
+            [[i, r[0], r[1]] for i, r in enumerate(_nli(t, sizes["test"], mnli_labels))])
+    two_way = ("entailment", "not_entailment")
+    labelled("QNLI", lambda t, n: _nli(t, n, two_way), ["index", "question", "sentence", "label"],
+             lambda i, r: [i, r[1] + " ?", r[0], r[2]], ["index", "question", "sentence"], lambda i, r: [i, r[1] + " ?", r[0]])
+    labelled("RTE", lambda t, n: _nli(t, n, two_way), ["index", "sentence1", "sentence2", "label"],
+             lambda i, r: [i, r[0], r[1], r[2]], ["index", "sentence1", "sentence2"], lambda i, r: [i, r[0], r[1]])
+    labelled("WNLI", lambda t, n: [(a, b, int(c == "entailment")) for a, b, c in _nli(t, n, two_way)],
+             ["index", "sentence1", "sentence2", "label"], lambda i, r: [i, r[0], r[1], r[2]],
+             ["index", "sentence1", "sentence2"], lambda i, r: [i, r[0], r[1]])
+    return root
+
+
+SUITES = {"glue_sample": write_glue_sample}
+
+
+def suite_dir(name: str, examples_per_task: int = 400, seed: int = 0) -> str:
+    """The directory of a built-in suite, written on first use (deterministic per size and seed)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(SUITES)}")
+    root = os.path.join(assets.cache_dir(), "suites", f"{name}-{examples_per_task}-{seed}")
+    marker = os.path.join(root, ".complete")
+    if not os.path.isfile(marker):
+        staging = root + f".tmp{os.getpid()}"
+        SUITES[name](staging, examples_per_task, seed)
+        open(os.path.join(staging, ".complete"), "w").close()
+        if os.path.isdir(root):
+            import shutil
+
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    return root

@@ -1,0 +1,141 @@
+"""GLUE metrics, evaluation of a multi-task model, and GLUE-leaderboard prediction files.
+
+Metrics follow GLUE: CoLA Matthews correlation; MRPC and QQP F1 and accuracy; STS-B
+Pearson and Spearman; accuracy elsewhere. A task with several dev splits (MNLI matched /
+mismatched) reports each metric with the split's suffix (`accuracy_matched`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import keras
+import numpy as np
+from scipy import stats
+
+from mtkd_tf.data.batching import inference_dataset
+from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.data.readers import SplitData
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return float(np.mean(np.asarray(labels) == np.asarray(predictions)))
+
+
+def f1(labels: np.ndarray, predictions: np.ndarray, positive: int = 1) -> float:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    true_positive = np.sum((predictions == positive) & (labels == positive))
+    predicted, actual = np.sum(predictions == positive), np.sum(labels == positive)
+    if true_positive == 0:
+        return 0.0
+    precision, recall = true_positive / predicted, true_positive / actual
+    return float(2 * precision * recall / (precision + recall))
+
+
+def matthews_corr(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Matthews correlation for binary labels (0 when a row or column of the table is empty)."""
+    labels, predictions = np.asarray(labels) == 1, np.asarray(predictions) == 1
+    tp, tn = float(np.sum(labels & predictions)), float(np.sum(~labels & ~predictions))
+    fp, fn = float(np.sum(~labels & predictions)), float(np.sum(labels & ~predictions))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+
+
+def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
+    if np.std(predictions) == 0 or np.std(labels) == 0:
+        return 0.0
+    return float(stats.pearsonr(labels, predictions)[0])
+
+
+def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
+    if np.std(predictions) == 0 or np.std(labels) == 0:
+        return 0.0
+    return float(stats.spearmanr(labels, predictions)[0])
+
+
+METRIC_FUNCTIONS = {
+    "accuracy": accuracy, "f1": f1, "matthews_corr": matthews_corr, "pearson": pearson, "spearman": spearman,
+}
+
+
+def decide(task: Task, outputs: np.ndarray) -> np.ndarray:
+    """Head outputs -> predictions: class ids (argmax), or scores."""
+    return np.argmax(outputs, axis=-1) if task.type == CLASSIFICATION else np.asarray(outputs)
+
+
+def task_metrics(task: Task, labels: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    predictions = decide(task, outputs)
+    return {name: METRIC_FUNCTIONS[name](labels, predictions) for name in task.metrics}
+
+
+def split_suffix(task: Task, split: str) -> str:
+    """'' for a task's only dev split, else the split's qualifier ('matched')."""
+    splits = task.dev_splits if split in task.dev_splits else task.test_splits
+    if len(splits) <= 1:
+        return ""
+    return split.split("_", 1)[1] if "_" in split else split
+
+
+def predict_outputs(model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128) -> np.ndarray:
+    """Head outputs (log-probabilities or scores) of `data`'s task, in data order."""
+    head = data.task.predict_with or data.task.name
+    sub_model = keras.Model(model.input, model.output[head])
+    return np.asarray(sub_model.predict(inference_dataset(data, preprocessor, batch_size), verbose=0))
+
+
+def evaluate(
+    model: MTDNN,
+    preprocessor: Preprocessor,
+    dev: Mapping[str, Mapping[str, SplitData]],
+    batch_size: int = 128,
+) -> dict[str, dict[str, float]]:
+    """`{task: {metric[_suffix]: value}}` over every labelled split given."""
+    results: dict[str, dict[str, float]] = {}
+    for task_name, splits in dev.items():
+        for split, data in splits.items():
+            if data.labels is None:
+                continue
+            outputs = predict_outputs(model, preprocessor, data, batch_size)
+            suffix = split_suffix(data.task, split)
+            for metric, value in task_metrics(data.task, data.labels, outputs).items():
+                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
+    return results
+
+
+def submission_file_name(task: Task, split: str) -> str:
+    base = task.submission_name or task.name
+    suffix = split_suffix(task, split)
+    short = {"matched": "m", "mismatched": "mm"}.get(suffix, suffix)
+    return f"{base}-{short}.tsv" if short else f"{base}.tsv"
+
+
+def write_predictions(
+    model: MTDNN,
+    preprocessor: Preprocessor,
+    test: Mapping[str, Mapping[str, SplitData]],
+    output_dir: str,
+    batch_size: int = 128,
+) -> list[str]:
+    """GLUE-leaderboard files (`index<TAB>prediction`, label names; STS-B clipped to [0, 5])."""
+    from mtkd_tf.model_dir import write_atomic
+
+    written = []
+    for splits in test.values():
+        for split, data in splits.items():
+            task = data.task
+            predictions = decide(task, predict_outputs(model, preprocessor, data, batch_size))
+            lines = ["index\tprediction"]
+            for example_id, value in zip(data.ids, predictions):
+                index = example_id.rsplit("/", 1)[1]
+                if task.type == REGRESSION:
+                    low, high = task.score_range or (-np.inf, np.inf)
+                    lines.append(f"{index}\t{float(np.clip(value, low, high)):.3f}")
+                else:
+                    lines.append(f"{index}\t{task.labels[int(value)]}")
+            path = os.path.join(output_dir, submission_file_name(task, split))
+            write_atomic(path, "\n".join(lines) + "\n")
+            written.append(path)
+    return written

@@ -1,0 +1,153 @@
+"""The shared encoder: a keras-hub `BertBackbone` and its WordPiece vocabulary.
+
+`--encoder` is one of:
+- a size spec for a randomly initialised encoder, `random:layers=2,hidden=64,heads=2,intermediate=256`
+  (or the alias `tiny`); its vocabulary comes from `vocab_file` or is learned from training text;
+- a local directory: a keras-hub preset or a Hugging Face BERT checkpoint
+  (config.json + model.safetensors + vocab.txt), converted by keras-hub;
+- an alias of a verified offline asset (`minilm_l6`, see `mtkd_tf.assets`);
+- a keras-hub preset name such as `bert_large_en_uncased` (downloaded by keras-hub).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterable
+
+import keras
+import keras_hub
+
+
+class EncoderError(ValueError):
+    """The --encoder value cannot be resolved or loaded."""
+
+
+ALIASES = {
+    "tiny": "random:layers=2,hidden=64,heads=2,intermediate=256",
+    "small": "random:layers=4,hidden=256,heads=4,intermediate=1024",
+}
+
+_SPEC_KEYS = {
+    "layers": "num_layers",
+    "hidden": "hidden_dim",
+    "heads": "num_heads",
+    "intermediate": "intermediate_dim",
+    "max_len": "max_sequence_length",
+}
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A loaded encoder: the backbone, its vocabulary and whether text is lower-cased."""
+
+    backbone: keras_hub.models.BertBackbone
+    vocabulary: list[str]
+    lowercase: bool
+    spec: str
+
+
+def parse_size_spec(spec: str) -> dict[str, int]:
+    """`random:layers=2,hidden=64,...` -> BertBackbone keyword arguments."""
+    body = spec.split(":", 1)[1] if ":" in spec else ""
+    config = {"num_layers": 2, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 256, "max_sequence_length": 512}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key not in _SPEC_KEYS or not value.isdigit() or int(value) <= 0:
+            raise EncoderError(
+                f"encoder spec {spec!r}: bad item {item!r}; expected positive integers for "
+                f"{', '.join(_SPEC_KEYS)}"
+            )
+        config[_SPEC_KEYS[key]] = int(value)
+    if config["hidden_dim"] % config["num_heads"]:
+        raise EncoderError(f"encoder spec {spec!r}: hidden must be divisible by heads")
+    return config
+
+
+def learn_vocabulary(texts: Iterable[str], size: int = 2000) -> list[str]:
+    """A WordPiece vocabulary learned from text (for randomly initialised encoders)."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(list(texts)).batch(1000)
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        data, vocabulary_size=size, lowercase=True,
+        reserved_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    )
+
+
+def read_vocabulary(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise EncoderError(f"vocabulary file {path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle if line.rstrip("\n")]
+
+
+def _directory_lowercase(path: str) -> bool:
+    config = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as handle:
+            return bool(json.load(handle).get("do_lower_case", True))
+    return "uncased" in os.path.basename(os.path.normpath(path)).lower()
+
+
+def resolve_spec(spec: str) -> str:
+    """Aliases -> what they stand for (offline assets are fetched and verified here)."""
+    spec = ALIASES.get(spec, spec)
+    from mtkd_tf import assets
+
+    if spec in assets.ENCODERS:
+        return assets.fetch_encoder(spec)
+    return spec
+
+
+def load_encoder(
+    spec: str,
+    dropout: float | None = None,
+    vocab_file: str | None = None,
+    training_texts: Iterable[str] | None = None,
+    vocabulary_size: int = 2000,
+    seed: int | None = None,
+) -> Encoder:
+    """Builds or loads the shared encoder named by `spec` (see the module docstring).
+
+    `dropout` overrides the shared layers' dropout (the teachers differ by it).
+    """
+    original = spec
+    spec = resolve_spec(spec)
+    overrides = {} if dropout is None else {"dropout": dropout}
+    if spec.startswith("random"):
+        config = parse_size_spec(spec)
+        if vocab_file:
+            vocabulary = read_vocabulary(vocab_file)
+        elif training_texts is not None:
+            vocabulary = learn_vocabulary(training_texts, vocabulary_size)
+        else:
+            raise EncoderError(f"encoder {original!r} is random: give --vocab_file or training text")
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), **config, **overrides)
+        return Encoder(backbone, vocabulary, lowercase=True, spec=original)
+    if os.path.isdir(spec):
+        has_hf = os.path.isfile(os.path.join(spec, "config.json"))
+        has_preset = os.path.isfile(os.path.join(spec, "metadata.json"))
+        if not (has_hf or has_preset):
+            raise EncoderError(
+                f"encoder directory {spec}: neither a keras-hub preset (metadata.json) nor a "
+                "Hugging Face checkpoint (config.json + model.safetensors + vocab.txt)"
+            )
+        lowercase = _directory_lowercase(spec)
+    elif spec in keras_hub.models.BertBackbone.presets:
+        lowercase = "uncased" in spec
+    else:
+        raise EncoderError(
+            f"unknown encoder {original!r}: not a directory, an alias ({', '.join(sorted(ALIASES))}, "
+            f"minilm_l6), a size spec (random:layers=..) or a keras-hub BERT preset "
+            f"({', '.join(sorted(keras_hub.models.BertBackbone.presets)[:6])}, ...)"
+        )
+    try:
+        backbone = keras_hub.models.BertBackbone.from_preset(spec, **overrides)
+        tokenizer = keras_hub.models.BertTokenizer.from_preset(spec)
+    except Exception as error:
+        raise EncoderError(f"cannot load encoder {original!r} from {spec}: {error}") from None
+    return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=original)

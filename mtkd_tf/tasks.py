@@ -1,0 +1,336 @@
+"""Task definitions: what a task's data looks like and how it is scored.
+
+A `Task` is plain data (name, type, labels, columns, metrics, splits), so GLUE and a
+user's own TSV/CSV data are described the same way: GLUE by the registry below, custom
+data by a YAML or JSON task file (`load_task_file`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+RANKING = "ranking"
+TASK_TYPES = (CLASSIFICATION, REGRESSION, RANKING)
+
+METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
+
+Column = str | int  # a header name, or a 0-based position for files without a header
+
+
+class TaskError(ValueError):
+    """A task name, definition or task file is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a task's text and label live in a delimited file."""
+
+    text_columns: tuple[Column, ...]
+    label_column: Column | None = None
+    header: bool = True
+    delimiter: str = "\t"
+    quoting: bool = False  # GLUE files contain literal quotes: never interpret them
+
+    def to_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of a multi-task model: its head, its labels, its data and its metrics.
+
+    `files` maps split names to file names under `<data_dir>/<directory>`; `test_layout`
+    describes test files when they differ from train/dev (GLUE test files have an index
+    column and no label). `predict_with` names the task whose head predicts this one (AX
+    is scored with the MNLI head).
+    """
+
+    name: str
+    type: str
+    text_columns: tuple[Column, ...]
+    labels: tuple[str, ...] = ()
+    label_column: Column | None = "label"
+    metrics: tuple[str, ...] = ("accuracy",)
+    directory: str = ""
+    files: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+    )
+    header: bool = True
+    delimiter: str = "\t"
+    quoting: bool = False
+    test_layout: Layout | None = None
+    dev_splits: tuple[str, ...] = ("dev",)
+    test_splits: tuple[str, ...] = ("test",)
+    dropout: float = 0.1
+    score_range: tuple[float, float] | None = None
+    predict_with: str | None = None
+    submission_name: str | None = None
+    tfds_name: str | None = None
+    tfds_text_features: tuple[str, ...] = ()
+    tfds_splits: dict[str, str] = dataclasses.field(default_factory=dict)
+    group_size: int = 0  # ranking: candidates per question
+
+    def __post_init__(self) -> None:
+        _check_task(self)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def num_classes(self) -> int:
+        """Width of the head's output: classes, or 1 for a score."""
+        return len(self.labels) if self.type == CLASSIFICATION else 1
+
+    @property
+    def trainable(self) -> bool:
+        return self.predict_with is None and "train" in self.files
+
+    def layout(self, split: str) -> Layout:
+        if split in self.test_splits and self.test_layout is not None:
+            return self.test_layout
+        label = None if split in self.test_splits else self.label_column
+        return Layout(self.text_columns, label, self.header, self.delimiter, self.quoting)
+
+    def to_config(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self)
+        if self.test_layout is not None:
+            config["test_layout"] = self.test_layout.to_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Task":
+        return task_from_dict(config, where="config")
+
+
+def _check_task(task: Task) -> None:
+    where = f"task {task.name!r}"
+    if not task.name or not str(task.name).replace("_", "").replace("-", "").isalnum():
+        raise TaskError(f"{where}: name must be letters, digits, '_' or '-'")
+    if task.type not in TASK_TYPES:
+        raise TaskError(f"{where}: type {task.type!r} is not one of {', '.join(TASK_TYPES)}")
+    if len(task.text_columns) not in (1, 2):
+        raise TaskError(f"{where}: text_columns must name 1 or 2 columns")
+    if task.type == CLASSIFICATION and len(task.labels) < 2:
+        raise TaskError(f"{where}: a classification task needs at least 2 labels")
+    if task.type == RANKING and (len(task.text_columns) != 2 or task.group_size < 2):
+        raise TaskError(f"{where}: a ranking task needs 2 text columns and group_size >= 2")
+    if len(set(task.labels)) != len(task.labels):
+        raise TaskError(f"{where}: labels are duplicated: {list(task.labels)}")
+    for metric in task.metrics:
+        if metric not in METRICS:
+            raise TaskError(f"{where}: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    if not 0.0 <= task.dropout < 1.0:
+        raise TaskError(f"{where}: dropout must be in [0, 1), got {task.dropout}")
+
+
+# ---------------------------------------------------------------------------------------
+# GLUE, in the official directory layout (download_glue_data.py) and in TFDS.
+# Label order follows TFDS's ClassLabel order, so TSV strings and TFDS ints agree.
+
+_TEST_INDEX = "index"
+
+
+def _glue(**kwargs: Any) -> Task:
+    tfds_splits = {"train": "train", "dev": "validation", "test": "test"}
+    tfds_splits.update(kwargs.pop("tfds_splits", {}))
+    return Task(tfds_splits=tfds_splits, **kwargs)
+
+
+GLUE_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in [
+        _glue(
+            name="cola", type=CLASSIFICATION, labels=("0", "1"), directory="CoLA",
+            text_columns=(3,), label_column=1, header=False, metrics=("matthews_corr",),
+            test_layout=Layout(("sentence",)), dropout=0.05, submission_name="CoLA",
+            tfds_name="glue/cola", tfds_text_features=("sentence",),
+        ),
+        _glue(
+            name="sst2", type=CLASSIFICATION, labels=("0", "1"), directory="SST-2",
+            text_columns=("sentence",), submission_name="SST-2",
+            tfds_name="glue/sst2", tfds_text_features=("sentence",),
+        ),
+        _glue(
+            name="mrpc", type=CLASSIFICATION, labels=("0", "1"), directory="MRPC",
+            text_columns=("#1 String", "#2 String"), label_column="Quality",
+            metrics=("f1", "accuracy"), submission_name="MRPC",
+            tfds_name="glue/mrpc", tfds_text_features=("sentence1", "sentence2"),
+        ),
+        _glue(
+            name="stsb", type=REGRESSION, directory="STS-B",
+            text_columns=("sentence1", "sentence2"), label_column="score",
+            metrics=("pearson", "spearman"), score_range=(0.0, 5.0), submission_name="STS-B",
+            tfds_name="glue/stsb", tfds_text_features=("sentence1", "sentence2"),
+        ),
+        _glue(
+            name="qqp", type=CLASSIFICATION, labels=("0", "1"), directory="QQP",
+            text_columns=("question1", "question2"), label_column="is_duplicate",
+            metrics=("f1", "accuracy"), submission_name="QQP",
+            tfds_name="glue/qqp", tfds_text_features=("question1", "question2"),
+        ),
+        _glue(
+            name="mnli", type=CLASSIFICATION, labels=("entailment", "neutral", "contradiction"),
+            directory="MNLI", text_columns=("sentence1", "sentence2"), label_column="gold_label",
+            files={
+                "train": "train.tsv",
+                "dev_matched": "dev_matched.tsv",
+                "dev_mismatched": "dev_mismatched.tsv",
+                "test_matched": "test_matched.tsv",
+                "test_mismatched": "test_mismatched.tsv",
+            },
+            dev_splits=("dev_matched", "dev_mismatched"),
+            test_splits=("test_matched", "test_mismatched"),
+            dropout=0.3, submission_name="MNLI",
+            tfds_name="glue/mnli", tfds_text_features=("premise", "hypothesis"),
+            tfds_splits={
+                "dev_matched": "validation_matched",
+                "dev_mismatched": "validation_mismatched",
+                "test_matched": "test_matched",
+                "test_mismatched": "test_mismatched",
+            },
+        ),
+        _glue(
+            name="qnli", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
+            directory="QNLI", text_columns=("question", "sentence"), submission_name="QNLI",
+            tfds_name="glue/qnli", tfds_text_features=("question", "sentence"),
+        ),
+        _glue(
+            name="rte", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
+            directory="RTE", text_columns=("sentence1", "sentence2"), submission_name="RTE",
+            tfds_name="glue/rte", tfds_text_features=("sentence1", "sentence2"),
+        ),
+        _glue(
+            name="wnli", type=CLASSIFICATION, labels=("0", "1"), directory="WNLI",
+            text_columns=("sentence1", "sentence2"), submission_name="WNLI",
+            tfds_name="glue/wnli", tfds_text_features=("sentence1", "sentence2"),
+        ),
+        _glue(
+            name="ax", type=CLASSIFICATION, labels=("entailment", "neutral", "contradiction"),
+            directory="diagnostic", text_columns=("sentence1", "sentence2"), label_column=None,
+            files={"test": "diagnostic.tsv"}, dev_splits=(), predict_with="mnli",
+            submission_name="AX", tfds_name="glue/ax",
+            tfds_text_features=("premise", "hypothesis"), tfds_splits={"test": "test"},
+        ),
+    ]
+}
+
+# Test files carry an index column first; the text columns keep their names.
+for _name, _task in list(GLUE_TASKS.items()):
+    if _task.test_layout is None:
+        GLUE_TASKS[_name] = dataclasses.replace(_task, test_layout=Layout(_task.text_columns))
+
+
+# ---------------------------------------------------------------------------------------
+# Custom tasks from a task file.
+
+_REQUIRED = ("name", "type", "text_columns")
+
+
+def task_from_dict(entry: dict[str, Any], where: str) -> Task:
+    """Builds a Task from a task-file entry; errors name `where` and the field."""
+    if not isinstance(entry, dict):
+        raise TaskError(f"{where}: a task must be a mapping, got {type(entry).__name__}")
+    missing = [key for key in _REQUIRED if key not in entry]
+    if missing:
+        raise TaskError(f"{where}: missing field(s) {', '.join(missing)}")
+    known = {field.name for field in dataclasses.fields(Task)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = dict(entry)
+    for key in ("text_columns", "labels", "metrics", "dev_splits", "test_splits", "tfds_text_features"):
+        if key in values:
+            if isinstance(values[key], (str, int)):
+                values[key] = [values[key]]
+            values[key] = tuple(str(v) if key == "labels" else v for v in values[key])
+    if "score_range" in values and values["score_range"] is not None:
+        values["score_range"] = tuple(float(v) for v in values["score_range"])
+    if isinstance(values.get("test_layout"), dict):
+        layout = dict(values["test_layout"])
+        layout["text_columns"] = tuple(layout["text_columns"])
+        values["test_layout"] = Layout(**layout)
+    if "files" in values and not isinstance(values["files"], dict):
+        raise TaskError(f"{where}: files must map split names to file names")
+    if values.get("type") == REGRESSION:
+        values.setdefault("metrics", ("pearson", "spearman"))
+    if "metrics" not in values and values.get("type") == CLASSIFICATION and len(values.get("labels", ())) == 2:
+        values["metrics"] = ("accuracy", "f1")
+    try:
+        return Task(**values)
+    except TaskError as error:
+        raise TaskError(f"{where}: {error}") from None
+    except TypeError as error:
+        raise TaskError(f"{where}: {error}") from None
+
+
+def load_task_file(path: str) -> dict[str, Task]:
+    """Reads custom tasks from a YAML or JSON file: `{tasks: [{name, type, ...}, ...]}`.
+
+    `directory` defaults to the task name; relative file names resolve under
+    `<data_dir>/<directory>`.
+    """
+    if not os.path.isfile(path):
+        raise TaskError(f"task file {path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        if path.endswith(".json"):
+            document = json.loads(text)
+        else:
+            import yaml
+
+            document = yaml.safe_load(text)
+    except Exception as error:  # yaml and json raise their own error types
+        raise TaskError(f"task file {path}: cannot parse: {error}") from None
+    entries = document.get("tasks") if isinstance(document, dict) else document
+    if not isinstance(entries, list) or not entries:
+        raise TaskError(f"task file {path}: expected a non-empty list under 'tasks'")
+    tasks: dict[str, Task] = {}
+    for number, entry in enumerate(entries, start=1):
+        where = f"task file {path}, task #{number}"
+        if isinstance(entry, dict) and "name" in entry:
+            where += f" ({entry['name']})"
+            entry = {"directory": entry["name"], **entry}
+        task = task_from_dict(entry, where)
+        if task.name in tasks:
+            raise TaskError(f"{where}: task name {task.name!r} is defined twice")
+        tasks[task.name] = task
+    return tasks
+
+
+def registry(task_file: str | None = None, extra: dict[str, Task] | None = None) -> dict[str, Task]:
+    """All known tasks: GLUE, then built-in suites (`extra`), then the task file's."""
+    known = dict(GLUE_TASKS)
+    known.update(extra or {})
+    if task_file:
+        known.update(load_task_file(task_file))
+    return known
+
+
+def resolve_tasks(names: Iterable[str] | str, known: dict[str, Task]) -> list[Task]:
+    """Looks names up in `known`; an unknown name is an error that lists the choices."""
+    if isinstance(names, str):
+        names = [name for name in names.split(",") if name.strip()]
+    names = [name.strip() for name in names]
+    if not names:
+        raise TaskError("no tasks given (--tasks)")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise TaskError(
+            f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} "
+            "(define your own with --task_file)"
+        )
+    if len(set(names)) != len(names):
+        raise TaskError(f"a task is listed twice in {','.join(names)}")
+    return [known[name] for name in names]
+
+
+def head_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks that own a head: trainable ones (AX borrows MNLI's)."""
+    return [task for task in tasks if task.predict_with is None]

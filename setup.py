@@ -1,0 +1,28 @@
+"""mtkd_tf: multi-task knowledge distillation for NLU (MT-DNN + KD) in TensorFlow/Keras."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mtkd_tf",
+    version="0.1.0",
+    description="Multi-task deep neural networks with knowledge distillation (Liu et al. 2019) on TensorFlow, Keras and keras-hub",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["mtkd_tf", "mtkd_tf.*"]),
+    scripts=["bin/run"],
+    install_requires=[
+        "tensorflow==2.21.0",
+        "keras==3.15.1",
+        "keras-hub==0.32.0",
+        "tensorflow-text==2.21.1",
+        "tensorflow-datasets==4.9.10",
+        "tensorboard==2.21.0",
+        "absl-py>=2.1",
+        "importlib_resources>=6",  # tfds.load fails without it
+        "safetensors>=0.4",  # keras-hub's Hugging Face checkpoint loader
+        "scipy>=1.11",
+        "pyyaml>=6",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

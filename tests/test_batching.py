@@ -1,0 +1,76 @@
+import collections
+
+import numpy as np
+import pytest
+
+from mtkd_tf.data import batching
+from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.data.readers import SplitData
+from mtkd_tf.tasks import GLUE_TASKS
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(50)]
+
+
+def _split(name, size):
+    task = GLUE_TASKS[name]
+    rng = np.random.default_rng(len(name))
+    texts = [" ".join(f"w{j}" for j in rng.integers(0, 50, rng.integers(2, 9))) for _ in range(size)]
+    labels = rng.integers(0, task.num_classes, size).astype(np.int32) if task.labels else rng.uniform(0, 5, size).astype(np.float32)
+    return SplitData(task, "train", [f"{name}/train/{i}" for i in range(size)], texts, texts if task.is_pair else None, labels)
+
+
+def test_schedule_proportional_sees_every_batch_once_per_epoch():
+    schedule = batching.batch_schedule([5, 2, 3], epochs=4, seed=1)
+    assert len(schedule) == 40
+    for epoch in schedule.reshape(4, 10):
+        assert collections.Counter(epoch.tolist()) == {0: 5, 1: 2, 2: 3}
+    assert not np.array_equal(schedule[:10], schedule[10:20])  # reshuffled every epoch
+
+
+def test_schedule_temperature_and_uniform_proportions():
+    counts = [90, 10]
+    hot = batching.batch_schedule(counts, epochs=50, sampling="temperature", temperature=0.5, seed=0)
+    share = np.mean(hot == 1)
+    expected = 10 ** 0.5 / (90 ** 0.5 + 10 ** 0.5)
+    assert abs(share - expected) < 0.02
+    uniform = batching.batch_schedule(counts, epochs=50, sampling="uniform", seed=0)
+    assert abs(np.mean(uniform == 1) - 0.5) < 0.02
+    with pytest.raises(ValueError, match="task sampling 'random'"):
+        batching.batch_schedule(counts, 1, sampling="random")
+
+
+def test_multitask_batches_are_homogeneous_and_cover_each_task_once_per_epoch():
+    pre = Preprocessor(load_tokenizer(VOCAB), 32)
+    splits = [_split("sst2", 37), _split("rte", 20), _split("stsb", 9)]
+    batch_size = 8
+    datasets = [batching.task_dataset(d, i, pre, batch_size, seed=i) for i, d in enumerate(splits)]
+    counts = [batching.num_batches(len(d), batch_size) for d in splits]
+    assert counts == [5, 3, 2]
+    schedule = batching.batch_schedule(counts, epochs=2, seed=3)
+    dataset = batching.multitask_dataset(datasets, schedule)
+    seen = collections.defaultdict(list)
+    for step, (x, y) in enumerate(dataset.take(len(schedule))):
+        task_ids = x["task_id"].numpy()
+        assert len(set(task_ids)) == 1 and task_ids[0] == schedule[step]
+        assert x["token_ids"].shape == x["segment_ids"].shape == x["padding_mask"].shape
+        assert x["token_ids"].shape[1] % 16 == 0
+        seen[(step // 10, int(task_ids[0]))].append(len(task_ids))
+        if task_ids[0] == 1:
+            assert x["segment_ids"].numpy().max() == 1  # pairs
+    for epoch in range(2):
+        for task_id, split in enumerate(splits):
+            assert sum(seen[(epoch, task_id)]) == len(split)  # every example once per epoch
+
+
+def test_targets_join_y_and_inference_keeps_order():
+    pre = Preprocessor(load_tokenizer(VOCAB), 32, pad_to_multiple_of=0)
+    split = _split("rte", 10)
+    soft = np.tile([[0.25, 0.75]], (10, 1))
+    x, y = next(iter(batching.task_dataset(split, 0, pre, 4, targets={"soft": soft}, shuffle=False)))
+    assert y["soft"].shape == (4, 2) and np.allclose(y["soft"].numpy(), 0.25 * np.array([1, 3]))
+    assert np.array_equal(y["label"].numpy(), split.labels[:4].astype(np.float32))
+    with pytest.raises(ValueError, match="soft: 3 rows for 10 examples"):
+        batching.task_dataset(split, 0, pre, 4, targets={"soft": soft[:3]})
+    rows = np.concatenate([batch["token_ids"].numpy() for batch in batching.inference_dataset(split, pre, 3)])
+    expected = pre.pack(*pre.tokenize(np.array(split.text_a), np.array(split.text_b)))["token_ids"].numpy()
+    assert np.array_equal(rows, expected)

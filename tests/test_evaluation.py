@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from mtkd_tf import evaluation
+from mtkd_tf.tasks import GLUE_TASKS
+
+
+def test_metrics_against_hand_computed_values():
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    predictions = np.array([1, 0, 0, 1, 1, 0])
+    assert evaluation.accuracy(labels, predictions) == pytest.approx(4 / 6)
+    # tp=2 fp=1 fn=1 -> precision = recall = 2/3
+    assert evaluation.f1(labels, predictions) == pytest.approx(2 / 3)
+    # tp=2 tn=2 fp=1 fn=1 -> (4 - 1) / sqrt(3 * 3 * 3 * 3)
+    assert evaluation.matthews_corr(labels, predictions) == pytest.approx(3 / 9)
+    assert evaluation.matthews_corr(labels, np.zeros(6)) == 0.0
+    scores, gold = np.array([0.1, 0.5, 0.2, 0.9]), np.array([0.0, 2.0, 1.0, 5.0])
+    assert evaluation.pearson(gold, scores) == pytest.approx(stats.pearsonr(gold, scores)[0])
+    assert evaluation.spearman(gold, scores) == pytest.approx(1.0)
+    assert evaluation.pearson(gold, np.ones(4)) == 0.0
+
+
+def test_task_metrics_names_and_suffixes():
+    mrpc = GLUE_TASKS["mrpc"]
+    log_probs = np.log(np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert set(evaluation.task_metrics(mrpc, np.array([0, 1]), log_probs)) == {"f1", "accuracy"}
+    assert evaluation.split_suffix(GLUE_TASKS["mnli"], "dev_mismatched") == "mismatched"
+    assert evaluation.split_suffix(GLUE_TASKS["sst2"], "dev") == ""
+    assert evaluation.submission_file_name(GLUE_TASKS["mnli"], "test_matched") == "MNLI-m.tsv"
+    assert evaluation.submission_file_name(GLUE_TASKS["mnli"], "test_mismatched") == "MNLI-mm.tsv"
+    assert evaluation.submission_file_name(GLUE_TASKS["ax"], "test") == "AX.tsv"
+    assert evaluation.submission_file_name(GLUE_TASKS["stsb"], "test") == "STS-B.tsv"
