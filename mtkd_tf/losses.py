@@ -39,3 +39,48 @@ def ranking_loss(scores: tf.Tensor, label: tf.Tensor, group_size: int, gamma: fl
         tf.reduce_sum(targets, axis=-1), 1.0
     )
     return tf.reshape(tf.repeat(per_group[:, None], group_size, axis=1), [-1])
+
+
+def soften(log_probs: tf.Tensor, temperature: float) -> tf.Tensor:
+    """Log-probabilities at temperature T: log softmax(log p / T) (identity at T = 1)."""
+    if temperature == 1.0:
+        return log_probs
+    return tf.nn.log_softmax(log_probs / temperature, axis=-1)
+
+
+def soft_loss(
+    task: Task, output: tf.Tensor, target: tf.Tensor, temperature: float = 1.0, kind: str = "ce"
+) -> tf.Tensor:
+    """Per-example distillation loss of a student output against a teacher target.
+
+    Classification (`target` = teacher probabilities Q at temperature T):
+      ce:  -sum_c Q_c log P_c(T)              (paper: T = 1)
+      kl:  sum_c Q_c (log Q_c - log P_c(T))   (= ce minus the teacher's entropy)
+      mse: mean_c (log P_c - log Q_c)^2 / T^2 on log-probabilities ("logits" up to a constant)
+    ce and kl are multiplied by T^2 when T != 1 so gradients keep their scale (Hinton et al.).
+    Regression and ranking: squared error to the teachers' mean score.
+    """
+    if kind not in SOFT_LOSSES:
+        raise ValueError(f"soft loss {kind!r} is not one of {', '.join(SOFT_LOSSES)}")
+    if task.type != CLASSIFICATION:
+        return tf.square(output - tf.reshape(target, tf.shape(output)))
+    target = tf.cast(target, tf.float32)
+    if kind == "mse":
+        log_target = tf.math.log(tf.maximum(target, 1e-8))
+        return tf.reduce_mean(tf.square(output - log_target), axis=-1) / (temperature**2)
+    student = soften(output, temperature)
+    loss = -tf.reduce_sum(target * student, axis=-1)
+    if kind == "kl":
+        loss += tf.reduce_sum(tf.math.xlogy(target, target), axis=-1)
+    return loss * (temperature**2 if temperature != 1.0 else 1.0)
+
+
+def mix_weights(alpha: tf.Tensor, label_mask: tf.Tensor, soft_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-example weights of the hard and soft terms.
+
+    Labelled with a teacher: (1 - alpha, alpha); labelled without: (1, 0); unlabelled with
+    a teacher (distillation on extra text): (0, 1).
+    """
+    soft_weight = soft_mask * tf.where(label_mask > 0, alpha, tf.ones_like(alpha))
+    hard_weight = label_mask * (1.0 - alpha * soft_mask)
+    return hard_weight, soft_weight

@@ -105,25 +105,62 @@ def training_data(
     config: TrainConfig,
     targets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     drop_remainder: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> TrainingData:
     """The pooled multi-task dataset for all epochs; split i trains head i.
 
     `targets[task]` adds per-example arrays (soft targets, masks) to that task's `y`.
+    Under a strategy with several replicas every global batch is cut into equal
+    per-replica slices, so each replica sees its part of exactly the single-device batch
+    (the batch size must divide by the replicas; remainders are dropped).
     """
-    datasets, counts = [], []
-    for task_id, data in enumerate(splits):
-        datasets.append(
-            batching.task_dataset(
-                data, task_id, preprocessor, config.batch_size,
-                targets=(targets or {}).get(data.task.name), seed=config.seed + task_id,
-                drop_remainder=drop_remainder,
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if replicas > 1:
+        if config.batch_size % replicas:
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the {replicas} replicas of the strategy"
             )
-        )
-        counts.append(batching.num_batches(len(data), config.batch_size, drop_remainder))
+        drop_remainder = True
+    counts = [batching.num_batches(len(data), config.batch_size, drop_remainder) for data in splits]
+    for data, count in zip(splits, counts):
+        if count == 0:
+            raise ValueError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of {config.batch_size}")
     schedule = batching.batch_schedule(
         counts, config.epochs, config.task_sampling, config.sampling_temperature, config.seed
     )
-    return TrainingData(batching.multitask_dataset(datasets, schedule), int(sum(counts)), counts)
+
+    draws = np.bincount(schedule, minlength=len(splits))
+
+    def global_batches() -> tf.data.Dataset:
+        datasets = [
+            batching.task_dataset(
+                data, task_id, preprocessor, config.batch_size,
+                targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
+                drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
+            )
+            for task_id, data in enumerate(splits)
+        ]
+        return batching.multitask_dataset(datasets, schedule)
+
+    if replicas == 1:
+        return TrainingData(global_batches(), int(sum(counts)), counts)
+
+    def per_replica(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        size = config.batch_size // replicas
+
+        def slices(x, y):
+            def cut(tensor):
+                shape = tf.concat([[replicas, size], tf.shape(tensor)[1:]], axis=0)
+                return tf.reshape(tensor, shape)[first : first + local]
+
+            return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(cut, (x, y)))
+
+        return global_batches().flat_map(slices).prefetch(tf.data.AUTOTUNE)
+
+    dataset = strategy.distribute_datasets_from_function(per_replica)
+    return TrainingData(dataset, int(sum(counts)), counts)
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -194,7 +231,7 @@ def train_mtdnn(
     with strategy.scope():
         model = MTDNN(encoder.backbone, tasks)
         splits = [train[task.name] for task in model.tasks]
-        data = training_data(splits, preprocessor, config)
+        data = training_data(splits, preprocessor, config, strategy=strategy)
         model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
     fit(model, data, config, model_dir)
     model_dir_lib.save(

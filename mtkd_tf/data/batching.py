@@ -26,19 +26,40 @@ def _text_columns(data: SplitData) -> tuple:
     return (data.text_a,) if data.text_b is None else (data.text_a, data.text_b)
 
 
-def tokenized_dataset(data: SplitData, preprocessor: Preprocessor) -> tf.data.Dataset:
-    """Per-example ragged token ids, tokenised in large batches and cached in memory."""
-    texts = tf.data.Dataset.from_tensor_slices(_text_columns(data))
-    return (
-        texts.batch(_TOKENIZE_CHUNK)
-        .map(preprocessor.tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
-        .cache()
-    )
+def tokenize_all(data: SplitData, preprocessor: Preprocessor) -> tuple[tf.RaggedTensor, ...]:
+    """Every example's token ids (one ragged tensor per segment), tokenised in large tf.data batches."""
+    texts = tf.data.Dataset.from_tensor_slices(_text_columns(data)).batch(_TOKENIZE_CHUNK)
+    chunks = list(texts.map(preprocessor.tokenize, num_parallel_calls=tf.data.AUTOTUNE))
+    return tuple(tf.concat([chunk[i] for chunk in chunks], axis=0) for i in range(len(chunks[0])))
 
 
 def num_batches(size: int, batch_size: int, drop_remainder: bool = False) -> int:
     return size // batch_size if drop_remainder else math.ceil(size / batch_size)
+
+
+def pass_orders(size: int, passes: int, seed: int | None) -> np.ndarray:
+    """Example order of each pass over a task, `[passes, size]`; `seed=None` keeps data order.
+
+    Orders come from NumPy, not tf.data's stateful shuffle, so they depend on the seed
+    alone: the same under every strategy, in every process, and after a resume.
+    """
+    if seed is None:
+        return np.tile(np.arange(size), (passes, 1))
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(size) for _ in range(passes)])
+
+
+def _batches(segments, columns, orders: np.ndarray, batch_size: int, drop_remainder: bool, preprocessor, extra):
+    """Batches gathered by index from in-memory tokens; a batch never spans two passes."""
+    indices = tf.data.Dataset.from_tensor_slices(orders.astype(np.int64)).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+    )
+
+    def gather(index):
+        x = preprocessor.pack(*(tf.gather(segment, index) for segment in segments))
+        return extra(x, {name: tf.gather(values, index) for name, values in columns.items()})
+
+    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def task_dataset(
@@ -50,38 +71,34 @@ def task_dataset(
     shuffle: bool = True,
     seed: int = 0,
     drop_remainder: bool = False,
+    passes: int = 1,
 ) -> tf.data.Dataset:
-    """Task-homogeneous training batches `(x, y)` of one task, reshuffled every pass.
+    """Task-homogeneous training batches `(x, y)` of one task: `passes` shuffled passes, repeated.
 
     `targets` are per-example arrays aligned with `data` that join `y` (soft targets and
     masks); without labels, `y["label"]` is zeros.
     """
     labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
-    columns = {"label": np.asarray(labels, np.float32)}
+    columns = {"label": tf.constant(np.asarray(labels, np.float32))}
     for name, values in (targets or {}).items():
         if len(values) != len(data):
             raise ValueError(f"{name}: {len(values)} rows for {len(data)} examples of {data.task.name}")
-        columns[name] = np.asarray(values, np.float32)
-    dataset = tf.data.Dataset.zip(
-        tokenized_dataset(data, preprocessor), tf.data.Dataset.from_tensor_slices(columns)
-    )
-    if shuffle:
-        dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.ragged_batch(batch_size, drop_remainder=drop_remainder)
+        columns[name] = tf.constant(np.asarray(values, np.float32))
+    orders = pass_orders(len(data), passes, seed if shuffle else None)
 
-    def to_model_inputs(segments, y):
-        x = preprocessor.pack(*segments)
+    def with_task(x, y):
         x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
         return x, y
 
-    return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _batches(tokenize_all(data, preprocessor), columns, orders, batch_size, drop_remainder, preprocessor, with_task)
+    return dataset.repeat()
 
 
 def inference_dataset(data: SplitData, preprocessor: Preprocessor, batch_size: int) -> tf.data.Dataset:
     """Model inputs in data order, for evaluation, prediction and soft labelling."""
-    dataset = tokenized_dataset(data, preprocessor).ragged_batch(batch_size)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
-    return dataset.map(lambda *segments: preprocessor.pack(*segments), num_parallel_calls=tf.data.AUTOTUNE)
+    orders = pass_orders(len(data), 1, None)
+    dataset = _batches(tokenize_all(data, preprocessor), {}, orders, batch_size, False, preprocessor, lambda x, y: x)
+    return dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
 
 
 def batch_schedule(
@@ -118,6 +135,5 @@ def batch_schedule(
 
 def multitask_dataset(task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray) -> tf.data.Dataset:
     """Interleaves task datasets in `schedule` order: one homogeneous batch per step."""
-    repeated = [dataset.repeat() for dataset in task_datasets]
     choices = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
-    return tf.data.Dataset.choose_from_datasets(repeated, choices).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.choose_from_datasets(list(task_datasets), choices).prefetch(tf.data.AUTOTUNE)

@@ -39,6 +39,39 @@ def track_task_losses(trackers: Sequence[keras.metrics.Mean], task_id: tf.Tensor
         tracker.update_state(value, sample_weight=count * tf.cast(tf.equal(task_id, i), count.dtype))
 
 
+def _merge_duplicates(gradient):
+    """IndexedSlices with one row per index (embedding gradients repeat a row per occurrence)."""
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    unique, positions = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique)[0])
+    return tf.IndexedSlices(values, unique, gradient.dense_shape)
+
+
+def clip_across_replicas(gradients: list, clipnorm: float | None) -> list:
+    """Makes global-norm clipping exact and independent of the replica count.
+
+    Keras clips each replica's partial gradient before summing them, and measures an
+    embedding's IndexedSlices gradient by its unmerged rows. Here the norm is that of the
+    true (summed, merged) gradient: one replica merges duplicate rows and lets Keras clip;
+    several sum first, clip, and hand each replica a 1/R share, whose norm is below the
+    clip so Keras leaves it alone.
+    """
+    if not clipnorm:
+        return gradients
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas == 1:
+        return [None if g is None else _merge_duplicates(g) for g in gradients]
+    present = [i for i, g in enumerate(gradients) if g is not None]
+    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(gradients[i]) for i in present])
+    clipped, _ = tf.clip_by_global_norm(summed, clipnorm)
+    result = list(gradients)
+    for i, gradient in zip(present, clipped):
+        result[i] = gradient / replicas
+    return result
+
+
 def replica_loss_to_metric(loss: tf.Tensor) -> tf.Tensor:
     """Undo the 1/num_replicas in a per-replica loss, as Keras does for its loss tracker."""
     return loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
@@ -84,6 +117,20 @@ class MTDNN(keras.Model):
         head = task.predict_with or task.name
         return [t.name for t in self.tasks].index(head)
 
+    def call(self, inputs, training=None, mask=None):
+        # Batches also carry `task_id`; Keras may call the model on the whole dict.
+        if isinstance(inputs, dict) and set(inputs) != set(FEATURES):
+            inputs = {name: inputs[name] for name in FEATURES}
+            mask = None
+        return super().call(inputs, training=training, mask=mask)
+
+    def features_model(self) -> keras.Model:
+        """The same layers with the encoder's pooled [CLS] vector as an extra output."""
+        encoded = self.encoder(self.input)
+        outputs = {name: head(encoded["pooled_output"]) for name, head in self.heads.items()}
+        outputs["pooled_output"] = encoded["pooled_output"]
+        return keras.Model(self.input, outputs)
+
     def compute_task_loss(self, outputs: dict, y: dict, task_id: tf.Tensor) -> tf.Tensor:
         """Per-example hard loss of the batch's task, masked where an example has no label."""
         def loss(i, task):
@@ -102,6 +149,7 @@ class MTDNN(keras.Model):
             loss = tf.nn.compute_average_loss(self.compute_task_loss(outputs, y, task_id))
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.trainable_variables)
+        gradients = clip_across_replicas(gradients, self.optimizer.global_clipnorm)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self._track(loss, task_id, features)
 

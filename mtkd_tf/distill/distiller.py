@@ -1,0 +1,220 @@
+"""The Distiller: a keras.Model around a student MT-DNN whose `train_step` mixes, per task,
+the hard-label loss and the soft (teacher) loss:
+
+    L_t = (1 - alpha_t) * hard + alpha_t * soft
+
+Soft targets come either cached in each batch (`y["soft"]`, `y["soft_mask"]`, made once by
+the teacher ensemble) or from frozen online teachers run inside `train_step`; both give the
+same loss on the same batch. Unlabelled rows (`y["label_mask"] == 0`) train on the soft
+loss alone. With alpha = 0 it trains exactly like `MTDNN.fit`. Losses are scaled to the
+global batch, so any `tf.distribute` strategy gives the single-device result.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mtkd_tf.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
+from mtkd_tf.models.mtdnn import MTDNN, clip_across_replicas, per_task_loss, replica_loss_to_metric, split_features, track_task_losses
+from mtkd_tf.tasks import CLASSIFICATION, Task
+
+
+def soft_width(tasks: Sequence[Task]) -> int:
+    """Columns of `y["soft"]`: the widest head (classes, or 1 for a score)."""
+    return max(task.num_classes for task in tasks)
+
+
+def distillation_targets(
+    task: Task, size: int, width: int, soft: np.ndarray | None = None, label_mask: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per-example `y` extras of one task: soft targets padded to `width`, and the masks."""
+    padded = np.zeros((size, width), np.float32)
+    if soft is not None:
+        padded[:, : task.num_classes] = np.asarray(soft, np.float32).reshape(size, -1)
+    return {
+        "soft": padded,
+        "soft_mask": np.full(size, 1.0 if soft is not None else 0.0, np.float32),
+        "label_mask": np.ones(size, np.float32) if label_mask is None else np.asarray(label_mask, np.float32),
+    }
+
+
+def _check_settings(alpha: float, task_alpha: Mapping[str, float], temperature: float, kind: str) -> None:
+    for name, value in [("alpha", alpha), *((f"alpha of {t}", a) for t, a in task_alpha.items())]:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if kind not in SOFT_LOSSES:
+        raise ValueError(f"soft loss {kind!r} is not one of {', '.join(SOFT_LOSSES)}")
+
+
+@keras.saving.register_keras_serializable(package="mtkd_tf")
+class Distiller(keras.Model):
+    """Trains `student` on a per-task mix of hard labels and teacher soft targets.
+
+    Args:
+        student: the MTDNN to train.
+        alpha: weight of the soft loss for tasks with a teacher (paper: 0.5).
+        task_alpha: per-task overrides of alpha.
+        temperature: T of the soft targets and of the student's softmax (paper: 1).
+        soft_loss: "ce" (paper), "kl" or "mse" (on log-probabilities); regression uses MSE.
+        teachers: frozen MTDNNs for online distillation; empty: targets come with the batch.
+        teacher_tasks: tasks that have a teacher (default: all of the student's).
+        hidden_weight: weight of an MSE between the projected student [CLS] vector and the
+            teachers' mean [CLS] vector (online teachers only; for smaller students).
+    """
+
+    def __init__(
+        self,
+        student: MTDNN,
+        alpha: float = 0.5,
+        task_alpha: Mapping[str, float] | None = None,
+        temperature: float = 1.0,
+        soft_loss: str = "ce",
+        teachers: Sequence[MTDNN] = (),
+        teacher_tasks: Sequence[str] | None = None,
+        hidden_weight: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        task_alpha = dict(task_alpha or {})
+        _check_settings(alpha, task_alpha, temperature, soft_loss)
+        unknown = sorted(set(task_alpha) - {t.name for t in student.tasks})
+        if unknown:
+            raise ValueError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}")
+        if hidden_weight and not teachers:
+            raise ValueError("the hidden-state loss needs online teachers")
+        self.student = student
+        self.teachers = list(teachers)
+        for teacher in self.teachers:
+            teacher.trainable = False
+        names = [task.name for task in student.tasks]
+        self.teacher_tasks = tuple(names if teacher_tasks is None else teacher_tasks)
+        self.alpha = alpha
+        self.task_alpha = task_alpha
+        self.temperature = temperature
+        self.soft_loss_kind = soft_loss
+        self.hidden_weight = hidden_weight
+        self.alphas = tf.constant([task_alpha.get(name, alpha) for name in names], tf.float32)
+        self.has_teacher = tf.constant([float(name in self.teacher_tasks) for name in names], tf.float32)
+        self.width = soft_width(student.tasks)
+        if hidden_weight:
+            self.student_features = student.features_model()
+            self.teacher_features = [teacher.features_model() for teacher in self.teachers]
+            self.projection = keras.layers.Dense(self.teachers[0].encoder.hidden_dim, name="hidden_projection")
+        self.hard_tracker = keras.metrics.Mean(name="hard_loss")
+        self.soft_tracker = keras.metrics.Mean(name="soft_loss")
+        self.hidden_tracker = keras.metrics.Mean(name="hidden_loss") if hidden_weight else None
+        self.task_trackers = {
+            kind: [keras.metrics.Mean(name=f"{task.name}_{kind}") for task in student.tasks]
+            for kind in ("loss", "hard", "soft")
+        }
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    # --- targets -------------------------------------------------------------------------
+    def teacher_targets(self, features, task_id, teacher_outputs=None):
+        """Online targets of the batch's task: mean teacher probabilities at T, or mean score."""
+        if teacher_outputs is None:
+            teacher_outputs = [teacher(features, training=False) for teacher in self.teachers]
+
+        def target(i, task):
+            if task.type == CLASSIFICATION:
+                probs = [tf.exp(soften(out[task.name], self.temperature)) for out in teacher_outputs]
+            else:
+                probs = [out[task.name][:, None] for out in teacher_outputs]
+            mean = tf.add_n(probs) / len(probs)
+            return tf.pad(mean, [[0, 0], [0, self.width - mean.shape[-1]]])
+
+        return tf.stop_gradient(per_task_loss(self.student.tasks, task_id, target))
+
+    # --- losses --------------------------------------------------------------------------
+    def compute_losses(self, x, y, training: bool):
+        """Per-example weighted hard and soft losses (and the hidden loss, a scalar)."""
+        features, task_id = split_features(x)
+        hidden = tf.constant(0.0)
+        if self.hidden_weight:
+            outputs = self.student_features(features, training=training)
+            teacher_outputs = [t(features, training=False) for t in self.teacher_features]
+            projected = self.projection(outputs["pooled_output"])
+            teacher_pooled = tf.add_n([t["pooled_output"] for t in teacher_outputs]) / len(teacher_outputs)
+            hidden = self.hidden_weight * tf.reduce_mean(tf.square(projected - tf.stop_gradient(teacher_pooled)), axis=-1)
+        else:
+            outputs = self.student(features, training=training)
+            teacher_outputs = None
+        if self.teachers:
+            target = self.teacher_targets(features, task_id, teacher_outputs)
+            soft_mask = tf.fill(tf.shape(y["label"]), tf.gather(self.has_teacher, task_id))
+        else:
+            target, soft_mask = y["soft"], y["soft_mask"] * tf.gather(self.has_teacher, task_id)
+        label_mask = y.get("label_mask", tf.ones_like(y["label"]))
+        alpha = tf.fill(tf.shape(y["label"]), tf.gather(self.alphas, task_id))
+        hard_weight, soft_weight = mix_weights(alpha, label_mask, soft_mask)
+
+        def both(i, task):
+            output = outputs[task.name]
+            task_target = target[:, : task.num_classes] if task.type == CLASSIFICATION else target[:, 0]
+            return tf.stack(
+                [hard_loss(task, output, y["label"]), soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind)]
+            )
+
+        losses = per_task_loss(self.student.tasks, task_id, both)
+        return losses[0] * hard_weight, losses[1] * soft_weight, hidden, task_id, features
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            hard, soft, hidden, task_id, features = self.compute_losses(x, y, training=True)
+            loss = tf.nn.compute_average_loss(hard + soft + hidden)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer.global_clipnorm)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._track(loss, hard, soft, hidden, task_id, features)
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        hard, soft, hidden, task_id, features = self.compute_losses(x, y, training=False)
+        loss = tf.nn.compute_average_loss(hard + soft + hidden)
+        return self._track(loss, hard, soft, hidden, task_id, features)
+
+    def _track(self, loss, hard, soft, hidden, task_id, features):
+        count = tf.cast(tf.shape(features["token_ids"])[0], tf.float32)
+        values = {
+            "loss": replica_loss_to_metric(loss),
+            "hard": replica_loss_to_metric(tf.nn.compute_average_loss(hard)),
+            "soft": replica_loss_to_metric(tf.nn.compute_average_loss(soft)),
+        }
+        self._loss_tracker.update_state(values["loss"], sample_weight=count)
+        self.hard_tracker.update_state(values["hard"], sample_weight=count)
+        self.soft_tracker.update_state(values["soft"], sample_weight=count)
+        if self.hidden_tracker is not None:
+            self.hidden_tracker.update_state(replica_loss_to_metric(tf.nn.compute_average_loss(hidden)), sample_weight=count)
+        for kind, trackers in self.task_trackers.items():
+            track_task_losses(trackers, task_id, values[kind], count)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teachers": [keras.saving.serialize_keras_object(t) for t in self.teachers],
+            "alpha": self.alpha,
+            "task_alpha": self.task_alpha,
+            "temperature": self.temperature,
+            "soft_loss": self.soft_loss_kind,
+            "teacher_tasks": list(self.teacher_tasks),
+            "hidden_weight": self.hidden_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        config["teachers"] = [keras.saving.deserialize_keras_object(t) for t in config.get("teachers", [])]
+        return cls(**config)

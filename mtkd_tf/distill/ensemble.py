@@ -1,0 +1,142 @@
+"""Teacher ensembles: K MT-DNNs that differ as the paper's did, and their averaged predictions.
+
+Member k trains with seed `seed + 1000 (k + 1)`, shared-layer dropout
+`dropouts[k % len]` and encoder `encoders[k % len]`; each member is an ordinary model
+directory (`<teacher_dir>/member_<k>`), so it can be evaluated alone. The ensemble's
+prediction is the mean of its members' class probabilities (regression: mean score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mtkd_tf import model_dir as model_dir_lib
+from mtkd_tf.data.readers import SplitData
+from mtkd_tf.evaluation import predict_outputs, task_metrics, split_suffix
+from mtkd_tf.losses import soften
+from mtkd_tf.tasks import CLASSIFICATION, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+    index: int
+    seed: int
+    dropout: float
+    encoder: str
+
+    @property
+    def name(self) -> str:
+        return f"member_{self.index}"
+
+
+def member_specs(num_teachers: int, seed: int, dropouts: Sequence[float], encoders: Sequence[str]) -> list[MemberSpec]:
+    if num_teachers < 1:
+        raise ValueError(f"num_teachers must be at least 1, got {num_teachers}")
+    if not dropouts or not encoders:
+        raise ValueError("teacher dropouts and encoders must each list at least one value")
+    for dropout in dropouts:
+        if not 0 <= dropout < 1:
+            raise ValueError(f"teacher dropout must be in [0, 1), got {dropout}")
+    return [
+        MemberSpec(k, seed + 1000 * (k + 1), float(dropouts[k % len(dropouts)]), encoders[k % len(encoders)])
+        for k in range(num_teachers)
+    ]
+
+
+def member_dirs(teacher_dir: str) -> list[str]:
+    """Finished member directories under `teacher_dir`, in member order."""
+    if not os.path.isdir(teacher_dir):
+        return []
+    names = sorted(
+        (name for name in os.listdir(teacher_dir) if name.startswith("member_") and name[7:].isdigit()),
+        key=lambda name: int(name[7:]),
+    )
+    return [os.path.join(teacher_dir, name) for name in names if model_dir_lib.exists(os.path.join(teacher_dir, name))]
+
+
+def train_teachers(
+    specs: Sequence[MemberSpec],
+    teacher_dir: str,
+    train_member: Callable[[MemberSpec, str], None],
+) -> list[str]:
+    """Trains every member not already finished; `train_member(spec, directory)` trains one."""
+    directories = []
+    for spec in specs:
+        directory = os.path.join(teacher_dir, spec.name)
+        if model_dir_lib.exists(directory):
+            logger.info("teacher %s exists, skipping", directory)
+        else:
+            logger.info("training teacher %s (seed %d, dropout %.2f, encoder %s)", spec.name, spec.seed, spec.dropout, spec.encoder)
+            train_member(spec, directory)
+        directories.append(directory)
+    return directories
+
+
+def member_targets(
+    member: model_dir_lib.TrainedModel, data: SplitData, temperature: float = 1.0, batch_size: int = 128
+) -> np.ndarray:
+    """One member's targets for `data`: probabilities at temperature T, or scores."""
+    outputs = predict_outputs(member.model, member.preprocessor, data, batch_size)
+    if data.task.type == CLASSIFICATION:
+        return np.exp(np.asarray(soften(outputs, temperature)))
+    return outputs
+
+
+def ensemble_targets(
+    members: Sequence[model_dir_lib.TrainedModel], data: SplitData, temperature: float = 1.0, batch_size: int = 128
+) -> np.ndarray:
+    """Q = mean_k Q^k over the members (batched inference, one pass per member)."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    total = None
+    for member in members:
+        targets = member_targets(member, data, temperature, batch_size)
+        total = targets if total is None else total + targets
+    return (total / len(members)).astype(np.float32)
+
+
+def evaluate_ensemble(
+    members: Sequence[model_dir_lib.TrainedModel],
+    dev: Mapping[str, Mapping[str, SplitData]],
+    batch_size: int = 128,
+) -> dict[str, dict[str, float]]:
+    """GLUE metrics of the averaged predictions, `{task: {metric[_suffix]: value}}`."""
+    results: dict[str, dict[str, float]] = {}
+    for task_name, splits in dev.items():
+        for split, data in splits.items():
+            if data.labels is None:
+                continue
+            averaged = ensemble_targets(members, data, 1.0, batch_size)
+            outputs = np.log(np.maximum(averaged, 1e-12)) if data.task.type == CLASSIFICATION else averaged
+            suffix = split_suffix(data.task, split)
+            for metric, value in task_metrics(data.task, data.labels, outputs).items():
+                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
+    return results
+
+
+def check_compatible(members: Sequence[model_dir_lib.TrainedModel], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:
+    """Members must share the student's vocabulary (online teachers) and the tasks' label sets."""
+    for member in members:
+        for task in tasks:
+            try:
+                theirs = member.model.task(task.name)
+            except KeyError:
+                raise ValueError(f"teacher {member.directory} has no head for task {task.name!r}") from None
+            if tuple(theirs.labels) != tuple(task.labels) or theirs.type != task.type:
+                raise ValueError(
+                    f"teacher {member.directory}: task {task.name} has labels {list(theirs.labels)} ({theirs.type}), "
+                    f"the student's has {list(task.labels)} ({task.type})"
+                )
+        if vocabulary is not None and member.vocabulary != vocabulary:
+            raise ValueError(
+                f"teacher {member.directory} uses a different tokenizer vocabulary than the student "
+                f"({len(member.vocabulary)} vs {len(vocabulary)} tokens); online teachers must share it "
+                "(use cached soft labels instead)"
+            )

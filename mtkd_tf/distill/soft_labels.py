@@ -1,0 +1,157 @@
+"""The soft-label file: teacher-ensemble targets for every example, computed once, offline.
+
+Format: `<soft_labels_dir>/<task>.npz`, a NumPy archive with
+- `ids`: the example ids (`<task>/<split>/<row>`) of the data pipeline, one per row;
+- `targets`: float32, `[N, num_classes]` averaged class probabilities Q = mean_k Q^k at the
+  recorded temperature, or `[N]` the members' mean score for regression;
+- `metadata`: a JSON string: format version, task, type, label names, teacher directories,
+  K (num_teachers), temperature, and a fingerprint of each split's data.
+Loading validates all of it and `align` checks the ids and fingerprints against the data a
+student trains on, so soft labels made for other data are never used silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+
+from mtkd_tf.data.readers import SplitData
+from mtkd_tf.tasks import CLASSIFICATION, Task
+
+FORMAT_VERSION = 1
+
+
+class SoftLabelError(ValueError):
+    """A soft-label file is missing, corrupt, or does not match the task or data."""
+
+
+@dataclasses.dataclass
+class SoftLabels:
+    ids: np.ndarray
+    targets: np.ndarray
+    metadata: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+
+def path_for(directory: str, task: str) -> str:
+    return os.path.join(directory, f"{task}.npz")
+
+
+def build(
+    task: Task,
+    splits: Sequence[SplitData],
+    targets: Sequence[np.ndarray],
+    teachers: Sequence[str],
+    temperature: float,
+) -> SoftLabels:
+    """Soft labels of one task from per-split ensemble targets (aligned with each split)."""
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "task": task.name,
+        "type": task.type,
+        "labels": list(task.labels),
+        "teachers": [os.path.abspath(t) for t in teachers],
+        "num_teachers": len(teachers),
+        "temperature": float(temperature),
+        "fingerprints": {data.split: data.fingerprint() for data in splits},
+    }
+    ids = np.asarray([i for data in splits for i in data.ids])
+    values = np.concatenate([np.asarray(t, np.float32) for t in targets])
+    soft = SoftLabels(ids, values, metadata)
+    validate(soft, f"soft labels of {task.name}")
+    return soft
+
+
+def write(path: str, soft: SoftLabels) -> None:
+    """Writes atomically: a temporary file in the same directory, then a rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, ids=soft.ids.astype(str), targets=soft.targets, metadata=np.asarray(json.dumps(soft.metadata)))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def validate(soft: SoftLabels, where: str) -> None:
+    """Structure checks: shapes, finite values, probabilities that sum to 1, unique ids."""
+    meta, targets = soft.metadata, soft.targets
+    for key in ("task", "type", "labels", "teachers", "num_teachers", "temperature", "fingerprints"):
+        if key not in meta:
+            raise SoftLabelError(f"{where}: metadata lacks {key!r}")
+    if len(soft.ids) != len(targets):
+        raise SoftLabelError(f"{where}: {len(soft.ids)} ids but {len(targets)} target rows")
+    if len(set(soft.ids.tolist())) != len(soft.ids):
+        raise SoftLabelError(f"{where}: duplicated example ids")
+    if not np.all(np.isfinite(targets)):
+        bad = int(np.argwhere(~np.isfinite(targets.reshape(len(targets), -1)))[0][0])
+        raise SoftLabelError(f"{where}: target of example {soft.ids[bad]} is not finite (NaN or Inf)")
+    if meta["type"] == CLASSIFICATION:
+        if targets.ndim != 2 or targets.shape[1] != len(meta["labels"]):
+            raise SoftLabelError(
+                f"{where}: targets have shape {targets.shape}, expected [N, {len(meta['labels'])}] for labels {meta['labels']}"
+            )
+        sums = targets.sum(axis=1)
+        off = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
+        if off.size or targets.min() < 0:
+            first = off[0] if off.size else int(np.argwhere(targets < 0)[0][0])
+            raise SoftLabelError(f"{where}: probabilities of example {soft.ids[first]} do not sum to 1 ({sums[first]:.4f})")
+    elif targets.ndim != 1:
+        raise SoftLabelError(f"{where}: regression targets must be one score per example, got shape {targets.shape}")
+    if not meta["temperature"] > 0:
+        raise SoftLabelError(f"{where}: temperature must be > 0, got {meta['temperature']}")
+
+
+def read(path: str) -> SoftLabels:
+    """Reads and validates one soft-label file; a truncated or corrupt file is an error."""
+    if not os.path.isfile(path):
+        raise SoftLabelError(f"soft labels {path}: no such file (run --mode=soft_labels first)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])))
+    except Exception as error:  # zipfile, KeyError, ValueError, JSON errors
+        raise SoftLabelError(f"soft labels {path}: unreadable or corrupt ({type(error).__name__}: {error})") from None
+    if soft.metadata.get("format_version") != FORMAT_VERSION:
+        raise SoftLabelError(f"soft labels {path}: format version {soft.metadata.get('format_version')}, expected {FORMAT_VERSION}")
+    validate(soft, f"soft labels {path}")
+    return soft
+
+
+def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | None = None, where: str = "") -> np.ndarray:
+    """The targets of `data`'s examples, in data order, after checking that they belong to it."""
+    where = where or f"soft labels of {soft.task}"
+    meta = soft.metadata
+    if meta["task"] != task.name:
+        raise SoftLabelError(f"{where}: made for task {meta['task']!r}, not {task.name!r}")
+    if meta["type"] != task.type or list(meta["labels"]) != list(task.labels):
+        raise SoftLabelError(
+            f"{where}: label set {meta['labels']} ({meta['type']}) does not match task {task.name}'s {list(task.labels)} ({task.type})"
+        )
+    if temperature is not None and abs(meta["temperature"] - temperature) > 1e-9:
+        raise SoftLabelError(f"{where}: made at temperature {meta['temperature']}, but distillation uses {temperature}; regenerate them")
+    recorded = meta["fingerprints"].get(data.split)
+    if recorded is None:
+        raise SoftLabelError(f"{where}: has no targets for split {data.split!r} (has {', '.join(meta['fingerprints'])})")
+    index = {example_id: row for row, example_id in enumerate(soft.ids.tolist())}
+    missing = [example_id for example_id in data.ids if example_id not in index]
+    if missing:
+        raise SoftLabelError(
+            f"{where}: {len(missing)} example id(s) of {task.name}/{data.split} are missing, e.g. {missing[:3]}; "
+            "were they made for other data? regenerate with --mode=soft_labels"
+        )
+    if recorded != data.fingerprint() and len(data) == len([i for i in soft.ids.tolist() if i.startswith(f"{task.name}/{data.split}/")]):
+        raise SoftLabelError(
+            f"{where}: made for different {task.name}/{data.split} data (fingerprint {recorded} != {data.fingerprint()}); "
+            "regenerate with --mode=soft_labels"
+        )
+    return soft.targets[[index[example_id] for example_id in data.ids]]

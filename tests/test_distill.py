@@ -1,0 +1,334 @@
+"""The distillation core: soft losses, the Distiller's train step, soft-label files, ensembles."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtkd_tf import losses
+from mtkd_tf.data import batching, readers
+from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.distill import ensemble, soft_labels
+from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
+from mtkd_tf.distill.soft_labels import SoftLabelError
+from mtkd_tf.model_dir import TrainedModel
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.tasks import GLUE_TASKS
+from mtkd_tf.training import TrainConfig, make_optimizer, training_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- soft losses against hand-computed values ---------------------------------------------
+
+P = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+Q = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+
+
+def _soft(kind, temperature, task="mnli", output=None, target=None):
+    output = np.log(P) if output is None else output
+    return losses.soft_loss(GLUE_TASKS[task], tf.constant(output, tf.float32), tf.constant(Q if target is None else target, tf.float32), temperature, kind).numpy()
+
+
+def test_soft_cross_entropy_matches_hand_value():
+    expected = -(Q * np.log(P)).sum(axis=1)
+    assert np.allclose(_soft("ce", 1.0), expected, atol=1e-6)
+
+
+def test_soft_cross_entropy_at_temperature_scales_by_t_squared():
+    T = 2.0
+    p_t = P ** (1 / T) / (P ** (1 / T)).sum(axis=1, keepdims=True)
+    expected = -(Q * np.log(p_t)).sum(axis=1) * T**2
+    assert np.allclose(_soft("ce", T), expected, atol=1e-5)
+
+
+def test_kl_is_cross_entropy_minus_teacher_entropy():
+    expected = (Q * (np.log(Q) - np.log(P))).sum(axis=1)
+    assert np.allclose(_soft("kl", 1.0), expected, atol=1e-6)
+    T = 3.0
+    p_t = P ** (1 / T) / (P ** (1 / T)).sum(axis=1, keepdims=True)
+    assert np.allclose(_soft("kl", T), (Q * (np.log(Q) - np.log(p_t))).sum(axis=1) * T**2, atol=1e-5)
+
+
+def test_mse_on_log_probabilities():
+    expected = ((np.log(P) - np.log(Q)) ** 2).mean(axis=1)
+    assert np.allclose(_soft("mse", 1.0), expected, atol=1e-6)
+    assert np.allclose(_soft("mse", 2.0), expected / 4, atol=1e-6)
+
+
+def test_regression_soft_loss_is_squared_error_to_teacher_mean():
+    out = np.array([1.0, 3.5], np.float32)
+    target = np.array([1.5, 2.5], np.float32)
+    assert np.allclose(_soft("ce", 1.0, task="stsb", output=out, target=target), [0.25, 1.0])
+
+
+def test_mix_weights():
+    alpha = tf.constant([0.3, 0.3, 0.3, 0.3])
+    label_mask = tf.constant([1.0, 1.0, 0.0, 0.0])
+    soft_mask = tf.constant([1.0, 0.0, 1.0, 0.0])
+    hard, soft = losses.mix_weights(alpha, label_mask, soft_mask)
+    assert np.allclose(hard.numpy(), [0.7, 1.0, 0.0, 0.0])
+    assert np.allclose(soft.numpy(), [0.3, 0.0, 1.0, 0.0])
+
+
+def test_bad_settings_are_rejected(tiny_student):
+    student, _ = tiny_student()
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1.5"):
+        Distiller(student, alpha=1.5)
+    with pytest.raises(ValueError, match=r"alpha of rte must be in \[0, 1\]"):
+        Distiller(student, task_alpha={"rte": -0.1})
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        Distiller(student, temperature=0.0)
+    with pytest.raises(ValueError, match="soft loss 'hinge'"):
+        Distiller(student, soft_loss="hinge")
+    with pytest.raises(ValueError, match="task_alpha names task"):
+        Distiller(student, task_alpha={"cola": 0.5})
+
+
+# --- the Distiller on real batches --------------------------------------------------------
+
+TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]
+
+
+@pytest.fixture(scope="module")
+def splits(glue_dir):
+    return [readers.load_split(task, "train", data_dir=glue_dir).take(48) for task in TASKS]
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tiny_encoder_factory):
+    def make(seed=0, dropout=None):
+        encoder = tiny_encoder_factory(seed=seed, dropout=dropout)
+        tasks = TASKS if dropout is None else [dataclasses.replace(t, dropout=dropout) for t in TASKS]
+        keras.utils.set_random_seed(seed)
+        model = MTDNN(encoder.backbone, tasks)
+        preprocessor = Preprocessor(load_tokenizer(encoder.vocabulary), 64)
+        return model, preprocessor
+
+    return make
+
+
+def _first_batch(dataset):
+    return next(iter(dataset))
+
+
+def _cached_targets(teachers, splits, temperature=1.0):
+    width = soft_width(TASKS)
+    return {
+        data.task.name: distillation_targets(data.task, len(data), width, ensemble.ensemble_targets(teachers, data, temperature))
+        for data in splits
+    }
+
+
+def test_distiller_loss_equals_hand_mix_of_hard_and_soft(tiny_student, splits):
+    student, pre = tiny_student(seed=1)
+    teacher, _ = tiny_student(seed=2)
+    members = [TrainedModel(teacher, pre, {}, "t")]
+    targets = _cached_targets(members, splits)
+    data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1), targets=targets)
+    x, y = _first_batch(data.dataset)
+    distiller = Distiller(student, alpha=0.3)
+    hard, soft, _, task_id, _ = distiller.compute_losses(x, y, training=False)
+    task = TASKS[int(task_id)]
+    output = student({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")})[task.name].numpy()
+    label = y["label"].numpy()
+    if task.type == "classification":
+        q = y["soft"].numpy()[:, :2]
+        hand_hard = -output[np.arange(len(label)), label.astype(int)]
+        hand_soft = -(q * output).sum(axis=1)
+    else:
+        q = y["soft"].numpy()[:, 0]
+        hand_hard, hand_soft = (output - label) ** 2, (output - q) ** 2
+    assert np.allclose(hard.numpy(), 0.7 * hand_hard, atol=1e-5)
+    assert np.allclose(soft.numpy(), 0.3 * hand_soft, atol=1e-5)
+
+
+def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
+    config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=3, verbose=0)
+    plain, pre = tiny_student(seed=5, dropout=0.0)
+    student, _ = tiny_student(seed=5, dropout=0.0)
+    student.set_weights(plain.get_weights())
+    teacher, _ = tiny_student(seed=6)
+    targets = _cached_targets([TrainedModel(teacher, pre, {}, "t")], splits)
+    plain_data = training_data(splits, pre, config)
+    distill_data = training_data(splits, pre, config, targets=targets)
+    steps = 6
+    plain.compile(optimizer=make_optimizer(config, steps))
+    plain.fit(plain_data.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    distiller = Distiller(student, alpha=0.0)
+    distiller.compile(optimizer=make_optimizer(config, steps))
+    distiller.fit(distill_data.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    for a, b in zip(plain.get_weights(), student.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights()))
+
+
+@pytest.mark.parametrize("kind, temperature", [("ce", 1.0), ("kl", 2.0), ("mse", 1.0)])
+def test_cached_and_online_teachers_give_the_same_loss(tiny_student, splits, kind, temperature):
+    student, pre = tiny_student(seed=1)
+    teachers = [tiny_student(seed=s)[0] for s in (2, 3)]
+    members = [TrainedModel(t, pre, {}, f"t{i}") for i, t in enumerate(teachers)]
+    targets = _cached_targets(members, splits, temperature)
+    data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1, seed=4), targets=targets)
+    cached = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind)
+    online = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind, teachers=teachers)
+    for x, y in data.dataset.take(4):
+        h1, s1, *_ = cached.compute_losses(x, y, training=False)
+        h2, s2, *_ = online.compute_losses(x, y, training=False)
+        np.testing.assert_allclose(h1.numpy(), h2.numpy(), atol=1e-5)
+        np.testing.assert_allclose(s1.numpy(), s2.numpy(), atol=1e-5)
+        assert float(tf.reduce_sum(s1)) > 0
+
+
+def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_encoder_factory):
+    from mtkd_tf.models.encoder import load_encoder
+
+    teacher, pre = tiny_student(seed=2)
+    small = load_encoder("random:layers=1,hidden=32,heads=2,intermediate=64", vocab_file=tiny_encoder_factory.vocab_file, seed=0)
+    student = MTDNN(small.backbone, TASKS)
+    config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, verbose=0)
+    data = training_data(splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits})
+    distiller = Distiller(student, teachers=[teacher], hidden_weight=1.0)
+    distiller.compile(optimizer=make_optimizer(config, 12))
+    history = distiller.fit(data.dataset, epochs=2, steps_per_epoch=6, verbose=0).history
+    assert history["hidden_loss"][-1] < history["hidden_loss"][0]
+    assert distiller.projection.kernel.shape == (32, 64)
+
+
+# --- soft-label files ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def soft_file(tmp_path, splits):
+    data = splits[0]
+    q = np.random.default_rng(0).dirichlet([1, 1], len(data)).astype(np.float32)
+    soft = soft_labels.build(data.task, [data], [q], ["/teachers/member_0", "/teachers/member_1"], 1.0)
+    path = str(tmp_path / "rte.npz")
+    soft_labels.write(path, soft)
+    return path, data, q
+
+
+def test_soft_label_file_round_trips(soft_file):
+    path, data, q = soft_file
+    soft = soft_labels.read(path)
+    assert soft.metadata["num_teachers"] == 2 and soft.metadata["labels"] == ["entailment", "not_entailment"]
+    assert soft.metadata["fingerprints"] == {"train": data.fingerprint()}
+    np.testing.assert_allclose(soft_labels.align(soft, data.task, data, 1.0), q)
+    # a subset of the data aligns by id
+    np.testing.assert_allclose(soft_labels.align(soft, data.task, data.take(5), 1.0), q[:5])
+
+
+def _rewrite(path, soft, **changes):
+    soft = dataclasses.replace(soft, **changes)
+    with open(path, "wb") as handle:
+        np.savez(handle, ids=soft.ids, targets=soft.targets, metadata=np.asarray(__import__("json").dumps(soft.metadata)))
+
+
+def test_corrupt_soft_labels_are_rejected(soft_file, splits):
+    path, data, q = soft_file
+    soft = soft_labels.read(path)
+    with pytest.raises(SoftLabelError, match="made for task 'rte', not 'stsb'"):
+        soft_labels.align(soft, splits[1].task, splits[1])
+    with pytest.raises(SoftLabelError, match="made at temperature 1.0, but distillation uses 2.0"):
+        soft_labels.align(soft, data.task, data, 2.0)
+    other = dataclasses.replace(GLUE_TASKS["rte"], labels=("yes", "no"))
+    with pytest.raises(SoftLabelError, match="label set .* does not match"):
+        soft_labels.align(soft, other, data)
+    changed = dataclasses.replace(data, text_a=["changed"] + data.text_a[1:])
+    with pytest.raises(SoftLabelError, match="made for different rte/train data"):
+        soft_labels.align(soft, data.task, changed)
+    _rewrite(path, soft, ids=soft.ids[:-3], targets=soft.targets[:-3])
+    with pytest.raises(SoftLabelError, match="3 example id\\(s\\) of rte/train are missing"):
+        soft_labels.align(soft_labels.read(path), data.task, data)
+    _rewrite(path, soft, ids=soft.ids, targets=np.concatenate([q, q[:, :1]], axis=1))
+    with pytest.raises(SoftLabelError, match=r"expected \[N, 2\]"):
+        soft_labels.read(path)
+    bad = q.copy()
+    bad[4, 0] = np.nan
+    _rewrite(path, soft, ids=soft.ids, targets=bad)
+    with pytest.raises(SoftLabelError, match="rte/train/4 is not finite"):
+        soft_labels.read(path)
+    bad = q.copy()
+    bad[2] = [0.5, 0.2]
+    _rewrite(path, soft, ids=soft.ids, targets=bad)
+    with pytest.raises(SoftLabelError, match="rte/train/2 do not sum to 1"):
+        soft_labels.read(path)
+    with open(path, "wb") as handle:
+        handle.write(b"PK\x03\x04 truncated")
+    with pytest.raises(SoftLabelError, match="unreadable or corrupt"):
+        soft_labels.read(path)
+    with pytest.raises(SoftLabelError, match="no such file"):
+        soft_labels.read(path + ".missing")
+
+
+def test_ensemble_average_is_mean_of_member_probabilities(tiny_student, splits):
+    _, pre = tiny_student(seed=0)
+    members = [TrainedModel(tiny_student(seed=s)[0], pre, {}, f"m{s}") for s in (7, 8, 9)]
+    data = splits[0].take(10)
+    each = [ensemble.member_targets(m, data) for m in members]
+    np.testing.assert_allclose(ensemble.ensemble_targets(members, data), np.mean(each, axis=0), atol=1e-6)
+    np.testing.assert_allclose(ensemble.ensemble_targets(members, data).sum(axis=1), 1.0, atol=1e-5)
+    specs = ensemble.member_specs(4, seed=1, dropouts=[0.1, 0.2, 0.3], encoders=["tiny"])
+    assert [s.dropout for s in specs] == [0.1, 0.2, 0.3, 0.1] and len({s.seed for s in specs}) == 4
+
+
+# --- distribution ---------------------------------------------------------------------------
+
+MIRRORED_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from mtkd_tf.distribute import set_logical_cpus, get_strategy
+set_logical_cpus(2)
+import keras, tensorflow as tf
+from mtkd_tf.data import readers
+from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.distill.distiller import Distiller, distillation_targets
+from mtkd_tf.models.encoder import load_encoder
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.tasks import GLUE_TASKS
+import dataclasses
+from mtkd_tf.training import TrainConfig, make_optimizer, training_data
+tasks = [dataclasses.replace(GLUE_TASKS[n], dropout=0.0) for n in ("rte", "stsb")]
+splits = [readers.load_split(t, "train", data_dir=sys.argv[2]).take(32) for t in tasks]
+config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=0, verbose=0)
+rng = np.random.default_rng(0)
+targets = {s.task.name: distillation_targets(s.task, len(s), 2, rng.dirichlet([1, 1], len(s)) if s.task.num_classes == 2 else rng.uniform(0, 5, len(s))) for s in splits}
+weights = []
+for name in ("default", "mirrored"):
+    strategy = get_strategy(name)
+    with strategy.scope():
+        encoder = load_encoder("tiny", dropout=0.0, vocab_file=sys.argv[3], seed=0)
+        keras.utils.set_random_seed(0)
+        student = MTDNN(encoder.backbone, tasks)
+        pre = Preprocessor(load_tokenizer(encoder.vocabulary), 64, pad_to_multiple_of=0)
+        data = training_data(splits, pre, config, targets=targets, drop_remainder=True, strategy=strategy)
+        distiller = Distiller(student, alpha=0.5)
+        # SGD: Adam-family updates turn float-rounding noise in near-zero gradients into
+        # whole steps; SGD shows the strategy's own equivalence (global clipping included).
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
+    history = distiller.fit(data.dataset, epochs=1, steps_per_epoch=4, verbose=0).history
+    print(name, strategy.num_replicas_in_sync, history["loss"][0])
+    weights.append(student.get_weights())
+diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+print("max_weight_diff", diff)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_distiller_matches_single_device(tiny_encoder_factory, glue_dir, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), ROOT, glue_dir, tiny_encoder_factory.vocab_file],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.strip()}
+    assert lines["mirrored"][0] == "2"
+    assert float(lines["default"][1]) == pytest.approx(float(lines["mirrored"][1]), rel=1e-4)
+    assert float(lines["max_weight_diff"][0]) < 1e-5
