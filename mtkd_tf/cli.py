@@ -7,6 +7,7 @@ pipeline (knowledge distillation).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,6 +55,24 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrore
 flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.")
 # --- outputs
 flags.DEFINE_string("output_dir", None, "Where --mode=predict writes submission files (default: <model_dir>/predictions).")
+# --- knowledge distillation (model_dir is the experiment root for these modes)
+flags.DEFINE_integer("num_teachers", 3, "Members of the teacher ensemble (K).", lower_bound=1)
+flags.DEFINE_list("teacher_dropouts", ["0.1", "0.2", "0.3"], "Shared-layer dropout of member k: item k mod len.")
+flags.DEFINE_list("teacher_encoders", [], "Encoder of member k: item k mod len (default: --encoder).")
+flags.DEFINE_list("teacher_tasks", [], "Tasks that get teachers (default: every trained task; paper: mnli,qqp,rte,qnli).")
+flags.DEFINE_integer("teacher_epochs", None, "Epochs for teachers (default: --epochs).", lower_bound=1)
+flags.DEFINE_string("teacher_dir", None, "Where members are trained (default: <model_dir>/teachers).")
+flags.DEFINE_list("teacher_dirs", [], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).")
+flags.DEFINE_string("soft_labels_dir", None, "Soft-label files (default: <model_dir>/soft_labels).")
+flags.DEFINE_string("student_dir", None, "The distilled student (default: <model_dir>/student).")
+flags.DEFINE_string("student_encoder", None, "Student encoder (default: --encoder), e.g. a smaller size spec.")
+flags.DEFINE_float("alpha", 0.5, "Weight of the soft loss for tasks with a teacher: (1 - a) hard + a soft.")
+flags.DEFINE_list("task_alpha", [], "Per-task alpha overrides, task:alpha.")
+flags.DEFINE_float("temperature", 1.0, "Distillation temperature T (paper: 1).")
+flags.DEFINE_enum("soft_loss", "ce", ["ce", "kl", "mse"], "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.")
+flags.DEFINE_bool("online_teachers", False, "Run frozen teachers inside the train step instead of cached soft labels.")
+flags.DEFINE_float("hidden_loss_weight", 0.0, "Weight of the [CLS] hidden-state loss (online teachers).", lower_bound=0.0)
+flags.DEFINE_bool("train_baseline", True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
 
 
 def _data_dir() -> str | None:
@@ -144,7 +163,161 @@ def run_predict() -> list[str]:
     return evaluation.write_predictions(trained.model, trained.preprocessor, test, output_dir, FLAGS.eval_batch_size)
 
 
-RUNNERS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+def _distill_config():
+    from mtkd_tf.pipeline import DistillConfig
+
+    task_alpha = {}
+    for item in FLAGS.task_alpha:
+        name, _, value = item.partition(":")
+        try:
+            task_alpha[name] = float(value)
+        except ValueError:
+            raise app.UsageError(f"--task_alpha item {item!r} is not task:alpha") from None
+    for name, value in [("--alpha", FLAGS.alpha), *((f"--task_alpha {k}", v) for k, v in task_alpha.items())]:
+        if not 0.0 <= value <= 1.0:
+            raise app.UsageError(f"{name} must be in [0, 1], got {value}")
+    if not FLAGS.temperature > 0:
+        raise app.UsageError(f"--temperature must be > 0, got {FLAGS.temperature}")
+    return DistillConfig(
+        alpha=FLAGS.alpha, task_alpha=task_alpha, temperature=FLAGS.temperature, soft_loss=FLAGS.soft_loss,
+        teacher_tasks=tuple(FLAGS.teacher_tasks) or None, online=FLAGS.online_teachers,
+        hidden_weight=FLAGS.hidden_loss_weight,
+    )
+
+
+class Experiment:
+    """What every distillation mode needs: tasks, data, strategy, encoders, directories."""
+
+    def __init__(self, need_dev: bool = True):
+        from mtkd_tf import distribute
+        from mtkd_tf.pipeline import Layout
+
+        self.root = _require_model_dir()
+        self.tasks = _tasks()
+        self.config = _train_config()
+        self.distill_config = _distill_config()
+        trainable = [task for task in self.tasks if task.trainable]
+        self.train = {name: s["train"] for name, s in _load(trainable, "train", FLAGS.max_train_examples).items()}
+        self.dev = _load(self.tasks, "dev", FLAGS.max_eval_examples) if need_dev else {}
+        self.strategy = distribute.get_strategy(FLAGS.strategy)
+        self.layout = Layout(self.root, FLAGS.teacher_dir or "", FLAGS.soft_labels_dir or "", FLAGS.student_dir or "")
+        self.texts = [text for data in self.train.values() for text in data.text_a + (data.text_b or [])]
+
+    def encoder(self, spec: str, dropout: float | None, seed: int):
+        from mtkd_tf.models.encoder import load_encoder
+
+        return load_encoder(spec, dropout=dropout, vocab_file=FLAGS.vocab_file, training_texts=self.texts,
+                            vocabulary_size=FLAGS.vocab_size, seed=seed)
+
+    def member_specs(self):
+        from mtkd_tf.distill.ensemble import member_specs
+
+        try:
+            dropouts = [float(d) for d in FLAGS.teacher_dropouts]
+        except ValueError:
+            raise app.UsageError(f"--teacher_dropouts must be numbers, got {FLAGS.teacher_dropouts}") from None
+        return member_specs(FLAGS.num_teachers, FLAGS.seed, dropouts, FLAGS.teacher_encoders or [FLAGS.encoder])
+
+    def teacher_dirs(self) -> list[str]:
+        from mtkd_tf.distill.ensemble import member_dirs
+
+        return list(FLAGS.teacher_dirs) or member_dirs(self.layout.teacher_dir)
+
+    def soft_label_data(self):
+        from mtkd_tf.pipeline import teacher_task_names
+
+        return {name: [self.train[name]] for name in teacher_task_names(self.tasks, self.distill_config)}
+
+    def train_teachers(self) -> list[str]:
+        from mtkd_tf import pipeline
+
+        config = dataclasses.replace(self.config, epochs=FLAGS.teacher_epochs or self.config.epochs)
+        return pipeline.train_teachers(self.tasks, self.train, self.encoder, self.member_specs(), config,
+                                       self.layout.teacher_dir, FLAGS.max_seq_length, self.strategy)
+
+    def soft_labels(self, skip_valid: bool = False) -> str:
+        from mtkd_tf import pipeline
+
+        data = self.soft_label_data()
+        temperature = self.distill_config.temperature
+        if skip_valid and pipeline.soft_labels_valid(self.layout.soft_labels_dir, data, temperature):
+            logging.info("soft labels in %s are valid, skipping", self.layout.soft_labels_dir)
+        else:
+            pipeline.make_soft_labels(self.teacher_dirs(), data, temperature, self.layout.soft_labels_dir, FLAGS.eval_batch_size)
+        return self.layout.soft_labels_dir
+
+    def distill(self):
+        from mtkd_tf import pipeline
+
+        with self.strategy.scope():
+            encoder = self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
+            return pipeline.distill(self.tasks, self.train, encoder, self.config, self.distill_config,
+                                    self.layout.student_dir, FLAGS.max_seq_length, self.strategy,
+                                    self.layout.soft_labels_dir, self.teacher_dirs())
+
+    def baseline(self):
+        from mtkd_tf import training
+
+        with self.strategy.scope():
+            encoder = self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
+            return training.train_mtdnn(self.tasks, self.train, encoder, self.config, self.layout.baseline_dir,
+                                        FLAGS.max_seq_length, self.strategy)
+
+
+def run_train_teachers() -> list[str]:
+    return Experiment(need_dev=False).train_teachers()
+
+
+def run_soft_labels() -> str:
+    return Experiment(need_dev=False).soft_labels()
+
+
+def run_distill() -> dict:
+    from mtkd_tf import evaluation, model_dir as model_dir_lib
+
+    experiment = Experiment()
+    trained = experiment.distill()
+    results = evaluation.evaluate(trained.model, trained.preprocessor, experiment.dev, FLAGS.eval_batch_size)
+    model_dir_lib.write_json(os.path.join(experiment.layout.student_dir, "eval_results.json"), results)
+    return results
+
+
+def run_pipeline() -> None:
+    from mtkd_tf import model_dir as model_dir_lib, pipeline
+
+    experiment = Experiment()
+    layout = experiment.layout
+    stage = lambda name: print(f"== {name}", file=sys.stderr, flush=True)  # noqa: E731
+    stage(f"teachers: {FLAGS.num_teachers} members -> {layout.teacher_dir}")
+    member_dirs = list(FLAGS.teacher_dirs) or experiment.train_teachers()
+    stage(f"soft labels -> {layout.soft_labels_dir}")
+    experiment.soft_labels(skip_valid=True)
+    stage(f"student -> {layout.student_dir}")
+    if model_dir_lib.exists(layout.student_dir):
+        logging.info("student exists, skipping")
+    else:
+        experiment.distill()
+    if FLAGS.train_baseline:
+        stage(f"baseline MT-DNN -> {layout.baseline_dir}")
+        if model_dir_lib.exists(layout.baseline_dir):
+            logging.info("baseline exists, skipping")
+        else:
+            experiment.baseline()
+    stage("evaluation")
+    rows, order = pipeline.evaluate_all(layout, member_dirs, experiment.dev, FLAGS.eval_batch_size)
+    settings = {name: FLAGS[name].value for name in (
+        "tasks", "encoder", "student_encoder", "num_teachers", "teacher_dropouts", "teacher_tasks", "alpha",
+        "temperature", "soft_loss", "online_teachers", "epochs", "batch_size", "learning_rate", "seed")}
+    _, table = pipeline.write_report(layout, rows, order, settings)
+    print(table)
+    print(f"report: {os.path.join(layout.root, 'report.json')}, {os.path.join(layout.root, 'report.md')}", file=sys.stderr)
+    return None
+
+
+RUNNERS = {
+    "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "train_teachers": run_train_teachers,
+    "soft_labels": run_soft_labels, "distill": run_distill, "pipeline": run_pipeline,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -153,20 +326,20 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.INFO)
     from mtkd_tf.assets import AssetError
     from mtkd_tf.data.readers import DataError
+    from mtkd_tf.distill.soft_labels import SoftLabelError
     from mtkd_tf.model_dir import ModelDirError
     from mtkd_tf.models.encoder import EncoderError
     from mtkd_tf.tasks import TaskError
 
-    runner = RUNNERS.get(FLAGS.mode)
-    if runner is None:
-        raise app.UsageError(f"--mode={FLAGS.mode} is not available yet")
+    runner = RUNNERS[FLAGS.mode]
     started = time.time()
     try:
         result = runner()
-    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, ValueError) as error:
+    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    if result is not None:
+        print(json.dumps(result, indent=2))
     print(f"{FLAGS.mode} finished in {time.time() - started:.1f}s", file=sys.stderr)
     return 0
 

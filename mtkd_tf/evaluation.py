@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-import keras
 import numpy as np
 from scipy import stats
 
@@ -82,8 +81,8 @@ def split_suffix(task: Task, split: str) -> str:
 def predict_outputs(model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128) -> np.ndarray:
     """Head outputs (log-probabilities or scores) of `data`'s task, in data order."""
     head = data.task.predict_with or data.task.name
-    sub_model = keras.Model(model.input, model.output[head])
-    return np.asarray(sub_model.predict(inference_dataset(data, preprocessor, batch_size), verbose=0))
+    outputs = model.predict(inference_dataset(data, preprocessor, batch_size), verbose=0)
+    return np.asarray(outputs[head])
 
 
 def evaluate(

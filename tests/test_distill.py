@@ -226,7 +226,7 @@ def test_soft_label_file_round_trips(soft_file):
 def _rewrite(path, soft, **changes):
     soft = dataclasses.replace(soft, **changes)
     with open(path, "wb") as handle:
-        np.savez(handle, ids=soft.ids, targets=soft.targets, metadata=np.asarray(__import__("json").dumps(soft.metadata)))
+        np.savez(handle, ids=soft.ids, targets=soft.targets, hashes=soft.hashes, metadata=np.asarray(__import__("json").dumps(soft.metadata)))
 
 
 def test_corrupt_soft_labels_are_rejected(soft_file, splits):
@@ -240,9 +240,11 @@ def test_corrupt_soft_labels_are_rejected(soft_file, splits):
     with pytest.raises(SoftLabelError, match="label set .* does not match"):
         soft_labels.align(soft, other, data)
     changed = dataclasses.replace(data, text_a=["changed"] + data.text_a[1:])
-    with pytest.raises(SoftLabelError, match="made for different rte/train data"):
+    with pytest.raises(SoftLabelError, match="made for different rte/train data: the text of 1 example.*rte/train/0"):
         soft_labels.align(soft, data.task, changed)
-    _rewrite(path, soft, ids=soft.ids[:-3], targets=soft.targets[:-3])
+    with pytest.raises(SoftLabelError, match="made for different rte/train data"):
+        soft_labels.align(soft, data.task, changed.take(5))  # a subset is checked too
+    _rewrite(path, soft, ids=soft.ids[:-3], targets=soft.targets[:-3], hashes=soft.hashes[:-3])
     with pytest.raises(SoftLabelError, match="3 example id\\(s\\) of rte/train are missing"):
         soft_labels.align(soft_labels.read(path), data.task, data)
     _rewrite(path, soft, ids=soft.ids, targets=np.concatenate([q, q[:, :1]], axis=1))

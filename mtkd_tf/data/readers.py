@@ -58,6 +58,14 @@ class SplitData:
             labels=None if self.labels is None else self.labels[:count],
         )
 
+    def example_hashes(self) -> np.ndarray:
+        """A 64-bit hash of each example's text: soft labels check them id by id."""
+        second = self.text_b or [""] * len(self)
+        return np.asarray(
+            [int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little") for a, b in zip(self.text_a, second)],
+            dtype=np.uint64,
+        )
+
     def fingerprint(self) -> str:
         """A hash of ids, texts and labels: soft labels record it to catch changed data."""
         digest = hashlib.sha256()

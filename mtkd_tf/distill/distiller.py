@@ -113,6 +113,7 @@ class Distiller(keras.Model):
             kind: [keras.metrics.Mean(name=f"{task.name}_{kind}") for task in student.tasks]
             for kind in ("loss", "hard", "soft")
         }
+        self.built = True  # the student (and teachers) are built; BackupAndRestore needs this
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)

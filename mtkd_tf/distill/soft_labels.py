@@ -4,6 +4,7 @@ Format: `<soft_labels_dir>/<task>.npz`, a NumPy archive with
 - `ids`: the example ids (`<task>/<split>/<row>`) of the data pipeline, one per row;
 - `targets`: float32, `[N, num_classes]` averaged class probabilities Q = mean_k Q^k at the
   recorded temperature, or `[N]` the members' mean score for regression;
+- `hashes`: uint64, a hash of each example's text (checked id by id when aligning);
 - `metadata`: a JSON string: format version, task, type, label names, teacher directories,
   K (num_teachers), temperature, and a fingerprint of each split's data.
 Loading validates all of it and `align` checks the ids and fingerprints against the data a
@@ -35,6 +36,7 @@ class SoftLabels:
     ids: np.ndarray
     targets: np.ndarray
     metadata: dict[str, Any]
+    hashes: np.ndarray | None = None
 
     @property
     def task(self) -> str:
@@ -65,7 +67,8 @@ def build(
     }
     ids = np.asarray([i for data in splits for i in data.ids])
     values = np.concatenate([np.asarray(t, np.float32) for t in targets])
-    soft = SoftLabels(ids, values, metadata)
+    hashes = np.concatenate([data.example_hashes() for data in splits])
+    soft = SoftLabels(ids, values, metadata, hashes)
     validate(soft, f"soft labels of {task.name}")
     return soft
 
@@ -76,7 +79,8 @@ def write(path: str, soft: SoftLabels) -> None:
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(handle, "wb") as out:
-            np.savez(out, ids=soft.ids.astype(str), targets=soft.targets, metadata=np.asarray(json.dumps(soft.metadata)))
+            np.savez(out, ids=soft.ids.astype(str), targets=soft.targets, hashes=soft.hashes,
+                     metadata=np.asarray(json.dumps(soft.metadata)))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -89,6 +93,8 @@ def validate(soft: SoftLabels, where: str) -> None:
     for key in ("task", "type", "labels", "teachers", "num_teachers", "temperature", "fingerprints"):
         if key not in meta:
             raise SoftLabelError(f"{where}: metadata lacks {key!r}")
+    if soft.hashes is None or len(soft.hashes) != len(soft.ids):
+        raise SoftLabelError(f"{where}: lacks one text hash per example")
     if len(soft.ids) != len(targets):
         raise SoftLabelError(f"{where}: {len(soft.ids)} ids but {len(targets)} target rows")
     if len(set(soft.ids.tolist())) != len(soft.ids):
@@ -118,7 +124,7 @@ def read(path: str) -> SoftLabels:
         raise SoftLabelError(f"soft labels {path}: no such file (run --mode=soft_labels first)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])))
+            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"])
     except Exception as error:  # zipfile, KeyError, ValueError, JSON errors
         raise SoftLabelError(f"soft labels {path}: unreadable or corrupt ({type(error).__name__}: {error})") from None
     if soft.metadata.get("format_version") != FORMAT_VERSION:
@@ -149,9 +155,12 @@ def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | No
             f"{where}: {len(missing)} example id(s) of {task.name}/{data.split} are missing, e.g. {missing[:3]}; "
             "were they made for other data? regenerate with --mode=soft_labels"
         )
-    if recorded != data.fingerprint() and len(data) == len([i for i in soft.ids.tolist() if i.startswith(f"{task.name}/{data.split}/")]):
+    rows = [index[example_id] for example_id in data.ids]
+    changed = np.flatnonzero(soft.hashes[rows] != data.example_hashes())
+    if changed.size:
         raise SoftLabelError(
-            f"{where}: made for different {task.name}/{data.split} data (fingerprint {recorded} != {data.fingerprint()}); "
+            f"{where}: made for different {task.name}/{data.split} data: the text of {changed.size} example(s) "
+            f"changed, e.g. {data.ids[changed[0]]} (fingerprint {recorded}, data {data.fingerprint()}); "
             "regenerate with --mode=soft_labels"
         )
-    return soft.targets[[index[example_id] for example_id in data.ids]]
+    return soft.targets[rows]

@@ -1,0 +1,111 @@
+"""The whole method through bin/run: teachers -> soft labels -> student + baseline -> report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+COMMON = ["--flagfile=configs/tiny.cfg", "--tasks=sst2,rte,stsb", "--num_teachers=2", "--epochs=3", "--verbose=0"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("experiment"))
+    env = {"MTKD_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    result = run_cli(*COMMON, "--mode=pipeline", f"--model_dir={root}", env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, env, result
+
+
+@pytest.mark.slow
+def test_pipeline_writes_report_with_every_row(experiment):
+    root, _, result = experiment
+    with open(os.path.join(root, "report.json")) as handle:
+        report = json.load(handle)
+    assert report["rows"] == ["member_0", "member_1", "ensemble", "baseline", "student"]
+    results = report["results"]
+    assert set(results) == {"sst2", "rte", "stsb"}
+    assert set(results["stsb"]) == {"pearson", "spearman"}
+    for task, metrics in results.items():
+        for metric, values in metrics.items():
+            assert set(report["rows"]) <= set(values) and "kept" in values
+            assert all(np.isfinite(values[row]) for row in report["rows"])
+    table = open(os.path.join(root, "report.md")).read()
+    assert table.startswith("| task | metric | member_0 | member_1 | ensemble | baseline | student | kept |")
+    assert "| sst2 | accuracy |" in result.stdout
+    for task in ("sst2", "rte", "stsb"):
+        assert os.path.isfile(os.path.join(root, "soft_labels", f"{task}.npz"))
+    for name in ("teachers/member_0", "teachers/member_1", "student", "baseline"):
+        assert os.path.isfile(os.path.join(root, name, "eval_results.json"))
+    history = json.load(open(os.path.join(root, "student", "history.json")))
+    assert {"hard_loss", "soft_loss", "sst2_hard", "sst2_soft", "stsb_loss"} <= set(history[0])
+
+
+@pytest.mark.slow
+def test_pipeline_rerun_skips_finished_stages(experiment):
+    root, env, _ = experiment
+    files = [os.path.join(root, p) for p in ("teachers/member_0/model.keras", "soft_labels/rte.npz", "student/model.keras", "baseline/model.keras")]
+    before = [os.path.getmtime(f) for f in files]
+    result = run_cli(*COMMON, "--mode=pipeline", f"--model_dir={root}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [os.path.getmtime(f) for f in files] == before
+    assert "soft labels in" in result.stderr and "student exists, skipping" in result.stderr
+
+
+@pytest.mark.slow
+def test_separate_modes_with_online_teachers_and_a_smaller_student(experiment, tmp_path):
+    root, env, _ = experiment
+    student = str(tmp_path / "small")
+    result = run_cli(
+        *COMMON, "--mode=distill", f"--model_dir={root}", f"--student_dir={student}", "--online_teachers",
+        "--student_encoder=random:layers=1,hidden=32,heads=2,intermediate=64", "--hidden_loss_weight=0.5",
+        "--teacher_tasks=rte,stsb", "--task_alpha=rte:0.7", env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.load(open(os.path.join(student, "eval_results.json")))
+    assert set(results) == {"sst2", "rte", "stsb"}
+    history = json.load(open(os.path.join(student, "history.json")))
+    assert history[0]["sst2_soft"] == 0.0 and history[0]["rte_soft"] > 0  # sst2 has no teacher here
+    assert "hidden_loss" in history[0]
+
+
+@pytest.mark.slow
+def test_self_distillation_from_an_earlier_student(experiment, tmp_path):
+    root, env, _ = experiment
+    other = str(tmp_path / "self")
+    result = run_cli(*COMMON, "--mode=soft_labels", f"--model_dir={other}", f"--teacher_dirs={root}/student", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads(str(np.load(os.path.join(other, "soft_labels", "rte.npz"))["metadata"]))
+    assert meta["num_teachers"] == 1 and meta["teachers"] == [os.path.join(root, "student")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--alpha=1.5"], "--alpha must be in [0, 1], got 1.5"),
+        (["--temperature=0"], "--temperature must be > 0"),
+        (["--temperature=2"], "made at temperature 1.0, but distillation uses 2.0"),
+        (["--teacher_tasks=cola"], "teacher task(s) cola are not among the trained tasks"),
+        (["--task_alpha=rte"], "is not task:alpha"),
+    ],
+)
+def test_bad_distillation_input_fails_before_training(experiment, tmp_path, args, message):
+    root, env, _ = experiment
+    result = run_cli(*COMMON, "--mode=distill", f"--model_dir={root}", f"--student_dir={tmp_path}/s", *args, env=env)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(tmp_path, "s", "model.keras"))
+
+
+@pytest.mark.slow
+def test_soft_labels_for_other_data_are_rejected(experiment, tmp_path):
+    root, env, _ = experiment
+    result = run_cli(*COMMON, "--mode=distill", f"--model_dir={root}", f"--student_dir={tmp_path}/s", "--seed=0",
+                     "--suite_size=100", env=env)
+    # a different (smaller, regenerated) sample: same ids exist but the data changed
+    assert result.returncode == 2
+    assert "made for different" in result.stderr or "are missing" in result.stderr, result.stderr[-2000:]
