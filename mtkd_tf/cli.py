@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags
 
+from mtkd_tf.tasks import UNLABELLED
+
 FLAGS = flags.FLAGS
 
 MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline")
@@ -198,6 +200,8 @@ class Experiment:
         self.distill_config = _distill_config()
         trainable = [task for task in self.tasks if task.trainable]
         self.train = {name: s["train"] for name, s in _load(trainable, "train", FLAGS.max_train_examples).items()}
+        with_extra = [task for task in trainable if UNLABELLED in task.files]
+        self.unlabelled = {name: s[UNLABELLED] for name, s in _load(with_extra, UNLABELLED, 0).items()}
         self.dev = _load(self.tasks, "dev", FLAGS.max_eval_examples) if need_dev else {}
         self.strategy = distribute.get_strategy(FLAGS.strategy)
         self.layout = Layout(self.root, FLAGS.teacher_dir or "", FLAGS.soft_labels_dir or "", FLAGS.student_dir or "")
@@ -226,7 +230,8 @@ class Experiment:
     def soft_label_data(self):
         from mtkd_tf.pipeline import teacher_task_names
 
-        return {name: [self.train[name]] for name in teacher_task_names(self.tasks, self.distill_config)}
+        names = teacher_task_names(self.tasks, self.distill_config)
+        return {name: [self.train[name]] + ([self.unlabelled[name]] if name in self.unlabelled else []) for name in names}
 
     def train_teachers(self) -> list[str]:
         from mtkd_tf import pipeline
@@ -253,7 +258,7 @@ class Experiment:
             encoder = self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
             return pipeline.distill(self.tasks, self.train, encoder, self.config, self.distill_config,
                                     self.layout.student_dir, FLAGS.max_seq_length, self.strategy,
-                                    self.layout.soft_labels_dir, self.teacher_dirs())
+                                    self.layout.soft_labels_dir, self.teacher_dirs(), self.unlabelled)
 
     def baseline(self):
         from mtkd_tf import training

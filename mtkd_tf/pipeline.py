@@ -14,6 +14,7 @@ import os
 from typing import Callable, Mapping, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mtkd_tf import evaluation, model_dir as model_dir_lib
@@ -140,8 +141,13 @@ def distill(
     strategy: tf.distribute.Strategy,
     soft_labels_dir: str | None = None,
     teacher_dirs: Sequence[str] = (),
+    unlabelled: Mapping[str, SplitData] | None = None,
 ) -> model_dir_lib.TrainedModel:
-    """Trains the student MT-DNN with a Distiller: cached soft labels, or online teachers."""
+    """Trains the student MT-DNN with a Distiller: cached soft labels, or online teachers.
+
+    `unlabelled[task]` is extra text of a task with a teacher: it joins that task's
+    training data with the soft loss only (label_mask 0).
+    """
     config.validate()
     keras.utils.set_random_seed(config.seed)
     teacher_tasks = teacher_task_names(tasks, distill_config)
@@ -149,7 +155,15 @@ def distill(
     with strategy.scope():
         student = MTDNN(encoder.backbone, tasks)
         width = soft_width(student.tasks)
-        splits = [train[task.name] for task in student.tasks]
+        splits = []
+        label_masks = {}
+        for task in student.tasks:
+            data = train[task.name]
+            extra = (unlabelled or {}).get(task.name)
+            if extra is not None and task.name in teacher_tasks:
+                label_masks[task.name] = np.concatenate([np.ones(len(data)), np.zeros(len(extra))])
+                data = data.concat(extra)
+            splits.append(data)
         teachers = []
         targets = {}
         if distill_config.online:
@@ -162,8 +176,9 @@ def distill(
             soft = None
             if task.name in teacher_tasks and not distill_config.online:
                 stored = soft_labels.read(soft_labels.path_for(soft_labels_dir, task.name))
-                soft = soft_labels.align(stored, task, data, distill_config.temperature)
-            targets[task.name] = distillation_targets(task, len(data), width, soft)
+                parts = [train[task.name]] + ([unlabelled[task.name]] if task.name in label_masks else [])
+                soft = np.concatenate([soft_labels.align(stored, task, part, distill_config.temperature) for part in parts])
+            targets[task.name] = distillation_targets(task, len(data), width, soft, label_masks.get(task.name))
         data = training_data(splits, preprocessor, config, targets=targets, strategy=strategy)
         distiller = Distiller(
             student,

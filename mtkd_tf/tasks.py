@@ -17,6 +17,8 @@ REGRESSION = "regression"
 RANKING = "ranking"
 TASK_TYPES = (CLASSIFICATION, REGRESSION, RANKING)
 
+UNLABELLED = "unlabelled"  # a split of extra text without labels, labelled by the teachers
+
 METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
 
 Column = str | int  # a header name, or a 0-based position for files without a header
@@ -44,7 +46,8 @@ class Layout:
 class Task:
     """One task of a multi-task model: its head, its labels, its data and its metrics.
 
-    `files` maps split names to file names under `<data_dir>/<directory>`; `test_layout`
+    `files` maps split names to file names under `<data_dir>/<directory>` (an `unlabelled`
+    split holds extra text the teachers label for distillation); `test_layout`
     describes test files when they differ from train/dev (GLUE test files have an index
     column and no label). `predict_with` names the task whose head predicts this one (AX
     is scored with the MNLI head).
@@ -94,7 +97,7 @@ class Task:
     def layout(self, split: str) -> Layout:
         if split in self.test_splits and self.test_layout is not None:
             return self.test_layout
-        label = None if split in self.test_splits else self.label_column
+        label = None if split in self.test_splits or split == UNLABELLED else self.label_column
         return Layout(self.text_columns, label, self.header, self.delimiter, self.quoting)
 
     def to_config(self) -> dict[str, Any]:

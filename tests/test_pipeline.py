@@ -109,3 +109,34 @@ def test_soft_labels_for_other_data_are_rejected(experiment, tmp_path):
     # a different (smaller, regenerated) sample: same ids exist but the data changed
     assert result.returncode == 2
     assert "made for different" in result.stderr or "are missing" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_distillation_on_unlabelled_text(tmp_path):
+    """A task file's `unlabelled` split: teachers label it, the student trains on it with the soft loss only."""
+    data = tmp_path / "data" / "reviews"
+    data.mkdir(parents=True)
+    words = {1: "good great fine", 0: "bad awful dull"}
+    rng = np.random.default_rng(0)
+    rows = [(f"the film was {words[int(l)].split()[i % 3]}", int(l)) for i, l in enumerate(rng.integers(0, 2, 60))]
+    (data / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    (data / "dev.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[:20]))
+    (data / "extra.tsv").write_text("text\n" + "".join(f"a plot so {w}\n" for w in ("good", "dull", "fine", "awful") * 10))
+    task_file = tmp_path / "tasks.yaml"
+    task_file.write_text(
+        "tasks:\n  - name: reviews\n    type: classification\n    labels: ['0', '1']\n    text_columns: [text]\n"
+        "    files: {train: train.tsv, dev: dev.tsv, unlabelled: extra.tsv}\n"
+    )
+    root = str(tmp_path / "kd")
+    args = ["--flagfile=configs/tiny.cfg", "--suite=", f"--data_dir={tmp_path / 'data'}", f"--task_file={task_file}",
+            "--tasks=reviews", "--num_teachers=1", "--epochs=2", "--verbose=0", f"--model_dir={root}"]
+    env = {"MTKD_CACHE": str(tmp_path / "cache")}
+    for mode in ("train_teachers", "soft_labels", "distill"):
+        result = run_cli(*args, f"--mode={mode}", env=env)
+        assert result.returncode == 0, (mode, result.stderr[-3000:])
+    archive = np.load(os.path.join(root, "soft_labels", "reviews.npz"))
+    ids = archive["ids"].tolist()
+    assert len(ids) == 100 and ids[60] == "reviews/unlabelled/0"
+    assert set(json.loads(str(archive["metadata"]))["fingerprints"]) == {"train", "unlabelled"}
+    history = json.load(open(os.path.join(root, "student", "history.json")))
+    assert history[0]["reviews_soft"] > 0 and history[0]["reviews_hard"] > 0

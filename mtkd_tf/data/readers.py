@@ -58,6 +58,20 @@ class SplitData:
             labels=None if self.labels is None else self.labels[:count],
         )
 
+    def concat(self, other: "SplitData") -> "SplitData":
+        """This split followed by `other` (same task); labels of a split without any are zeros."""
+        def labels(data):
+            return data.labels if data.labels is not None else np.zeros(len(data), _label_array([], data.task).dtype)
+
+        return dataclasses.replace(
+            self,
+            split=f"{self.split}+{other.split}",
+            ids=self.ids + other.ids,
+            text_a=self.text_a + other.text_a,
+            text_b=None if self.text_b is None else self.text_b + (other.text_b or [""] * len(other)),
+            labels=np.concatenate([labels(self), labels(other)]),
+        )
+
     def example_hashes(self) -> np.ndarray:
         """A 64-bit hash of each example's text: soft labels check them id by id."""
         second = self.text_b or [""] * len(self)
