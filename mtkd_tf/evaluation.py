@@ -8,7 +8,7 @@ mismatched) reports each metric with the split's suffix (`accuracy_matched`).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 from scipy import stats
@@ -85,23 +85,29 @@ def predict_outputs(model: MTDNN, preprocessor: Preprocessor, data: SplitData, b
     return np.asarray(outputs[head])
 
 
+def score_splits(
+    dev: Mapping[str, Mapping[str, SplitData]], predict: Callable[[SplitData], np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """`{task: {metric[_suffix]: value}}` of `predict`'s head outputs on every labelled split."""
+    results: dict[str, dict[str, float]] = {}
+    for task_name, splits in dev.items():
+        for split, data in splits.items():
+            if data.labels is None:
+                continue
+            suffix = split_suffix(data.task, split)
+            for metric, value in task_metrics(data.task, data.labels, predict(data)).items():
+                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
+    return results
+
+
 def evaluate(
     model: MTDNN,
     preprocessor: Preprocessor,
     dev: Mapping[str, Mapping[str, SplitData]],
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
-    """`{task: {metric[_suffix]: value}}` over every labelled split given."""
-    results: dict[str, dict[str, float]] = {}
-    for task_name, splits in dev.items():
-        for split, data in splits.items():
-            if data.labels is None:
-                continue
-            outputs = predict_outputs(model, preprocessor, data, batch_size)
-            suffix = split_suffix(data.task, split)
-            for metric, value in task_metrics(data.task, data.labels, outputs).items():
-                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
-    return results
+    """GLUE metrics of one model over every labelled split given."""
+    return score_splits(dev, lambda data: predict_outputs(model, preprocessor, data, batch_size))
 
 
 def submission_file_name(task: Task, split: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.data.readers import SplitData
-from mtkd_tf.evaluation import predict_outputs, task_metrics, split_suffix
+from mtkd_tf.evaluation import predict_outputs, score_splits
 from mtkd_tf.losses import soften
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
@@ -108,17 +108,12 @@ def evaluate_ensemble(
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
     """GLUE metrics of the averaged predictions, `{task: {metric[_suffix]: value}}`."""
-    results: dict[str, dict[str, float]] = {}
-    for task_name, splits in dev.items():
-        for split, data in splits.items():
-            if data.labels is None:
-                continue
-            averaged = ensemble_targets(members, data, 1.0, batch_size)
-            outputs = np.log(np.maximum(averaged, 1e-12)) if data.task.type == CLASSIFICATION else averaged
-            suffix = split_suffix(data.task, split)
-            for metric, value in task_metrics(data.task, data.labels, outputs).items():
-                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
-    return results
+
+    def predict(data: SplitData) -> np.ndarray:
+        averaged = ensemble_targets(members, data, 1.0, batch_size)
+        return np.log(np.maximum(averaged, 1e-12)) if data.task.type == CLASSIFICATION else averaged
+
+    return score_splits(dev, predict)
 
 
 def check_compatible(members: Sequence[model_dir_lib.TrainedModel], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:
