@@ -251,11 +251,15 @@ class Experiment:
             pipeline.make_soft_labels(self.teacher_dirs(), data, temperature, self.layout.soft_labels_dir, FLAGS.eval_batch_size)
         return self.layout.soft_labels_dir
 
+    def student_encoder(self):
+        """The encoder of the student and of the baseline (built inside the strategy scope)."""
+        return self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
+
     def distill(self):
         from mtkd_tf import pipeline
 
         with self.strategy.scope():
-            encoder = self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
+            encoder = self.student_encoder()
             return pipeline.distill(self.tasks, self.train, encoder, self.config, self.distill_config,
                                     self.layout.student_dir, FLAGS.max_seq_length, self.strategy,
                                     self.layout.soft_labels_dir, self.teacher_dirs(), self.unlabelled)
@@ -264,7 +268,7 @@ class Experiment:
         from mtkd_tf import training
 
         with self.strategy.scope():
-            encoder = self.encoder(FLAGS.student_encoder or FLAGS.encoder, FLAGS.encoder_dropout, FLAGS.seed)
+            encoder = self.student_encoder()
             return training.train_mtdnn(self.tasks, self.train, encoder, self.config, self.layout.baseline_dir,
                                         FLAGS.max_seq_length, self.strategy)
 
@@ -316,7 +320,6 @@ def run_pipeline() -> None:
     _, table = pipeline.write_report(layout, rows, order, settings)
     print(table)
     print(f"report: {os.path.join(layout.root, 'report.json')}, {os.path.join(layout.root, 'report.md')}", file=sys.stderr)
-    return None
 
 
 RUNNERS = {

@@ -18,14 +18,15 @@ import numpy as np
 import tensorflow as tf
 
 from mtkd_tf import evaluation, model_dir as model_dir_lib
-from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.readers import SplitData
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import Task
-from mtkd_tf.training import TrainConfig, fit, make_optimizer, train_mtdnn, training_data
+from mtkd_tf.training import (
+    TrainConfig, encoder_preprocessor, fit, make_optimizer, save_trained, train_mtdnn, training_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def distill(
     config.validate()
     keras.utils.set_random_seed(config.seed)
     teacher_tasks = teacher_task_names(tasks, distill_config)
-    preprocessor = Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length)
+    preprocessor = encoder_preprocessor(encoder, max_seq_length)
     with strategy.scope():
         student = MTDNN(encoder.backbone, tasks)
         width = soft_width(student.tasks)
@@ -192,8 +193,7 @@ def distill(
         )
         distiller.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
     fit(distiller, data, config, student_dir)
-    model_dir_lib.save(student_dir, student, encoder.vocabulary, encoder.lowercase, max_seq_length, encoder=encoder.spec)
-    return model_dir_lib.TrainedModel(student, preprocessor, {"max_seq_length": max_seq_length}, student_dir)
+    return save_trained(student_dir, student, encoder, preprocessor)
 
 
 # --- the report -------------------------------------------------------------------------
@@ -235,21 +235,21 @@ def evaluate_all(
 ) -> tuple[dict, list[str]]:
     """Evaluates every member, the ensemble, the baseline and the student on `dev`."""
     rows: dict[str, dict] = {}
+    directories: dict[str, str] = {}
     members = [model_dir_lib.load(directory) for directory in member_dirs]
     for directory, member in zip(member_dirs, members):
-        rows[os.path.basename(directory)] = evaluation.evaluate(member.model, member.preprocessor, dev, batch_size)
+        name = os.path.basename(os.path.normpath(directory))
+        rows[name] = evaluation.evaluate(member.model, member.preprocessor, dev, batch_size)
+        directories[name] = directory
     if members:
         rows["ensemble"] = ensemble.evaluate_ensemble(members, dev, batch_size)
     for name, directory in (("baseline", layout.baseline_dir), ("student", layout.student_dir)):
         if model_dir_lib.exists(directory):
             trained = model_dir_lib.load(directory)
             rows[name] = evaluation.evaluate(trained.model, trained.preprocessor, dev, batch_size)
-    for name, results in rows.items():
-        directory = {"baseline": layout.baseline_dir, "student": layout.student_dir}.get(name)
-        if directory is None and name.startswith("member_"):
-            directory = os.path.join(layout.teacher_dir, name)
-        if directory:
-            model_dir_lib.write_json(os.path.join(directory, "eval_results.json"), results)
+            directories[name] = directory
+    for name, directory in directories.items():
+        model_dir_lib.write_json(os.path.join(directory, "eval_results.json"), rows[name])
     return rows, list(rows)
 
 

@@ -205,6 +205,22 @@ def fit(
     )
 
 
+def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = 16) -> Preprocessor:
+    """The preprocessor that matches an encoder's vocabulary and casing."""
+    from mtkd_tf.data.preprocessing import load_tokenizer
+
+    return Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, pad_to_multiple_of)
+
+
+def save_trained(model_dir: str, model, encoder, preprocessor: Preprocessor):
+    """Saves a trained MT-DNN with its encoder's vocabulary; returns it as a TrainedModel."""
+    from mtkd_tf import model_dir as model_dir_lib
+
+    length = preprocessor.sequence_length
+    model_dir_lib.save(model_dir, model, encoder.vocabulary, encoder.lowercase, length, encoder=encoder.spec)
+    return model_dir_lib.TrainedModel(model, preprocessor, {"max_seq_length": length}, model_dir)
+
+
 def train_mtdnn(
     tasks: Sequence,
     train: Mapping[str, SplitData],
@@ -220,21 +236,16 @@ def train_mtdnn(
     `encoder` is a `models.encoder.Encoder`; `tasks` lists every task the model serves
     (tasks without training data, such as AX, ride on another task's head).
     """
-    from mtkd_tf import model_dir as model_dir_lib
-    from mtkd_tf.data.preprocessing import load_tokenizer
     from mtkd_tf.models.mtdnn import MTDNN
 
     config.validate()
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or tf.distribute.get_strategy()
-    preprocessor = Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, pad_to_multiple_of)
+    preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of)
     with strategy.scope():
         model = MTDNN(encoder.backbone, tasks)
         splits = [train[task.name] for task in model.tasks]
         data = training_data(splits, preprocessor, config, strategy=strategy)
         model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
     fit(model, data, config, model_dir)
-    model_dir_lib.save(
-        model_dir, model, encoder.vocabulary, encoder.lowercase, max_seq_length, encoder=encoder.spec
-    )
-    return model_dir_lib.TrainedModel(model, preprocessor, {"max_seq_length": max_seq_length}, model_dir)
+    return save_trained(model_dir, model, encoder, preprocessor)

@@ -160,10 +160,6 @@ class MTDNN(keras.Model):
         loss = tf.nn.compute_average_loss(self.compute_task_loss(outputs, y, task_id))
         return self._track(loss, task_id, features)
 
-    def predict_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
-        return self({name: x[name] for name in FEATURES}, training=False)
-
     def _track(self, loss, task_id, features):
         value = replica_loss_to_metric(loss)
         count = tf.cast(tf.shape(features["token_ids"])[0], tf.float32)
