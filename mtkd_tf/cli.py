@@ -36,6 +36,7 @@ flags.DEFINE_integer("max_train_examples", 0, "Use at most this many training ex
 flags.DEFINE_integer("max_eval_examples", 0, "Use at most this many examples per dev/test split (0: all).", lower_bound=0)
 # --- the model
 flags.DEFINE_string("encoder", "tiny", "Encoder: keras-hub preset, local directory, alias (tiny, minilm_l6) or random:layers=..,hidden=..")
+flags.DEFINE_list("answer_module", [], "Pair-classification head: san or linear for all, or task=san|linear items (default: SAN for mnli, rte, wnli, qqp, mrpc as in the paper).")
 flags.DEFINE_string("vocab_file", None, "vocab.txt for a random encoder (default: learned from the training text).")
 flags.DEFINE_integer("vocab_size", 2000, "Size of a learned vocabulary for random encoders.", lower_bound=100)
 flags.DEFINE_float("encoder_dropout", None, "Override the shared layers' dropout.", lower_bound=0.0, upper_bound=0.99)
@@ -89,7 +90,7 @@ def _tasks():
     from mtkd_tf import tasks as tasks_lib
 
     known = tasks_lib.registry(FLAGS.task_file)
-    return tasks_lib.resolve_tasks(FLAGS.tasks, known)
+    return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(FLAGS.tasks, known), FLAGS.answer_module)
 
 
 def _load(tasks, splits, limit: int):

@@ -17,7 +17,8 @@ from mtkd_tf.data.batching import inference_dataset
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.readers import SplitData
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task
+from mtkd_tf.data.ranking import top_candidates
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -60,13 +61,22 @@ METRIC_FUNCTIONS = {
 }
 
 
-def decide(task: Task, outputs: np.ndarray) -> np.ndarray:
-    """Head outputs -> predictions: class ids (argmax), or scores."""
-    return np.argmax(outputs, axis=-1) if task.type == CLASSIFICATION else np.asarray(outputs)
+def decide(task: Task, outputs: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Head outputs -> predictions: class ids (argmax; ranking: each question's top candidate
+    is positive), or scores."""
+    if task.type == CLASSIFICATION:
+        return np.argmax(outputs, axis=-1)
+    if task.type == RANKING:
+        if groups is None:
+            raise ValueError(f"ranking task {task.name}: predictions need each row's question (groups)")
+        return top_candidates(task, outputs, groups)
+    return np.asarray(outputs)
 
 
-def task_metrics(task: Task, labels: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-    predictions = decide(task, outputs)
+def task_metrics(
+    task: Task, labels: np.ndarray, outputs: np.ndarray, groups: np.ndarray | None = None
+) -> dict[str, float]:
+    predictions = decide(task, outputs, groups)
     return {name: METRIC_FUNCTIONS[name](labels, predictions) for name in task.metrics}
 
 
@@ -95,7 +105,7 @@ def score_splits(
             if data.labels is None:
                 continue
             suffix = split_suffix(data.task, split)
-            for metric, value in task_metrics(data.task, data.labels, predict(data)).items():
+            for metric, value in task_metrics(data.task, data.labels, predict(data), data.groups).items():
                 results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
     return results
 
@@ -131,7 +141,7 @@ def write_predictions(
     for splits in test.values():
         for split, data in splits.items():
             task = data.task
-            predictions = decide(task, predict_outputs(model, preprocessor, data, batch_size))
+            predictions = decide(task, predict_outputs(model, preprocessor, data, batch_size), data.groups)
             lines = ["index\tprediction"]
             for example_id, value in zip(data.ids, predictions):
                 index = example_id.rsplit("/", 1)[1]

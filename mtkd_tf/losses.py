@@ -22,23 +22,27 @@ def hard_loss(task: Task, output: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
     if task.type == REGRESSION:
         return tf.square(output - tf.cast(label, output.dtype))
     if task.type == RANKING:
-        return ranking_loss(output, label, task.group_size)
+        relevant = tf.equal(tf.cast(label, tf.int32), task.positive_index)
+        return ranking_loss(output, relevant, task.group_size)
     raise ValueError(f"task {task.name}: no hard loss for type {task.type!r}")
 
 
-def ranking_loss(scores: tf.Tensor, label: tf.Tensor, group_size: int, gamma: float = 1.0) -> tf.Tensor:
-    """-log softmax(gamma * rel) of the positive candidate, spread over the group's rows.
+def _spread(per_group: tf.Tensor, group_size: int) -> tf.Tensor:
+    """Gives every row its group's loss, so the mean over rows is the mean over groups."""
+    return tf.reshape(tf.repeat(per_group[:, None], group_size, axis=1), [-1])
 
-    Rows come in consecutive groups of `group_size` candidates of one question; every
-    row carries its group's loss, so the mean over rows equals the mean over questions.
+
+def ranking_loss(scores: tf.Tensor, relevant: tf.Tensor, group_size: int, gamma: float = 1.0) -> tf.Tensor:
+    """-log P(A+|Q), P = softmax(gamma * rel) over a question's candidates, per row.
+
+    Rows come in consecutive groups of `group_size` candidates of one question;
+    `relevant` marks the positive one(s).
     """
     grouped = tf.reshape(gamma * scores, [-1, group_size])
-    targets = tf.reshape(tf.cast(label, tf.float32), [-1, group_size])
+    targets = tf.reshape(tf.cast(relevant, tf.float32), [-1, group_size])
     log_probs = tf.nn.log_softmax(grouped, axis=-1)
-    per_group = -tf.reduce_sum(targets * log_probs, axis=-1) / tf.maximum(
-        tf.reduce_sum(targets, axis=-1), 1.0
-    )
-    return tf.reshape(tf.repeat(per_group[:, None], group_size, axis=1), [-1])
+    per_group = -tf.reduce_sum(targets * log_probs, axis=-1) / tf.maximum(tf.reduce_sum(targets, axis=-1), 1.0)
+    return _spread(per_group, group_size)
 
 
 def soften(log_probs: tf.Tensor, temperature: float) -> tf.Tensor:
@@ -58,18 +62,29 @@ def soft_loss(
       kl:  sum_c Q_c (log Q_c - log P_c(T))   (= ce minus the teacher's entropy)
       mse: mean_c (log P_c - log Q_c)^2 / T^2 on log-probabilities ("logits" up to a constant)
     ce and kl are multiplied by T^2 when T != 1 so gradients keep their scale (Hinton et al.).
-    Regression and ranking: squared error to the teachers' mean score.
+    Ranking: the same on each question's candidate distribution, Q = softmax(teacher
+    mean scores / T) (mse: squared error to the teachers' mean score).
+    Regression: squared error to the teachers' mean score.
     """
     if kind not in SOFT_LOSSES:
         raise ValueError(f"soft loss {kind!r} is not one of {', '.join(SOFT_LOSSES)}")
-    if task.type != CLASSIFICATION:
+    if task.type == REGRESSION or (task.type == RANKING and kind == "mse"):
         return tf.square(output - tf.reshape(target, tf.shape(output)))
+    if task.type == RANKING:
+        size = task.group_size
+        teacher = tf.nn.softmax(tf.reshape(tf.cast(target, tf.float32), [-1, size]) / temperature, axis=-1)
+        student = tf.nn.log_softmax(tf.reshape(output, [-1, size]), axis=-1)
+        return _spread(_soft_cross_entropy(student, teacher, temperature, kind), size)
     target = tf.cast(target, tf.float32)
     if kind == "mse":
         log_target = tf.math.log(tf.maximum(target, 1e-8))
         return tf.reduce_mean(tf.square(output - log_target), axis=-1) / (temperature**2)
-    student = soften(output, temperature)
-    loss = -tf.reduce_sum(target * student, axis=-1)
+    return _soft_cross_entropy(output, target, temperature, kind)
+
+
+def _soft_cross_entropy(log_probs: tf.Tensor, target: tf.Tensor, temperature: float, kind: str) -> tf.Tensor:
+    """ce or kl of student log-probabilities softened at T against probabilities `target`, x T^2."""
+    loss = -tf.reduce_sum(target * soften(log_probs, temperature), axis=-1)
     if kind == "kl":
         loss += tf.reduce_sum(tf.math.xlogy(target, target), axis=-1)
     return loss * (temperature**2 if temperature != 1.0 else 1.0)

@@ -17,6 +17,8 @@ REGRESSION = "regression"
 RANKING = "ranking"
 TASK_TYPES = (CLASSIFICATION, REGRESSION, RANKING)
 
+ANSWER_MODULES = ("linear", "san")  # pair-classification heads: W^T [CLS], or the SAN answer module
+
 UNLABELLED = "unlabelled"  # a split of extra text without labels, labelled by the teachers
 
 METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
@@ -76,7 +78,11 @@ class Task:
     tfds_name: str | None = None
     tfds_text_features: tuple[str, ...] = ()
     tfds_splits: dict[str, str] = dataclasses.field(default_factory=dict)
-    group_size: int = 0  # ranking: candidates per question
+    answer_module: str = "linear"  # pair classification: "san" for the SAN answer module
+    san_steps: int = 5  # SAN reasoning steps K
+    san_step_dropout: float = 0.1  # SAN stochastic prediction dropout
+    group_size: int = 0  # ranking: candidates per training group (1 positive + negatives)
+    positive_label: str | None = None  # ranking: the label that marks a question's answer
 
     def __post_init__(self) -> None:
         _check_task(self)
@@ -89,6 +95,11 @@ class Task:
     def num_classes(self) -> int:
         """Width of the head's output: classes, or 1 for a score."""
         return len(self.labels) if self.type == CLASSIFICATION else 1
+
+    @property
+    def positive_index(self) -> int:
+        """Ranking: the class id of a question's answer."""
+        return self.labels.index(self.positive_label)
 
     @property
     def trainable(self) -> bool:
@@ -121,8 +132,19 @@ def _check_task(task: Task) -> None:
         raise TaskError(f"{where}: text_columns must name 1 or 2 columns")
     if task.type == CLASSIFICATION and len(task.labels) < 2:
         raise TaskError(f"{where}: a classification task needs at least 2 labels")
-    if task.type == RANKING and (len(task.text_columns) != 2 or task.group_size < 2):
-        raise TaskError(f"{where}: a ranking task needs 2 text columns and group_size >= 2")
+    if task.type == RANKING:
+        if len(task.text_columns) != 2 or task.group_size < 2:
+            raise TaskError(f"{where}: a ranking task needs 2 text columns (question, candidate) and group_size >= 2")
+        if len(task.labels) != 2 or task.positive_label not in task.labels:
+            raise TaskError(
+                f"{where}: a ranking task needs 2 labels and positive_label naming the one that marks an answer"
+            )
+    if task.answer_module not in ANSWER_MODULES:
+        raise TaskError(f"{where}: answer_module {task.answer_module!r} is not one of {', '.join(ANSWER_MODULES)}")
+    if task.answer_module == "san" and (task.type != CLASSIFICATION or not task.is_pair):
+        raise TaskError(f"{where}: the SAN answer module is for pair classification tasks only")
+    if task.san_steps < 1 or not 0.0 <= task.san_step_dropout < 1.0:
+        raise TaskError(f"{where}: san_steps must be >= 1 and san_step_dropout in [0, 1)")
     if len(set(task.labels)) != len(task.labels):
         raise TaskError(f"{where}: labels are duplicated: {list(task.labels)}")
     for metric in task.metrics:
@@ -160,7 +182,7 @@ GLUE_TASKS: dict[str, Task] = {
             tfds_name="glue/sst2", tfds_text_features=("sentence",),
         ),
         _glue(
-            name="mrpc", type=CLASSIFICATION, labels=("0", "1"), directory="MRPC",
+            name="mrpc", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="MRPC",
             text_columns=("#1 String", "#2 String"), label_column="Quality",
             metrics=("f1", "accuracy"), submission_name="MRPC",
             tfds_name="glue/mrpc", tfds_text_features=("sentence1", "sentence2"),
@@ -172,14 +194,14 @@ GLUE_TASKS: dict[str, Task] = {
             tfds_name="glue/stsb", tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="qqp", type=CLASSIFICATION, labels=("0", "1"), directory="QQP",
+            name="qqp", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="QQP",
             text_columns=("question1", "question2"), label_column="is_duplicate",
             metrics=("f1", "accuracy"), submission_name="QQP",
             tfds_name="glue/qqp", tfds_text_features=("question1", "question2"),
         ),
         _glue(
             name="mnli", type=CLASSIFICATION, labels=("entailment", "neutral", "contradiction"),
-            directory="MNLI", text_columns=("sentence1", "sentence2"), label_column="gold_label",
+            answer_module="san", directory="MNLI", text_columns=("sentence1", "sentence2"), label_column="gold_label",
             files={
                 "train": "train.tsv",
                 "dev_matched": "dev_matched.tsv",
@@ -204,12 +226,12 @@ GLUE_TASKS: dict[str, Task] = {
             tfds_name="glue/qnli", tfds_text_features=("question", "sentence"),
         ),
         _glue(
-            name="rte", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
+            name="rte", answer_module="san", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
             directory="RTE", text_columns=("sentence1", "sentence2"), submission_name="RTE",
             tfds_name="glue/rte", tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="wnli", type=CLASSIFICATION, labels=("0", "1"), directory="WNLI",
+            name="wnli", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="WNLI",
             text_columns=("sentence1", "sentence2"), submission_name="WNLI",
             tfds_name="glue/wnli", tfds_text_features=("sentence1", "sentence2"),
         ),
@@ -337,3 +359,29 @@ def resolve_tasks(names: Iterable[str] | str, known: dict[str, Task]) -> list[Ta
 def head_tasks(tasks: Sequence[Task]) -> list[Task]:
     """The tasks that own a head: trainable ones (AX borrows MNLI's)."""
     return [task for task in tasks if task.predict_with is None]
+
+
+def with_answer_modules(tasks: Sequence[Task], spec: Sequence[str] | str) -> list[Task]:
+    """Applies `--answer_module`: `san` or `linear` for every pair-classification task, or
+    `task=module` items for single tasks (empty: each task's default, SAN as in the paper)."""
+    if isinstance(spec, str):
+        spec = [item for item in spec.split(",") if item.strip()]
+    choices: dict[str | None, str] = {}
+    names = {task.name for task in tasks}
+    for item in spec:
+        name, _, module = item.strip().rpartition("=")
+        if module not in ANSWER_MODULES:
+            raise TaskError(f"--answer_module {item!r}: {module!r} is not one of {', '.join(ANSWER_MODULES)}")
+        if name and name not in names:
+            raise TaskError(f"--answer_module {item!r}: no task {name!r} among {', '.join(sorted(names))}")
+        choices[name or None] = module
+    result = []
+    for task in tasks:
+        module = choices.get(task.name, choices.get(None))
+        pair_classification = task.type == CLASSIFICATION and task.is_pair
+        if module and task.name in choices and not pair_classification and module == "san":
+            raise TaskError(f"--answer_module: task {task.name!r} is not a pair-classification task")
+        if module and pair_classification:
+            task = dataclasses.replace(task, answer_module=module)
+        result.append(task)
+    return result

@@ -121,6 +121,13 @@ def training_data(
                 f"batch_size {config.batch_size} is not divisible by the {replicas} replicas of the strategy"
             )
         drop_remainder = True
+    for data in splits:
+        unit = batching.group_rows(data) * replicas
+        if config.batch_size % unit:
+            raise ValueError(
+                f"batch_size {config.batch_size} must be a multiple of {unit} for ranking task {data.task.name} "
+                f"(group_size {batching.group_rows(data)} x {replicas} replica(s)): groups are never split"
+            )
     counts = [batching.num_batches(len(data), config.batch_size, drop_remainder) for data in splits]
     for data, count in zip(splits, counts):
         if count == 0:

@@ -295,8 +295,14 @@ from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
 import dataclasses
 from mtkd_tf.training import TrainConfig, make_optimizer, training_data
-tasks = [dataclasses.replace(GLUE_TASKS[n], dropout=0.0) for n in ("rte", "stsb")]
-splits = [readers.load_split(t, "train", data_dir=sys.argv[2]).take(32) for t in tasks]
+from mtkd_tf.data.suites import write_ranking_sample
+from mtkd_tf.tasks import load_task_file
+rank = load_task_file(write_ranking_sample(sys.argv[4], questions=16, candidates=2))["qa_rank"]
+# rte uses the SAN answer module (step dropout off: replicas draw their own masks), qa_rank
+# the pairwise ranking head (per-replica slices of 4 rows keep groups of 2 whole).
+tasks = [dataclasses.replace(GLUE_TASKS["rte"], dropout=0.0, san_step_dropout=0.0),
+         dataclasses.replace(GLUE_TASKS["stsb"], dropout=0.0), dataclasses.replace(rank, dropout=0.0)]
+splits = [readers.load_split(t, "train", data_dir=sys.argv[4] if t.name == "qa_rank" else sys.argv[2]).take(32) for t in tasks]
 config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=0, verbose=0)
 rng = np.random.default_rng(0)
 targets = {s.task.name: distillation_targets(s.task, len(s), 2, rng.dirichlet([1, 1], len(s)) if s.task.num_classes == 2 else rng.uniform(0, 5, len(s))) for s in splits}
@@ -313,7 +319,7 @@ for name in ("default", "mirrored"):
         # SGD: Adam-family updates turn float-rounding noise in near-zero gradients into
         # whole steps; SGD shows the strategy's own equivalence (global clipping included).
         distiller.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
-    history = distiller.fit(data.dataset, epochs=1, steps_per_epoch=4, verbose=0).history
+    history = distiller.fit(data.dataset, epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history  # every task
     print(name, strategy.num_replicas_in_sync, history["loss"][0])
     weights.append(student.get_weights())
 diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
@@ -326,7 +332,7 @@ def test_mirrored_distiller_matches_single_device(tiny_encoder_factory, glue_dir
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     result = subprocess.run(
-        [sys.executable, str(script), ROOT, glue_dir, tiny_encoder_factory.vocab_file],
+        [sys.executable, str(script), ROOT, glue_dir, tiny_encoder_factory.vocab_file, str(tmp_path / "rank")],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

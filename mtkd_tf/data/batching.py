@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.readers import SplitData
+from mtkd_tf.tasks import RANKING
 
 SAMPLING = ("proportional", "temperature", "uniform")
 _TOKENIZE_CHUNK = 1024
@@ -31,6 +32,11 @@ def tokenize_all(data: SplitData, preprocessor: Preprocessor) -> tuple[tf.Ragged
     texts = tf.data.Dataset.from_tensor_slices(_text_columns(data)).batch(_TOKENIZE_CHUNK)
     chunks = list(texts.map(preprocessor.tokenize, num_parallel_calls=tf.data.AUTOTUNE))
     return tuple(tf.concat([chunk[i] for chunk in chunks], axis=0) for i in range(len(chunks[0])))
+
+
+def group_rows(data: SplitData) -> int:
+    """Rows that must stay together in a batch: a ranking task's group, else 1."""
+    return data.task.group_size if data.task.type == RANKING else 1
 
 
 def num_batches(size: int, batch_size: int, drop_remainder: bool = False) -> int:
@@ -76,7 +82,8 @@ def task_dataset(
     """Task-homogeneous training batches `(x, y)` of one task: `passes` shuffled passes, repeated.
 
     `targets` are per-example arrays aligned with `data` that join `y` (soft targets and
-    masks); without labels, `y["label"]` is zeros.
+    masks); without labels, `y["label"]` is zeros. A ranking task shuffles and batches
+    whole groups of candidates (`batch_size` must be a multiple of its group size).
     """
     labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
     columns = {"label": tf.constant(np.asarray(labels, np.float32))}
@@ -84,7 +91,11 @@ def task_dataset(
         if len(values) != len(data):
             raise ValueError(f"{name}: {len(values)} rows for {len(data)} examples of {data.task.name}")
         columns[name] = tf.constant(np.asarray(values, np.float32))
-    orders = pass_orders(len(data), passes, seed if shuffle else None)
+    unit = group_rows(data)
+    if batch_size % unit:
+        raise ValueError(f"task {data.task.name}: batch size {batch_size} is not a multiple of its group_size {unit}")
+    groups = pass_orders(len(data) // unit, passes, seed if shuffle else None)
+    orders = (groups[:, :, None] * unit + np.arange(unit)).reshape(passes, -1)
 
     def with_task(x, y):
         x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mtkd_tf.tasks import CLASSIFICATION, Layout, Task
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, Layout, Task
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class SplitData:
-    """One split of one task, as columns. `labels` holds class ids or scores (None: no labels)."""
+    """One split of one task, as columns. `labels` holds class ids or scores (None: no labels);
+    `groups` (ranking tasks) each row's question, rows of a group adjacent in training splits."""
 
     task: Task
     split: str
@@ -42,6 +43,7 @@ class SplitData:
     text_b: list[str] | None = None
     labels: np.ndarray | None = None
     source: str = ""
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,16 +52,23 @@ class SplitData:
         """The first `count` examples (ids unchanged), for quick runs."""
         if count <= 0 or count >= len(self):
             return self
+        if self.groups is not None:  # never cut a question's group in two
+            while count < len(self) and self.groups[count] == self.groups[count - 1]:
+                count += 1
         return dataclasses.replace(
             self,
             ids=self.ids[:count],
             text_a=self.text_a[:count],
             text_b=None if self.text_b is None else self.text_b[:count],
             labels=None if self.labels is None else self.labels[:count],
+            groups=None if self.groups is None else self.groups[:count],
         )
 
     def concat(self, other: "SplitData") -> "SplitData":
         """This split followed by `other` (same task); labels of a split without any are zeros."""
+        if self.groups is not None or other.groups is not None:
+            raise DataError(f"task {self.task.name}: ranking splits cannot be concatenated (unlabelled text is not supported)")
+
         def labels(data):
             return data.labels if data.labels is not None else np.zeros(len(data), _label_array([], data.task).dtype)
 
@@ -288,15 +297,24 @@ def load_split(
     skip_bad_rows: bool = False,
     tfds_download: bool = False,
 ) -> SplitData:
-    """One split of one task from `source` (tsv: the GLUE directory layout or a task file's)."""
+    """One split of one task from `source` (tsv: the GLUE directory layout or a task file's).
+
+    Ranking tasks come back grouped by question: training groups for `train`, question
+    marks for the other splits (see `mtkd_tf.data.ranking`).
+    """
     if source == TFDS and task.tfds_name:
-        return read_tfds(task, split, data_dir, download=tfds_download)
-    if source not in SOURCES:
+        data = read_tfds(task, split, data_dir, download=tfds_download)
+    elif source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
-    if not data_dir:
+    elif not data_dir:
         raise DataError("--data_dir is required to read TSV data")
-    path = split_path(task, split, data_dir)
-    return read_delimited(path, task, split, task.layout(split), skip_bad_rows)
+    else:
+        data = read_delimited(split_path(task, split, data_dir), task, split, task.layout(split), skip_bad_rows)
+    if task.type == RANKING:
+        from mtkd_tf.data import ranking
+
+        data = ranking.training_groups(data) if split == "train" else ranking.with_question_groups(data)
+    return data
 
 
 def load_splits(

@@ -184,6 +184,45 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
     return root
 
 
+RANKING_TASK_FILE = """\
+# A pairwise ranking task (MT-DNN's QNLI formulation): candidates grouped by question.
+tasks:
+  - name: qa_rank
+    type: ranking
+    text_columns: [question, candidate]
+    labels: [answer, other]
+    positive_label: answer
+    group_size: {group_size}
+    files: {{train: train.tsv, dev: dev.tsv}}
+"""
+
+
+def write_ranking_sample(root: str, questions: int = 64, candidates: int = 4, seed: int = 0) -> str:
+    """A synthetic question-answering ranking task under `root`; returns its task file.
+
+    Each question ("which old film shows ?") has `candidates` sentences, one of which
+    repeats its words (the answer); dev questions sometimes have one candidate more, as
+    real data does.
+    """
+    rng = np.random.default_rng(seed)
+    t = _Text(rng)
+    w = _Writer(root)
+    for split, count in (("train", questions), ("dev", max(questions // 4, 4))):
+        rows = []
+        for _ in range(count):
+            answer = t.clause()
+            question = " ".join(["which"] + answer[1:4] + ["?"])
+            others = [t.clause() for _ in range(candidates - 1 + int(split == "dev" and rng.random() < 0.3))]
+            group = [(" ".join(answer), "answer")] + [(" ".join(o), "other") for o in others]
+            for k in rng.permutation(len(group)):
+                rows.append([question, group[k][0], group[k][1]])
+        w.write("qa_rank", f"{split}.tsv", ["question", "candidate", "label"], rows)
+    path = os.path.join(root, "qa_rank.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(RANKING_TASK_FILE.format(group_size=candidates))
+    return path
+
+
 SUITES = {"glue_sample": write_glue_sample}
 
 

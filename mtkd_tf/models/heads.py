@@ -1,8 +1,9 @@
 """Task-specific output layers of MT-DNN on top of the shared encoder.
 
-Classification heads return log-probabilities (float32), so hard cross-entropy, soft
-cross-entropy at any temperature and SAN's averaged step probabilities share one form;
-regression and ranking heads return one float32 score per example.
+Classification heads (linear, or SAN for pairs) return log-probabilities, so hard
+cross-entropy, soft cross-entropy at any temperature and SAN's averaged step probabilities
+share one form; regression and ranking heads return one score per example. Heads compute
+in float32 under any mixed-precision policy.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtkd_tf.models.san import SANAnswerModule
 from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, RANKING, Task
+
+HEAD_DTYPE = "float32"
 
 
 def _kernel_initializer() -> keras.initializers.Initializer:
@@ -72,10 +76,26 @@ class ScoreHead(keras.layers.Layer):
         return {**super().get_config(), "dropout": self.dropout}
 
 
-def make_head(task: Task, dtype=None) -> keras.layers.Layer:
-    """The head a task's type calls for, named after the task."""
+def make_head(task: Task, hidden_dim: int) -> keras.layers.Layer:
+    """The head a task's type (and answer module) calls for, named after the task."""
+    if task.type == CLASSIFICATION and task.answer_module == "san":
+        return SANAnswerModule(
+            task.num_classes, hidden_dim, num_steps=task.san_steps, step_dropout=task.san_step_dropout,
+            dropout=task.dropout, dtype=HEAD_DTYPE, name=task.name,
+        )
     if task.type == CLASSIFICATION:
-        return ClassificationHead(task.num_classes, task.dropout, dtype=dtype, name=task.name)
+        return ClassificationHead(task.num_classes, task.dropout, dtype=HEAD_DTYPE, name=task.name)
     if task.type in (REGRESSION, RANKING):
-        return ScoreHead(task.dropout, dtype=dtype, name=task.name)
+        return ScoreHead(task.dropout, dtype=HEAD_DTYPE, name=task.name)
     raise ValueError(f"task {task.name}: no head for type {task.type!r}")
+
+
+def apply_head(head: keras.layers.Layer, encoded: dict, features: dict):
+    """Calls `head` on what it reads: the pooled [CLS] vector, or (SAN) the token vectors."""
+    if getattr(head, "reads_tokens", False):
+        return head({
+            "sequence_output": encoded["sequence_output"],
+            "segment_ids": features["segment_ids"],
+            "padding_mask": features["padding_mask"],
+        })
+    return head(encoded["pooled_output"])

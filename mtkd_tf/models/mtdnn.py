@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from mtkd_tf.data.preprocessing import FEATURES
 from mtkd_tf.losses import hard_loss
-from mtkd_tf.models.heads import make_head
+from mtkd_tf.models.heads import apply_head, make_head
 from mtkd_tf.tasks import Task, head_tasks
 
 
@@ -92,11 +92,11 @@ class MTDNN(keras.Model):
         if not trained:
             raise ValueError("MTDNN needs at least one task with a head")
         # === Layers ===
-        heads = {task.name: make_head(task) for task in trained}
+        heads = {task.name: make_head(task, encoder.hidden_dim) for task in trained}
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in FEATURES}
         encoded = encoder(inputs)
-        outputs = {name: head(encoded["pooled_output"]) for name, head in heads.items()}
+        outputs = {name: apply_head(head, encoded, inputs) for name, head in heads.items()}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         # === Config and state ===
         self.encoder = encoder
@@ -127,7 +127,7 @@ class MTDNN(keras.Model):
     def features_model(self) -> keras.Model:
         """The same layers with the encoder's pooled [CLS] vector as an extra output."""
         encoded = self.encoder(self.input)
-        outputs = {name: head(encoded["pooled_output"]) for name, head in self.heads.items()}
+        outputs = {name: apply_head(head, encoded, self.input) for name, head in self.heads.items()}
         outputs["pooled_output"] = encoded["pooled_output"]
         return keras.Model(self.input, outputs)
 
