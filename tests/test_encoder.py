@@ -64,3 +64,39 @@ def test_real_minilm_loads_offline_from_the_cache():
     assert paraphrase > 0.8 and paraphrase - unrelated > 0.3, (paraphrase, unrelated)
     cached = encoder_lib.resolve_spec("minilm_l6")
     assert os.path.isfile(os.path.join(cached, "model.safetensors"))
+
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "minilm_reference.npz")
+
+
+@pytest.mark.download
+def test_minilm_matches_reference_hidden_states_with_exact_gelu(tmp_path):
+    """Hidden states equal a plain NumPy BERT with erf GELU (tests/data/make_minilm_reference.py)."""
+    import keras
+    import tensorflow as tf
+
+    from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+
+    encoder = encoder_lib.load_encoder("minilm_l6")
+    assert encoder.backbone.hidden_activation == "gelu"
+    reference = np.load(REFERENCE)
+    approximate = encoder_lib.with_activation(encoder.backbone, "gelu_approximate")
+    pre = Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), 32, pad_to_multiple_of=0)
+    for name, texts in (("single", ([
+        "A three-hour cinema master class.", "How did serfdom develop in and then leave Russia ?"],)),
+            ("pair", (["The film is a charming delight."], ["Nobody liked the movie at all."]))):
+        features = {k: reference[f"{name}_{k}"] for k in ("token_ids", "segment_ids", "padding_mask")}
+        ours = pre(*(tf.constant(t) for t in texts))
+        np.testing.assert_array_equal(ours["token_ids"].numpy()[:, : features["token_ids"].shape[1]], features["token_ids"])
+        mask = features["padding_mask"].astype(bool)
+        expected = reference[f"{name}_hidden"][mask]
+        exact = encoder.backbone(features)["sequence_output"].numpy()[mask]
+        assert np.abs(exact - expected).max() < 1e-4
+        assert np.abs(approximate(features)["sequence_output"].numpy()[mask] - expected).max() > 1e-3
+    # The activation survives saving and loading.
+    path = str(tmp_path / "encoder.keras")
+    encoder.backbone.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    features = {k: reference[f"pair_{k}"] for k in ("token_ids", "segment_ids", "padding_mask")}
+    assert loaded.hidden_activation == "gelu"
+    np.testing.assert_allclose(loaded(features)["sequence_output"].numpy(), encoder.backbone(features)["sequence_output"].numpy(), atol=1e-6)

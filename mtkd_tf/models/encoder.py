@@ -38,6 +38,52 @@ _SPEC_KEYS = {
 }
 
 
+@keras.saving.register_keras_serializable(package="mtkd_tf")
+class BertEncoderBackbone(keras_hub.models.BertBackbone):
+    """keras-hub's `BertBackbone` with the feed-forward activation as config.
+
+    keras-hub hard-codes tanh-approximated GELU. Checkpoints trained with exact (erf) GELU
+    (Hugging Face `hidden_act: gelu`, e.g. MiniLM) need `hidden_activation="gelu"` to
+    reproduce their hidden states (about 3e-3 apart otherwise).
+    """
+
+    def __init__(self, *args, hidden_activation: str = "gelu_approximate", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hidden_activation = hidden_activation
+        if hidden_activation != "gelu_approximate":
+            activation = keras.activations.get(hidden_activation)  # "gelu": exact, approximate=False
+            for layer in self.transformer_layers:
+                layer.activation = activation
+                layer._feedforward_intermediate_dense.activation = activation
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_activation": self.hidden_activation}
+
+
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate"}
+
+
+def checkpoint_activation(directory: str) -> str:
+    """The feed-forward activation a Hugging Face checkpoint was trained with."""
+    config = os.path.join(directory, "config.json")
+    if not os.path.isfile(config):
+        return "gelu_approximate"  # keras-hub presets: keep keras-hub's definition
+    with open(config, encoding="utf-8") as handle:
+        hidden_act = json.load(handle).get("hidden_act", "gelu")
+    if hidden_act not in _HF_ACTIVATIONS:
+        raise EncoderError(f"{config}: hidden_act {hidden_act!r} is not supported ({', '.join(_HF_ACTIVATIONS)})")
+    return _HF_ACTIVATIONS[hidden_act]
+
+
+def with_activation(backbone: keras_hub.models.BertBackbone, activation: str) -> keras_hub.models.BertBackbone:
+    """The same backbone (config and weights) with feed-forward `activation`."""
+    if activation == "gelu_approximate" and not isinstance(backbone, BertEncoderBackbone):
+        return backbone
+    exact = BertEncoderBackbone.from_config({**backbone.get_config(), "hidden_activation": activation})
+    exact.set_weights(backbone.get_weights())
+    return exact
+
+
 @dataclasses.dataclass
 class Encoder:
     """A loaded encoder: the backbone, its vocabulary and whether text is lower-cased."""
@@ -150,4 +196,6 @@ def load_encoder(
         tokenizer = keras_hub.models.BertTokenizer.from_preset(spec)
     except Exception as error:
         raise EncoderError(f"cannot load encoder {original!r} from {spec}: {error}") from None
+    if os.path.isdir(spec):
+        backbone = with_activation(backbone, checkpoint_activation(spec))
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=original)
