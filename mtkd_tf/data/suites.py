@@ -223,18 +223,51 @@ def write_ranking_sample(root: str, questions: int = 64, candidates: int = 4, se
     return path
 
 
-SUITES = {"glue_sample": write_glue_sample}
+def _write_moviesuite(root: str, examples_per_task: int, seed: int) -> str:
+    from mtkd_tf.data.moviesuite import write_moviesuite
+
+    return write_moviesuite(root)
+
+
+# name -> (writer, whether --suite_size and the seed shape it)
+SUITES: dict[str, tuple[Callable[[str, int, int], str], bool]] = {
+    "glue_sample": (write_glue_sample, True),
+    "moviesuite": (_write_moviesuite, False),
+}
+
+
+def suite_tasks() -> dict:
+    """Tasks of the built-in suites that are not GLUE tasks (for the task registry)."""
+    from mtkd_tf.data.moviesuite import TASKS
+
+    return dict(TASKS)
 
 
 def suite_dir(name: str, examples_per_task: int = 400, seed: int = 0) -> str:
-    """The directory of a built-in suite, written on first use (deterministic per size and seed)."""
+    """The directory of a built-in suite, written on first use (deterministic per size and seed).
+
+    Writing happens in a staging directory renamed into place, so an interrupted build
+    never leaves a half-written suite behind.
+    """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(SUITES)}")
-    root = os.path.join(assets.cache_dir(), "suites", f"{name}-{examples_per_task}-{seed}")
+    writer, sized = SUITES[name]
+    label = f"{name}-{examples_per_task}-{seed}" if sized else f"{name}-v1"
+    root = os.path.join(assets.cache_dir(), "suites", label)
     marker = os.path.join(root, ".complete")
     if not os.path.isfile(marker):
         staging = root + f".tmp{os.getpid()}"
-        SUITES[name](staging, examples_per_task, seed)
+        if os.path.isdir(staging):
+            import shutil
+
+            shutil.rmtree(staging)
+        try:
+            writer(staging, examples_per_task, seed)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         open(os.path.join(staging, ".complete"), "w").close()
         if os.path.isdir(root):
             import shutil
