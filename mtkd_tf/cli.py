@@ -54,7 +54,13 @@ flags.DEFINE_float("weight_decay", 0.01, "Weight decay (adamw only).", lower_bou
 flags.DEFINE_enum("task_sampling", "proportional", ["proportional", "temperature", "uniform"], "How batches of tasks are mixed.")
 flags.DEFINE_float("sampling_temperature", 1.0, "tau of temperature sampling, p ~ |D|^tau.", lower_bound=0.0)
 flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy (auto: TPU if configured, mirrored over >1 GPU, else default); multi_worker reads TF_CONFIG.")
+flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu|auto (empty on Colab/Cloud TPU VMs).")
+flags.DEFINE_integer("num_gpus", None, "Use at most this many GPUs.", lower_bound=0)
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy (mixed_float16 adds dynamic loss scaling; heads and losses stay float32).")
+flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA (implies static shapes: full batches, fixed sequence length).")
 flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.")
 # --- outputs
 flags.DEFINE_string("output_dir", None, "Where --mode=predict writes submission files (default: <model_dir>/predictions).")
@@ -112,19 +118,41 @@ def _train_config():
         optimizer=FLAGS.optimizer, warmup_fraction=FLAGS.warmup_fraction, clipnorm=FLAGS.clipnorm,
         weight_decay=FLAGS.weight_decay, task_sampling=FLAGS.task_sampling,
         sampling_temperature=FLAGS.sampling_temperature, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        jit_compile=FLAGS.jit_compile,
     )
     config.validate()
     return config
 
 
+_STRATEGY = []
+
+
+def _strategy():
+    """The process's one strategy (MultiWorkerMirroredStrategy must exist before other TF ops)."""
+    from mtkd_tf import distribute
+
+    if not _STRATEGY:
+        _STRATEGY.append(distribute.get_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu))
+    return _STRATEGY[0]
+
+
 def _require_model_dir() -> str:
+    """--model_dir, or on a non-chief multi-worker task its scratch copy (see distribute.worker_dir)."""
+    from mtkd_tf import distribute
+
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
-    return FLAGS.model_dir
+    return distribute.worker_dir(FLAGS.model_dir, _strategy())
+
+
+def _worker_path(path: str | None) -> str:
+    from mtkd_tf import distribute
+
+    return distribute.worker_dir(path, _strategy()) if path else ""
 
 
 def run_train() -> dict:
-    from mtkd_tf import distribute, evaluation, model_dir as model_dir_lib, training
+    from mtkd_tf import evaluation, model_dir as model_dir_lib, training
     from mtkd_tf.models.encoder import load_encoder
 
     model_dir = _require_model_dir()
@@ -133,7 +161,7 @@ def run_train() -> dict:
     trainable = [task for task in tasks if task.trainable]
     train = {name: by_split["train"] for name, by_split in _load(trainable, "train", FLAGS.max_train_examples).items()}
     dev = _load(tasks, "dev", FLAGS.max_eval_examples)
-    strategy = distribute.get_strategy(FLAGS.strategy)
+    strategy = _strategy()
     texts = [text for data in train.values() for text in data.text_a + (data.text_b or [])]
     with strategy.scope():
         encoder = load_encoder(
@@ -149,21 +177,21 @@ def run_train() -> dict:
 def run_evaluate() -> dict:
     from mtkd_tf import evaluation, model_dir as model_dir_lib
 
-    model_dir = _require_model_dir()
-    trained = model_dir_lib.load(model_dir)
+    out_dir = _require_model_dir()
+    trained = model_dir_lib.load(FLAGS.model_dir)
     dev = _load(_tasks(), "dev", FLAGS.max_eval_examples)
     results = evaluation.evaluate(trained.model, trained.preprocessor, dev, FLAGS.eval_batch_size)
-    model_dir_lib.write_json(os.path.join(model_dir, "eval_results.json"), results)
+    model_dir_lib.write_json(os.path.join(out_dir, "eval_results.json"), results)
     return results
 
 
 def run_predict() -> list[str]:
     from mtkd_tf import evaluation, model_dir as model_dir_lib
 
-    model_dir = _require_model_dir()
-    trained = model_dir_lib.load(model_dir)
+    out_dir = _require_model_dir()
+    trained = model_dir_lib.load(FLAGS.model_dir)
     test = _load(_tasks(), "test", FLAGS.max_eval_examples)
-    output_dir = FLAGS.output_dir or os.path.join(model_dir, "predictions")
+    output_dir = _worker_path(FLAGS.output_dir) or os.path.join(out_dir, "predictions")
     return evaluation.write_predictions(trained.model, trained.preprocessor, test, output_dir, FLAGS.eval_batch_size)
 
 
@@ -189,11 +217,14 @@ def _distill_config():
     )
 
 
+def _readable(own: str, shared: str) -> str:
+    return own if os.path.exists(own) else shared
+
+
 class Experiment:
     """What every distillation mode needs: tasks, data, strategy, encoders, directories."""
 
     def __init__(self, need_dev: bool = True):
-        from mtkd_tf import distribute
         from mtkd_tf.pipeline import Layout
 
         self.root = _require_model_dir()
@@ -205,8 +236,12 @@ class Experiment:
         with_extra = [task for task in trainable if UNLABELLED in task.files]
         self.unlabelled = {name: s[UNLABELLED] for name, s in _load(with_extra, UNLABELLED, 0).items()}
         self.dev = _load(self.tasks, "dev", FLAGS.max_eval_examples) if need_dev else {}
-        self.strategy = distribute.get_strategy(FLAGS.strategy)
-        self.layout = Layout(self.root, FLAGS.teacher_dir or "", FLAGS.soft_labels_dir or "", FLAGS.student_dir or "")
+        self.strategy = _strategy()
+        self.layout = Layout(self.root, _worker_path(FLAGS.teacher_dir), _worker_path(FLAGS.soft_labels_dir),
+                             _worker_path(FLAGS.student_dir))
+        # What earlier runs wrote (differs from `layout` only on non-chief workers, which
+        # read the chief's teachers and soft labels unless they made their own).
+        self.shared = Layout(FLAGS.model_dir, FLAGS.teacher_dir or "", FLAGS.soft_labels_dir or "", FLAGS.student_dir or "")
         self.texts = [text for data in self.train.values() for text in data.text_a + (data.text_b or [])]
 
     def encoder(self, spec: str, dropout: float | None, seed: int):
@@ -227,7 +262,7 @@ class Experiment:
     def teacher_dirs(self) -> list[str]:
         from mtkd_tf.distill.ensemble import member_dirs
 
-        return list(FLAGS.teacher_dirs) or member_dirs(self.layout.teacher_dir)
+        return list(FLAGS.teacher_dirs) or member_dirs(_readable(self.layout.teacher_dir, self.shared.teacher_dir))
 
     def soft_label_data(self):
         from mtkd_tf.pipeline import teacher_task_names
@@ -264,7 +299,8 @@ class Experiment:
             encoder = self.student_encoder()
             return pipeline.distill(self.tasks, self.train, encoder, self.config, self.distill_config,
                                     self.layout.student_dir, FLAGS.max_seq_length, self.strategy,
-                                    self.layout.soft_labels_dir, self.teacher_dirs(), self.unlabelled)
+                                    _readable(self.layout.soft_labels_dir, self.shared.soft_labels_dir),
+                                    self.teacher_dirs(), self.unlabelled)
 
     def baseline(self):
         from mtkd_tf import training
@@ -334,6 +370,13 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (options are --flags)")
     logging.getLogger().setLevel(logging.INFO)
+    started = time.time()
+    try:
+        strategy = _strategy()  # first: MultiWorkerMirroredStrategy must precede every other TF op
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from mtkd_tf import distribute
     from mtkd_tf.assets import AssetError
     from mtkd_tf.data.readers import DataError
     from mtkd_tf.distill.soft_labels import SoftLabelError
@@ -342,9 +385,12 @@ def main(argv: list[str]) -> int:
     from mtkd_tf.tasks import TaskError
 
     runner = RUNNERS[FLAGS.mode]
-    started = time.time()
     try:
-        result = runner()
+        distribute.set_precision(FLAGS.mixed_precision)
+        with strategy.scope():  # evaluation and soft labelling run under it too
+            result = runner()
+        if FLAGS.model_dir:
+            distribute.remove_worker_dir(FLAGS.model_dir, strategy)
     except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

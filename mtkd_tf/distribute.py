@@ -1,14 +1,32 @@
-"""One factory for the `tf.distribute` strategy every mode runs under (`--strategy`).
+"""One factory for the `tf.distribute` strategy every mode runs under (`--strategy`), and the
+multi-worker rules that go with it.
 
-`--batch_size` is always the global batch: Keras splits each batch across replicas and
-the train steps scale losses by the global batch size.
+`--batch_size` is always the global batch: `training.training_data` cuts each global batch
+into per-replica slices and the train steps scale losses by the global batch size, so one
+CPU, several GPUs, several workers and a TPU all train on the same batches.
+
+Multi-worker (`MultiWorkerMirroredStrategy`, configured by the standard `TF_CONFIG`): every
+worker runs the same program; only the chief writes models, soft labels, reports and
+exports, the others write to a temporary directory that is removed (`output_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+_TPU_ENVIRONMENT = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
+
+
+class StrategyError(ValueError):
+    """A strategy cannot be created here; the message says what is missing."""
 
 
 def set_logical_cpus(count: int) -> None:
@@ -20,10 +38,33 @@ def set_logical_cpus(count: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
-def get_strategy(name: str = "auto", num_gpus: int | None = None) -> tf.distribute.Strategy:
-    """The strategy named by `name`; `auto` mirrors over several GPUs, else the default."""
+def tpu_strategy(address: str | None = None) -> tf.distribute.TPUStrategy:
+    """TensorFlow's recipe: resolve the TPU, connect, initialise it, then build the strategy."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        raise StrategyError(f"no TPU found{f' at {address}' if address else ''}: {error}") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def get_strategy(name: str = "auto", num_gpus: int | None = None, tpu: str | None = None) -> tf.distribute.Strategy:
+    """The strategy named by `name`.
+
+    `auto`: a TPU when one is configured (`--tpu` or the TPU environment of Colab/Cloud),
+    MirroredStrategy over several GPUs, else the default (one device). `num_gpus` limits
+    the GPUs used; `multi_worker` reads the cluster from `TF_CONFIG`.
+    """
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    # Before anything lists devices: both strategies must configure the runtime first.
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise StrategyError("--strategy=multi_worker needs the cluster in the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu" or (name == "auto" and (tpu or any(os.environ.get(key) for key in _TPU_ENVIRONMENT))):
+        return tpu_strategy(tpu)
     gpus = tf.config.list_logical_devices("GPU")
     if num_gpus is not None:
         gpus = gpus[:num_gpus]
@@ -35,3 +76,94 @@ def get_strategy(name: str = "auto", num_gpus: int | None = None) -> tf.distribu
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     devices = [gpu.name for gpu in gpus] or [cpu.name for cpu in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def set_precision(policy: str) -> None:
+    """Global Keras dtype policy; heads and losses stay float32 (see `models.heads`)."""
+    import keras
+
+    if policy not in PRECISIONS:
+        raise StrategyError(f"unknown precision {policy!r}; choose one of {', '.join(PRECISIONS)}")
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def is_tpu(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes outputs: always, except on non-chief multi-worker tasks."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    cluster = resolver.cluster_spec().as_dict()
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+
+
+def worker_label() -> str:
+    """`worker_<id>` of this process from TF_CONFIG ('' outside a cluster)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return f"{task.get('type', 'worker')}_{task.get('index', 0)}" if task else ""
+
+
+def worker_dir(directory: str, strategy: tf.distribute.Strategy | None = None) -> str:
+    """Where this process writes what belongs in `directory`.
+
+    The chief writes `directory` itself. Other workers, which run every step too, write
+    to `<directory>/.workers/<task>_<id>` (TensorFlow's multi-worker recipe): the path is
+    fixed, so a restarted worker resumes from its own BackupAndRestore state, and
+    `remove_worker_dir` deletes it when the run ends.
+    """
+    if is_chief(strategy):
+        return directory
+    return os.path.join(directory, ".workers", worker_label() or "worker")
+
+
+def remove_worker_dir(directory: str, strategy: tf.distribute.Strategy | None = None) -> None:
+    """Deletes a non-chief worker's scratch outputs after a finished run."""
+    if not is_chief(strategy):
+        scratch = worker_dir(directory, strategy)
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(scratch))  # `.workers`, once the last worker is done
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    strategy = strategy or tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+class MultiWorkerFit:
+    """Mixin for the project's `keras.Model`s: `fit` under MultiWorkerMirroredStrategy.
+
+    keras-team/keras#20585 (Keras 3.15): `fit` fails twice under MultiWorkerMirroredStrategy.
+    (1) Before the first step `_maybe_symbolic_build` peeks a batch and `strategy.reduce`s
+    the nested, integer batch across workers; our models are built at construction, so
+    we skip the peek (the optimizer builds at its first step, as without a strategy). (2) After each step Keras reduces the
+    logged metrics with `strategy.reduce("MEAN", value, axis=0)`, which fails on 0-d
+    values; `step_logs` hands them over as shape [1] under multi-worker, and the reduction
+    returns the cross-worker mean as a scalar. Single-worker strategies are untouched.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def step_logs(self) -> dict:
+        """`{metric: result}` for a train/test step, shaped for Keras's cross-replica reduction."""
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        if is_multi_worker(self.distribute_strategy):
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+
+def weights_digest(model) -> str:
+    """A short hash of a model's weights (workers of one run must agree)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in model.get_weights():
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]

@@ -25,7 +25,7 @@ from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import Task
 from mtkd_tf.training import (
-    TrainConfig, encoder_preprocessor, fit, make_optimizer, save_trained, train_mtdnn, training_data,
+    TrainConfig, encoder_preprocessor, fit, make_optimizer, save_trained, static_shapes, train_mtdnn, training_data,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ def distill(
     config.validate()
     keras.utils.set_random_seed(config.seed)
     teacher_tasks = teacher_task_names(tasks, distill_config)
-    preprocessor = encoder_preprocessor(encoder, max_seq_length)
+    static = static_shapes(config, strategy)
+    preprocessor = encoder_preprocessor(encoder, max_seq_length, static=static)
     with strategy.scope():
         student = MTDNN(encoder.backbone, tasks)
         width = soft_width(student.tasks)
@@ -180,7 +181,7 @@ def distill(
                 parts = [train[task.name]] + ([unlabelled[task.name]] if task.name in label_masks else [])
                 soft = np.concatenate([soft_labels.align(stored, task, part, distill_config.temperature) for part in parts])
             targets[task.name] = distillation_targets(task, len(data), width, soft, label_masks.get(task.name))
-        data = training_data(splits, preprocessor, config, targets=targets, strategy=strategy)
+        data = training_data(splits, preprocessor, config, targets=targets, drop_remainder=static, strategy=strategy)
         distiller = Distiller(
             student,
             alpha=distill_config.alpha,
@@ -191,7 +192,7 @@ def distill(
             teacher_tasks=teacher_tasks,
             hidden_weight=distill_config.hidden_weight,
         )
-        distiller.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
+        distiller.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
     fit(distiller, data, config, student_dir)
     return save_trained(student_dir, student, encoder, preprocessor)
 

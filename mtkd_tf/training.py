@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtkd_tf import distribute
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.readers import SplitData
@@ -41,6 +42,7 @@ class TrainConfig:
     sampling_temperature: float = 1.0
     seed: int = 0
     verbose: int = 2
+    jit_compile: bool = False  # XLA; pair it with static shapes (a fixed sequence length)
 
     def validate(self) -> None:
         problems = []
@@ -203,20 +205,30 @@ def fit(
         keras.callbacks.TerminateOnNaN(),
         HistoryFile(os.path.join(work_dir, "history.json")),
     ]
-    return model.fit(
+    history = model.fit(
         data.dataset,
         epochs=config.epochs,
         steps_per_epoch=data.steps_per_epoch,
         callbacks=standard + list(callbacks),
         verbose=config.verbose,
+        shuffle=False,  # batches are already shuffled from the seed (batching.pass_orders)
     )
+    if distribute.is_multi_worker(model.distribute_strategy):
+        logger.info("%s: weights digest %s", distribute.worker_label(), distribute.weights_digest(model))
+    return history
 
 
-def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = 16) -> Preprocessor:
-    """The preprocessor that matches an encoder's vocabulary and casing."""
+def static_shapes(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> bool:
+    """XLA and TPUs want one batch shape: full batches padded to the full sequence length."""
+    return config.jit_compile or (strategy is not None and distribute.is_tpu(strategy))
+
+
+def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = 16, static: bool = False) -> Preprocessor:
+    """The preprocessor that matches an encoder's vocabulary and casing (`static`: no dynamic padding)."""
     from mtkd_tf.data.preprocessing import load_tokenizer
 
-    return Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, pad_to_multiple_of)
+    multiple = max_seq_length if static else pad_to_multiple_of
+    return Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, multiple)
 
 
 def save_trained(model_dir: str, model, encoder, preprocessor: Preprocessor):
@@ -248,11 +260,12 @@ def train_mtdnn(
     config.validate()
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or tf.distribute.get_strategy()
-    preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of)
+    static = static_shapes(config, strategy)
+    preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of, static)
     with strategy.scope():
         model = MTDNN(encoder.backbone, tasks)
         splits = [train[task.name] for task in model.tasks]
-        data = training_data(splits, preprocessor, config, strategy=strategy)
-        model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
+        data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
+        model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
     fit(model, data, config, model_dir)
     return save_trained(model_dir, model, encoder, preprocessor)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.mtdnn import MTDNN, clip_across_replicas, per_task_loss, replica_loss_to_metric, split_features, track_task_losses
 from mtkd_tf.tasks import CLASSIFICATION, Task
@@ -53,7 +54,7 @@ def _check_settings(alpha: float, task_alpha: Mapping[str, float], temperature: 
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
-class Distiller(keras.Model):
+class Distiller(MultiWorkerFit, keras.Model):
     """Trains `student` on a per-task mix of hard labels and teacher soft targets.
 
     Args:
@@ -174,7 +175,7 @@ class Distiller(keras.Model):
             loss = tf.nn.compute_average_loss(hard + soft + hidden)
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer.global_clipnorm)
+        gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._track(loss, hard, soft, hidden, task_id, features)
 
@@ -198,7 +199,7 @@ class Distiller(keras.Model):
             self.hidden_tracker.update_state(replica_loss_to_metric(tf.nn.compute_average_loss(hidden)), sample_weight=count)
         for kind, trackers in self.task_trackers.items():
             track_task_losses(trackers, task_id, values[kind], count)
-        return {metric.name: metric.result() for metric in self.metrics}
+        return self.step_logs()
 
     def get_config(self):
         return {

@@ -15,6 +15,7 @@ import keras_hub
 import tensorflow as tf
 
 from mtkd_tf.data.preprocessing import FEATURES
+from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.losses import hard_loss
 from mtkd_tf.models.heads import apply_head, make_head
 from mtkd_tf.tasks import Task, head_tasks
@@ -48,24 +49,28 @@ def _merge_duplicates(gradient):
     return tf.IndexedSlices(values, unique, gradient.dense_shape)
 
 
-def clip_across_replicas(gradients: list, clipnorm: float | None) -> list:
-    """Makes global-norm clipping exact and independent of the replica count.
+def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer) -> list:
+    """Makes the optimizer's global-norm clipping exact and independent of the replica count.
 
     Keras clips each replica's partial gradient before summing them, and measures an
     embedding's IndexedSlices gradient by its unmerged rows. Here the norm is that of the
     true (summed, merged) gradient: one replica merges duplicate rows and lets Keras clip;
     several sum first, clip, and hand each replica a 1/R share, whose norm is below the
-    clip so Keras leaves it alone.
+    clip so Keras leaves it alone. Under mixed_float16 the gradients carry the loss scale,
+    so the threshold does too (the LossScaleOptimizer unscales before its inner clip).
     """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    clipnorm = inner.global_clipnorm
     if not clipnorm:
         return gradients
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context is not None else 1
     if replicas == 1:
         return [None if g is None else _merge_duplicates(g) for g in gradients]
+    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if inner is not optimizer else 1.0
     present = [i for i, g in enumerate(gradients) if g is not None]
     summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(gradients[i]) for i in present])
-    clipped, _ = tf.clip_by_global_norm(summed, clipnorm)
+    clipped, _ = tf.clip_by_global_norm(summed, clipnorm * scale)
     result = list(gradients)
     for i, gradient in zip(present, clipped):
         result[i] = gradient / replicas
@@ -78,7 +83,7 @@ def replica_loss_to_metric(loss: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
-class MTDNN(keras.Model):
+class MTDNN(MultiWorkerFit, keras.Model):
     """Shared encoder + task-specific heads (a functional model, keras-hub style).
 
     Args:
@@ -149,7 +154,7 @@ class MTDNN(keras.Model):
             loss = tf.nn.compute_average_loss(self.compute_task_loss(outputs, y, task_id))
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.trainable_variables)
-        gradients = clip_across_replicas(gradients, self.optimizer.global_clipnorm)
+        gradients = clip_across_replicas(gradients, self.optimizer)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self._track(loss, task_id, features)
 
@@ -165,7 +170,7 @@ class MTDNN(keras.Model):
         count = tf.cast(tf.shape(features["token_ids"])[0], tf.float32)
         self._loss_tracker.update_state(value, sample_weight=count)
         track_task_losses(self.task_loss_trackers, task_id, value, count)
-        return {metric.name: metric.result() for metric in self.metrics}
+        return self.step_logs()
 
     def get_config(self):
         return {

@@ -1,0 +1,93 @@
+"""tf.distribute beyond one device: multi-worker on loopback, mixed precision, the strategy factory."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from mtkd_tf import distribute
+
+TINY_PIPELINE = [
+    "--flagfile=configs/tiny.cfg", "--mode=pipeline", "--tasks=sst2,stsb", "--num_teachers=1",
+    "--epochs=1", "--max_train_examples=48", "--max_eval_examples=16", "--batch_size=8",
+    "--train_baseline=false", "--verbose=0",
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_strategy_factory_names_and_errors(monkeypatch):
+    assert distribute.STRATEGIES == ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.StrategyError, match="TF_CONFIG"):
+        distribute.get_strategy("multi_worker")
+    with pytest.raises(distribute.StrategyError, match="unknown strategy 'nccl'"):
+        distribute.get_strategy("nccl")
+    for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    assert distribute.is_chief(distribute.get_strategy("auto"))  # no TPU, no GPUs here: the default
+    # The TPU path (resolver -> connect -> initialize -> TPUStrategy) needs a TPU: not run here.
+    assert distribute.worker_dir("/runs/x") == "/runs/x"
+
+
+@pytest.mark.slow
+def test_two_worker_pipeline_on_loopback(tmp_path):
+    """MultiWorkerMirroredStrategy over two processes: same weights on both, only the chief writes."""
+    from mtkd_tf.data import suites
+
+    suites.suite_dir("glue_sample", 200, seed=0)  # written once, before the workers start
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    model_dir = tmp_path / "mw"
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bin", "run"), *TINY_PIPELINE, "--strategy=multi_worker",
+             f"--model_dir={model_dir}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        ))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=480))
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    digests = [re.findall(r"worker_\d: weights digest (\w+)", err) for _, err in outputs]
+    assert len(digests[0]) == 2, outputs[0][1][-2000:]  # the teacher, then the student
+    assert digests[0] == digests[1]
+    assert (model_dir / "report.json").is_file() and (model_dir / "student" / "model.keras").is_file()
+    assert not (model_dir / ".workers").exists()  # worker 1's scratch outputs are gone
+    report = json.loads((model_dir / "report.json").read_text())
+    assert set(report["results"]) == {"sst2", "stsb"} and "student" in report["rows"]
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_pipeline_on_cpu(tmp_path):
+    result = run_cli(*TINY_PIPELINE, "--mixed_precision=mixed_bfloat16", f"--model_dir={tmp_path / 'bf16'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bf16" / "report.json").read_text())
+    values = [report["results"][task][metric]["student"] for task in ("sst2", "stsb") for metric in report["results"][task]]
+    assert len(values) == 3 and all(abs(v) <= 1.0 for v in values)  # accuracy, pearson, spearman: finite
+    import keras
+
+    student = keras.saving.load_model(str(tmp_path / "bf16" / "student" / "model.keras"), compile=False)
+    assert student.encoder.dtype_policy.name == "mixed_bfloat16"
+    assert all(head.dtype_policy.name == "float32" for head in student.heads.values())
