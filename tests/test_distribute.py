@@ -91,3 +91,46 @@ def test_mixed_bfloat16_pipeline_on_cpu(tmp_path):
     student = keras.saving.load_model(str(tmp_path / "bf16" / "student" / "model.keras"), compile=False)
     assert student.encoder.dtype_policy.name == "mixed_bfloat16"
     assert all(head.dtype_policy.name == "float32" for head in student.heads.values())
+
+
+def test_static_shapes_for_xla_and_tpu(glue_dir, tiny_encoder_factory):
+    """--jit_compile (and TPUs): full batches, every one padded to the full sequence length."""
+    from mtkd_tf.data import readers
+    from mtkd_tf.tasks import GLUE_TASKS
+    from mtkd_tf.training import TrainConfig, encoder_preprocessor, static_shapes, training_data
+
+    config = TrainConfig(batch_size=8, epochs=1, jit_compile=True)
+    assert static_shapes(config, None) and not static_shapes(TrainConfig(), None)
+    splits = [readers.load_split(GLUE_TASKS[n], "train", data_dir=glue_dir).take(20) for n in ("sst2", "stsb")]
+    pre = encoder_preprocessor(tiny_encoder_factory(), 48, static=True)
+    data = training_data(splits, pre, config, drop_remainder=True)
+    shapes = {tuple(x["token_ids"].shape) for x, _ in data.dataset.take(data.steps_per_epoch)}
+    assert shapes == {(8, 48)}
+
+
+def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory):
+    import keras
+    import numpy as np
+
+    from mtkd_tf.data import readers
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.tasks import GLUE_TASKS
+    from mtkd_tf.training import TrainConfig, encoder_preprocessor, make_optimizer, training_data
+
+    previous = keras.config.dtype_policy()
+    distribute.set_precision("mixed_float16")
+    try:
+        encoder = tiny_encoder_factory(seed=0)
+        model = MTDNN(encoder.backbone, [GLUE_TASKS["sst2"], GLUE_TASKS["stsb"]])
+        splits = [readers.load_split(model.tasks[i], "train", data_dir=glue_dir).take(32) for i in range(2)]
+        config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3)
+        data = training_data(splits, encoder_preprocessor(encoder, 48), config)
+        model.compile(optimizer=make_optimizer(config, data.steps_per_epoch))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        before = [w.copy() for w in model.get_weights()]
+        history = model.fit(data.dataset, epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history
+        assert np.isfinite(history["loss"][0])
+        assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+        assert model.encoder.compute_dtype == "float16" and model.heads["sst2"].compute_dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)
