@@ -17,6 +17,7 @@ setup(
         "keras-hub==0.32.0",
         "tensorflow-text==2.21.1",
         "tensorflow-datasets==4.9.10",
+        "tensorflow-serving-api==2.21.0",  # PredictionLog protos of the export's warm-up requests
         "tensorboard==2.21.0",
         "absl-py>=2.1",
         "importlib_resources>=6",  # tfds.load fails without it

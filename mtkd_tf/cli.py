@@ -20,7 +20,7 @@ from mtkd_tf.tasks import UNLABELLED
 
 FLAGS = flags.FLAGS
 
-MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline")
+MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "export", "serve_check")
 
 # --- what to run on
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
@@ -64,6 +64,12 @@ flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA (implies s
 flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 a line per epoch.")
 # --- outputs
 flags.DEFINE_string("output_dir", None, "Where --mode=predict writes submission files (default: <model_dir>/predictions).")
+# --- serving
+flags.DEFINE_string("export_dir", None, "--mode=export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>.")
+flags.DEFINE_integer("export_version", None, "Version directory to write (default: the next integer; never overwritten).", lower_bound=1)
+flags.DEFINE_string("serving_default_task", None, "Task behind the serving_default signature (default: the first task).")
+flags.DEFINE_string("request_file", None, "--mode=serve_check: a TF Serving REST :predict JSON body to answer with --export_dir's latest version (or --saved_model).")
+flags.DEFINE_string("saved_model", None, "--mode=serve_check: the SavedModel directory (default: latest version under --export_dir).")
 # --- knowledge distillation (model_dir is the experiment root for these modes)
 flags.DEFINE_integer("num_teachers", 3, "Members of the teacher ensemble (K).", lower_bound=1)
 flags.DEFINE_list("teacher_dropouts", ["0.1", "0.2", "0.3"], "Shared-layer dropout of member k: item k mod len.")
@@ -360,9 +366,34 @@ def run_pipeline() -> None:
     print(f"report: {os.path.join(layout.root, 'report.json')}, {os.path.join(layout.root, 'report.md')}", file=sys.stderr)
 
 
+def run_export() -> str:
+    from mtkd_tf import export
+
+    if not FLAGS.export_dir:
+        raise app.UsageError("--export_dir is required for --mode=export")
+    path = export.export(_require_model_dir() and FLAGS.model_dir, _worker_path(FLAGS.export_dir),
+                         FLAGS.export_version, FLAGS.serving_default_task)
+    print(f"exported {path}", file=sys.stderr)
+    return path
+
+
+def run_serve_check() -> dict:
+    from mtkd_tf import export
+
+    if not FLAGS.request_file:
+        raise app.UsageError("--request_file is required for --mode=serve_check")
+    path = FLAGS.saved_model
+    if not path:
+        if not FLAGS.export_dir:
+            raise app.UsageError("--mode=serve_check needs --saved_model or --export_dir")
+        path = os.path.join(FLAGS.export_dir, str(export.next_version(FLAGS.export_dir) - 1))
+    return export.serve_check(path, FLAGS.request_file)
+
+
 RUNNERS = {
     "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "train_teachers": run_train_teachers,
     "soft_labels": run_soft_labels, "distill": run_distill, "pipeline": run_pipeline,
+    "export": run_export, "serve_check": run_serve_check,
 }
 
 
@@ -380,6 +411,7 @@ def main(argv: list[str]) -> int:
     from mtkd_tf.assets import AssetError
     from mtkd_tf.data.readers import DataError
     from mtkd_tf.distill.soft_labels import SoftLabelError
+    from mtkd_tf.export import ExportError
     from mtkd_tf.model_dir import ModelDirError
     from mtkd_tf.models.encoder import EncoderError
     from mtkd_tf.tasks import TaskError
@@ -391,7 +423,7 @@ def main(argv: list[str]) -> int:
             result = runner()
         if FLAGS.model_dir:
             distribute.remove_worker_dir(FLAGS.model_dir, strategy)
-    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ValueError) as error:
+    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ExportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result is not None:
