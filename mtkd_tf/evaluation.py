@@ -11,13 +11,15 @@ import os
 from typing import Callable, Mapping
 
 import numpy as np
+import tensorflow as tf
 from scipy import stats
 
 from mtkd_tf.data.batching import inference_dataset
 from mtkd_tf.data.preprocessing import Preprocessor
-from mtkd_tf.data.readers import SplitData
-from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.data.ranking import top_candidates
+from mtkd_tf.data.readers import SplitData
+from mtkd_tf.distribute import is_multi_worker
+from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
 
@@ -91,7 +93,12 @@ def split_suffix(task: Task, split: str) -> str:
 def predict_outputs(model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128) -> np.ndarray:
     """Head outputs (log-probabilities or scores) of `data`'s task, in data order."""
     head = data.task.predict_with or data.task.name
-    outputs = model.predict(inference_dataset(data, preprocessor, batch_size), verbose=0)
+    dataset = inference_dataset(data, preprocessor, batch_size)
+    if is_multi_worker():
+        # Every worker needs every output (each may write): predict locally, not sharded.
+        step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
+        return np.concatenate([step(x).numpy() for x in dataset])
+    outputs = model.predict(dataset, verbose=0)
     return np.asarray(outputs[head])
 
 

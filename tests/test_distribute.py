@@ -77,6 +77,13 @@ def test_two_worker_pipeline_on_loopback(tmp_path):
     assert not (model_dir / ".workers").exists()  # worker 1's scratch outputs are gone
     report = json.loads((model_dir / "report.json").read_text())
     assert set(report["results"]) == {"sst2", "stsb"} and "student" in report["rows"]
+    # The multi-worker evaluation equals a single-process one of the same student.
+    single = run_cli(*TINY_PIPELINE, "--mode=evaluate", "--strategy=default", f"--model_dir={model_dir / 'student'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    results = json.loads((model_dir / "student" / "eval_results.json").read_text())
+    for task, metrics in results.items():
+        for metric, value in metrics.items():
+            assert report["results"][task][metric]["student"] == pytest.approx(value, abs=1e-3)  # float noise only
 
 
 @pytest.mark.slow
