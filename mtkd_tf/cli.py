@@ -369,9 +369,9 @@ def run_pipeline() -> None:
 def run_export() -> str:
     from mtkd_tf import export
 
-    if not FLAGS.export_dir:
-        raise app.UsageError("--export_dir is required for --mode=export")
-    path = export.export(_require_model_dir() and FLAGS.model_dir, _worker_path(FLAGS.export_dir),
+    if not FLAGS.export_dir or not FLAGS.model_dir:
+        raise app.UsageError("--mode=export needs --model_dir (a trained model) and --export_dir")
+    path = export.export(FLAGS.model_dir, _worker_path(FLAGS.export_dir),
                          FLAGS.export_version, FLAGS.serving_default_task)
     print(f"exported {path}", file=sys.stderr)
     return path
