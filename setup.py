@@ -24,6 +24,7 @@ setup(
         "safetensors>=0.4",  # keras-hub's Hugging Face checkpoint loader
         "scipy>=1.11",
         "pyyaml>=6",
+        "matplotlib>=3.8",  # report plots
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]},
 )

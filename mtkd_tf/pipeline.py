@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf import evaluation, model_dir as model_dir_lib
+from mtkd_tf import evaluation, model_dir as model_dir_lib, plots
 from mtkd_tf.data.readers import SplitData
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
@@ -259,4 +259,8 @@ def write_report(layout: Layout, rows: Mapping, order: Sequence[str], settings: 
     table = report_table(report, order)
     model_dir_lib.write_json(os.path.join(layout.root, "report.json"), {"results": report, "rows": list(order), "settings": dict(settings)})
     model_dir_lib.write_atomic(os.path.join(layout.root, "report.md"), table + "\n")
+    plots.plot_scores(report, order, os.path.join(layout.root, "scores.png"))
+    plots.plot_training_curves(os.path.join(layout.student_dir, "history.json"),
+                               os.path.join(layout.baseline_dir, "history.json"), list(report),
+                               os.path.join(layout.root, "training_curves.png"))
     return report, table

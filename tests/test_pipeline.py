@@ -140,3 +140,19 @@ def test_distillation_on_unlabelled_text(tmp_path):
     assert set(json.loads(str(archive["metadata"]))["fingerprints"]) == {"train", "unlabelled"}
     history = json.load(open(os.path.join(root, "student", "history.json")))
     assert history[0]["reviews_soft"] > 0 and history[0]["reviews_hard"] > 0
+
+
+@pytest.mark.slow
+def test_pipeline_writes_plots(experiment):
+    """scores.png (a bar per model and task) and training_curves.png (a panel per task), as PNGs."""
+    import matplotlib.image
+
+    root, _, _ = experiment
+    for name, min_width in (("scores.png", 700), ("training_curves.png", 900)):
+        path = os.path.join(root, name)
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+        pixels = matplotlib.image.imread(path)
+        height, width = pixels.shape[:2]
+        assert width >= min_width and 250 <= height <= 2000, (name, pixels.shape)
+        assert pixels[..., :3].std() > 0.05  # not a blank canvas
