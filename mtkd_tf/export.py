@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from mtkd_tf.tasks import CLASSIFICATION
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _WARMUP_TEXTS = [
@@ -83,7 +85,7 @@ def export(
         def predict(*texts):
             features = preprocessor(*texts)
             output = model(features, training=False)[head]
-            if source.type != "classification":
+            if source.type != CLASSIFICATION:
                 return {"score": tf.cast(output, tf.float32)}
             probabilities = tf.exp(output)
             label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from typing import Callable
 
 import numpy as np
@@ -258,20 +259,14 @@ def suite_dir(name: str, examples_per_task: int = 400, seed: int = 0) -> str:
     if not os.path.isfile(marker):
         staging = root + f".tmp{os.getpid()}"
         if os.path.isdir(staging):
-            import shutil
-
             shutil.rmtree(staging)
         try:
             writer(staging, examples_per_task, seed)
         except BaseException:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             raise
         open(os.path.join(staging, ".complete"), "w").close()
         if os.path.isdir(root):
-            import shutil
-
             shutil.rmtree(root)
         os.replace(staging, root)
     return root
