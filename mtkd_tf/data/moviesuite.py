@@ -75,15 +75,16 @@ def _clean(text: str) -> str:
     return " ".join(text.split())  # no tabs or newlines inside a TSV field
 
 
-def _deduplicate(rows: list[tuple], key_of, task: str) -> list[tuple]:
-    """First occurrence of each normalised text; texts seen with different labels are dropped."""
+def _deduplicate(rows: list[tuple], key_of, task: str, drop_conflicts: bool = True) -> list[tuple]:
+    """First occurrence of each normalised text; texts seen with different labels are dropped
+    (`drop_conflicts=False`: the first label is kept, as for repeated ratings)."""
     seen: dict[str, tuple] = {}
     conflicting: set[str] = set()
     for row in rows:
         key = key_of(row)
         if not key:
             continue
-        if key in seen and seen[key][-1] != row[-1]:
+        if drop_conflicts and key in seen and seen[key][-1] != row[-1]:
             conflicting.add(key)
         seen.setdefault(key, row)
     if conflicting:
@@ -110,10 +111,7 @@ def movie_rating_rows(root: str) -> list[tuple[str, float]]:
         parts = line.split("\t")
         if len(parts) == 3:
             rows.append((_clean(parts[2]), round(float(parts[1]), 4)))
-    seen: dict[str, tuple] = {}
-    for row in rows:  # repeated snippets: keep the first rating
-        seen.setdefault(normalise(row[0]), row)
-    return [row for key, row in seen.items() if key]
+    return _deduplicate(rows, lambda r: normalise(r[0]), "movie_rating", drop_conflicts=False)
 
 
 def trec_rows(root: str) -> list[tuple[str, str]]:
