@@ -54,6 +54,10 @@ flags.DEFINE_float("weight_decay", 0.01, "Weight decay (adamw only).", lower_bou
 flags.DEFINE_enum("task_sampling", "proportional", ["proportional", "temperature", "uniform"], "How batches of tasks are mixed.")
 flags.DEFINE_float("sampling_temperature", 1.0, "tau of temperature sampling, p ~ |D|^tau.", lower_bound=0.0)
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with --seed, "
+                  "re-runs give bit-identical weights and metrics.")
+flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint the training state every N steps and at epoch ends "
+                     "(0: epoch ends only); re-running the same command resumes from the latest one.", lower_bound=0)
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy (auto: TPU if configured, mirrored over >1 GPU, else default); multi_worker reads TF_CONFIG.")
 flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu|auto (empty on Colab/Cloud TPU VMs).")
@@ -124,7 +128,7 @@ def _train_config():
         optimizer=FLAGS.optimizer, warmup_fraction=FLAGS.warmup_fraction, clipnorm=FLAGS.clipnorm,
         weight_decay=FLAGS.weight_decay, task_sampling=FLAGS.task_sampling,
         sampling_temperature=FLAGS.sampling_temperature, seed=FLAGS.seed, verbose=FLAGS.verbose,
-        jit_compile=FLAGS.jit_compile,
+        jit_compile=FLAGS.jit_compile, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
     )
     config.validate()
     return config
@@ -291,7 +295,8 @@ class Experiment:
         if skip_valid and pipeline.soft_labels_valid(self.layout.soft_labels_dir, data, temperature):
             logging.info("soft labels in %s are valid, skipping", self.layout.soft_labels_dir)
         else:
-            pipeline.make_soft_labels(self.teacher_dirs(), data, temperature, self.layout.soft_labels_dir, FLAGS.eval_batch_size)
+            pipeline.make_soft_labels(self.teacher_dirs(), data, temperature, self.layout.soft_labels_dir,
+                                      FLAGS.eval_batch_size, FLAGS.checkpoint_every_steps)
         return self.layout.soft_labels_dir
 
     def student_encoder(self):
@@ -346,13 +351,13 @@ def run_pipeline() -> None:
     stage(f"soft labels -> {layout.soft_labels_dir}")
     experiment.soft_labels(skip_valid=True)
     stage(f"student -> {layout.student_dir}")
-    if model_dir_lib.exists(layout.student_dir):
+    if model_dir_lib.complete(layout.student_dir):
         logging.info("student exists, skipping")
     else:
         experiment.distill()
     if FLAGS.train_baseline:
         stage(f"baseline MT-DNN -> {layout.baseline_dir}")
-        if model_dir_lib.exists(layout.baseline_dir):
+        if model_dir_lib.complete(layout.baseline_dir):
             logging.info("baseline exists, skipping")
         else:
             experiment.baseline()
@@ -409,6 +414,7 @@ def main(argv: list[str]) -> int:
         return 2
     from mtkd_tf import distribute
     from mtkd_tf.assets import AssetError
+    from mtkd_tf.checkpointing import CheckpointError, NumericalError
     from mtkd_tf.data.readers import DataError
     from mtkd_tf.distill.soft_labels import SoftLabelError
     from mtkd_tf.export import ExportError
@@ -417,13 +423,18 @@ def main(argv: list[str]) -> int:
     from mtkd_tf.tasks import TaskError
 
     runner = RUNNERS[FLAGS.mode]
+    if FLAGS.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     try:
         distribute.set_precision(FLAGS.mixed_precision)
         with strategy.scope():  # evaluation and soft labelling run under it too
             result = runner()
         if FLAGS.model_dir:
             distribute.remove_worker_dir(FLAGS.model_dir, strategy)
-    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ExportError, ValueError) as error:
+    except (DataError, TaskError, EncoderError, ModelDirError, AssetError, SoftLabelError, ExportError,
+            CheckpointError, NumericalError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result is not None:

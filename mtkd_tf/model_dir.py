@@ -1,7 +1,7 @@
 """A trained model directory: the MT-DNN, its vocabulary and how text was preprocessed.
 
 Layout of `<model_dir>`: `model.keras` (the MTDNN), `vocab.txt`, `preprocessing.json`
-(lowercase, max_seq_length, encoder spec), plus what training adds (`backup/`, `logs/`,
+(lowercase, max_seq_length, encoder spec), `manifest.json` (their SHA-256, written last), plus what training adds (`backup/`, `logs/`,
 `history.json`, `eval_results.json`). Files are written under a temporary name and
 renamed, so a crash never leaves a half-written model that a later stage accepts.
 """
@@ -9,7 +9,9 @@ renamed, so a crash never leaves a half-written model that a later stage accepts
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import Any
@@ -19,9 +21,13 @@ import keras
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.models.mtdnn import MTDNN
 
+logger = logging.getLogger(__name__)
+
 MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.txt"
 PREPROCESSING_FILE = "preprocessing.json"
+MANIFEST_FILE = "manifest.json"  # SHA-256 of the files above, written last: the directory is complete
+FILES = (MODEL_FILE, VOCAB_FILE, PREPROCESSING_FILE)
 
 
 class ModelDirError(ValueError):
@@ -68,6 +74,9 @@ def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, m
         os.path.join(model_dir, PREPROCESSING_FILE),
         {"lowercase": lowercase, "max_seq_length": max_seq_length, **settings},
     )
+    manifest = os.path.join(model_dir, MANIFEST_FILE)
+    if os.path.exists(manifest):
+        os.remove(manifest)  # the directory is incomplete until the new manifest is written
     temporary = os.path.join(model_dir, f".tmp-{os.getpid()}-{MODEL_FILE}")
     try:
         model.save(temporary)
@@ -75,19 +84,54 @@ def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, m
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+    write_json(manifest, {"sha256": {name: sha256(os.path.join(model_dir, name)) for name in FILES}})
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def exists(model_dir: str) -> bool:
-    return all(os.path.isfile(os.path.join(model_dir, name)) for name in (MODEL_FILE, VOCAB_FILE, PREPROCESSING_FILE))
+    """Whether `save` finished writing `model_dir` (its manifest is written last)."""
+    return all(os.path.isfile(os.path.join(model_dir, name)) for name in (*FILES, MANIFEST_FILE))
+
+
+def complete(model_dir: str) -> bool:
+    """Whether `model_dir` holds a finished, intact model (what a re-run may skip training for)."""
+    if not exists(model_dir):
+        return False
+    try:
+        verify(model_dir)
+    except ModelDirError as error:
+        logger.warning("%s; it will be trained again", error)
+        return False
+    return True
+
+
+def verify(model_dir: str) -> None:
+    """Checks every file against the manifest: a truncated or altered model is never used."""
+    with open(os.path.join(model_dir, MANIFEST_FILE), encoding="utf-8") as handle:
+        expected = json.load(handle)["sha256"]
+    for name, digest in expected.items():
+        if sha256(os.path.join(model_dir, name)) != digest:
+            raise ModelDirError(
+                f"model directory {model_dir}: {name} is corrupt (its SHA-256 differs from {MANIFEST_FILE}); "
+                "retrain the model (delete the directory and re-run)"
+            )
 
 
 def load(model_dir: str, pad_to_multiple_of: int = 16) -> TrainedModel:
     """Loads a directory written by `save`, with a clear error when something is missing."""
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"model directory {model_dir}: no such directory (train a model there first)")
-    missing = [name for name in (MODEL_FILE, VOCAB_FILE, PREPROCESSING_FILE) if not os.path.isfile(os.path.join(model_dir, name))]
+    missing = [name for name in (*FILES, MANIFEST_FILE) if not os.path.isfile(os.path.join(model_dir, name))]
     if missing:
         raise ModelDirError(f"model directory {model_dir}: missing {', '.join(missing)} (was training finished?)")
+    verify(model_dir)
     with open(os.path.join(model_dir, PREPROCESSING_FILE), encoding="utf-8") as handle:
         settings = json.load(handle)
     try:

@@ -8,9 +8,11 @@ and validate, so re-running the same command resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Callable, Mapping, Sequence
 
 import keras
@@ -100,8 +102,14 @@ def make_soft_labels(
     temperature: float,
     output_dir: str,
     batch_size: int = 128,
+    checkpoint_every_steps: int = 0,
 ) -> dict[str, str]:
-    """Averages the members' predictions over each task's examples and writes one file per task."""
+    """Averages the members' predictions over each task's examples and writes one file per task.
+
+    Predictions are saved every `checkpoint_every_steps` batches under
+    `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
+    removed once the task's file is written.
+    """
     if not member_dirs:
         raise ValueError("no teacher models found: train them first (--mode=train_teachers) or pass --teacher_dirs")
     members = [model_dir_lib.load(directory) for directory in member_dirs]
@@ -109,12 +117,19 @@ def make_soft_labels(
     written = {}
     for task_name, splits in data.items():
         task = splits[0].task
-        targets = [ensemble.ensemble_targets(members, split, temperature, batch_size) for split in splits]
+        partial = os.path.join(output_dir, ".partial", task_name)
+        targets = [
+            ensemble.ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size)
+            for split in splits
+        ]
         soft = soft_labels.build(task, splits, targets, member_dirs, temperature)
         path = soft_labels.path_for(output_dir, task_name)
         soft_labels.write(path, soft)
+        shutil.rmtree(partial, ignore_errors=True)
         written[task_name] = path
         logger.info("soft labels of %s: %d examples from %d teachers -> %s", task_name, len(soft.ids), len(members), path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(output_dir, ".partial"))
     return written
 
 
@@ -193,8 +208,10 @@ def distill(
             hidden_weight=distill_config.hidden_weight,
         )
         distiller.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    fit(distiller, data, config, student_dir)
-    return save_trained(student_dir, student, encoder, preprocessor)
+    state = fit(distiller, data, config, student_dir)
+    trained = save_trained(student_dir, student, encoder, preprocessor)
+    state.remove()
+    return trained
 
 
 # --- the report -------------------------------------------------------------------------

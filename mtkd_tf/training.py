@@ -11,13 +11,13 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf import distribute
+from mtkd_tf import checkpointing, distribute
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.readers import SplitData
@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 2
     jit_compile: bool = False  # XLA; pair it with static shapes (a fixed sequence length)
+    checkpoint_every_steps: int = 500  # resumable checkpoints (also at each epoch's end); 0: epoch ends only
 
     def validate(self) -> None:
         problems = []
@@ -58,6 +59,8 @@ class TrainConfig:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.clipnorm < 0:
             problems.append(f"clipnorm must be >= 0 (0: off), got {self.clipnorm}")
+        if self.checkpoint_every_steps < 0:
+            problems.append(f"checkpoint_every_steps must be >= 0 (0: at epoch ends only), got {self.checkpoint_every_steps}")
         if self.task_sampling not in batching.SAMPLING:
             problems.append(f"task_sampling {self.task_sampling!r} is not one of {', '.join(batching.SAMPLING)}")
         if problems:
@@ -96,9 +99,22 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
 
 @dataclasses.dataclass
 class TrainingData:
-    dataset: tf.data.Dataset
+    """The training stream: `starting_at(step)` is the data from global step `step` on
+    (what a resumed run needs); `schedule[step]` is the index of the task step trains."""
+
+    starting_at: Callable[[int], tf.data.Dataset]
     steps_per_epoch: int
     batches_per_task: list[int]
+    schedule: np.ndarray
+    task_names: list[str]
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        return self.starting_at(0)
+
+    @property
+    def step_tasks(self) -> list[str]:
+        return [self.task_names[i] for i in self.schedule]
 
 
 def training_data(
@@ -139,22 +155,26 @@ def training_data(
     )
 
     draws = np.bincount(schedule, minlength=len(splits))
+    tokens = [batching.tokenize_all(data, preprocessor) for data in splits]
 
-    def global_batches() -> tf.data.Dataset:
+    def global_batches(start: int) -> tf.data.Dataset:
+        done = np.bincount(schedule[:start], minlength=len(splits))  # batches each task already trained
         datasets = [
             batching.task_dataset(
                 data, task_id, preprocessor, config.batch_size,
                 targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
                 drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
+                skip=int(done[task_id]), tokens=tokens[task_id],
             )
             for task_id, data in enumerate(splits)
         ]
-        return batching.multitask_dataset(datasets, schedule)
+        return batching.multitask_dataset(datasets, schedule[start:])
 
+    names = [data.task.name for data in splits]
     if replicas == 1:
-        return TrainingData(global_batches(), int(sum(counts)), counts)
+        return TrainingData(global_batches, int(sum(counts)), counts, schedule, names)
 
-    def per_replica(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def per_replica(context: tf.distribute.InputContext, start: int) -> tf.data.Dataset:
         local = replicas // context.num_input_pipelines
         first = context.input_pipeline_id * local
         size = config.batch_size // replicas
@@ -166,10 +186,12 @@ def training_data(
 
             return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(cut, (x, y)))
 
-        return global_batches().flat_map(slices).prefetch(tf.data.AUTOTUNE)
+        return global_batches(start).flat_map(slices).prefetch(tf.data.AUTOTUNE)
 
-    dataset = strategy.distribute_datasets_from_function(per_replica)
-    return TrainingData(dataset, int(sum(counts)), counts)
+    def distributed(start: int):
+        return strategy.distribute_datasets_from_function(lambda context: per_replica(context, start))
+
+    return TrainingData(distributed, int(sum(counts)), counts, schedule, names)
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -196,26 +218,52 @@ def fit(
     config: TrainConfig,
     work_dir: str,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> keras.callbacks.History:
-    """`model.fit` with checkpoint/resume (BackupAndRestore), TensorBoard logs and history."""
+) -> checkpointing.TrainingState:
+    """`model.fit` that resumes where an earlier run of it stopped, with TensorBoard logs and history.
+
+    The training state is checkpointed every `config.checkpoint_every_steps` steps and at
+    epoch ends (`checkpointing`); a re-run restores the latest checkpoint and continues at
+    that exact batch: the rest of the interrupted epoch first, then the remaining epochs.
+    Returns the state, whose checkpoints `save_trained` removes once the model is saved.
+    """
     os.makedirs(work_dir, exist_ok=True)
+    per_epoch = data.steps_per_epoch
+    total = per_epoch * config.epochs
+    state = checkpointing.TrainingState(
+        os.path.join(work_dir, "backup"),
+        {"steps_per_epoch": per_epoch, "epochs": config.epochs, "total_steps": total,
+         "batch_size": config.batch_size, "seed": config.seed},
+    )
+    start = state.restore(model)
+    step_tasks = data.step_tasks
+    guard = checkpointing.LossGuard(step_tasks, per_epoch, start, state.backup_dir)
+    saver = checkpointing.StepCheckpoint(state, config.checkpoint_every_steps, start)
     standard = [
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
+        guard,  # first: a NaN step is never checkpointed
+        saver,
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), update_freq="epoch"),
-        keras.callbacks.TerminateOnNaN(),
         HistoryFile(os.path.join(work_dir, "history.json")),
     ]
-    history = model.fit(
-        data.dataset,
-        epochs=config.epochs,
-        steps_per_epoch=data.steps_per_epoch,
-        callbacks=standard + list(callbacks),
-        verbose=config.verbose,
-        shuffle=False,  # batches are already shuffled from the seed (batching.pass_orders)
-    )
+    step = start
+    while step < total:
+        epoch, into = divmod(step, per_epoch)
+        # An interrupted epoch finishes alone; whole epochs then run in one `fit`.
+        last_epoch = epoch + 1 if into else config.epochs
+        model.fit(
+            data.starting_at(step),
+            initial_epoch=epoch,
+            epochs=last_epoch,
+            steps_per_epoch=per_epoch - into,
+            callbacks=standard + list(callbacks),
+            verbose=config.verbose,
+            shuffle=False,  # batches are already shuffled from the seed (batching.pass_orders)
+        )
+        if model.stop_training and saver.step < last_epoch * per_epoch:
+            break  # a callback stopped training early
+        step = last_epoch * per_epoch
     if distribute.is_multi_worker(model.distribute_strategy):
         logger.info("%s: weights digest %s", distribute.worker_label(), distribute.weights_digest(model))
-    return history
+    return state
 
 
 def static_shapes(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> bool:
@@ -267,5 +315,7 @@ def train_mtdnn(
         splits = [train[task.name] for task in model.tasks]
         data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
         model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    fit(model, data, config, model_dir)
-    return save_trained(model_dir, model, encoder, preprocessor)
+    state = fit(model, data, config, model_dir)
+    trained = save_trained(model_dir, model, encoder, preprocessor)
+    state.remove()
+    return trained

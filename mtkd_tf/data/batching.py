@@ -55,11 +55,20 @@ def pass_orders(size: int, passes: int, seed: int | None) -> np.ndarray:
     return np.stack([rng.permutation(size) for _ in range(passes)])
 
 
-def _batches(segments, columns, orders: np.ndarray, batch_size: int, drop_remainder: bool, preprocessor, extra):
-    """Batches gathered by index from in-memory tokens; a batch never spans two passes."""
+def _batches(segments, columns, orders: np.ndarray, batch_size: int, drop_remainder: bool, preprocessor, extra,
+             repeat: bool = False, skip: int = 0):
+    """Batches gathered by index from in-memory tokens; a batch never spans two passes.
+
+    `repeat` cycles the passes forever; `skip` drops that many batches of indices first
+    (cheap: nothing is gathered), which is how a resumed run finds its place.
+    """
     indices = tf.data.Dataset.from_tensor_slices(orders.astype(np.int64)).flat_map(
         lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
     )
+    if repeat:
+        indices = indices.repeat()
+    if skip:
+        indices = indices.skip(skip)
 
     def gather(index):
         x = preprocessor.pack(*(tf.gather(segment, index) for segment in segments))
@@ -78,12 +87,16 @@ def task_dataset(
     seed: int = 0,
     drop_remainder: bool = False,
     passes: int = 1,
+    skip: int = 0,
+    tokens: tuple[tf.RaggedTensor, ...] | None = None,
 ) -> tf.data.Dataset:
-    """Task-homogeneous training batches `(x, y)` of one task: `passes` shuffled passes, repeated.
+    """Task-homogeneous training batches `(x, y)` of one task: `passes` shuffled passes, repeated,
+    starting after the first `skip` batches.
 
     `targets` are per-example arrays aligned with `data` that join `y` (soft targets and
     masks); without labels, `y["label"]` is zeros. A ranking task shuffles and batches
     whole groups of candidates (`batch_size` must be a multiple of its group size).
+    `tokens` are `tokenize_all(data, preprocessor)` when the caller already has them.
     """
     labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
     columns = {"label": tf.constant(np.asarray(labels, np.float32))}
@@ -101,8 +114,9 @@ def task_dataset(
         x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
         return x, y
 
-    dataset = _batches(tokenize_all(data, preprocessor), columns, orders, batch_size, drop_remainder, preprocessor, with_task)
-    return dataset.repeat()
+    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
+    return _batches(tokens, columns, orders, batch_size, drop_remainder, preprocessor,
+                    with_task, repeat=True, skip=skip)
 
 
 def inference_dataset(data: SplitData, preprocessor: Preprocessor, batch_size: int) -> tf.data.Dataset:

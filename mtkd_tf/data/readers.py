@@ -64,6 +64,17 @@ class SplitData:
             groups=None if self.groups is None else self.groups[:count],
         )
 
+    def rows(self, start: int, stop: int) -> "SplitData":
+        """Examples `start:stop` (ids unchanged), for chunked inference; groups may be cut."""
+        return dataclasses.replace(
+            self,
+            ids=self.ids[start:stop],
+            text_a=self.text_a[start:stop],
+            text_b=None if self.text_b is None else self.text_b[start:stop],
+            labels=None if self.labels is None else self.labels[start:stop],
+            groups=None if self.groups is None else self.groups[start:stop],
+        )
+
     def concat(self, other: "SplitData") -> "SplitData":
         """This split followed by `other` (same task); labels of a split without any are zeros."""
         if self.groups is not None or other.groups is not None:

@@ -9,6 +9,8 @@ prediction is the mean of its members' class probabilities (regression: mean sco
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from typing import Callable, Mapping, Sequence
@@ -70,7 +72,7 @@ def train_teachers(
     directories = []
     for spec in specs:
         directory = os.path.join(teacher_dir, spec.name)
-        if model_dir_lib.exists(directory):
+        if model_dir_lib.complete(directory):
             logger.info("teacher %s exists, skipping", directory)
         else:
             logger.info("training teacher %s (seed %d, dropout %.2f, encoder %s)", spec.name, spec.seed, spec.dropout, spec.encoder)
@@ -90,16 +92,60 @@ def member_targets(
 
 
 def ensemble_targets(
-    members: Sequence[model_dir_lib.TrainedModel], data: SplitData, temperature: float = 1.0, batch_size: int = 128
+    members: Sequence[model_dir_lib.TrainedModel],
+    data: SplitData,
+    temperature: float = 1.0,
+    batch_size: int = 128,
+    cache_dir: str | None = None,
+    chunk_examples: int = 0,
 ) -> np.ndarray:
-    """Q = mean_k Q^k over the members (batched inference, one pass per member)."""
+    """Q = mean_k Q^k over the members (batched inference, one pass per member).
+
+    With `cache_dir`, each member's targets are computed in chunks of `chunk_examples`
+    (0: the whole split) and every chunk is saved there, so a killed run redoes only the
+    chunk it was in. Chunks are keyed by the member's model checksum, the data's
+    fingerprint and the settings; a stale or unreadable chunk is recomputed.
+    """
     if not members:
         raise ValueError("an ensemble needs at least one member")
     total = None
     for member in members:
-        targets = member_targets(member, data, temperature, batch_size)
+        if cache_dir is None:
+            targets = member_targets(member, data, temperature, batch_size)
+        else:
+            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples)
         total = targets if total is None else total + targets
     return (total / len(members)).astype(np.float32)
+
+
+def _cached_member_targets(member, data: SplitData, temperature: float, batch_size: int, cache_dir: str,
+                           chunk_examples: int) -> np.ndarray:
+    with open(os.path.join(member.directory, model_dir_lib.MANIFEST_FILE), "rb") as handle:
+        model_digest = hashlib.sha256(handle.read()).hexdigest()
+    chunk = chunk_examples if chunk_examples > 0 else len(data)
+    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), temperature, chunk]).encode()).hexdigest()[:16]
+    directory = os.path.join(cache_dir, f"{data.split}-{key}")
+    os.makedirs(directory, exist_ok=True)
+    parts = []
+    for start in range(0, len(data), chunk):
+        rows = data.rows(start, start + chunk)
+        path = os.path.join(directory, f"{os.path.basename(os.path.normpath(member.directory))}-{start}.npy")
+        try:
+            part = np.load(path, allow_pickle=False)
+            if len(part) != len(rows) or not np.all(np.isfinite(part)):
+                raise ValueError(f"{len(part)} rows for {len(rows)} examples, or non-finite values")
+        except FileNotFoundError:
+            part = None
+        except Exception as error:  # a damaged chunk is recomputed, never used
+            logger.warning("soft-label chunk %s is unusable (%s); recomputing it", path, error)
+            part = None
+        if part is None:
+            part = member_targets(member, rows, temperature, batch_size)
+            temporary = f"{path}.tmp-{os.getpid()}.npy"
+            np.save(temporary, part)
+            os.replace(temporary, path)
+        parts.append(part)
+    return np.concatenate(parts)
 
 
 def evaluate_ensemble(
