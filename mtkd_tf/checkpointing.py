@@ -90,7 +90,7 @@ class TrainingState:
             state = {
                 "step": step,
                 "run": self.run,
-                "rng_paths": [v.path for v in rng],
+                "rng_states": len(rng),
                 "sha256": {name: sha256(os.path.join(temporary, name)) for name in (WEIGHTS, RNG)},
             }
             with open(os.path.join(temporary, STATE), "w", encoding="utf-8") as handle:
@@ -116,8 +116,9 @@ class TrainingState:
         step, path = latest
         state = self._verify(path)
         rng = _rng_variables(model)
-        if state["rng_paths"] != [v.path for v in rng]:
-            raise CheckpointError(f"checkpoint {path} was made by a different model (its RNG states differ); "
+        if state["rng_states"] != len(rng):  # (variable names carry process-dependent suffixes)
+            raise CheckpointError(f"checkpoint {path} was made by a different model ({state['rng_states']} RNG states, "
+                                  f"this model has {len(rng)}); "
                                   f"delete {self.backup_dir} to start this training over")
         _build_optimizer(model)
         try:

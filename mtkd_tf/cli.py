@@ -253,6 +253,27 @@ class Experiment:
         # read the chief's teachers and soft labels unless they made their own).
         self.shared = Layout(FLAGS.model_dir, FLAGS.teacher_dir or "", FLAGS.soft_labels_dir or "", FLAGS.student_dir or "")
         self.texts = [text for data in self.train.values() for text in data.text_a + (data.text_b or [])]
+        self.validate()
+
+    def validate(self) -> None:
+        """Settings every later stage needs, checked before the first stage trains anything."""
+        from mtkd_tf import model_dir as model_dir_lib
+        from mtkd_tf.models.encoder import check_spec, read_vocabulary
+        from mtkd_tf.pipeline import teacher_task_names
+
+        trained = set(self.train)
+        teacher_task_names(self.tasks, self.distill_config)
+        unknown = sorted(set(self.distill_config.task_alpha) - trained)
+        if unknown:
+            raise app.UsageError(f"--task_alpha names task(s) {', '.join(unknown)} that are not trained ({', '.join(sorted(trained))})")
+        for spec in {FLAGS.encoder, FLAGS.student_encoder or FLAGS.encoder, *FLAGS.teacher_encoders}:
+            check_spec(spec)
+        if FLAGS.vocab_file:
+            read_vocabulary(FLAGS.vocab_file)
+        self.member_specs()
+        missing = [directory for directory in FLAGS.teacher_dirs if not model_dir_lib.exists(directory)]
+        if missing:
+            raise app.UsageError(f"--teacher_dirs: no trained model in {', '.join(missing)}")
 
     def encoder(self, spec: str, dropout: float | None, seed: int):
         from mtkd_tf.models.encoder import load_encoder

@@ -294,6 +294,28 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
         raise TaskError(f"{where}: {error}") from None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]], line: int | None = None) -> dict[str, Any]:
+    """A mapping that refuses duplicated keys (YAML and JSON would keep the last silently)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            where = f"the mapping at line {line}" if line else "one mapping"
+            raise TaskError(f"field {key!r} is given twice in {where}")
+        result[key] = value
+    return result
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep)) for k, v in node.value]
+            return _unique_keys(pairs, node.start_mark.line + 1)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def load_task_file(path: str) -> dict[str, Task]:
     """Reads custom tasks from a YAML or JSON file: `{tasks: [{name, type, ...}, ...]}`.
 
@@ -305,12 +327,9 @@ def load_task_file(path: str) -> dict[str, Task]:
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     try:
-        if path.endswith(".json"):
-            document = json.loads(text)
-        else:
-            import yaml
-
-            document = yaml.safe_load(text)
+        document = json.loads(text, object_pairs_hook=_unique_keys) if path.endswith(".json") else _load_yaml(text)
+    except TaskError as error:
+        raise TaskError(f"task file {path}: {error}") from None
     except Exception as error:  # yaml and json raise their own error types
         raise TaskError(f"task file {path}: cannot parse: {error}") from None
     entries = document.get("tasks") if isinstance(document, dict) else document

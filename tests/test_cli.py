@@ -95,9 +95,22 @@ def test_failed_run_keeps_what_model_dir_had(trained, tmp_path):
         (["--encoder=random:layers=x"], "bad item 'layers=x'"),
         (["--mode=evaluate", "--model_dir=/nonexistent/model"], "no such directory"),
         (["--model_dir="], "--model_dir is required"),
+        (["--encoder=no_such_preset"], "unknown encoder 'no_such_preset'"),
+        (["--checkpoint_every_steps=-1"], "--checkpoint_every_steps=-1: -1 is not a non-negative integer"),
+        (["--mode=distill", "--alpha=1.5"], "--alpha must be in [0, 1], got 1.5"),
+        (["--mode=distill", "--task_alpha=rte:-0.5"], "--task_alpha rte must be in [0, 1], got -0.5"),
+        (["--mode=distill", "--task_alpha=rte"], "--task_alpha item 'rte' is not task:alpha"),
+        (["--mode=distill", "--temperature=0"], "--temperature must be > 0, got 0.0"),
+        # checked before the pipeline's first stage trains anything:
+        (["--mode=pipeline", "--teacher_tasks=cola"], "teacher task(s) cola are not among the trained tasks"),
+        (["--mode=pipeline", "--task_alpha=cola:0.5"], "--task_alpha names task(s) cola that are not trained"),
+        (["--mode=pipeline", "--student_encoder=random:layers=two"], "bad item 'layers=two'"),
+        (["--mode=pipeline", "--teacher_dropouts=0.1,1.5"], "teacher dropout must be in [0, 1), got 1.5"),
+        (["--mode=pipeline", "--teacher_dirs=/nonexistent/t0"], "--teacher_dirs: no trained model in /nonexistent/t0"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(args, message, tmp_path):
     result = run_cli("--flagfile=configs/tiny.cfg", f"--model_dir={tmp_path}/m", *args, env={"MTKD_CACHE": str(tmp_path)})
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+    assert "== " not in result.stderr and not os.path.exists(f"{tmp_path}/m/teachers")  # no stage started

@@ -88,6 +88,18 @@ def test_bad_input_names_file_line_and_problem(tmp_path, task, content, message)
         readers.load_split(GLUE_TASKS[task], "train", data_dir=str(tmp_path))
 
 
+def test_bad_quoting_names_the_line(tmp_path):
+    (tmp_path / "reviews").mkdir()
+    (tmp_path / "reviews" / "train.csv").write_text('text,stars\n"fine",pos\n"broken" quote,neg\n')
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: reviews\n    type: classification\n    labels: [neg, pos]\n    text_columns: [text]\n"
+        "    label_column: stars\n    delimiter: ','\n    quoting: true\n    files: {train: train.csv}\n"
+    )
+    task = load_task_file(str(tmp_path / "tasks.yaml"))["reviews"]
+    with pytest.raises(DataError, match=r"train.csv:3: malformed row \(.*\); check quoting"):
+        readers.load_split(task, "train", data_dir=str(tmp_path))
+
+
 def test_undecodable_bytes_name_the_line(tmp_path):
     _write(str(tmp_path / "SST-2" / "train.tsv"), b"sentence\tlabel\ngood\t1\nbad \xff\xfe\t0\n", "wb")
     with pytest.raises(DataError, match=r"train.tsv:3: bytes that are not UTF-8"):

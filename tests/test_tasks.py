@@ -62,6 +62,8 @@ def test_task_file_yaml_and_json(tmp_path):
         ("tasks:\n  - name: a\n    type: classification\n    labels: [x, x]\n    text_columns: [t]\n", "labels are duplicated"),
         ("tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    metrics: [bleu]\n", "unknown metric 'bleu'"),
         ("tasks: []\n", "non-empty list"),
+        ("tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    type: classification\n",
+         "field 'type' is given twice in the mapping at line 2"),
         ("tasks: [\n", "cannot parse"),
     ],
 )
@@ -71,6 +73,13 @@ def test_bad_task_files_name_the_problem(tmp_path, body, message):
     with pytest.raises(TaskError, match=r"task file .*tasks.yaml") as error:
         tasks.load_task_file(str(path))
     assert message in str(error.value)
+
+
+def test_duplicated_field_in_a_json_task_file(tmp_path):
+    path = tmp_path / "tasks.json"
+    path.write_text('{"tasks": [{"name": "a", "type": "regression", "text_columns": ["t"], "name": "b"}]}')
+    with pytest.raises(TaskError, match=r"tasks.json: field 'name' is given twice"):
+        tasks.load_task_file(str(path))
 
 
 def test_unknown_task_lists_the_known_ones():

@@ -147,6 +147,30 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
+def check_spec(spec: str) -> str:
+    """Resolves `spec` and checks that it names an encoder, without building it (runs
+    before any training, so a typo in a later stage's encoder fails early)."""
+    original = spec
+    spec = resolve_spec(spec)
+    if spec.startswith("random"):
+        parse_size_spec(spec)
+    elif os.path.isdir(spec):
+        has_hf = os.path.isfile(os.path.join(spec, "config.json"))
+        has_preset = os.path.isfile(os.path.join(spec, "metadata.json"))
+        if not (has_hf or has_preset):
+            raise EncoderError(
+                f"encoder directory {spec}: neither a keras-hub preset (metadata.json) nor a "
+                "Hugging Face checkpoint (config.json + model.safetensors + vocab.txt)"
+            )
+    elif spec not in keras_hub.models.BertBackbone.presets:
+        raise EncoderError(
+            f"unknown encoder {original!r}: not a directory, an alias ({', '.join(sorted(ALIASES))}, "
+            f"minilm_l6), a size spec (random:layers=..) or a keras-hub BERT preset "
+            f"({', '.join(sorted(keras_hub.models.BertBackbone.presets)[:6])}, ...)"
+        )
+    return spec
+
+
 def load_encoder(
     spec: str,
     dropout: float | None = None,
@@ -160,7 +184,7 @@ def load_encoder(
     `dropout` overrides the shared layers' dropout (the teachers differ by it).
     """
     original = spec
-    spec = resolve_spec(spec)
+    spec = check_spec(spec)
     overrides = {} if dropout is None else {"dropout": dropout}
     if spec.startswith("random"):
         config = parse_size_spec(spec)
@@ -174,23 +198,7 @@ def load_encoder(
             keras.utils.set_random_seed(seed)
         backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), **config, **overrides)
         return Encoder(backbone, vocabulary, lowercase=True, spec=original)
-    if os.path.isdir(spec):
-        has_hf = os.path.isfile(os.path.join(spec, "config.json"))
-        has_preset = os.path.isfile(os.path.join(spec, "metadata.json"))
-        if not (has_hf or has_preset):
-            raise EncoderError(
-                f"encoder directory {spec}: neither a keras-hub preset (metadata.json) nor a "
-                "Hugging Face checkpoint (config.json + model.safetensors + vocab.txt)"
-            )
-        lowercase = _directory_lowercase(spec)
-    elif spec in keras_hub.models.BertBackbone.presets:
-        lowercase = "uncased" in spec
-    else:
-        raise EncoderError(
-            f"unknown encoder {original!r}: not a directory, an alias ({', '.join(sorted(ALIASES))}, "
-            f"minilm_l6), a size spec (random:layers=..) or a keras-hub BERT preset "
-            f"({', '.join(sorted(keras_hub.models.BertBackbone.presets)[:6])}, ...)"
-        )
+    lowercase = _directory_lowercase(spec) if os.path.isdir(spec) else "uncased" in spec
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(spec, **overrides)
         tokenizer = keras_hub.models.BertTokenizer.from_preset(spec)

@@ -1,0 +1,296 @@
+"""Reliability: resuming after a crash, rejecting damaged state, stopping on NaN, determinism."""
+
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mtkd_tf import checkpointing, model_dir, pipeline, training
+from mtkd_tf.checkpointing import CheckpointError, NumericalError, TrainingState
+from mtkd_tf.data import readers
+from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.distill import ensemble
+from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.tasks import GLUE_TASKS
+
+TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]  # rte has the SAN head: its step dropout draws RNG too
+CONFIG = training.TrainConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=4)
+
+
+class Crash(Exception):
+    """Stands in for a pre-emption in in-process tests."""
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises at the end of global step `step` (after that step's checkpoint, if any)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise Crash(f"killed at step {self.step}")
+
+
+@pytest.fixture(scope="module")
+def splits(glue_dir):
+    return [readers.load_split(task, "train", data_dir=glue_dir).take(48) for task in TASKS]
+
+
+@pytest.fixture(scope="module")
+def make_model(tiny_encoder_factory):
+    """A fresh tiny MT-DNN, identical for the same seed, and its preprocessor."""
+
+    def make(seed=0):
+        keras.utils.set_random_seed(seed)
+        encoder = tiny_encoder_factory(seed=seed)
+        return MTDNN(encoder.backbone, TASKS), Preprocessor(load_tokenizer(encoder.vocabulary), 64)
+
+    return make
+
+
+def _train(make_model, splits, work_dir, callbacks=(), distill=False):
+    model, preprocessor = make_model(seed=5)
+    targets = None
+    if distill:
+        teacher, _ = make_model(seed=6)
+        members = [model_dir.TrainedModel(teacher, preprocessor, {}, "t")]
+        width = soft_width(TASKS)
+        targets = {d.task.name: distillation_targets(d.task, len(d), width, ensemble.ensemble_targets(members, d)) for d in splits}
+    data = training.training_data(splits, preprocessor, CONFIG, targets=targets)
+    trained = Distiller(model, alpha=0.5) if distill else model
+    trained.compile(optimizer=training.make_optimizer(CONFIG, data.steps_per_epoch * CONFIG.epochs))
+    training.fit(trained, data, CONFIG, str(work_dir), callbacks=callbacks)
+    return model, data
+
+
+@pytest.mark.parametrize("distill", [False, True], ids=["mtdnn", "distiller"])
+def test_resumed_training_equals_uninterrupted(make_model, splits, tmp_path, distill):
+    reference, data = _train(make_model, splits, tmp_path / "reference", distill=distill)
+    per_epoch = data.steps_per_epoch  # 12: a crash at step 18 is mid-way through epoch 2
+    with pytest.raises(Crash):
+        _train(make_model, splits, tmp_path / "run", callbacks=[CrashAt(18)], distill=distill)
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "run" / "backup"))] == [16]
+    assert 16 % per_epoch != 0
+    resumed, _ = _train(make_model, splits, tmp_path / "run", distill=distill)
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        assert np.array_equal(a, b)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+
+
+def test_nan_loss_stops_naming_step_and_task_and_keeps_the_last_good_checkpoint(make_model, splits, tmp_path):
+    class PoisonAt(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 9:  # global step 10 of epoch 1
+                embeddings = self.model.encoder.token_embedding.embeddings
+                embeddings.assign(np.full(embeddings.shape, np.nan, np.float32))
+
+    model, preprocessor = make_model(seed=5)
+    data = training.training_data(splits, preprocessor, CONFIG)
+    model.compile(optimizer=training.make_optimizer(CONFIG, data.steps_per_epoch * CONFIG.epochs))
+    with pytest.raises(NumericalError) as error:
+        training.fit(model, data, CONFIG, str(tmp_path), callbacks=[PoisonAt()])
+    task = data.step_tasks[9]
+    message = str(error.value)
+    assert "the training loss became nan at global step 10 (epoch 1, batch 10)" in message
+    assert f"a batch of task {task};" in message
+    assert f"the last good checkpoint {tmp_path}/backup/ckpt-8 (step 8) is kept" in message
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [8]
+    fresh, _ = make_model(seed=5)
+    fresh.compile(optimizer=training.make_optimizer(CONFIG, data.steps_per_epoch * CONFIG.epochs))
+    state = TrainingState(str(tmp_path / "backup"), {})
+    assert state.restore(fresh) == 8
+    assert all(np.all(np.isfinite(w)) for w in fresh.get_weights())
+
+
+@pytest.fixture(scope="module")
+def crashed_backup(make_model, splits, tmp_path_factory):
+    """The backup directory of a run killed at step 6: it holds checkpoint 4."""
+    work_dir = tmp_path_factory.mktemp("crashed")
+    with pytest.raises(Crash):
+        _train(make_model, splits, work_dir, callbacks=[CrashAt(6)])
+    return str(work_dir / "backup")
+
+
+@pytest.fixture()
+def crashed_run(crashed_backup, make_model, splits, tmp_path):
+    """A copy of the crashed run's checkpoints, a fresh model to restore into, and the run's shape."""
+    shutil.copytree(crashed_backup, tmp_path / "backup")
+    model, preprocessor = make_model(seed=5)
+    data = training.training_data(splits, preprocessor, CONFIG)
+    model.compile(optimizer=training.make_optimizer(CONFIG, 24))
+    run = {"steps_per_epoch": data.steps_per_epoch, "epochs": 2, "total_steps": 24, "batch_size": 8, "seed": 3}
+    return model, str(tmp_path / "backup"), run
+
+
+def test_corrupt_or_truncated_checkpoints_are_rejected(crashed_run):
+    model, backup, run = crashed_run
+    weights = os.path.join(backup, "ckpt-4", checkpointing.WEIGHTS)
+    assert TrainingState(backup, run).restore(model) == 4
+    with open(weights, "r+b") as handle:  # flip one byte in the middle
+        handle.seek(os.path.getsize(weights) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match=r"ckpt-4: weights.weights.h5 is corrupt \(SHA-256 differs .*delete .*backup to start"):
+        TrainingState(backup, run).restore(model)
+    with open(weights, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(CheckpointError, match="weights.weights.h5 is corrupt"):
+        TrainingState(backup, run).restore(model)
+    os.remove(weights)
+    with pytest.raises(CheckpointError, match="weights.weights.h5 is missing"):
+        TrainingState(backup, run).restore(model)
+
+
+def test_checkpoint_of_a_run_with_other_settings_is_refused(crashed_run):
+    model, backup, run = crashed_run
+    with pytest.raises(CheckpointError, match="belongs to a run with other settings .*epochs: 2 then, 3 now"):
+        TrainingState(backup, {**run, "epochs": 3}).restore(model)
+
+
+def test_half_written_checkpoints_are_invisible(crashed_run):
+    model, backup, run = crashed_run
+    os.makedirs(os.path.join(backup, ".tmp-123-ckpt-6"))  # a save interrupted before its rename
+    assert TrainingState(backup, run).restore(model) == 4
+
+
+def test_damaged_model_directory_is_rejected_and_retrained(make_model, tmp_path, tiny_encoder_factory):
+    model, _ = make_model()
+    encoder = tiny_encoder_factory()
+    model_dir.save(str(tmp_path), model, encoder.vocabulary, True, 64)
+    assert model_dir.complete(str(tmp_path))
+    with open(tmp_path / model_dir.MODEL_FILE, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(model_dir.ModelDirError, match="model.keras is corrupt"):
+        model_dir.load(str(tmp_path))
+    assert not model_dir.complete(str(tmp_path))  # a pipeline re-run trains it again
+    os.remove(tmp_path / model_dir.MANIFEST_FILE)  # a save that never finished
+    assert not model_dir.exists(str(tmp_path))
+
+
+def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch, caplog):
+    encoder = tiny_encoder_factory()
+    directories = []
+    for k in range(2):
+        member, _ = make_model(seed=10 + k)
+        directories.append(str(tmp_path / f"member_{k}"))
+        model_dir.save(directories[-1], member, encoder.vocabulary, True, 64)
+    members = [model_dir.load(d) for d in directories]
+    data = splits[0]
+    expected = ensemble.ensemble_targets(members, data, 1.0, 16)
+    cache = str(tmp_path / "partial")
+    calls, calls_before_crash = [], []
+    real = ensemble.member_targets
+
+    def dies_on_third_chunk(member, rows, temperature, batch_size):
+        calls.append(len(rows))
+        if len(calls) == 3 and not calls_before_crash:
+            calls_before_crash.extend(calls)
+            raise Crash("killed while labelling")
+        return real(member, rows, temperature, batch_size)
+
+    monkeypatch.setattr(ensemble, "member_targets", dies_on_third_chunk)
+    with pytest.raises(Crash):
+        ensemble.ensemble_targets(members, data, 1.0, 16, cache, chunk_examples=16)
+    assert len(glob.glob(f"{cache}/*/*.npy")) == 2  # member_0's first two chunks survived
+    calls.clear()
+    got = ensemble.ensemble_targets(members, data, 1.0, 16, cache, chunk_examples=16)
+    assert calls == [16, 16, 16, 16]  # member_0's last chunk, member_1's three
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # a damaged chunk is recomputed, never used
+    chunk = sorted(glob.glob(f"{cache}/*/member_0-16.npy"))[0]
+    with open(chunk, "wb") as handle:
+        handle.write(b"\x93NUMPY garbage")
+    calls.clear()
+    with caplog.at_level(logging.WARNING):
+        again = ensemble.ensemble_targets(members, data, 1.0, 16, cache, chunk_examples=16)
+    assert calls == [16] and "member_0-16.npy is unusable" in caplog.text
+    np.testing.assert_allclose(again, expected, atol=1e-6)
+    # the pipeline stage writes the task's file and removes its chunks
+    monkeypatch.setattr(ensemble, "member_targets", real)
+    out = str(tmp_path / "soft")
+    pipeline.make_soft_labels(directories, {"rte": [data]}, 1.0, out, batch_size=16, checkpoint_every_steps=1)
+    assert os.listdir(out) == ["rte.npz"]
+
+
+# --- the command line: SIGKILL mid-epoch, re-run, compare with an uninterrupted run -----
+
+ARGS = ["--flagfile=configs/tiny.cfg", "--suite_size=96", "--epochs=2", "--seed=7", "--deterministic",
+        "--checkpoint_every_steps=5", "--answer_module=san"]
+
+
+def _command(model_dir_):
+    return [sys.executable, os.path.join(ROOT, "bin", "run"), *ARGS, f"--model_dir={model_dir_}"]
+
+
+def _run(model_dir_, env):
+    result = subprocess.run(_command(model_dir_), capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MTKD_CACHE=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cli_env):
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    _run(directory, cli_env)
+    return directory
+
+
+def _weights(directory):
+    return model_dir.load(str(directory)).model.get_weights()
+
+
+def _same_run(a, b):
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+    assert (a / "eval_results.json").read_bytes() == (b / "eval_results.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_two_deterministic_runs_are_bit_identical(uninterrupted, tmp_path, cli_env):
+    _run(tmp_path, cli_env)
+    _same_run(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(uninterrupted, tmp_path, cli_env):
+    history = json.loads((uninterrupted / "history.json").read_text())
+    process = subprocess.Popen(_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env, cwd=ROOT)
+    backup = str(tmp_path / "backup")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        steps = [step for step, _ in checkpointing.checkpoints(backup)]
+        if steps and steps[-1] >= 25:  # into the second epoch (18 steps each)
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = checkpointing.checkpoints(backup)[-1][0]
+    state = json.loads(open(os.path.join(backup, f"ckpt-{killed_at}", checkpointing.STATE)).read())
+    assert killed_at % state["run"]["steps_per_epoch"] != 0, "the kill should land mid-epoch"
+    assert not model_dir.exists(str(tmp_path))
+    result = _run(tmp_path, cli_env)
+    assert f"resuming from {backup}/ckpt-{killed_at}" in result.stderr
+    _same_run(uninterrupted, tmp_path)
+    assert not os.path.exists(backup)  # removed once the model is saved
+    assert len(json.loads((tmp_path / "history.json").read_text())) == len(history)
