@@ -113,7 +113,7 @@ def worker_dir(directory: str, strategy: tf.distribute.Strategy | None = None) -
 
     The chief writes `directory` itself. Other workers, which run every step too, write
     to `<directory>/.workers/<task>_<id>` (TensorFlow's multi-worker recipe): the path is
-    fixed, so a restarted worker resumes from its own BackupAndRestore state, and
+    fixed, so a restarted worker resumes from its own checkpoints, and
     `remove_worker_dir` deletes it when the run ends.
     """
     if is_chief(strategy):

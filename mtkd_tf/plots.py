@@ -16,6 +16,20 @@ _COLOURS = {"ensemble": "#1f77b4", "baseline": "#7f7f7f", "student": "#d62728"}
 _MEMBER = "#aec7e8"
 
 
+
+def _save(figure, path: str, dpi: int) -> None:
+    """Saves a PNG under a temporary name, then renames it: never a half-written plot."""
+    import matplotlib.pyplot as plt
+
+    temporary = f"{path}.tmp-{os.getpid()}.png"
+    try:
+        figure.savefig(temporary, dpi=dpi)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
 def _pyplot():
     import matplotlib
 
@@ -49,8 +63,7 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str) -> str:
     axis.legend(ncol=min(len(rows), 6), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path, dpi=120)
     return path
 
 
@@ -91,6 +104,5 @@ def plot_training_curves(student_history: str, baseline_history: str | None, tas
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     figure.suptitle("Student training: per-task loss = (1 - alpha) hard + alpha soft")
     figure.tight_layout(rect=(0, 0.06, 1, 1))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path, dpi=110)
     return path

@@ -114,7 +114,7 @@ class Distiller(MultiWorkerFit, keras.Model):
             kind: [keras.metrics.Mean(name=f"{task.name}_{kind}") for task in student.tasks]
             for kind in ("loss", "hard", "soft")
         }
-        self.built = True  # the student (and teachers) are built; BackupAndRestore needs this
+        self.built = True  # the student (and teachers) are built; checkpoint restore needs this
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
