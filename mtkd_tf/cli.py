@@ -54,6 +54,7 @@ flags.DEFINE_float("weight_decay", 0.01, "Weight decay (adamw only).", lower_bou
 flags.DEFINE_enum("task_sampling", "proportional", ["proportional", "temperature", "uniform"], "How batches of tasks are mixed.")
 flags.DEFINE_float("sampling_temperature", 1.0, "tau of temperature sampling, p ~ |D|^tau.", lower_bound=0.0)
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("length_bucketing", True, "Batch training examples of similar length together (less padding, faster epochs).")
 flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with --seed, "
                   "re-runs give bit-identical weights and metrics.")
 flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint the training state every N steps and at epoch ends "
@@ -129,6 +130,7 @@ def _train_config():
         weight_decay=FLAGS.weight_decay, task_sampling=FLAGS.task_sampling,
         sampling_temperature=FLAGS.sampling_temperature, seed=FLAGS.seed, verbose=FLAGS.verbose,
         jit_compile=FLAGS.jit_compile, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        length_bucketing=FLAGS.length_bucketing,
     )
     config.validate()
     return config

@@ -44,6 +44,7 @@ class TrainConfig:
     verbose: int = 2
     jit_compile: bool = False  # XLA; pair it with static shapes (a fixed sequence length)
     checkpoint_every_steps: int = 500  # resumable checkpoints (also at each epoch's end); 0: epoch ends only
+    length_bucketing: bool = True  # batch examples of similar length (less padding; see batching.bucket_by_length)
 
     def validate(self) -> None:
         problems = []
@@ -164,7 +165,7 @@ def training_data(
                 data, task_id, preprocessor, config.batch_size,
                 targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
                 drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
-                skip=int(done[task_id]), tokens=tokens[task_id],
+                skip=int(done[task_id]), tokens=tokens[task_id], length_bucketing=config.length_bucketing,
             )
             for task_id, data in enumerate(splits)
         ]
@@ -232,7 +233,7 @@ def fit(
     state = checkpointing.TrainingState(
         os.path.join(work_dir, "backup"),
         {"steps_per_epoch": per_epoch, "epochs": config.epochs, "total_steps": total,
-         "batch_size": config.batch_size, "seed": config.seed},
+         "batch_size": config.batch_size, "seed": config.seed, "length_bucketing": config.length_bucketing},
     )
     start = state.restore(model)
     step_tasks = data.step_tasks

@@ -74,3 +74,35 @@ def test_targets_join_y_and_inference_keeps_order():
     rows = np.concatenate([batch["token_ids"].numpy() for batch in batching.inference_dataset(split, pre, 3)])
     expected = pre.pack(*pre.tokenize(np.array(split.text_a), np.array(split.text_b)))["token_ids"].numpy()
     assert np.array_equal(rows, expected)
+
+
+def test_length_bucketing_keeps_each_pass_a_permutation_and_batches_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, 203)
+    orders = batching.pass_orders(203, 3, seed=5)
+    bucketed = batching.bucket_by_length(orders, lengths, per_batch=8, window_batches=50, seed=5)
+    for before, after in zip(orders, bucketed):
+        assert sorted(after.tolist()) == list(range(203))  # every example once per pass
+        assert np.array_equal(after[200:], before[200:])  # the partial batch stays last
+    spread = lambda order: np.mean([np.ptp(lengths[b]) for b in order[:200].reshape(-1, 8)])  # noqa: E731
+    assert spread(bucketed[0]) < 0.2 * spread(orders[0])
+    assert not np.array_equal(bucketed[0], bucketed[1])  # batches differ between passes
+    assert np.array_equal(bucketed, batching.bucket_by_length(orders, lengths, 8, 50, seed=5))  # seeded
+
+
+def test_length_bucketing_pads_less_and_covers_every_example():
+    pre = Preprocessor(load_tokenizer(VOCAB), 64, pad_to_multiple_of=4)
+    rng = np.random.default_rng(1)
+    texts = [" ".join(f"w{j}" for j in rng.integers(0, 50, n)) for n in rng.integers(1, 60, 96)]
+    split = SplitData(GLUE_TASKS["sst2"], "train", [f"sst2/train/{i}" for i in range(96)], texts, None,
+                      rng.integers(0, 2, 96).astype(np.int32))
+
+    def padded_tokens(bucketing):
+        batches = list(batching.task_dataset(split, 0, pre, 8, seed=2, length_bucketing=bucketing).take(12))
+        labels = sorted(np.concatenate([y["label"].numpy() for _, y in batches]).tolist())
+        return sum(int(np.prod(x["token_ids"].shape)) for x, _ in batches), labels
+
+    plain, labels_plain = padded_tokens(False)
+    bucketed, labels_bucketed = padded_tokens(True)
+    assert labels_plain == labels_bucketed  # the same examples, differently batched
+    assert bucketed < 0.7 * plain

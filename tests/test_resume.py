@@ -133,7 +133,7 @@ def crashed_run(crashed_backup, make_model, splits, tmp_path):
     model, preprocessor = make_model(seed=5)
     data = training.training_data(splits, preprocessor, CONFIG)
     model.compile(optimizer=training.make_optimizer(CONFIG, 24))
-    run = {"steps_per_epoch": data.steps_per_epoch, "epochs": 2, "total_steps": 24, "batch_size": 8, "seed": 3}
+    run = {"steps_per_epoch": data.steps_per_epoch, "epochs": 2, "total_steps": 24, "batch_size": 8, "seed": 3, "length_bucketing": True}
     return model, str(tmp_path / "backup"), run
 
 

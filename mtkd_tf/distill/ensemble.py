@@ -126,7 +126,7 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
     key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), temperature, chunk]).encode()).hexdigest()[:16]
     directory = os.path.join(cache_dir, f"{data.split}-{key}")
     os.makedirs(directory, exist_ok=True)
-    parts = []
+    parts, reused = [], 0
     for start in range(0, len(data), chunk):
         rows = data.rows(start, start + chunk)
         path = os.path.join(directory, f"{os.path.basename(os.path.normpath(member.directory))}-{start}.npy")
@@ -144,7 +144,11 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
             temporary = f"{path}.tmp-{os.getpid()}.npy"
             np.save(temporary, part)
             os.replace(temporary, path)
+        else:
+            reused += 1
         parts.append(part)
+    if reused:
+        logger.info("%s on %s/%s: reused %d saved chunk(s) of an earlier run", member.directory, data.task.name, data.split, reused)
     return np.concatenate(parts)
 
 
