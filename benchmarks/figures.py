@@ -45,7 +45,7 @@ class Setup:
     size: str = "minilm"
     seq: int = 128
     batch: int = 32
-    steps: int = 8  # timed steps per variant and round
+    steps: int = 5  # timed steps per variant and round
     rounds: int = 2
     teachers: int = 2
 
@@ -299,15 +299,24 @@ def input_pipeline(setup: Setup, examples_per_task: int = 2048) -> dict[str, flo
 
 
 def soft_label_inference(setup: Setup, examples: int = 512, batch_size: int = 128) -> dict[str, float]:
-    """Ensemble targets of K teachers over `examples` full-length examples (batched predict)."""
+    """Ensemble targets of K teachers over `examples` full-length examples (batched predict), in
+    float32 and in the precision `--soft_labels_precision=auto` picks on this machine."""
+    from mtkd_tf.distribute import inference_policy
+    from mtkd_tf.models.mtdnn import in_precision
+
     pre = preprocessor(setup)
     data = synthetic_split(TASKS[1], examples, setup.seq)
-    members = [model_dir_lib.TrainedModel(mtdnn(setup, 1, seed=20 + k), pre, {}, f"member_{k}") for k in range(setup.teachers)]
-    ensemble.ensemble_targets(members, data.rows(0, batch_size), 1.0, batch_size)  # trace
-    started = time.perf_counter()
-    ensemble.ensemble_targets(members, data, 1.0, batch_size)
-    seconds = time.perf_counter() - started
-    return {"soft_labels_examples_per_s_per_teacher": examples * setup.teachers / seconds}
+    results = {}
+    fp32 = [model_dir_lib.TrainedModel(mtdnn(setup, 1, seed=20 + k), pre, {}, f"member_{k}") for k in range(setup.teachers)]
+    auto = inference_policy("auto")
+    for name, policy in (("float32", "float32"), ("auto", auto)):
+        members = [dataclasses.replace(m, model=in_precision(m.model, policy)) for m in fp32]
+        ensemble.ensemble_targets(members, data.rows(0, batch_size), 1.0, batch_size)  # trace
+        started = time.perf_counter()
+        ensemble.ensemble_targets(members, data, 1.0, batch_size)
+        results[f"soft_labels_{name}_examples_per_s_per_teacher"] = examples * setup.teachers / (time.perf_counter() - started)
+    results["soft_labels_auto_is_bfloat16"] = float(auto == "mixed_bfloat16")
+    return results
 
 
 # --- figure 6: serving ----------------------------------------------------------------------
@@ -347,6 +356,12 @@ def serving(setup: Setup, calls: int = 30) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; getrusage's maxrss would include the memory of
+    the parent this process was forked from)."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for row in handle:
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

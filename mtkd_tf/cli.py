@@ -90,6 +90,8 @@ flags.DEFINE_float("alpha", 0.5, "Weight of the soft loss for tasks with a teach
 flags.DEFINE_list("task_alpha", [], "Per-task alpha overrides, task:alpha.")
 flags.DEFINE_float("temperature", 1.0, "Distillation temperature T (paper: 1).")
 flags.DEFINE_enum("soft_loss", "ce", ["ce", "kl", "mse"], "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.")
+flags.DEFINE_enum("soft_labels_precision", "auto", ["auto", "float32", "bfloat16"],
+                  "Teachers' encoder precision when writing soft labels (auto: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, ~1.5x faster; evaluation stays float32).")
 flags.DEFINE_bool("online_teachers", False, "Run frozen teachers inside the train step instead of cached soft labels.")
 flags.DEFINE_float("hidden_loss_weight", 0.0, "Weight of the [CLS] hidden-state loss (online teachers).", lower_bound=0.0)
 flags.DEFINE_bool("train_baseline", True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
@@ -318,8 +320,11 @@ class Experiment:
         if skip_valid and pipeline.soft_labels_valid(self.layout.soft_labels_dir, data, temperature):
             logging.info("soft labels in %s are valid, skipping", self.layout.soft_labels_dir)
         else:
+            from mtkd_tf.distribute import inference_policy
+
             pipeline.make_soft_labels(self.teacher_dirs(), data, temperature, self.layout.soft_labels_dir,
-                                      FLAGS.eval_batch_size, FLAGS.checkpoint_every_steps)
+                                      FLAGS.eval_batch_size, FLAGS.checkpoint_every_steps,
+                                      inference_policy(FLAGS.soft_labels_precision))
         return self.layout.soft_labels_dir
 
     def student_encoder(self):

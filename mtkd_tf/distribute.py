@@ -87,6 +87,32 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
+INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def fast_bfloat16() -> bool:
+    """Whether bfloat16 matmuls are native here: a GPU of compute capability >= 8, or a CPU
+    with AVX512-BF16 or AMX (oneDNN uses them; elsewhere bfloat16 is emulated and slower)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))) >= (8, 0)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def inference_policy(precision: str) -> str:
+    """The Keras dtype policy for batch inference: `auto` is mixed_bfloat16 where it is fast."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise StrategyError(f"unknown inference precision {precision!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}")
+    if precision == "auto":
+        precision = "bfloat16" if fast_bfloat16() else "float32"
+    return "mixed_bfloat16" if precision == "bfloat16" else "float32"
+
+
 def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
 

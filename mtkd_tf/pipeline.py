@@ -24,7 +24,7 @@ from mtkd_tf.data.readers import SplitData
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.models.encoder import Encoder
-from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.tasks import Task
 from mtkd_tf.training import (
     TrainConfig, encoder_preprocessor, fit, make_optimizer, save_trained, static_shapes, train_mtdnn, training_data,
@@ -103,26 +103,31 @@ def make_soft_labels(
     output_dir: str,
     batch_size: int = 128,
     checkpoint_every_steps: int = 0,
+    policy: str = "float32",
 ) -> dict[str, str]:
     """Averages the members' predictions over each task's examples and writes one file per task.
 
     Predictions are saved every `checkpoint_every_steps` batches under
     `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
-    removed once the task's file is written.
+    removed once the task's file is written. `policy`: the teachers' encoder dtype policy
+    (`distribute.inference_policy`); it is recorded in each file's metadata.
     """
     if not member_dirs:
         raise ValueError("no teacher models found: train them first (--mode=train_teachers) or pass --teacher_dirs")
     members = [model_dir_lib.load(directory) for directory in member_dirs]
     ensemble.check_compatible(members, [splits[0].task for splits in data.values()])
+    members = [dataclasses.replace(m, model=in_precision(m.model, policy)) for m in members]  # once, not per split
     written = {}
     for task_name, splits in data.items():
         task = splits[0].task
         partial = os.path.join(output_dir, ".partial", task_name)
         targets = [
-            ensemble.ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size)
+            ensemble.ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size,
+                                      policy)
             for split in splits
         ]
         soft = soft_labels.build(task, splits, targets, member_dirs, temperature)
+        soft.metadata["precision"] = policy
         path = soft_labels.path_for(output_dir, task_name)
         soft_labels.write(path, soft)
         shutil.rmtree(partial, ignore_errors=True)

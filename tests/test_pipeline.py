@@ -76,10 +76,12 @@ def test_separate_modes_with_online_teachers_and_a_smaller_student(experiment, t
 def test_self_distillation_from_an_earlier_student(experiment, tmp_path):
     root, env, _ = experiment
     other = str(tmp_path / "self")
-    result = run_cli(*COMMON, "--mode=soft_labels", f"--model_dir={other}", f"--teacher_dirs={root}/student", env=env)
+    result = run_cli(*COMMON, "--mode=soft_labels", f"--model_dir={other}", f"--teacher_dirs={root}/student",
+                     "--soft_labels_precision=bfloat16", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads(str(np.load(os.path.join(other, "soft_labels", "rte.npz"))["metadata"]))
     assert meta["num_teachers"] == 1 and meta["teachers"] == [os.path.join(root, "student")]
+    assert meta["precision"] == "mixed_bfloat16"
 
 
 @pytest.mark.slow

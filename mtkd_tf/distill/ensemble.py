@@ -21,6 +21,7 @@ from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.data.readers import SplitData
 from mtkd_tf.evaluation import predict_outputs, score_splits
 from mtkd_tf.losses import soften
+from mtkd_tf.models.mtdnn import in_precision
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,12 @@ def train_teachers(
 
 
 def member_targets(
-    member: model_dir_lib.TrainedModel, data: SplitData, temperature: float = 1.0, batch_size: int = 128
+    member: model_dir_lib.TrainedModel, data: SplitData, temperature: float = 1.0, batch_size: int = 128,
+    policy: str = "float32",
 ) -> np.ndarray:
-    """One member's targets for `data`: probabilities at temperature T, or scores."""
-    outputs = predict_outputs(member.model, member.preprocessor, data, batch_size)
+    """One member's targets for `data`: probabilities at temperature T, or scores; the encoder
+    computes under dtype `policy` (mixed_bfloat16: ~1.5x faster on CPUs with AVX512-BF16)."""
+    outputs = predict_outputs(in_precision(member.model, policy), member.preprocessor, data, batch_size)
     if data.task.type == CLASSIFICATION:
         return np.exp(np.asarray(soften(outputs, temperature)))
     return outputs
@@ -98,32 +101,36 @@ def ensemble_targets(
     batch_size: int = 128,
     cache_dir: str | None = None,
     chunk_examples: int = 0,
+    policy: str = "float32",
 ) -> np.ndarray:
     """Q = mean_k Q^k over the members (batched inference, one pass per member).
 
     With `cache_dir`, each member's targets are computed in chunks of `chunk_examples`
     (0: the whole split) and every chunk is saved there, so a killed run redoes only the
     chunk it was in. Chunks are keyed by the member's model checksum, the data's
-    fingerprint and the settings; a stale or unreadable chunk is recomputed.
+    fingerprint and the settings; a stale or unreadable chunk is recomputed. `policy` is the
+    members' encoder dtype policy (see `member_targets`).
     """
     if not members:
         raise ValueError("an ensemble needs at least one member")
     total = None
     for member in members:
+        if policy != "float32":
+            member = dataclasses.replace(member, model=in_precision(member.model, policy))
         if cache_dir is None:
             targets = member_targets(member, data, temperature, batch_size)
         else:
-            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples)
+            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples, policy)
         total = targets if total is None else total + targets
     return (total / len(members)).astype(np.float32)
 
 
 def _cached_member_targets(member, data: SplitData, temperature: float, batch_size: int, cache_dir: str,
-                           chunk_examples: int) -> np.ndarray:
+                           chunk_examples: int, policy: str) -> np.ndarray:
     with open(os.path.join(member.directory, model_dir_lib.MANIFEST_FILE), "rb") as handle:
         model_digest = hashlib.sha256(handle.read()).hexdigest()
     chunk = chunk_examples if chunk_examples > 0 else len(data)
-    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), temperature, chunk]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), temperature, chunk, policy]).encode()).hexdigest()[:16]
     directory = os.path.join(cache_dir, f"{data.split}-{key}")
     os.makedirs(directory, exist_ok=True)
     parts, reused = [], 0

@@ -185,3 +185,17 @@ class MTDNN(MultiWorkerFit, keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
+
+
+def in_precision(model: MTDNN, policy: str) -> MTDNN:
+    """The same MT-DNN (same weights) with its encoder computing under Keras dtype `policy`
+    (e.g. "mixed_bfloat16" for inference on CPUs with AVX512-BF16); heads stay float32."""
+    if policy in ("float32", model.encoder.dtype_policy.name):
+        return model
+    config = model.get_config()
+    encoder = dict(config["encoder"])
+    encoder["config"] = {**encoder["config"], "dtype": policy}
+    config["encoder"] = encoder
+    clone = MTDNN.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
