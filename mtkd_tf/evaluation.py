@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from mtkd_tf.data.batching import inference_dataset
+from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.ranking import top_candidates
 from mtkd_tf.data.readers import SplitData
@@ -90,16 +90,28 @@ def split_suffix(task: Task, split: str) -> str:
     return split.split("_", 1)[1] if "_" in split else split
 
 
-def predict_outputs(model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128) -> np.ndarray:
-    """Head outputs (log-probabilities or scores) of `data`'s task, in data order."""
+def predict_outputs(
+    model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128, by_length: bool = True
+) -> np.ndarray:
+    """Head outputs (log-probabilities or scores) of `data`'s task, in data order.
+
+    `by_length` runs the examples sorted by length, so each batch is padded only to
+    similar lengths (several times faster on short real sentences; benchmarks/run), and
+    puts the outputs back in data order.
+    """
     head = data.task.predict_with or data.task.name
-    dataset = inference_dataset(data, preprocessor, batch_size)
+    tokens = tokenize_all(data, preprocessor)
+    order = length_order(tokens) if by_length else np.arange(len(data))
+    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens)
     if is_multi_worker():
         # Every worker needs every output (each may write): predict locally, not sharded.
         step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
-        return np.concatenate([step(x).numpy() for x in dataset])
-    outputs = model.predict(dataset, verbose=0)
-    return np.asarray(outputs[head])
+        outputs = np.concatenate([step(x).numpy() for x in dataset])
+    else:
+        outputs = np.asarray(model.predict(dataset, verbose=0)[head])
+    restored = np.empty_like(outputs)
+    restored[order] = outputs
+    return restored
 
 
 def score_splits(

@@ -106,3 +106,21 @@ def test_length_bucketing_pads_less_and_covers_every_example():
     bucketed, labels_bucketed = padded_tokens(True)
     assert labels_plain == labels_bucketed  # the same examples, differently batched
     assert bucketed < 0.7 * plain
+
+
+def test_inference_in_length_order_pads_less_and_covers_every_example():
+    pre = Preprocessor(load_tokenizer(VOCAB), 32, pad_to_multiple_of=1)
+    split = _split("sst2", 40)
+    tokens = batching.tokenize_all(split, pre)
+    order = batching.length_order(tokens)
+    lengths = batching.token_lengths(tokens)
+    assert np.all(np.diff(lengths[order]) >= 0) and sorted(order) == list(range(40))
+
+    def padded_and_rows(dataset):
+        batches = [batch["token_ids"].numpy() for batch in dataset]
+        return sum(b.size for b in batches), [row[row != 0].tolist() for b in batches for row in b]
+
+    sorted_cells, sorted_rows = padded_and_rows(batching.inference_dataset(split, pre, 8, order, tokens))
+    plain_cells, plain_rows = padded_and_rows(batching.inference_dataset(split, pre, 8))
+    assert sorted_rows == [plain_rows[i] for i in order]  # the same examples, in `order`
+    assert sorted_cells < 0.8 * plain_cells

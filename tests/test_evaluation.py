@@ -31,3 +31,22 @@ def test_task_metrics_names_and_suffixes():
     assert evaluation.submission_file_name(GLUE_TASKS["mnli"], "test_mismatched") == "MNLI-mm.tsv"
     assert evaluation.submission_file_name(GLUE_TASKS["ax"], "test") == "AX.tsv"
     assert evaluation.submission_file_name(GLUE_TASKS["stsb"], "test") == "STS-B.tsv"
+
+
+
+def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factory, glue_dir):
+    from mtkd_tf.data import readers
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.training import encoder_preprocessor
+
+    encoder = tiny_encoder_factory(seed=3)
+    model = MTDNN(encoder.backbone, [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]])
+    pre = encoder_preprocessor(encoder, 64)
+    for name in ("rte", "stsb"):
+        data = readers.load_split(GLUE_TASKS[name], "dev", data_dir=glue_dir)
+        sorted_outputs = evaluation.predict_outputs(model, pre, data, batch_size=8)
+        plain = evaluation.predict_outputs(model, pre, data, batch_size=8, by_length=False)
+        one_by_one = np.concatenate([evaluation.predict_outputs(model, pre, data.rows(i, i + 1), 1) for i in range(5)])
+        assert sorted_outputs.shape == plain.shape and len(plain) == len(data)
+        np.testing.assert_allclose(sorted_outputs, plain, atol=1e-5)
+        np.testing.assert_allclose(sorted_outputs[:5], one_by_one, atol=1e-5)

@@ -153,10 +153,23 @@ def task_dataset(
                     with_task, repeat=True, skip=skip)
 
 
-def inference_dataset(data: SplitData, preprocessor: Preprocessor, batch_size: int) -> tf.data.Dataset:
-    """Model inputs in data order, for evaluation, prediction and soft labelling."""
-    orders = pass_orders(len(data), 1, None)
-    dataset = _batches(tokenize_all(data, preprocessor), {}, orders, batch_size, False, preprocessor, lambda x, y: x)
+def length_order(tokens: tuple[tf.RaggedTensor, ...]) -> np.ndarray:
+    """Example indices sorted by token length (stable): batches in this order pad little."""
+    return np.argsort(token_lengths(tokens), kind="stable")
+
+
+def inference_dataset(
+    data: SplitData,
+    preprocessor: Preprocessor,
+    batch_size: int,
+    order: np.ndarray | None = None,
+    tokens: tuple[tf.RaggedTensor, ...] | None = None,
+) -> tf.data.Dataset:
+    """Model inputs for evaluation, prediction and soft labelling, in data order or in `order`
+    (e.g. `length_order(tokens)`); `tokens` are `tokenize_all(data, preprocessor)` if known."""
+    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
+    orders = (pass_orders(len(data), 1, None) if order is None else np.asarray(order)[None])
+    dataset = _batches(tokens, {}, orders, batch_size, False, preprocessor, lambda x, y: x)
     return dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
 
 
