@@ -168,7 +168,7 @@ def inference_dataset(
     """Model inputs for evaluation, prediction and soft labelling, in data order or in `order`
     (e.g. `length_order(tokens)`); `tokens` are `tokenize_all(data, preprocessor)` if known."""
     tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
-    orders = (pass_orders(len(data), 1, None) if order is None else np.asarray(order)[None])
+    orders = pass_orders(len(data), 1, None) if order is None else np.asarray(order)[None]
     dataset = _batches(tokens, {}, orders, batch_size, False, preprocessor, lambda x, y: x)
     return dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
 
