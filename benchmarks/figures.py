@@ -279,15 +279,15 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
         results[f"dev_{name}"] = float(np.mean([m["accuracy"] for m in scores.values()]))
     # Inference on the same real text (what soft labelling and evaluation do): examples in data
     # order vs sorted by length, each padded per batch; the first pass of each traces its shapes.
+    outputs = {}
     for name, by_length in (("data_order", False), ("length_order", True)):
         for timed in (False, True):
             started = time.perf_counter()
-            outputs = [evaluation.predict_outputs(model, pre, d, 128, by_length=by_length) for d in train]
+            outputs[name] = [evaluation.predict_outputs(model, pre, d, 128, by_length=by_length) for d in train]
             if timed:
                 results[f"infer_real_{name}_s"] = time.perf_counter() - started
-                results[f"infer_real_{name}_outputs"] = outputs
-    sorted_outputs, plain = results.pop("infer_real_length_order_outputs"), results.pop("infer_real_data_order_outputs")
-    results["infer_real_max_abs_diff"] = float(max(np.max(np.abs(a - b)) for a, b in zip(sorted_outputs, plain)))
+    pairs = zip(outputs["length_order"], outputs["data_order"])
+    results["infer_real_max_abs_diff"] = float(max(np.max(np.abs(a - b)) for a, b in pairs))
     results["infer_real_examples"] = float(sum(len(d) for d in train))
     return results
 

@@ -33,7 +33,6 @@ def test_task_metrics_names_and_suffixes():
     assert evaluation.submission_file_name(GLUE_TASKS["stsb"], "test") == "STS-B.tsv"
 
 
-
 def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factory, glue_dir):
     from mtkd_tf.data import readers
     from mtkd_tf.models.mtdnn import MTDNN
