@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="mtkd_tf",
-    version="0.1.0",
+    version="0.2.0",
     description="Multi-task deep neural networks with knowledge distillation (Liu et al. 2019) on TensorFlow, Keras and keras-hub",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

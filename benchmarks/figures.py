@@ -25,7 +25,7 @@ import tensorflow as tf
 from mtkd_tf import model_dir as model_dir_lib, training
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.models.encoder import Encoder

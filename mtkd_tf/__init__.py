@@ -1,25 +1,42 @@
 """mtkd_tf: MT-DNN with multi-task knowledge distillation (Liu et al. 2019) on TensorFlow/Keras.
 
-The public API: tasks and data, the MT-DNN model, training, distillation, evaluation,
-strategies, export and plots. `bin/run` is a thin command line over these.
+The product is the Python API: an `ExperimentConfig` (every setting, by concern) and an
+`Experiment` that runs the paper's stages from it; `bin/run` is a thin shell over them.
+
+>>> import mtkd_tf as mt
+>>> report = mt.Experiment(mt.ExperimentConfig.from_flagfile("configs/quickstart.cfg")).run()
+>>> student = mt.load_model("runs/quickstart/student")
+>>> student.predict_texts("rt_polarity", ["a gripping film"])["label"]
+
+The building blocks (tasks and data, the MT-DNN, training, the Distiller, evaluation,
+strategies, export, plots) are here too, for programs of your own.
 """
 
+from mtkd_tf import distill  # the subpackage: mt.distill.ensemble, mt.distill.distiller, ...
+from mtkd_tf.config import (
+    DataConfig, DistillationConfig, ExperimentConfig, ExportConfig, ModelConfig, RuntimeConfig, TeacherConfig,
+    TrainingConfig,
+)
 from mtkd_tf.data.batching import batch_schedule, inference_dataset, multitask_dataset, task_dataset
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
-from mtkd_tf.data.readers import DataError, SplitData, load_split, load_splits
+from mtkd_tf.data.readers import load_split, load_splits
+from mtkd_tf.data.split import DataError, SplitData
 from mtkd_tf.distill.distiller import Distiller, distillation_targets
-from mtkd_tf.distill.ensemble import ensemble_targets, evaluate_ensemble, member_specs
+from mtkd_tf.distill.ensemble import ensemble_targets, evaluate_ensemble, make_soft_labels, member_specs
 from mtkd_tf.distill.soft_labels import SoftLabelError, SoftLabels
+from mtkd_tf.distill.student import train_student
 from mtkd_tf.distribute import get_strategy, set_precision
+from mtkd_tf.errors import ConfigError, MtkdError
 from mtkd_tf.evaluation import evaluate, write_predictions
+from mtkd_tf.experiment import Experiment, ExperimentPaths
 from mtkd_tf.export import export as export_saved_model, load_export, serve_check
-from mtkd_tf.model_dir import TrainedModel, load as load_model
+from mtkd_tf.model_dir import load as load_model
 from mtkd_tf.models.encoder import Encoder, load_encoder
 from mtkd_tf.models.heads import ClassificationHead, ScoreHead
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.pipeline import DistillConfig, distill, make_soft_labels, train_teachers
 from mtkd_tf.plots import plot_scores, plot_training_curves
-from mtkd_tf.tasks import GLUE_TASKS, Task, load_task_file, registry, resolve_tasks
-from mtkd_tf.training import TrainConfig, make_optimizer, train_mtdnn, training_data
+from mtkd_tf.progress import ProgressLog, RunClock
+from mtkd_tf.tasks import GLUE_TASKS, Task, TaskSource, define_task, load_task_file, registry, resolve_tasks
+from mtkd_tf.training import TrainConfig, TrainingData, fit, make_optimizer, train_mtdnn, training_data
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,8 +18,11 @@ import tarfile
 import tempfile
 import zipfile
 
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.files import sha256
 
-class AssetError(RuntimeError):
+
+class AssetError(MtkdError, RuntimeError):
     """An asset could not be fetched or failed verification; the message says how to provide it."""
 
 
@@ -81,14 +83,6 @@ DATA: dict[str, Asset] = {
 
 def cache_dir() -> str:
     return os.environ.get("MTKD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mtkd_tf")
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def asset_dir(asset: Asset) -> str:

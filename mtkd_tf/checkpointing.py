@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from mtkd_tf.model_dir import sha256
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.files import sha256
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ RNG = "rng.npz"
 STATE = "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MtkdError, ValueError):
     """A training checkpoint is corrupt or belongs to a different run."""
 
 
-class NumericalError(RuntimeError):
+class NumericalError(MtkdError, RuntimeError):
     """The training loss became NaN or Inf."""
 
 
@@ -214,6 +215,7 @@ class LossGuard(keras.callbacks.Callback):
         raise NumericalError(
             f"the training loss became {value} at global step {step + 1} (epoch {step // self.steps_per_epoch + 1}, "
             f"batch {step % self.steps_per_epoch + 1}), "
-            f"a batch of task {self.step_tasks[step % len(self.step_tasks)]}; {kept}. Lower --learning_rate, check that "
-            "task's data, and re-run the same command to resume from the checkpoint"
+            f"a batch of task {self.step_tasks[step % len(self.step_tasks)]}; {kept}. Lower learning_rate, check that "
+            "task's data, and re-run the same command to resume from the checkpoint",
+            "learning_rate",
         )

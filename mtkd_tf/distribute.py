@@ -19,13 +19,15 @@ import shutil
 
 import tensorflow as tf
 
+from mtkd_tf.errors import MtkdError
+
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 _TPU_ENVIRONMENT = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
 
 
-class StrategyError(ValueError):
+class StrategyError(MtkdError, ValueError):
     """A strategy cannot be created here; the message says what is missing."""
 
 
@@ -61,7 +63,7 @@ def get_strategy(name: str = "auto", num_gpus: int | None = None, tpu: str | Non
     # Before anything lists devices: both strategies must configure the runtime first.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise StrategyError("--strategy=multi_worker needs the cluster in the TF_CONFIG environment variable")
+            raise StrategyError("strategy multi_worker needs the cluster in the TF_CONFIG environment variable", "strategy")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu" or (name == "auto" and (tpu or any(os.environ.get(key) for key in _TPU_ENVIRONMENT))):
         return tpu_strategy(tpu)

@@ -15,10 +15,10 @@ import tensorflow as tf
 from scipy import stats
 
 from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
-from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.ranking import top_candidates
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
 from mtkd_tf.distribute import is_multi_worker
+from mtkd_tf.files import write_atomic
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
@@ -84,22 +84,25 @@ def task_metrics(
 
 def split_suffix(task: Task, split: str) -> str:
     """'' for a task's only dev split, else the split's qualifier ('matched')."""
-    splits = task.dev_splits if split in task.dev_splits else task.test_splits
+    source = task.source
+    if source is None:
+        return ""
+    splits = source.dev_splits if split in source.dev_splits else source.test_splits
     if len(splits) <= 1:
         return ""
     return split.split("_", 1)[1] if "_" in split else split
 
 
-def predict_outputs(
-    model: MTDNN, preprocessor: Preprocessor, data: SplitData, batch_size: int = 128, by_length: bool = True
-) -> np.ndarray:
-    """Head outputs (log-probabilities or scores) of `data`'s task, in data order.
+def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True) -> np.ndarray:
+    """Head outputs (log-probabilities or scores) of `data`'s task, in data order, tokenised
+    by the model's own preprocessor.
 
     `by_length` runs the examples sorted by length, so each batch is padded only to
     similar lengths (1.3x faster on moviesuite's short sentences; docs/performance.md),
     and puts the outputs back in data order.
     """
     head = data.task.predict_with or data.task.name
+    preprocessor = model.preprocessor
     tokens = tokenize_all(data, preprocessor)
     order = length_order(tokens) if by_length else np.arange(len(data))
     dataset = inference_dataset(data, preprocessor, batch_size, order, tokens)
@@ -131,16 +134,15 @@ def score_splits(
 
 def evaluate(
     model: MTDNN,
-    preprocessor: Preprocessor,
     dev: Mapping[str, Mapping[str, SplitData]],
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
     """GLUE metrics of one model over every labelled split given."""
-    return score_splits(dev, lambda data: predict_outputs(model, preprocessor, data, batch_size))
+    return score_splits(dev, lambda data: predict_outputs(model, data, batch_size))
 
 
 def submission_file_name(task: Task, split: str) -> str:
-    base = task.submission_name or task.name
+    base = (task.source.submission_name if task.source else None) or task.name
     suffix = split_suffix(task, split)
     short = {"matched": "m", "mismatched": "mm"}.get(suffix, suffix)
     return f"{base}-{short}.tsv" if short else f"{base}.tsv"
@@ -148,19 +150,16 @@ def submission_file_name(task: Task, split: str) -> str:
 
 def write_predictions(
     model: MTDNN,
-    preprocessor: Preprocessor,
     test: Mapping[str, Mapping[str, SplitData]],
     output_dir: str,
     batch_size: int = 128,
 ) -> list[str]:
     """GLUE-leaderboard files (`index<TAB>prediction`, label names; STS-B clipped to [0, 5])."""
-    from mtkd_tf.model_dir import write_atomic
-
     written = []
     for splits in test.values():
         for split, data in splits.items():
             task = data.task
-            predictions = decide(task, predict_outputs(model, preprocessor, data, batch_size), data.groups)
+            predictions = decide(task, predict_outputs(model, data, batch_size), data.groups)
             lines = ["index\tprediction"]
             for example_id, value in zip(data.ids, predictions):
                 index = example_id.rsplit("/", 1)[1]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mtkd_tf.tasks import CLASSIFICATION
+from mtkd_tf.errors import MtkdError
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _WARMUP_TEXTS = [
@@ -31,7 +32,7 @@ _WARMUP_TEXTS = [
 ]
 
 
-class ExportError(ValueError):
+class ExportError(MtkdError, ValueError):
     """An export cannot be written or read; the message says why."""
 
 
@@ -65,11 +66,11 @@ def export(
     names = [task.name for task in served]
     default = serving_default_task or names[0]
     if default not in names:
-        raise ExportError(f"--serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}")
+        raise ExportError(f"serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}", "serving_default_task")
     version = version or next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if os.path.exists(path):
-        raise ExportError(f"{path} exists; exports are never overwritten (pick another --export_version)")
+        raise ExportError(f"{path} exists; exports are never overwritten (pick another export_version)", "export_version")
 
     preprocessor(tf.constant(["build"]), tf.constant(["the layers"]))  # builds tokenizer and packer
     archive = keras.export.ExportArchive()

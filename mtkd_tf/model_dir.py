@@ -1,6 +1,6 @@
 """A trained model directory: the MT-DNN, its vocabulary and how text was preprocessed.
 
-Layout of `<model_dir>`: `model.keras` (the MTDNN), `vocab.txt`, `preprocessing.json`
+Files of `<model_dir>`: `model.keras` (the MTDNN), `vocab.txt`, `preprocessing.json`
 (lowercase, max_seq_length, encoder spec), `manifest.json` (their SHA-256, written last), plus what training adds (`backup/`, `logs/`,
 `history.json`, `eval_results.json`). Files are written under a temporary name and
 renamed, so a crash never leaves a half-written model that a later stage accepts.
@@ -8,17 +8,16 @@ renamed, so a crash never leaves a half-written model that a later stage accepts
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 import keras
 
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.files import sha256, write_atomic, write_json
 from mtkd_tf.models.mtdnn import MTDNN
 
 logger = logging.getLogger(__name__)
@@ -28,41 +27,11 @@ VOCAB_FILE = "vocab.txt"
 PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST_FILE = "manifest.json"  # SHA-256 of the files above, written last: the directory is complete
 FILES = (MODEL_FILE, VOCAB_FILE, PREPROCESSING_FILE)
+CONFIG_FILE = "experiment.json"  # the ExperimentConfig that trained it (written by the Experiment)
 
 
-class ModelDirError(ValueError):
+class ModelDirError(MtkdError, ValueError):
     """A model directory is missing, incomplete or corrupt."""
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    model: MTDNN
-    preprocessor: Preprocessor
-    settings: dict[str, Any]
-    directory: str
-
-    @property
-    def vocabulary(self) -> list[str]:
-        return list(self.preprocessor.tokenizer.get_vocabulary())
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Writes text to `path` via a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_json(path: str, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, max_seq_length: int,
@@ -85,14 +54,6 @@ def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, m
         if os.path.exists(temporary):
             os.remove(temporary)
     write_json(manifest, {"sha256": {name: sha256(os.path.join(model_dir, name)) for name in FILES}})
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def exists(model_dir: str) -> bool:
@@ -124,8 +85,9 @@ def verify(model_dir: str) -> None:
             )
 
 
-def load(model_dir: str, pad_to_multiple_of: int = 16) -> TrainedModel:
-    """Loads a directory written by `save`, with a clear error when something is missing."""
+def load(model_dir: str, pad_to_multiple_of: int = 16) -> MTDNN:
+    """Loads a directory written by `save`: the MT-DNN with its preprocessor (it predicts from
+    raw strings, `model.predict_texts`), with a clear error when something is missing."""
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"model directory {model_dir}: no such directory (train a model there first)")
     missing = [name for name in (*FILES, MANIFEST_FILE) if not os.path.isfile(os.path.join(model_dir, name))]
@@ -137,7 +99,11 @@ def load(model_dir: str, pad_to_multiple_of: int = 16) -> TrainedModel:
     try:
         model = keras.saving.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
     except Exception as error:
-        raise ModelDirError(f"model directory {model_dir}: cannot load {MODEL_FILE}: {error}") from None
+        raise ModelDirError(
+            f"model directory {model_dir}: cannot load {MODEL_FILE} ({type(error).__name__}: {error}); if it was "
+            "written by another version of mtkd_tf, train it again (delete the directory and re-run the same command)"
+        ) from None
     tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), settings["lowercase"])
-    preprocessor = Preprocessor(tokenizer, settings["max_seq_length"], pad_to_multiple_of)
-    return TrainedModel(model, preprocessor, settings, model_dir)
+    model.preprocessor = Preprocessor(tokenizer, settings["max_seq_length"], pad_to_multiple_of)
+    model.directory = model_dir
+    return model

@@ -1,8 +1,10 @@
-"""Task definitions: what a task's data looks like and how it is scored.
+"""Task definitions, in two parts: what a model knows of a task, and where its data lives.
 
-A `Task` is plain data (name, type, labels, columns, metrics, splits), so GLUE and a
-user's own TSV/CSV data are described the same way: GLUE by the registry below, custom
-data by a YAML or JSON task file (`load_task_file`).
+`Task` is the model-facing spec (name, type, labels, metrics, head settings) that models,
+losses and evaluation use and `model.keras` stores; `TaskSource` is the data source (files,
+delimiter, quoting, TFDS names, leaderboard names) that readers use. GLUE and a user's own
+TSV/CSV data are described the same way: GLUE by the registry below, custom data by a YAML
+or JSON task file (`load_task_file`), both in one flat form that `define_task` splits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import json
 import os
 from typing import Any, Iterable, Sequence
+
+from mtkd_tf.errors import MtkdError
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -26,12 +30,12 @@ METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
 Column = str | int  # a header name, or a 0-based position for files without a header
 
 
-class TaskError(ValueError):
+class TaskError(MtkdError, ValueError):
     """A task name, definition or task file is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class FileLayout:
     """Where a task's text and label live in a delimited file."""
 
     text_columns: tuple[Column, ...]
@@ -45,22 +49,17 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-    """One task of a multi-task model: its head, its labels, its data and its metrics.
+class TaskSource:
+    """Where a task's examples come from: files, their layout, TFDS names, leaderboard names.
 
-    `files` maps split names to file names under `<data_dir>/<directory>` (an `unlabelled`
-    split holds extra text the teachers label for distillation); `test_layout`
-    describes test files when they differ from train/dev (GLUE test files have an index
-    column and no label). `predict_with` names the task whose head predicts this one (AX
-    is scored with the MNLI head).
+    Readers and prediction files use it; models never store it. `files` maps split names to
+    file names under `<data_dir>/<directory>` (an `unlabelled` split holds extra text the
+    teachers label for distillation); `test_layout` describes test files when they differ
+    from train/dev (GLUE test files have an index column and no label).
     """
 
-    name: str
-    type: str
     text_columns: tuple[Column, ...]
-    labels: tuple[str, ...] = ()
     label_column: Column | None = "label"
-    metrics: tuple[str, ...] = ("accuracy",)
     directory: str = ""
     files: dict[str, str] = dataclasses.field(
         default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
@@ -68,28 +67,59 @@ class Task:
     header: bool = True
     delimiter: str = "\t"
     quoting: bool = False
-    test_layout: Layout | None = None
+    test_layout: FileLayout | None = None
     dev_splits: tuple[str, ...] = ("dev",)
     test_splits: tuple[str, ...] = ("test",)
-    dropout: float = 0.1
-    score_range: tuple[float, float] | None = None
-    predict_with: str | None = None
     submission_name: str | None = None
     tfds_name: str | None = None
     tfds_text_features: tuple[str, ...] = ()
     tfds_splits: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def layout(self, split: str) -> FileLayout:
+        if split in self.test_splits and self.test_layout is not None:
+            return self.test_layout
+        label = None if split in self.test_splits or split == UNLABELLED else self.label_column
+        return FileLayout(self.text_columns, label, self.header, self.delimiter, self.quoting)
+
+    def to_config(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self)
+        if self.test_layout is not None:
+            config["test_layout"] = self.test_layout.to_config()
+        return config
+
+
+SOURCE_FIELDS = tuple(field.name for field in dataclasses.fields(TaskSource))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a model knows of a task: its head, its labels and its metrics (what `model.keras`
+    stores). `source` says where its data lives (`TaskSource`); a task read back from a
+    model has none. `predict_with` names the task whose head predicts this one (AX is
+    scored with the MNLI head); `segments` is 2 for sentence-pair tasks.
+    """
+
+    name: str
+    type: str
+    labels: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ("accuracy",)
+    segments: int = 1
+    dropout: float = 0.1
+    score_range: tuple[float, float] | None = None
+    predict_with: str | None = None
     answer_module: str = "linear"  # pair classification: "san" for the SAN answer module
     san_steps: int = 5  # SAN reasoning steps K
     san_step_dropout: float = 0.1  # SAN stochastic prediction dropout
     group_size: int = 0  # ranking: candidates per training group (1 positive + negatives)
     positive_label: str | None = None  # ranking: the label that marks a question's answer
+    source: TaskSource | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_task(self)
 
     @property
     def is_pair(self) -> bool:
-        return len(self.text_columns) == 2
+        return self.segments == 2
 
     @property
     def num_classes(self) -> int:
@@ -103,23 +133,29 @@ class Task:
 
     @property
     def trainable(self) -> bool:
-        return self.predict_with is None and "train" in self.files
-
-    def layout(self, split: str) -> Layout:
-        if split in self.test_splits and self.test_layout is not None:
-            return self.test_layout
-        label = None if split in self.test_splits or split == UNLABELLED else self.label_column
-        return Layout(self.text_columns, label, self.header, self.delimiter, self.quoting)
+        return self.predict_with is None and (self.source is None or "train" in self.source.files)
 
     def to_config(self) -> dict[str, Any]:
-        config = dataclasses.asdict(self)
-        if self.test_layout is not None:
-            config["test_layout"] = self.test_layout.to_config()
-        return config
+        """The model-facing fields (no data source): what a saved model stores."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "source"}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Task":
-        return task_from_dict(config, where="config")
+        """A task from `to_config`; models saved before the data source moved out of `Task`
+        stored it inline (`text_columns`, `delimiter`, ...): it is dropped here."""
+        config = dict(config)
+        if "text_columns" in config:  # the pre-0.2 layout
+            config.setdefault("segments", len(config["text_columns"]))
+        values = {key: value for key, value in config.items() if key in MODEL_FIELDS}
+        for key in ("labels", "metrics"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if values.get("score_range") is not None:
+            values["score_range"] = tuple(values["score_range"])
+        return cls(**values)
+
+
+MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(Task) if field.name != "source")
 
 
 def _check_task(task: Task) -> None:
@@ -128,12 +164,14 @@ def _check_task(task: Task) -> None:
         raise TaskError(f"{where}: name must be letters, digits, '_' or '-'")
     if task.type not in TASK_TYPES:
         raise TaskError(f"{where}: type {task.type!r} is not one of {', '.join(TASK_TYPES)}")
-    if len(task.text_columns) not in (1, 2):
+    if task.segments not in (1, 2):
         raise TaskError(f"{where}: text_columns must name 1 or 2 columns")
+    if task.source is not None and len(task.source.text_columns) != task.segments:
+        raise TaskError(f"{where}: {task.segments} segment(s) but {len(task.source.text_columns)} text column(s)")
     if task.type == CLASSIFICATION and len(task.labels) < 2:
         raise TaskError(f"{where}: a classification task needs at least 2 labels")
     if task.type == RANKING:
-        if len(task.text_columns) != 2 or task.group_size < 2:
+        if task.segments != 2 or task.group_size < 2:
             raise TaskError(f"{where}: a ranking task needs 2 text columns (question, candidate) and group_size >= 2")
         if len(task.labels) != 2 or task.positive_label not in task.labels:
             raise TaskError(
@@ -154,6 +192,21 @@ def _check_task(task: Task) -> None:
         raise TaskError(f"{where}: dropout must be in [0, 1), got {task.dropout}")
 
 
+def define_task(**fields: Any) -> Task:
+    """A task and its data source from one flat set of fields (as a task file writes them)."""
+    source = TaskSource(**{key: value for key, value in fields.items() if key in SOURCE_FIELDS})
+    model = {key: value for key, value in fields.items() if key not in SOURCE_FIELDS}
+    model.setdefault("segments", len(source.text_columns))
+    return Task(**model, source=source)
+
+
+def task_entry(task: Task) -> dict[str, Any]:
+    """The flat task-file form of a task with a source (`define_task` reads it back)."""
+    entry = {**task.to_config(), **(task.source.to_config() if task.source else {})}
+    entry.pop("segments")
+    return entry
+
+
 # ---------------------------------------------------------------------------------------
 # GLUE, in the official directory layout (download_glue_data.py) and in TFDS.
 # Label order follows TFDS's ClassLabel order, so TSV strings and TFDS ints agree.
@@ -164,7 +217,7 @@ _TEST_INDEX = "index"
 def _glue(**kwargs: Any) -> Task:
     tfds_splits = {"train": "train", "dev": "validation", "test": "test"}
     tfds_splits.update(kwargs.pop("tfds_splits", {}))
-    return Task(tfds_splits=tfds_splits, **kwargs)
+    return define_task(tfds_splits=tfds_splits, **kwargs)
 
 
 GLUE_TASKS: dict[str, Task] = {
@@ -173,7 +226,7 @@ GLUE_TASKS: dict[str, Task] = {
         _glue(
             name="cola", type=CLASSIFICATION, labels=("0", "1"), directory="CoLA",
             text_columns=(3,), label_column=1, header=False, metrics=("matthews_corr",),
-            test_layout=Layout(("sentence",)), dropout=0.05, submission_name="CoLA",
+            test_layout=FileLayout(("sentence",)), dropout=0.05, submission_name="CoLA",
             tfds_name="glue/cola", tfds_text_features=("sentence",),
         ),
         _glue(
@@ -247,8 +300,9 @@ GLUE_TASKS: dict[str, Task] = {
 
 # Test files carry an index column first; the text columns keep their names.
 for _name, _task in list(GLUE_TASKS.items()):
-    if _task.test_layout is None:
-        GLUE_TASKS[_name] = dataclasses.replace(_task, test_layout=Layout(_task.text_columns))
+    if _task.source.test_layout is None:
+        _source = dataclasses.replace(_task.source, test_layout=FileLayout(_task.source.text_columns))
+        GLUE_TASKS[_name] = dataclasses.replace(_task, source=_source)
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,7 +318,7 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     missing = [key for key in _REQUIRED if key not in entry]
     if missing:
         raise TaskError(f"{where}: missing field(s) {', '.join(missing)}")
-    known = {field.name for field in dataclasses.fields(Task)}
+    known = (set(MODEL_FIELDS) | set(SOURCE_FIELDS)) - {"segments"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -279,7 +333,7 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     if isinstance(values.get("test_layout"), dict):
         layout = dict(values["test_layout"])
         layout["text_columns"] = tuple(layout["text_columns"])
-        values["test_layout"] = Layout(**layout)
+        values["test_layout"] = FileLayout(**layout)
     if "files" in values and not isinstance(values["files"], dict):
         raise TaskError(f"{where}: files must map split names to file names")
     if values.get("type") == REGRESSION:
@@ -287,7 +341,7 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     if "metrics" not in values and values.get("type") == CLASSIFICATION and len(values.get("labels", ())) == 2:
         values["metrics"] = ("accuracy", "f1")
     try:
-        return Task(**values)
+        return define_task(**values)
     except TaskError as error:
         raise TaskError(f"{where}: {error}") from None
     except TypeError as error:
@@ -363,12 +417,12 @@ def resolve_tasks(names: Iterable[str] | str, known: dict[str, Task]) -> list[Ta
         names = [name for name in names.split(",") if name.strip()]
     names = [name.strip() for name in names]
     if not names:
-        raise TaskError("no tasks given (--tasks)")
+        raise TaskError("no tasks given (tasks)", "tasks")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise TaskError(
             f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} "
-            "(define your own with --task_file)"
+            "(define your own with task_file)", ("task_file", "tasks")
         )
     if len(set(names)) != len(names):
         raise TaskError(f"a task is listed twice in {','.join(names)}")
@@ -390,16 +444,16 @@ def with_answer_modules(tasks: Sequence[Task], spec: Sequence[str] | str) -> lis
     for item in spec:
         name, _, module = item.strip().rpartition("=")
         if module not in ANSWER_MODULES:
-            raise TaskError(f"--answer_module {item!r}: {module!r} is not one of {', '.join(ANSWER_MODULES)}")
+            raise TaskError(f"answer_module {item!r}: {module!r} is not one of {', '.join(ANSWER_MODULES)}", "answer_module")
         if name and name not in names:
-            raise TaskError(f"--answer_module {item!r}: no task {name!r} among {', '.join(sorted(names))}")
+            raise TaskError(f"answer_module {item!r}: no task {name!r} among {', '.join(sorted(names))}", "answer_module")
         choices[name or None] = module
     result = []
     for task in tasks:
         module = choices.get(task.name, choices.get(None))
         pair_classification = task.type == CLASSIFICATION and task.is_pair
         if module and task.name in choices and not pair_classification and module == "san":
-            raise TaskError(f"--answer_module: task {task.name!r} is not a pair-classification task")
+            raise TaskError(f"answer_module: task {task.name!r} is not a pair-classification task", "answer_module")
         if module and pair_classification:
             task = dataclasses.replace(task, answer_module=module)
         result.append(task)

@@ -1,13 +1,22 @@
 """Training MT-DNN: the paper's optimiser and schedule, multi-task data, callbacks, fit.
 
 Defaults are the paper's: Adamax, lr 5e-5, 10% linear warm-up then linear decay,
-global-norm clipping 1.0, batch 32. `train_mtdnn` is what `bin/run --mode=train` and the
-pipeline call; `Distiller` training reuses `training_data`, `make_optimizer` and `fit`.
+global-norm clipping 1.0, batch 32. `training_data` gives finite per-epoch datasets, so a
+plain Keras program works:
+
+>>> data = mt.training_data(splits, preprocessor, config)
+>>> model.compile(optimizer=mt.make_optimizer(config, data.steps_per_epoch * config.epochs))
+>>> model.fit(data.dataset, epochs=config.epochs, callbacks=[...])
+
+`fit` adds exact resume, TensorBoard, history and progress lines around `model.fit`;
+`train_mtdnn` (an MT-DNN) and `distill.student.distill` (a Distiller) use it. Both build
+their models in the current `tf.distribute` strategy scope, as Keras does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -18,54 +27,17 @@ import numpy as np
 import tensorflow as tf
 
 from mtkd_tf import checkpointing, distribute
+from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
+from mtkd_tf.errors import ConfigError
+from mtkd_tf.files import write_json
+from mtkd_tf.progress import ProgressLog, RunClock, keras_verbose
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamax", "adamw", "adam")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (flags map onto these one to one)."""
-
-    batch_size: int = 32
-    epochs: int = 5
-    learning_rate: float = 5e-5
-    optimizer: str = "adamax"
-    warmup_fraction: float = 0.1
-    clipnorm: float = 1.0
-    weight_decay: float = 0.01
-    task_sampling: str = "proportional"
-    sampling_temperature: float = 1.0
-    seed: int = 0
-    verbose: int = 2
-    jit_compile: bool = False  # XLA; pair it with static shapes (a fixed sequence length)
-    checkpoint_every_steps: int = 500  # resumable checkpoints (also at each epoch's end); 0: epoch ends only
-    length_bucketing: bool = True  # batch examples of similar length (less padding; see batching.bucket_by_length)
-
-    def validate(self) -> None:
-        problems = []
-        if self.batch_size <= 0:
-            problems.append(f"batch_size must be positive, got {self.batch_size}")
-        if self.epochs <= 0:
-            problems.append(f"epochs must be positive, got {self.epochs}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if not 0 <= self.warmup_fraction < 1:
-            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.clipnorm < 0:
-            problems.append(f"clipnorm must be >= 0 (0: off), got {self.clipnorm}")
-        if self.checkpoint_every_steps < 0:
-            problems.append(f"checkpoint_every_steps must be >= 0 (0: at epoch ends only), got {self.checkpoint_every_steps}")
-        if self.task_sampling not in batching.SAMPLING:
-            problems.append(f"task_sampling {self.task_sampling!r} is not one of {', '.join(batching.SAMPLING)}")
-        if problems:
-            raise ValueError("; ".join(problems))
+TrainConfig = TrainingConfig  # the name before ExperimentConfig grouped the settings
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
@@ -88,7 +60,7 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+def make_optimizer(config: TrainingConfig, total_steps: int) -> keras.optimizers.Optimizer:
     schedule = LinearWarmupDecay(config.learning_rate, total_steps, int(config.warmup_fraction * total_steps))
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
     if config.optimizer == "adamax":
@@ -100,18 +72,29 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
 
 @dataclasses.dataclass
 class TrainingData:
-    """The training stream: `starting_at(step)` is the data from global step `step` on
-    (what a resumed run needs); `schedule[step]` is the index of the task step trains."""
+    """The multi-task training batches of a run (Algorithm 1: pooled, shuffled, one task per batch).
+
+    `dataset` is finite: one epoch, `steps_per_epoch` batches; each pass over it (each
+    Keras epoch) gives the next epoch of the schedule (after the last, the first again),
+    so `model.fit(data.dataset, epochs=N)` trains on exactly the batches `starting_at(0)`
+    streams. `starting_at(step)`
+    is the endless stream from global step `step` on (what a resumed run needs);
+    `schedule[step]` is the index of the task that step trains.
+
+    Every batch is `(x, y)` with the `Batch` layout of `mtkd_tf.data.batch`.
+    """
 
     starting_at: Callable[[int], tf.data.Dataset]
     steps_per_epoch: int
     batches_per_task: list[int]
     schedule: np.ndarray
     task_names: list[str]
+    epochs: Callable[[], tf.data.Dataset] | None = None
 
     @property
     def dataset(self) -> tf.data.Dataset:
-        return self.starting_at(0)
+        """One epoch of batches; iterating it again gives the next epoch."""
+        return self.epochs() if self.epochs is not None else self.starting_at(0).take(self.steps_per_epoch)
 
     @property
     def step_tasks(self) -> list[str]:
@@ -121,7 +104,7 @@ class TrainingData:
 def training_data(
     splits: Sequence[SplitData],
     preprocessor: Preprocessor,
-    config: TrainConfig,
+    config: TrainingConfig,
     targets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     drop_remainder: bool = False,
     strategy: tf.distribute.Strategy | None = None,
@@ -136,21 +119,24 @@ def training_data(
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if replicas > 1:
         if config.batch_size % replicas:
-            raise ValueError(
-                f"batch_size {config.batch_size} is not divisible by the {replicas} replicas of the strategy"
+            raise ConfigError(
+                f"batch_size {config.batch_size} is not divisible by the {replicas} replicas of the strategy",
+                "batch_size",
             )
         drop_remainder = True
     for data in splits:
         unit = batching.group_rows(data) * replicas
         if config.batch_size % unit:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size {config.batch_size} must be a multiple of {unit} for ranking task {data.task.name} "
-                f"(group_size {batching.group_rows(data)} x {replicas} replica(s)): groups are never split"
+                f"(group_size {batching.group_rows(data)} x {replicas} replica(s)): groups are never split",
+                "batch_size",
             )
     counts = [batching.num_batches(len(data), config.batch_size, drop_remainder) for data in splits]
     for data, count in zip(splits, counts):
         if count == 0:
-            raise ValueError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of {config.batch_size}")
+            raise ConfigError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size "
+                              f"{config.batch_size}", "batch_size")
     schedule = batching.batch_schedule(
         counts, config.epochs, config.task_sampling, config.sampling_temperature, config.seed
     )
@@ -158,22 +144,38 @@ def training_data(
     draws = np.bincount(schedule, minlength=len(splits))
     tokens = [batching.tokenize_all(data, preprocessor) for data in splits]
 
-    def global_batches(start: int) -> tf.data.Dataset:
-        done = np.bincount(schedule[:start], minlength=len(splits))  # batches each task already trained
+    def global_batches(start: int | tf.Tensor) -> tf.data.Dataset:
+        if isinstance(start, (int, np.integer)):
+            done = [int(count) for count in np.bincount(schedule[:start], minlength=len(splits))]
+        else:  # a tensor, inside `epochs()`
+            done = tf.math.bincount(tf.constant(schedule, tf.int32)[:start], minlength=len(splits), dtype=tf.int64)
+            done = [done[i] for i in range(len(splits))]  # batches each task already trained
         datasets = [
             batching.task_dataset(
                 data, task_id, preprocessor, config.batch_size,
                 targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
                 drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
-                skip=int(done[task_id]), tokens=tokens[task_id], length_bucketing=config.length_bucketing,
+                skip=done[task_id], tokens=tokens[task_id], length_bucketing=config.length_bucketing,
             )
             for task_id, data in enumerate(splits)
         ]
-        return batching.multitask_dataset(datasets, schedule[start:])
+        return batching.multitask_dataset(datasets, schedule, start)
 
     names = [data.task.name for data in splits]
+    per_epoch = int(sum(counts))
+    epoch_numbers = itertools.count()
+
+    def epochs() -> tf.data.Dataset:
+        def next_epoch(_):
+            epoch = tf.py_function(lambda: next(epoch_numbers) % config.epochs, [], tf.int64)  # cycles
+            epoch.set_shape([])
+            return global_batches(epoch * per_epoch).take(per_epoch)
+
+        dataset = tf.data.Dataset.range(1).flat_map(next_epoch)
+        return dataset.apply(tf.data.experimental.assert_cardinality(per_epoch))
+
     if replicas == 1:
-        return TrainingData(global_batches, int(sum(counts)), counts, schedule, names)
+        return TrainingData(global_batches, per_epoch, counts, schedule, names, epochs)
 
     def per_replica(context: tf.distribute.InputContext, start: int) -> tf.data.Dataset:
         local = replicas // context.num_input_pipelines
@@ -192,7 +194,7 @@ def training_data(
     def distributed(start: int):
         return strategy.distribute_datasets_from_function(lambda context: per_replica(context, start))
 
-    return TrainingData(distributed, int(sum(counts)), counts, schedule, names)
+    return TrainingData(distributed, per_epoch, counts, schedule, names, epochs)
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -208,24 +210,26 @@ class HistoryFile(keras.callbacks.Callback):
             with open(self.path, encoding="utf-8") as handle:
                 history = [row for row in json.load(handle) if row["epoch"] < epoch]
         history.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
-        from mtkd_tf.model_dir import write_json
-
         write_json(self.path, history)
 
 
 def fit(
     model: keras.Model,
     data: TrainingData,
-    config: TrainConfig,
+    config: TrainingConfig,
     work_dir: str,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    label: str = "training",
+    clock: RunClock | None = None,
 ) -> checkpointing.TrainingState:
-    """`model.fit` that resumes where an earlier run of it stopped, with TensorBoard logs and history.
+    """`model.fit` that resumes where an earlier run of it stopped, with TensorBoard logs,
+    history, progress lines and the caller's Keras `callbacks`.
 
     The training state is checkpointed every `config.checkpoint_every_steps` steps and at
     epoch ends (`checkpointing`); a re-run restores the latest checkpoint and continues at
     that exact batch: the rest of the interrupted epoch first, then the remaining epochs.
     Returns the state, whose checkpoints `save_trained` removes once the model is saved.
+    `label` names the run in progress lines; `clock` times the whole experiment's steps.
     """
     os.makedirs(work_dir, exist_ok=True)
     per_epoch = data.steps_per_epoch
@@ -236,14 +240,18 @@ def fit(
          "batch_size": config.batch_size, "seed": config.seed, "length_bucketing": config.length_bucketing},
     )
     start = state.restore(model)
+    if clock is not None:
+        clock.skip(start)
     step_tasks = data.step_tasks
     guard = checkpointing.LossGuard(step_tasks, per_epoch, start, state.backup_dir)
     saver = checkpointing.StepCheckpoint(state, config.checkpoint_every_steps, start)
+    progress = ProgressLog(label, total, start, config.batch_size, config.progress_seconds, clock)
     standard = [
         guard,  # first: a NaN step is never checkpointed
         saver,
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), update_freq="epoch"),
         HistoryFile(os.path.join(work_dir, "history.json")),
+        progress,
     ]
     step = start
     while step < total:
@@ -256,7 +264,7 @@ def fit(
             epochs=last_epoch,
             steps_per_epoch=per_epoch - into,
             callbacks=standard + list(callbacks),
-            verbose=config.verbose,
+            verbose=keras_verbose(config.verbose),
             shuffle=False,  # batches are already shuffled from the seed (batching.pass_orders)
         )
         if model.stop_training and saver.step < last_epoch * per_epoch:
@@ -267,7 +275,7 @@ def fit(
     return state
 
 
-def static_shapes(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> bool:
+def static_shapes(config: TrainingConfig, strategy: tf.distribute.Strategy | None) -> bool:
     """XLA and TPUs want one batch shape: full batches padded to the full sequence length."""
     return config.jit_compile or (strategy is not None and distribute.is_tpu(strategy))
 
@@ -280,43 +288,50 @@ def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int =
     return Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, multiple)
 
 
-def save_trained(model_dir: str, model, encoder, preprocessor: Preprocessor):
-    """Saves a trained MT-DNN with its encoder's vocabulary; returns it as a TrainedModel."""
+def save_trained(model_dir: str, model, encoder, config: dict | None = None):
+    """Saves a trained MT-DNN (it owns its preprocessor) with its encoder's vocabulary and, if
+    given, the experiment config that made it; returns the model, now knowing its directory."""
     from mtkd_tf import model_dir as model_dir_lib
 
-    length = preprocessor.sequence_length
+    length = model.preprocessor.sequence_length
     model_dir_lib.save(model_dir, model, encoder.vocabulary, encoder.lowercase, length, encoder=encoder.spec)
-    return model_dir_lib.TrainedModel(model, preprocessor, {"max_seq_length": length}, model_dir)
+    if config is not None:
+        write_json(os.path.join(model_dir, model_dir_lib.CONFIG_FILE), config)
+    model.directory = model_dir
+    return model
 
 
 def train_mtdnn(
     tasks: Sequence,
     train: Mapping[str, SplitData],
     encoder,
-    config: TrainConfig,
+    config: TrainingConfig,
     model_dir: str,
     max_seq_length: int = 128,
-    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
     pad_to_multiple_of: int = 16,
+    label: str = "MT-DNN",
+    clock: RunClock | None = None,
+    experiment_config: dict | None = None,
 ):
-    """Trains one MT-DNN on `train` (task name -> split) and saves it to `model_dir`.
+    """Trains one MT-DNN on `train` (task name -> split), saves it to `model_dir` and returns it.
 
     `encoder` is a `models.encoder.Encoder`; `tasks` lists every task the model serves
-    (tasks without training data, such as AX, ride on another task's head).
+    (tasks without training data, such as AX, ride on another task's head). The model is
+    built in the current `tf.distribute` strategy scope.
     """
     from mtkd_tf.models.mtdnn import MTDNN
 
     config.validate()
     keras.utils.set_random_seed(config.seed)
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = tf.distribute.get_strategy()
     static = static_shapes(config, strategy)
     preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of, static)
-    with strategy.scope():
-        model = MTDNN(encoder.backbone, tasks)
-        splits = [train[task.name] for task in model.tasks]
-        data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
-        model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    state = fit(model, data, config, model_dir)
-    trained = save_trained(model_dir, model, encoder, preprocessor)
+    model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
+    splits = [train[task.name] for task in model.tasks]
+    data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
+    model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
+    state = fit(model, data, config, model_dir, callbacks, label, clock)
+    trained = save_trained(model_dir, model, encoder, experiment_config)
     state.remove()
     return trained

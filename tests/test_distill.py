@@ -80,7 +80,7 @@ def test_bad_settings_are_rejected(tiny_student):
     student, _ = tiny_student()
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1.5"):
         Distiller(student, alpha=1.5)
-    with pytest.raises(ValueError, match=r"alpha of rte must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"task_alpha rte must be in \[0, 1\]"):
         Distiller(student, task_alpha={"rte": -0.1})
     with pytest.raises(ValueError, match="temperature must be > 0"):
         Distiller(student, temperature=0.0)

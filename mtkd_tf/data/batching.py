@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from mtkd_tf.data.preprocessing import Preprocessor
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
+from mtkd_tf.errors import ConfigError
 from mtkd_tf.tasks import RANKING
 
 SAMPLING = ("proportional", "temperature", "uniform")
@@ -96,7 +97,7 @@ def _batches(segments, columns, orders: np.ndarray, batch_size: int, drop_remain
     )
     if repeat:
         indices = indices.repeat()
-    if skip:
+    if not isinstance(skip, int) or skip:  # a tensor inside `TrainingData.epochs`
         indices = indices.skip(skip)
 
     def gather(index):
@@ -116,7 +117,7 @@ def task_dataset(
     seed: int = 0,
     drop_remainder: bool = False,
     passes: int = 1,
-    skip: int = 0,
+    skip: int | tf.Tensor = 0,
     tokens: tuple[tf.RaggedTensor, ...] | None = None,
     length_bucketing: bool = False,
 ) -> tf.data.Dataset:
@@ -186,7 +187,7 @@ def batch_schedule(
     each task's batches (Algorithm 1); the others draw tasks with p ~ n_t^tau.
     """
     if sampling not in SAMPLING:
-        raise ValueError(f"task sampling {sampling!r} is not one of {', '.join(SAMPLING)}")
+        raise ConfigError(f"task sampling {sampling!r} is not one of {', '.join(SAMPLING)}")
     counts = np.asarray(batches_per_task, np.int64)
     if counts.size == 0 or counts.min() <= 0:
         raise ValueError(f"every task needs at least one batch, got {counts.tolist()}")
@@ -205,7 +206,9 @@ def batch_schedule(
     return np.concatenate(epochs_out).astype(np.int64)
 
 
-def multitask_dataset(task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray) -> tf.data.Dataset:
-    """Interleaves task datasets in `schedule` order: one homogeneous batch per step."""
-    choices = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
+def multitask_dataset(task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray,
+                      start: int | tf.Tensor = 0) -> tf.data.Dataset:
+    """Interleaves task datasets in `schedule` order from step `start` on: one homogeneous
+    batch per step (the task datasets must already start at their batch for that step)."""
+    choices = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).skip(start).repeat()
     return tf.data.Dataset.choose_from_datasets(list(task_datasets), choices).prefetch(tf.data.AUTOTUNE)

@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from mtkd_tf import assets
-from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task
+from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task, define_task
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,15 @@ _FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 TASKS: dict[str, Task] = {
     task.name: task
     for task in [
-        Task(name="rt_polarity", type=CLASSIFICATION, labels=("rotten", "fresh"), text_columns=("sentence",),
-             label_column="label", metrics=("accuracy", "f1"), directory="rt_polarity", files=dict(_FILES)),
-        Task(name="movie_rating", type=REGRESSION, text_columns=("sentence",), label_column="rating",
-             metrics=("pearson", "spearman"), score_range=(-4.0, 4.0), directory="movie_rating", files=dict(_FILES)),
-        Task(name="trec", type=CLASSIFICATION, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"),
-             text_columns=("question",), label_column="label", metrics=("accuracy",), directory="trec",
-             files=dict(_FILES)),
-        Task(name="lee_pairs", type=REGRESSION, text_columns=("text1", "text2"), label_column="similarity",
-             metrics=("pearson", "spearman"), score_range=(0.0, 1.0), directory="lee_pairs", files=dict(_FILES)),
+        define_task(name="rt_polarity", type=CLASSIFICATION, labels=("rotten", "fresh"), text_columns=("sentence",),
+                    label_column="label", metrics=("accuracy", "f1"), directory="rt_polarity", files=dict(_FILES)),
+        define_task(name="movie_rating", type=REGRESSION, text_columns=("sentence",), label_column="rating",
+                    metrics=("pearson", "spearman"), score_range=(-4.0, 4.0), directory="movie_rating", files=dict(_FILES)),
+        define_task(name="trec", type=CLASSIFICATION, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"),
+                    text_columns=("question",), label_column="label", metrics=("accuracy",), directory="trec",
+                    files=dict(_FILES)),
+        define_task(name="lee_pairs", type=REGRESSION, text_columns=("text1", "text2"), label_column="similarity",
+                    metrics=("pearson", "spearman"), score_range=(0.0, 1.0), directory="lee_pairs", files=dict(_FILES)),
     ]
 }
 
@@ -186,8 +186,8 @@ def write_moviesuite(root: str, examples_per_task: int = 0, seed: int = 0) -> st
 
 
 def _task_entry(task: Task) -> dict:
-    entry = {"name": task.name, "type": task.type, "text_columns": list(task.text_columns),
-             "label_column": task.label_column, "metrics": list(task.metrics), "files": dict(task.files)}
+    entry = {"name": task.name, "type": task.type, "text_columns": list(task.source.text_columns),
+             "label_column": task.source.label_column, "metrics": list(task.metrics), "files": dict(task.source.files)}
     if task.labels:
         entry["labels"] = list(task.labels)
     if task.score_range:

@@ -12,7 +12,9 @@ import os
 import keras_hub
 import tensorflow as tf
 
-FEATURES = ("token_ids", "segment_ids", "padding_mask")
+from mtkd_tf.errors import ConfigError
+
+from mtkd_tf.data.batch import FEATURES  # noqa: E402  (the batch layout owns the names)
 
 
 def load_tokenizer(vocabulary: str | list[str], lowercase: bool = True) -> keras_hub.models.BertTokenizer:
@@ -37,7 +39,7 @@ class Preprocessor:
         pad_to_multiple_of: int = 16,
     ):
         if sequence_length < 3:
-            raise ValueError(f"max_seq_length must be at least 3, got {sequence_length}")
+            raise ConfigError(f"max_seq_length must be at least 3, got {sequence_length}", "max_seq_length")
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.pad_to_multiple_of = pad_to_multiple_of

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from mtkd_tf.data.readers import DataError, SplitData
+from mtkd_tf.data.split import DataError, SplitData
 
 logger = logging.getLogger(__name__)
 

@@ -18,100 +18,15 @@ from typing import Sequence
 
 import numpy as np
 
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, Layout, Task
+from mtkd_tf.data import ranking
+from mtkd_tf.data.split import DataError, SplitData, _label_array
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, FileLayout, Task
 
 logger = logging.getLogger(__name__)
 
 TSV = "tsv"
 TFDS = "tfds"
 SOURCES = (TSV, TFDS)
-
-
-class DataError(ValueError):
-    """Input data is missing or malformed; the message says where and how to fix it."""
-
-
-@dataclasses.dataclass
-class SplitData:
-    """One split of one task, as columns. `labels` holds class ids or scores (None: no labels);
-    `groups` (ranking tasks) each row's question, rows of a group adjacent in training splits."""
-
-    task: Task
-    split: str
-    ids: list[str]
-    text_a: list[str]
-    text_b: list[str] | None = None
-    labels: np.ndarray | None = None
-    source: str = ""
-    groups: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, count: int) -> "SplitData":
-        """The first `count` examples (ids unchanged), for quick runs."""
-        if count <= 0 or count >= len(self):
-            return self
-        if self.groups is not None:  # never cut a question's group in two
-            while count < len(self) and self.groups[count] == self.groups[count - 1]:
-                count += 1
-        return dataclasses.replace(
-            self,
-            ids=self.ids[:count],
-            text_a=self.text_a[:count],
-            text_b=None if self.text_b is None else self.text_b[:count],
-            labels=None if self.labels is None else self.labels[:count],
-            groups=None if self.groups is None else self.groups[:count],
-        )
-
-    def rows(self, start: int, stop: int) -> "SplitData":
-        """Examples `start:stop` (ids unchanged), for chunked inference; groups may be cut."""
-        return dataclasses.replace(
-            self,
-            ids=self.ids[start:stop],
-            text_a=self.text_a[start:stop],
-            text_b=None if self.text_b is None else self.text_b[start:stop],
-            labels=None if self.labels is None else self.labels[start:stop],
-            groups=None if self.groups is None else self.groups[start:stop],
-        )
-
-    def concat(self, other: "SplitData") -> "SplitData":
-        """This split followed by `other` (same task); labels of a split without any are zeros."""
-        if self.groups is not None or other.groups is not None:
-            raise DataError(f"task {self.task.name}: ranking splits cannot be concatenated (unlabelled text is not supported)")
-
-        def labels(data):
-            return data.labels if data.labels is not None else np.zeros(len(data), _label_array([], data.task).dtype)
-
-        return dataclasses.replace(
-            self,
-            split=f"{self.split}+{other.split}",
-            ids=self.ids + other.ids,
-            text_a=self.text_a + other.text_a,
-            text_b=None if self.text_b is None else self.text_b + (other.text_b or [""] * len(other)),
-            labels=np.concatenate([labels(self), labels(other)]),
-        )
-
-    def example_hashes(self) -> np.ndarray:
-        """A 64-bit hash of each example's text: soft labels check them id by id."""
-        second = self.text_b or [""] * len(self)
-        return np.asarray(
-            [int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little") for a, b in zip(self.text_a, second)],
-            dtype=np.uint64,
-        )
-
-    def fingerprint(self) -> str:
-        """A hash of ids, texts and labels: soft labels record it to catch changed data."""
-        digest = hashlib.sha256()
-        for i, example_id in enumerate(self.ids):
-            digest.update(example_id.encode())
-            digest.update(b"\0" + self.text_a[i].encode())
-            if self.text_b is not None:
-                digest.update(b"\0" + self.text_b[i].encode())
-            digest.update(b"\n")
-        if self.labels is not None:
-            digest.update(np.asarray(self.labels, np.float64).tobytes())
-        return digest.hexdigest()[:16]
 
 
 class _Rows:
@@ -125,7 +40,7 @@ class _Rows:
     def bad_row(self, line: int, problem: str) -> None:
         message = f"{self.path}:{line}: {problem}"
         if not self.skip:
-            raise DataError(message + " (fix the row, or pass --skip_bad_rows to skip bad rows with a warning)")
+            raise DataError(message + " (fix the row, or set skip_bad_rows to skip bad rows with a warning)", "skip_bad_rows")
         self.bad.append(message)
 
     def report(self) -> None:
@@ -163,7 +78,7 @@ def _column_index(column, header: list[str] | None, path: str, what: str) -> int
 
 
 def read_delimited(
-    path: str, task: Task, split: str, layout: Layout, skip_bad_rows: bool = False
+    path: str, task: Task, split: str, layout: FileLayout, skip_bad_rows: bool = False
 ) -> SplitData:
     """Reads one TSV/CSV split of `task` with `layout` into columns, validating every row."""
     text = _decode(path)
@@ -238,57 +153,53 @@ def _parse_label(value: str, task: Task) -> tuple[float | int | None, str | None
     return score, None
 
 
-def _label_array(labels: list, task: Task) -> np.ndarray:
-    dtype = np.int32 if task.labels else np.float32
-    return np.asarray(labels, dtype=dtype)
-
-
 def split_path(task: Task, split: str, data_dir: str) -> str:
-    if split not in task.files:
-        raise DataError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(task.files)}")
-    name = task.files[split]
+    if split not in task.source.files:
+        raise DataError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(task.source.files)}")
+    name = task.source.files[split]
     if os.path.isabs(name):
         return name
-    return os.path.join(data_dir, task.directory or task.name, name)
+    return os.path.join(data_dir, task.source.directory or task.name, name)
 
 
 def read_tfds(
     task: Task, split: str, data_dir: str | None, download: bool = False
 ) -> SplitData:
     """Reads a split through `tfds.load`; offline (`download=False`) a missing dataset fails fast."""
-    if not task.tfds_name:
-        raise DataError(f"task {task.name!r} has no TFDS dataset; use --data_source=tsv")
-    if split not in task.tfds_splits:
+    if not task.source.tfds_name:
+        raise DataError(f"task {task.name!r} has no TFDS dataset; set data_source to tsv", "data_source")
+    if split not in task.source.tfds_splits:
         raise DataError(f"task {task.name!r} has no TFDS split for {split!r}")
     import tensorflow_datasets as tfds
 
     try:
         dataset = tfds.load(
-            task.tfds_name, split=task.tfds_splits[split], data_dir=data_dir or None,
+            task.source.tfds_name, split=task.source.tfds_splits[split], data_dir=data_dir or None,
             download=download, shuffle_files=False,
         )
     except Exception as error:  # tfds raises AssertionError, DatasetNotFoundError, ...
-        hint = "" if download else " (downloads are off: prepare it with `tfds build` or pass --tfds_download)"
+        hint = "" if download else " (downloads are off: prepare it with `tfds build` or set tfds_download)"
         raise DataError(
-            f"TFDS dataset {task.tfds_name} split {task.tfds_splits[split]} is not available "
-            f"in {data_dir or 'the default TFDS data_dir'}{hint}: {str(error).splitlines()[0]}"
+            f"TFDS dataset {task.source.tfds_name} split {task.source.tfds_splits[split]} is not available "
+            f"in {data_dir or 'the default TFDS data_dir'}{hint}: {str(error).splitlines()[0]}",
+            "tfds_download",
         ) from None
-    columns: dict[str, list] = {name: [] for name in task.tfds_text_features}
+    columns: dict[str, list] = {name: [] for name in task.source.tfds_text_features}
     labels, indices = [], []
     for example in tfds.as_numpy(dataset):
-        for name in task.tfds_text_features:
+        for name in task.source.tfds_text_features:
             columns[name].append(example[name].decode("utf-8"))
         labels.append(example.get("label", -1))
         indices.append(int(example.get("idx", len(indices))))
     if not indices:
-        raise DataError(f"TFDS dataset {task.tfds_name} split {split!r} has no examples")
+        raise DataError(f"TFDS dataset {task.source.tfds_name} split {split!r} has no examples")
     order = np.argsort(indices, kind="stable")
-    texts = [[columns[name][i] for i in order] for name in task.tfds_text_features]
+    texts = [[columns[name][i] for i in order] for name in task.source.tfds_text_features]
     label_array = None
-    if split not in task.test_splits and task.label_column is not None:
+    if split not in task.source.test_splits and task.source.label_column is not None:
         label_array = _label_array([labels[i] for i in order], task)
         if task.type == CLASSIFICATION and (label_array.min() < 0 or label_array.max() >= task.num_classes):
-            raise DataError(f"TFDS {task.tfds_name} split {split!r}: labels outside 0..{task.num_classes - 1}")
+            raise DataError(f"TFDS {task.source.tfds_name} split {split!r}: labels outside 0..{task.num_classes - 1}")
     return SplitData(
         task=task,
         split=split,
@@ -296,7 +207,7 @@ def read_tfds(
         text_a=texts[0],
         text_b=texts[1] if len(texts) > 1 else None,
         labels=label_array,
-        source=f"tfds:{task.tfds_name}",
+        source=f"tfds:{task.source.tfds_name}",
     )
 
 
@@ -313,17 +224,18 @@ def load_split(
     Ranking tasks come back grouped by question: training groups for `train`, question
     marks for the other splits (see `mtkd_tf.data.ranking`).
     """
-    if source == TFDS and task.tfds_name:
+    if task.source is None:
+        raise DataError(f"task {task.name!r} has no data source (a task read back from a model); "
+                        "take it from the task registry or a task file")
+    if source == TFDS and task.source.tfds_name:
         data = read_tfds(task, split, data_dir, download=tfds_download)
     elif source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
     elif not data_dir:
-        raise DataError("--data_dir is required to read TSV data")
+        raise DataError("data_dir is required to read TSV data", "data_dir")
     else:
-        data = read_delimited(split_path(task, split, data_dir), task, split, task.layout(split), skip_bad_rows)
+        data = read_delimited(split_path(task, split, data_dir), task, split, task.source.layout(split), skip_bad_rows)
     if task.type == RANKING:
-        from mtkd_tf.data import ranking
-
         data = ranking.training_groups(data) if split == "train" else ranking.with_question_groups(data)
     return data
 
@@ -342,10 +254,10 @@ def load_splits(
         names: list[str] = []
         for split in splits:
             if split == "dev":
-                names += list(task.dev_splits)
+                names += list(task.source.dev_splits)
             elif split == "test":
-                names += list(task.test_splits)
-            elif split in task.files or split in task.tfds_splits:
+                names += list(task.source.test_splits)
+            elif split in task.source.files or split in task.source.tfds_splits:
                 names.append(split)
         result[task.name] = {name: load_split(task, name, **kwargs) for name in names}
     return result

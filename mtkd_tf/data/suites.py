@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from mtkd_tf import assets
+from mtkd_tf.errors import ConfigError
 
 _NOUNS = "film story actor plot scene director cast script movie ending camera music hero villain city dog child house car river".split()
 _ADJS = "old young dark bright long short strange quiet loud simple".split()
@@ -251,7 +252,7 @@ def suite_dir(name: str, examples_per_task: int = 400, seed: int = 0) -> str:
     never leaves a half-written suite behind.
     """
     if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(SUITES)}")
+        raise ConfigError(f"suite {name!r} is unknown; built-in suites: {', '.join(SUITES)}", "suite")
     writer, sized = SUITES[name]
     label = f"{name}-{examples_per_task}-{seed}" if sized else f"{name}-v1"
     root = os.path.join(assets.cache_dir(), "suites", label)

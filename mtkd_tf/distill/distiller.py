@@ -18,9 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtkd_tf.config import SOFT_LOSSES, check_alpha
 from mtkd_tf.distribute import MultiWorkerFit
-from mtkd_tf.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
-from mtkd_tf.models.mtdnn import MTDNN, clip_across_replicas, per_task_loss, replica_loss_to_metric, split_features, track_task_losses
+from mtkd_tf.errors import ConfigError
+from mtkd_tf.losses import hard_loss, mix_weights, soft_loss, soften
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
 
@@ -43,18 +46,8 @@ def distillation_targets(
     }
 
 
-def _check_settings(alpha: float, task_alpha: Mapping[str, float], temperature: float, kind: str) -> None:
-    for name, value in [("alpha", alpha), *((f"alpha of {t}", a) for t, a in task_alpha.items())]:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if kind not in SOFT_LOSSES:
-        raise ValueError(f"soft loss {kind!r} is not one of {', '.join(SOFT_LOSSES)}")
-
-
 @keras.saving.register_keras_serializable(package="mtkd_tf")
-class Distiller(MultiWorkerFit, keras.Model):
+class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
     """Trains `student` on a per-task mix of hard labels and teacher soft targets.
 
     Args:
@@ -83,12 +76,16 @@ class Distiller(MultiWorkerFit, keras.Model):
     ):
         super().__init__(**kwargs)
         task_alpha = dict(task_alpha or {})
-        _check_settings(alpha, task_alpha, temperature, soft_loss)
+        check_alpha(alpha, task_alpha)
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}", "temperature")
+        if soft_loss not in SOFT_LOSSES:
+            raise ConfigError(f"soft loss {soft_loss!r} is not one of {', '.join(SOFT_LOSSES)}", "soft_loss")
         unknown = sorted(set(task_alpha) - {t.name for t in student.tasks})
         if unknown:
-            raise ValueError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}")
+            raise ConfigError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}", "task_alpha")
         if hidden_weight and not teachers:
-            raise ValueError("the hidden-state loss needs online teachers")
+            raise ConfigError("the hidden-state loss needs online teachers", "hidden_loss_weight")
         self.student = student
         self.teachers = list(teachers)
         for teacher in self.teachers:
@@ -107,13 +104,8 @@ class Distiller(MultiWorkerFit, keras.Model):
             self.student_features = student.features_model()
             self.teacher_features = [teacher.features_model() for teacher in self.teachers]
             self.projection = keras.layers.Dense(self.teachers[0].encoder.hidden_dim, name="hidden_projection")
-        self.hard_tracker = keras.metrics.Mean(name="hard_loss")
-        self.soft_tracker = keras.metrics.Mean(name="soft_loss")
-        self.hidden_tracker = keras.metrics.Mean(name="hidden_loss") if hidden_weight else None
-        self.task_trackers = {
-            kind: [keras.metrics.Mean(name=f"{task.name}_{kind}") for task in student.tasks]
-            for kind in ("loss", "hard", "soft")
-        }
+        parts = ("hard", "soft", "hidden") if hidden_weight else ("hard", "soft")
+        self.make_trackers(names, parts, task_parts=("hard", "soft"))
         self.built = True  # the student (and teachers) are built; checkpoint restore needs this
 
     def call(self, inputs, training=None):
@@ -133,11 +125,12 @@ class Distiller(MultiWorkerFit, keras.Model):
             mean = tf.add_n(probs) / len(probs)
             return tf.pad(mean, [[0, 0], [0, self.width - mean.shape[-1]]])
 
-        return tf.stop_gradient(per_task_loss(self.student.tasks, task_id, target))
+        return tf.stop_gradient(per_task(self.student.tasks, task_id, target))
 
     # --- losses --------------------------------------------------------------------------
     def compute_losses(self, x, y, training: bool):
-        """Per-example weighted hard and soft losses (and the hidden loss, a scalar)."""
+        """Per-example weighted hard and soft losses (and the hidden-state loss); the shared
+        train step (`MultiTaskTrainStep`) does the rest."""
         features, task_id = split_features(x)
         hidden = tf.constant(0.0)
         if self.hidden_weight:
@@ -165,41 +158,12 @@ class Distiller(MultiWorkerFit, keras.Model):
                 [hard_loss(task, output, y["label"]), soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind)]
             )
 
-        losses = per_task_loss(self.student.tasks, task_id, both)
-        return losses[0] * hard_weight, losses[1] * soft_weight, hidden, task_id, features
-
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        with tf.GradientTape() as tape:
-            hard, soft, hidden, task_id, features = self.compute_losses(x, y, training=True)
-            loss = tf.nn.compute_average_loss(hard + soft + hidden)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._track(loss, hard, soft, hidden, task_id, features)
-
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        hard, soft, hidden, task_id, features = self.compute_losses(x, y, training=False)
-        loss = tf.nn.compute_average_loss(hard + soft + hidden)
-        return self._track(loss, hard, soft, hidden, task_id, features)
-
-    def _track(self, loss, hard, soft, hidden, task_id, features):
-        count = tf.cast(tf.shape(features["token_ids"])[0], tf.float32)
-        values = {
-            "loss": replica_loss_to_metric(loss),
-            "hard": replica_loss_to_metric(tf.nn.compute_average_loss(hard)),
-            "soft": replica_loss_to_metric(tf.nn.compute_average_loss(soft)),
-        }
-        self._loss_tracker.update_state(values["loss"], sample_weight=count)
-        self.hard_tracker.update_state(values["hard"], sample_weight=count)
-        self.soft_tracker.update_state(values["soft"], sample_weight=count)
-        if self.hidden_tracker is not None:
-            self.hidden_tracker.update_state(replica_loss_to_metric(tf.nn.compute_average_loss(hidden)), sample_weight=count)
-        for kind, trackers in self.task_trackers.items():
-            track_task_losses(trackers, task_id, values[kind], count)
-        return self.step_logs()
+        losses = per_task(self.student.tasks, task_id, both)
+        hard, soft = losses[0] * hard_weight, losses[1] * soft_weight
+        parts = {"loss": hard + soft + hidden, "hard": hard, "soft": soft}
+        if self.hidden_weight:
+            parts["hidden"] = hidden
+        return parts, task_id
 
     def get_config(self):
         return {

@@ -8,20 +8,24 @@ prediction is the mean of its members' class probabilities (regression: mean sco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+import shutil
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
+from mtkd_tf.distill import soft_labels
+from mtkd_tf.errors import ConfigError
 from mtkd_tf.evaluation import predict_outputs, score_splits
 from mtkd_tf.losses import soften
-from mtkd_tf.models.mtdnn import in_precision
+from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
 logger = logging.getLogger(__name__)
@@ -41,12 +45,13 @@ class MemberSpec:
 
 def member_specs(num_teachers: int, seed: int, dropouts: Sequence[float], encoders: Sequence[str]) -> list[MemberSpec]:
     if num_teachers < 1:
-        raise ValueError(f"num_teachers must be at least 1, got {num_teachers}")
+        raise ConfigError(f"num_teachers must be at least 1, got {num_teachers}", "num_teachers")
     if not dropouts or not encoders:
-        raise ValueError("teacher dropouts and encoders must each list at least one value")
+        raise ConfigError("teacher_dropouts and teacher_encoders must each list at least one value",
+                          ("teacher_dropouts", "teacher_encoders"))
     for dropout in dropouts:
         if not 0 <= dropout < 1:
-            raise ValueError(f"teacher dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 1), got {dropout}", "teacher_dropouts")
     return [
         MemberSpec(k, seed + 1000 * (k + 1), float(dropouts[k % len(dropouts)]), encoders[k % len(encoders)])
         for k in range(num_teachers)
@@ -64,38 +69,20 @@ def member_dirs(teacher_dir: str) -> list[str]:
     return [os.path.join(teacher_dir, name) for name in names if model_dir_lib.exists(os.path.join(teacher_dir, name))]
 
 
-def train_teachers(
-    specs: Sequence[MemberSpec],
-    teacher_dir: str,
-    train_member: Callable[[MemberSpec, str], None],
-) -> list[str]:
-    """Trains every member not already finished; `train_member(spec, directory)` trains one."""
-    directories = []
-    for spec in specs:
-        directory = os.path.join(teacher_dir, spec.name)
-        if model_dir_lib.complete(directory):
-            logger.info("teacher %s exists, skipping", directory)
-        else:
-            logger.info("training teacher %s (seed %d, dropout %.2f, encoder %s)", spec.name, spec.seed, spec.dropout, spec.encoder)
-            train_member(spec, directory)
-        directories.append(directory)
-    return directories
-
-
 def member_targets(
-    member: model_dir_lib.TrainedModel, data: SplitData, temperature: float = 1.0, batch_size: int = 128,
+    member: MTDNN, data: SplitData, temperature: float = 1.0, batch_size: int = 128,
     policy: str = "float32",
 ) -> np.ndarray:
     """One member's targets for `data`: probabilities at temperature T, or scores; the encoder
     computes under dtype `policy` (mixed_bfloat16: ~1.5x faster on CPUs with AVX512-BF16)."""
-    outputs = predict_outputs(in_precision(member.model, policy), member.preprocessor, data, batch_size)
+    outputs = predict_outputs(in_precision(member, policy), data, batch_size)
     if data.task.type == CLASSIFICATION:
         return np.exp(np.asarray(soften(outputs, temperature)))
     return outputs
 
 
 def ensemble_targets(
-    members: Sequence[model_dir_lib.TrainedModel],
+    members: Sequence[MTDNN],
     data: SplitData,
     temperature: float = 1.0,
     batch_size: int = 128,
@@ -115,8 +102,7 @@ def ensemble_targets(
         raise ValueError("an ensemble needs at least one member")
     total = None
     for member in members:
-        if policy != "float32":
-            member = dataclasses.replace(member, model=in_precision(member.model, policy))
+        member = in_precision(member, policy)
         if cache_dir is None:
             targets = member_targets(member, data, temperature, batch_size)
         else:
@@ -160,7 +146,7 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
 
 
 def evaluate_ensemble(
-    members: Sequence[model_dir_lib.TrainedModel],
+    members: Sequence[MTDNN],
     dev: Mapping[str, Mapping[str, SplitData]],
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
@@ -173,22 +159,77 @@ def evaluate_ensemble(
     return score_splits(dev, predict)
 
 
-def check_compatible(members: Sequence[model_dir_lib.TrainedModel], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:
+def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:
     """Members must share the student's vocabulary (online teachers) and the tasks' label sets."""
     for member in members:
         for task in tasks:
             try:
-                theirs = member.model.task(task.name)
+                theirs = member.task(task.name)
             except KeyError:
-                raise ValueError(f"teacher {member.directory} has no head for task {task.name!r}") from None
+                raise ConfigError(f"teacher {member.directory} has no head for task {task.name!r}") from None
             if tuple(theirs.labels) != tuple(task.labels) or theirs.type != task.type:
-                raise ValueError(
+                raise ConfigError(
                     f"teacher {member.directory}: task {task.name} has labels {list(theirs.labels)} ({theirs.type}), "
                     f"the student's has {list(task.labels)} ({task.type})"
                 )
-        if vocabulary is not None and member.vocabulary != vocabulary:
-            raise ValueError(
+        theirs = list(member.preprocessor.tokenizer.get_vocabulary()) if vocabulary is not None else None
+        if vocabulary is not None and theirs != vocabulary:
+            raise ConfigError(
                 f"teacher {member.directory} uses a different tokenizer vocabulary than the student "
-                f"({len(member.vocabulary)} vs {len(vocabulary)} tokens); online teachers must share it "
+                f"({len(theirs)} vs {len(vocabulary)} tokens); online teachers must share it "
                 "(use cached soft labels instead)"
             )
+
+
+def make_soft_labels(
+    member_dirs: Sequence[str],
+    data: Mapping[str, Sequence[SplitData]],
+    temperature: float,
+    output_dir: str,
+    batch_size: int = 128,
+    checkpoint_every_steps: int = 0,
+    policy: str = "float32",
+) -> dict[str, str]:
+    """Averages the members' predictions over each task's examples and writes one file per task.
+
+    Predictions are saved every `checkpoint_every_steps` batches under
+    `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
+    removed once the task's file is written. `policy`: the teachers' encoder dtype policy
+    (`distribute.inference_policy`); it is recorded in each file's metadata.
+    """
+    if not member_dirs:
+        raise ConfigError("no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs")
+    members = [model_dir_lib.load(directory) for directory in member_dirs]
+    check_compatible(members, [splits[0].task for splits in data.values()])
+    members = [in_precision(member, policy) for member in members]  # once, not per split
+    written = {}
+    for task_name, splits in data.items():
+        task = splits[0].task
+        partial = os.path.join(output_dir, ".partial", task_name)
+        targets = [
+            ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size, policy)
+            for split in splits
+        ]
+        soft = soft_labels.build(task, splits, targets, member_dirs, temperature)
+        soft.metadata["precision"] = policy
+        path = soft_labels.path_for(output_dir, task_name)
+        soft_labels.write(path, soft)
+        shutil.rmtree(partial, ignore_errors=True)
+        written[task_name] = path
+        logger.info("soft labels of %s: %d examples from %d teachers -> %s", task_name, len(soft.ids), len(members), path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(output_dir, ".partial"))
+    return written
+
+
+def soft_labels_valid(output_dir: str, data: Mapping[str, Sequence[SplitData]], temperature: float) -> bool:
+    """Whether every task's soft-label file exists and matches the data (a re-run skips it)."""
+    try:
+        for task_name, splits in data.items():
+            soft = soft_labels.read(soft_labels.path_for(output_dir, task_name))
+            for split in splits:
+                soft_labels.align(soft, split.task, split, temperature)
+    except soft_labels.SoftLabelError as error:
+        logger.info("soft labels need (re)making: %s", error)
+        return False
+    return True

@@ -16,18 +16,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import io
 from typing import Any, Sequence
 
 import numpy as np
 
-from mtkd_tf.data.readers import SplitData
+from mtkd_tf.data.split import SplitData
 from mtkd_tf.tasks import CLASSIFICATION, Task
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.files import write_atomic
 
 FORMAT_VERSION = 1
 
 
-class SoftLabelError(ValueError):
+class SoftLabelError(MtkdError, ValueError):
     """A soft-label file is missing, corrupt, or does not match the task or data."""
 
 
@@ -74,17 +76,11 @@ def build(
 
 
 def write(path: str, soft: SoftLabels) -> None:
-    """Writes atomically: a temporary file in the same directory, then a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, ids=soft.ids.astype(str), targets=soft.targets, hashes=soft.hashes,
-                     metadata=np.asarray(json.dumps(soft.metadata)))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """Writes atomically (`files.write_atomic`): a reader never sees half a file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=soft.ids.astype(str), targets=soft.targets, hashes=soft.hashes,
+             metadata=np.asarray(json.dumps(soft.metadata)))
+    write_atomic(path, buffer.getvalue())
 
 
 def validate(soft: SoftLabels, where: str) -> None:
@@ -121,7 +117,7 @@ def validate(soft: SoftLabels, where: str) -> None:
 def read(path: str) -> SoftLabels:
     """Reads and validates one soft-label file; a truncated or corrupt file is an error."""
     if not os.path.isfile(path):
-        raise SoftLabelError(f"soft labels {path}: no such file (run --mode=soft_labels first)")
+        raise SoftLabelError(f"soft labels {path}: no such file (make them first: the soft_labels stage)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"])
@@ -153,7 +149,7 @@ def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | No
     if missing:
         raise SoftLabelError(
             f"{where}: {len(missing)} example id(s) of {task.name}/{data.split} are missing, e.g. {missing[:3]}; "
-            "were they made for other data? regenerate with --mode=soft_labels"
+            "were they made for other data? make them again (the soft_labels stage)"
         )
     rows = [index[example_id] for example_id in data.ids]
     changed = np.flatnonzero(soft.hashes[rows] != data.example_hashes())
@@ -161,6 +157,6 @@ def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | No
         raise SoftLabelError(
             f"{where}: made for different {task.name}/{data.split} data: the text of {changed.size} example(s) "
             f"changed, e.g. {data.ids[changed[0]]} (fingerprint {recorded}, data {data.fingerprint()}); "
-            "regenerate with --mode=soft_labels"
+            "make them again (the soft_labels stage)"
         )
     return soft.targets[rows]

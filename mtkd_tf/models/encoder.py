@@ -171,6 +171,12 @@ def check_spec(spec: str) -> str:
     return spec
 
 
+def _seed(seed: int | None) -> None:
+    """Seeds Python's `random` (Keras's default seeds), NumPy and TensorFlow, unless `seed` is None."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+
 def load_encoder(
     spec: str,
     dropout: float | None = None,
@@ -181,7 +187,12 @@ def load_encoder(
 ) -> Encoder:
     """Builds or loads the shared encoder named by `spec` (see the module docstring).
 
-    `dropout` overrides the shared layers' dropout (the teachers differ by it).
+    `dropout` overrides the shared layers' dropout (the teachers differ by it). `seed`
+    seeds Python, NumPy and TensorFlow right before the backbone is built, for every kind
+    of `spec`: each Dropout layer's `SeedGenerator` draws its initial state from Python's
+    `random` when it is created (also when pretrained weights are loaded afterwards, as
+    its state is not a checkpoint weight), so the same seed gives the same weights and
+    the same dropout masks (see docs/reliability.md, "Determinism").
     """
     original = spec
     spec = check_spec(spec)
@@ -194,11 +205,11 @@ def load_encoder(
             vocabulary = learn_vocabulary(training_texts, vocabulary_size)
         else:
             raise EncoderError(f"encoder {original!r} is random: give --vocab_file or training text")
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
+        _seed(seed)
         backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), **config, **overrides)
         return Encoder(backbone, vocabulary, lowercase=True, spec=original)
     lowercase = _directory_lowercase(spec) if os.path.isdir(spec) else "uncased" in spec
+    _seed(seed)  # presets and Hugging Face directories too: their SeedGenerators are built unseeded otherwise
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(spec, **overrides)
         tokenizer = keras_hub.models.BertTokenizer.from_preset(spec)

@@ -1,9 +1,14 @@
 """MT-DNN: one shared BERT encoder, one head per task, trained on task-homogeneous batches.
 
 `MTDNN` is a functional Keras model (inputs: token_ids, segment_ids, padding_mask;
-outputs: `{task: log-probabilities or score}`) whose `train_step` applies, for each
-batch, the hard loss of the batch's task (`x["task_id"]`), scaled to the global batch so
-it is right under any `tf.distribute` strategy.
+outputs: `{task: log-probabilities or score}`) whose train step (`MultiTaskTrainStep`)
+applies, for each batch, the hard loss of the batch's task (`x["task_id"]`), scaled to the
+global batch so it is right under any `tf.distribute` strategy. Like keras-hub's
+`TextClassifier`, a trained model owns its `preprocessor` and predicts from raw strings:
+
+>>> model = mt.load_model("runs/quickstart/student")
+>>> model.predict_texts("rt_polarity", ["a gripping film"])["label"]
+array(['fresh'], dtype=object)
 """
 
 from __future__ import annotations
@@ -12,86 +17,31 @@ from typing import Sequence
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
-from mtkd_tf.data.preprocessing import FEATURES
+from mtkd_tf.data.batch import FEATURES
+from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.losses import hard_loss
 from mtkd_tf.models.heads import apply_head, make_head
-from mtkd_tf.tasks import Task, head_tasks
-
-
-def split_features(x: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Batch dict -> (encoder inputs, the batch's task index)."""
-    return {name: x[name] for name in FEATURES}, tf.cast(x["task_id"][0], tf.int32)
-
-
-def per_task_loss(
-    tasks: Sequence[Task], task_id: tf.Tensor, loss_fn
-) -> tf.Tensor:
-    """Runs `loss_fn(index, task)` for the batch's task only (tasks are homogeneous per batch)."""
-    branches = [lambda i=i, task=task: loss_fn(i, task) for i, task in enumerate(tasks)]
-    return tf.switch_case(task_id, branches)
-
-
-def track_task_losses(trackers: Sequence[keras.metrics.Mean], task_id: tf.Tensor, value: tf.Tensor, count: tf.Tensor) -> None:
-    """Adds `value` to the tracker of the batch's task (weight 0 leaves the others unchanged)."""
-    for i, tracker in enumerate(trackers):
-        tracker.update_state(value, sample_weight=count * tf.cast(tf.equal(task_id, i), count.dtype))
-
-
-def _merge_duplicates(gradient):
-    """IndexedSlices with one row per index (embedding gradients repeat a row per occurrence)."""
-    if not isinstance(gradient, tf.IndexedSlices):
-        return gradient
-    unique, positions = tf.unique(gradient.indices)
-    values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique)[0])
-    return tf.IndexedSlices(values, unique, gradient.dense_shape)
-
-
-def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer) -> list:
-    """Makes the optimizer's global-norm clipping exact and independent of the replica count.
-
-    Keras clips each replica's partial gradient before summing them, and measures an
-    embedding's IndexedSlices gradient by its unmerged rows. Here the norm is that of the
-    true (summed, merged) gradient: one replica merges duplicate rows and lets Keras clip;
-    several sum first, clip, and hand each replica a 1/R share, whose norm is below the
-    clip so Keras leaves it alone. Under mixed_float16 the gradients carry the loss scale,
-    so the threshold does too (the LossScaleOptimizer unscales before its inner clip).
-    """
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    clipnorm = inner.global_clipnorm
-    if not clipnorm:
-        return gradients
-    context = tf.distribute.get_replica_context()
-    replicas = context.num_replicas_in_sync if context is not None else 1
-    if replicas == 1:
-        return [None if g is None else _merge_duplicates(g) for g in gradients]
-    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if inner is not optimizer else 1.0
-    present = [i for i, g in enumerate(gradients) if g is not None]
-    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(gradients[i]) for i in present])
-    clipped, _ = tf.clip_by_global_norm(summed, clipnorm * scale)
-    result = list(gradients)
-    for i, gradient in zip(present, clipped):
-        result[i] = gradient / replicas
-    return result
-
-
-def replica_loss_to_metric(loss: tf.Tensor) -> tf.Tensor:
-    """Undo the 1/num_replicas in a per-replica loss, as Keras does for its loss tracker."""
-    return loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
+from mtkd_tf.tasks import CLASSIFICATION, Task, head_tasks
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
-class MTDNN(MultiWorkerFit, keras.Model):
+class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
     """Shared encoder + task-specific heads (a functional model, keras-hub style).
 
     Args:
         encoder: a keras-hub `BertBackbone` (shared layers).
         tasks: `Task`s (or their configs); tasks with `predict_with` get no head.
+        preprocessor: the `Preprocessor` matching the encoder's vocabulary; set by training
+            and by `mt.load_model` (the model directory stores it beside `model.keras`).
     """
 
-    def __init__(self, encoder: keras_hub.models.BertBackbone, tasks: Sequence[Task | dict], **kwargs):
+    def __init__(self, encoder: keras_hub.models.BertBackbone, tasks: Sequence[Task | dict],
+                 preprocessor: Preprocessor | None = None, **kwargs):
         tasks = tuple(Task.from_config(t) if isinstance(t, dict) else t for t in tasks)
         trained = tuple(head_tasks(tasks))
         if not trained:
@@ -108,7 +58,9 @@ class MTDNN(MultiWorkerFit, keras.Model):
         self.heads = heads
         self.tasks = trained
         self.all_tasks = tasks
-        self.task_loss_trackers = [keras.metrics.Mean(name=f"{task.name}_loss") for task in trained]
+        self.preprocessor = preprocessor
+        self.directory: str | None = None  # where the model was loaded from (mt.load_model)
+        self.make_trackers([task.name for task in trained])
 
     def task(self, name: str) -> Task:
         """The task whose head predicts `name` (AX -> MNLI)."""
@@ -136,41 +88,35 @@ class MTDNN(MultiWorkerFit, keras.Model):
         outputs["pooled_output"] = encoded["pooled_output"]
         return keras.Model(self.input, outputs)
 
-    def compute_task_loss(self, outputs: dict, y: dict, task_id: tf.Tensor) -> tf.Tensor:
+    def compute_losses(self, x, y, training: bool):
         """Per-example hard loss of the batch's task, masked where an example has no label."""
-        def loss(i, task):
-            return hard_loss(task, outputs[task.name], y["label"])
-
-        per_example = per_task_loss(self.tasks, task_id, loss)
+        features, task_id = split_features(x)
+        outputs = self(features, training=training)
+        per_example = per_task(self.tasks, task_id, lambda i, task: hard_loss(task, outputs[task.name], y["label"]))
         if "label_mask" in y:
             per_example *= y["label_mask"]
-        return per_example
+        return {"loss": per_example}, task_id
 
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        features, task_id = split_features(x)
-        with tf.GradientTape() as tape:
-            outputs = self(features, training=True)
-            loss = tf.nn.compute_average_loss(self.compute_task_loss(outputs, y, task_id))
-            scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        gradients = clip_across_replicas(gradients, self.optimizer)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self._track(loss, task_id, features)
+    # --- predicting from raw text ----------------------------------------------------------
+    def predict_texts(self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                      batch_size: int = 128) -> dict[str, np.ndarray]:
+        """Predictions for raw strings (`pairs`: the second segment of pair tasks), as the
+        exported SavedModel answers: `probabilities`, `label_id`, `label`; or `score`."""
+        from mtkd_tf.data.split import SplitData
+        from mtkd_tf.evaluation import predict_outputs
 
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        features, task_id = split_features(x)
-        outputs = self(features, training=False)
-        loss = tf.nn.compute_average_loss(self.compute_task_loss(outputs, y, task_id))
-        return self._track(loss, task_id, features)
-
-    def _track(self, loss, task_id, features):
-        value = replica_loss_to_metric(loss)
-        count = tf.cast(tf.shape(features["token_ids"])[0], tf.float32)
-        self._loss_tracker.update_state(value, sample_weight=count)
-        track_task_losses(self.task_loss_trackers, task_id, value, count)
-        return self.step_logs()
+        if self.preprocessor is None:
+            raise ValueError("this MTDNN has no preprocessor: load it with mt.load_model or set model.preprocessor")
+        spec = self.task(task)
+        if spec.is_pair != (pairs is not None):
+            raise ValueError(f"task {task} takes {'two texts (texts and pairs)' if spec.is_pair else 'one text'}")
+        data = SplitData(spec, "predict", [f"{task}/predict/{i}" for i in range(len(texts))], list(texts),
+                         None if pairs is None else list(pairs))
+        outputs = predict_outputs(self, data, batch_size)
+        if spec.type != CLASSIFICATION:
+            return {"score": outputs}
+        label_id = np.argmax(outputs, axis=-1)
+        return {"probabilities": np.exp(outputs), "label_id": label_id, "label": np.asarray(spec.labels, object)[label_id]}
 
     def get_config(self):
         return {
@@ -198,4 +144,5 @@ def in_precision(model: MTDNN, policy: str) -> MTDNN:
     config["encoder"] = encoder
     clone = MTDNN.from_config(config)
     clone.set_weights(model.get_weights())
+    clone.preprocessor, clone.directory = model.preprocessor, model.directory
     return clone

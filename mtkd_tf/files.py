@@ -1,0 +1,48 @@
+"""File helpers every module shares: atomic writes, JSON, SHA-256.
+
+Every output is written under a temporary name in its directory and renamed, so a crash
+never leaves a half-written file that a later stage would accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Writes `text` to `path` via a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        binary = isinstance(text, bytes)
+        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_json(path: str, value: Any) -> None:
+    """`value` as indented JSON, written atomically."""
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
