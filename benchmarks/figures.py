@@ -174,7 +174,7 @@ def overhead(setup: Setup) -> dict[str, float]:
     plain = training.training_data(data, pre, config(setup))
     distill = training.training_data(data, pre, config(setup), targets=cached_targets(data))
     total = 10_000
-    bare_data = plain.dataset.map(lambda x, y: ({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}, y["label"]))
+    bare_data = plain.starting_at(0).map(lambda x, y: ({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}, y["label"]))
     student_c = mtdnn(setup, total)
     distiller_c = Distiller(MTDNN(encoder(setup, 1).backbone, TASKS))
     distiller_c.compile(optimizer=training.make_optimizer(config(setup), total))
@@ -183,11 +183,11 @@ def overhead(setup: Setup) -> dict[str, float]:
     distiller_d.compile(optimizer=training.make_optimizer(config(setup), total))
     times = interleaved_fit({
         "a_bare_keras_hub": (bare_keras_hub(setup, total), bare_data),
-        "b_mtdnn": (student_c, plain.dataset),
-        "c_distiller_cached": (distiller_c, distill.dataset),
-        "d_distiller_online": (distiller_d, distill.dataset),
+        "b_mtdnn": (student_c, plain.starting_at(0)),
+        "c_distiller_cached": (distiller_c, distill.starting_at(0)),
+        "d_distiller_online": (distiller_d, distill.starting_at(0)),
     }, setup)
-    x, _ = next(iter(plain.dataset))
+    x, _ = next(iter(plain.starting_at(0)))
     features = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
     forward = tf.function(lambda f: teachers[0](f, training=False))
     forward(features)
@@ -216,7 +216,7 @@ def precision_and_xla(setup: Setup) -> dict[str, float]:
         set_precision(policy)
         static = preprocessor(setup, fixed=True)
         stream = training.training_data(data, static, config(setup), drop_remainder=True)
-        variants[name] = (mtdnn(setup, 10_000, TASKS[:1], jit_compile=jit), stream.dataset)
+        variants[name] = (mtdnn(setup, 10_000, TASKS[:1], jit_compile=jit), stream.starting_at(0))
     set_precision("float32")
     train = interleaved_fit(variants, setup)
     for name, seconds in train.items():
@@ -265,17 +265,17 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
         shared = pretrained(setup)
         pre = Preprocessor(load_tokenizer(shared.vocabulary), setup.seq, setup.seq if fixed else 16)
         stream = training.training_data(train, pre, config(setup, length_bucketing=bucketing))
-        model = MTDNN(shared.backbone, tasks)
+        model = MTDNN(shared.backbone, tasks, preprocessor=pre)
         steps = stream.steps_per_epoch
         model.compile(optimizer=training.make_optimizer(config(setup), 2 * steps))
         # Epoch 1 traces the train step for the shapes it meets (with varying shapes Keras
         # retraces once more, for a general shape, at a moment that depends on the batch
         # order); epoch 2, timed, is the steady state of a long run.
-        model.fit(stream.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+        model.fit(stream.starting_at(0), epochs=1, steps_per_epoch=steps, verbose=0)
         started = time.perf_counter()
         model.fit(stream.starting_at(steps), epochs=1, steps_per_epoch=steps, verbose=0)
         results[f"epoch_{name}"] = time.perf_counter() - started
-        scores = evaluation.evaluate(model, pre, dev, 128)
+        scores = evaluation.evaluate(model, dev, 128)
         results[f"dev_{name}"] = float(np.mean([m["accuracy"] for m in scores.values()]))
     # Inference on the same real text (what soft labelling and evaluation do): examples in data
     # order vs sorted by length, each padded per batch; the first pass of each traces its shapes.
@@ -283,7 +283,7 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
     for name, by_length in (("data_order", False), ("length_order", True)):
         for timed in (False, True):
             started = time.perf_counter()
-            outputs[name] = [evaluation.predict_outputs(model, pre, d, 128, by_length=by_length) for d in train]
+            outputs[name] = [evaluation.predict_outputs(model, d, 128, by_length=by_length) for d in train]
             if timed:
                 results[f"infer_real_{name}_s"] = time.perf_counter() - started
     pairs = zip(outputs["length_order"], outputs["data_order"])
@@ -301,7 +301,7 @@ def input_pipeline(setup: Setup, examples_per_task: int = 2048) -> dict[str, flo
     started = time.perf_counter()
     stream = training.training_data(data, preprocessor(setup), config(setup))
     setup_seconds = time.perf_counter() - started
-    iterator = iter(stream.dataset)
+    iterator = iter(stream.starting_at(0))
     next(iterator)
     count = stream.steps_per_epoch
     started = time.perf_counter()
@@ -324,10 +324,12 @@ def soft_label_inference(setup: Setup, examples: int = 512, batch_size: int = 12
     pre = preprocessor(setup)
     data = synthetic_split(TASKS[1], examples, setup.seq)
     results = {}
-    fp32 = [model_dir_lib.TrainedModel(mtdnn(setup, 1, seed=20 + k), pre, {}, f"member_{k}") for k in range(setup.teachers)]
+    fp32 = [mtdnn(setup, 1, seed=20 + k) for k in range(setup.teachers)]
+    for k, member in enumerate(fp32):
+        member.preprocessor, member.directory = pre, f"member_{k}"
     auto = inference_policy("auto")
     for name, policy in (("float32", "float32"), ("auto", auto)):
-        members = [dataclasses.replace(m, model=in_precision(m.model, policy)) for m in fp32]
+        members = [in_precision(m, policy) for m in fp32]
         ensemble.ensemble_targets(members, data.rows(0, batch_size), 1.0, batch_size)  # trace
         started = time.perf_counter()
         ensemble.ensemble_targets(members, data, 1.0, batch_size)
@@ -394,7 +396,7 @@ def memory_child(setup: Setup, online_teachers: bool) -> dict[str, float]:
     else:
         stream = training.training_data(data, pre, config(setup))
         model = mtdnn(setup, 10)
-    model.fit(stream.dataset, epochs=1, steps_per_epoch=4, verbose=0)
+    model.fit(stream.starting_at(0), epochs=1, steps_per_epoch=4, verbose=0)
     return {"peak_rss_mb": peak_rss_mb()}
 
 

@@ -14,7 +14,13 @@ strategies, export, plots) are here too, for programs of your own.
 
 from mtkd_tf import distill  # the subpackage: mt.distill.ensemble, mt.distill.distiller, ...
 from mtkd_tf.config import (
-    DataConfig, DistillationConfig, ExperimentConfig, ExportConfig, ModelConfig, RuntimeConfig, TeacherConfig,
+    DataConfig,
+    DistillationConfig,
+    ExperimentConfig,
+    ExportConfig,
+    ModelConfig,
+    RuntimeConfig,
+    TeacherConfig,
     TrainingConfig,
 )
 from mtkd_tf.data.batching import batch_schedule, inference_dataset, multitask_dataset, task_dataset
@@ -29,7 +35,8 @@ from mtkd_tf.distribute import get_strategy, set_precision
 from mtkd_tf.errors import ConfigError, MtkdError
 from mtkd_tf.evaluation import evaluate, write_predictions
 from mtkd_tf.experiment import Experiment, ExperimentPaths
-from mtkd_tf.export import export as export_saved_model, load_export, serve_check
+from mtkd_tf.export import export as export_saved_model
+from mtkd_tf.export import load_export, serve_check
 from mtkd_tf.model_dir import load as load_model
 from mtkd_tf.models.encoder import Encoder, load_encoder
 from mtkd_tf.models.heads import ClassificationHead, ScoreHead

@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 
 import keras
 
-from mtkd_tf import distribute, evaluation, model_dir as model_dir_lib
+from mtkd_tf import distribute, evaluation
+from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.split import SplitData

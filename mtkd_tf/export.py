@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mtkd_tf.tasks import CLASSIFICATION
 from mtkd_tf.errors import MtkdError
+from mtkd_tf.tasks import CLASSIFICATION
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _WARMUP_TEXTS = [
@@ -61,7 +61,7 @@ def export(
     from mtkd_tf import model_dir as model_dir_lib
 
     trained = model_dir_lib.load(model_dir)
-    model, preprocessor = trained.model, trained.preprocessor
+    model, preprocessor = trained, trained.preprocessor
     served = [task for task in model.all_tasks if task.predict_with or task.name in model.heads]
     names = [task.name for task in served]
     default = serving_default_task or names[0]

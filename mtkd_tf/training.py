@@ -142,7 +142,15 @@ def training_data(
     )
 
     draws = np.bincount(schedule, minlength=len(splits))
-    tokens = [batching.tokenize_all(data, preprocessor) for data in splits]
+    streams = [  # tokens, columns and every pass's example order, computed once
+        batching.TaskStream.prepare(
+            data, task_id, preprocessor, config.batch_size,
+            targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
+            drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
+            length_bucketing=config.length_bucketing,
+        )
+        for task_id, data in enumerate(splits)
+    ]
 
     def global_batches(start: int | tf.Tensor) -> tf.data.Dataset:
         if isinstance(start, (int, np.integer)):
@@ -150,15 +158,7 @@ def training_data(
         else:  # a tensor, inside `epochs()`
             done = tf.math.bincount(tf.constant(schedule, tf.int32)[:start], minlength=len(splits), dtype=tf.int64)
             done = [done[i] for i in range(len(splits))]  # batches each task already trained
-        datasets = [
-            batching.task_dataset(
-                data, task_id, preprocessor, config.batch_size,
-                targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
-                drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
-                skip=done[task_id], tokens=tokens[task_id], length_bucketing=config.length_bucketing,
-            )
-            for task_id, data in enumerate(splits)
-        ]
+        datasets = [stream.batches(skip) for stream, skip in zip(streams, done)]
         return batching.multitask_dataset(datasets, schedule, start)
 
     names = [data.task.name for data in splits]

@@ -16,7 +16,6 @@ from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.distill.soft_labels import SoftLabelError
-from mtkd_tf.model_dir import TrainedModel
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
 from mtkd_tf.training import TrainConfig, make_optimizer, training_data
@@ -113,6 +112,12 @@ def tiny_student(tiny_encoder_factory):
     return make
 
 
+def _member(model, preprocessor, name):
+    """A teacher as `mt.load_model` gives it: the model with its preprocessor and directory."""
+    model.preprocessor, model.directory = preprocessor, name
+    return model
+
+
 def _first_batch(dataset):
     return next(iter(dataset))
 
@@ -128,12 +133,13 @@ def _cached_targets(teachers, splits, temperature=1.0):
 def test_distiller_loss_equals_hand_mix_of_hard_and_soft(tiny_student, splits):
     student, pre = tiny_student(seed=1)
     teacher, _ = tiny_student(seed=2)
-    members = [TrainedModel(teacher, pre, {}, "t")]
+    members = [_member(teacher, pre, "t")]
     targets = _cached_targets(members, splits)
     data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1), targets=targets)
     x, y = _first_batch(data.dataset)
     distiller = Distiller(student, alpha=0.3)
-    hard, soft, _, task_id, _ = distiller.compute_losses(x, y, training=False)
+    losses, task_id = distiller.compute_losses(x, y, training=False)
+    hard, soft = losses["hard"], losses["soft"]
     task = TASKS[int(task_id)]
     output = student({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")})[task.name].numpy()
     label = y["label"].numpy()
@@ -154,15 +160,15 @@ def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
     student, _ = tiny_student(seed=5, dropout=0.0)
     student.set_weights(plain.get_weights())
     teacher, _ = tiny_student(seed=6)
-    targets = _cached_targets([TrainedModel(teacher, pre, {}, "t")], splits)
+    targets = _cached_targets([_member(teacher, pre, "t")], splits)
     plain_data = training_data(splits, pre, config)
     distill_data = training_data(splits, pre, config, targets=targets)
     steps = 6
     plain.compile(optimizer=make_optimizer(config, steps))
-    plain.fit(plain_data.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    plain.fit(plain_data.starting_at(0), epochs=1, steps_per_epoch=steps, verbose=0)
     distiller = Distiller(student, alpha=0.0)
     distiller.compile(optimizer=make_optimizer(config, steps))
-    distiller.fit(distill_data.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    distiller.fit(distill_data.starting_at(0), epochs=1, steps_per_epoch=steps, verbose=0)
     for a, b in zip(plain.get_weights(), student.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights()))
@@ -172,14 +178,14 @@ def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
 def test_cached_and_online_teachers_give_the_same_loss(tiny_student, splits, kind, temperature):
     student, pre = tiny_student(seed=1)
     teachers = [tiny_student(seed=s)[0] for s in (2, 3)]
-    members = [TrainedModel(t, pre, {}, f"t{i}") for i, t in enumerate(teachers)]
+    members = [_member(t, pre, f"t{i}") for i, t in enumerate(teachers)]
     targets = _cached_targets(members, splits, temperature)
     data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1, seed=4), targets=targets)
     cached = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind)
     online = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind, teachers=teachers)
     for x, y in data.dataset.take(4):
-        h1, s1, *_ = cached.compute_losses(x, y, training=False)
-        h2, s2, *_ = online.compute_losses(x, y, training=False)
+        (l1, _), (l2, _) = cached.compute_losses(x, y, training=False), online.compute_losses(x, y, training=False)
+        h1, s1, h2, s2 = l1["hard"], l1["soft"], l2["hard"], l2["soft"]
         np.testing.assert_allclose(h1.numpy(), h2.numpy(), atol=1e-5)
         np.testing.assert_allclose(s1.numpy(), s2.numpy(), atol=1e-5)
         assert float(tf.reduce_sum(s1)) > 0
@@ -195,7 +201,7 @@ def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_e
     data = training_data(splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits})
     distiller = Distiller(student, teachers=[teacher], hidden_weight=1.0)
     distiller.compile(optimizer=make_optimizer(config, 12))
-    history = distiller.fit(data.dataset, epochs=2, steps_per_epoch=6, verbose=0).history
+    history = distiller.fit(data.starting_at(0), epochs=2, steps_per_epoch=6, verbose=0).history
     assert history["hidden_loss"][-1] < history["hidden_loss"][0]
     assert distiller.projection.kernel.shape == (32, 64)
 
@@ -209,7 +215,7 @@ def test_bfloat16_teachers_give_float32_targets_within_bfloat16_precision(tiny_s
     assert clone.encoder.dtype_policy.name == "mixed_bfloat16" and clone.heads["rte"].dtype_policy.name == "float32"
     assert in_precision(clone, "mixed_bfloat16") is clone and in_precision(model, "float32") is model
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), clone.get_weights()))
-    member = [TrainedModel(model, pre, {}, "t")]
+    member = [_member(model, pre, "t")]
     for data in splits:  # rte (SAN head) and stsb (regression)
         full = ensemble.ensemble_targets(member, data)
         half = ensemble.ensemble_targets(member, data, policy="mixed_bfloat16")
@@ -291,7 +297,7 @@ def test_corrupt_soft_labels_are_rejected(soft_file, splits):
 
 def test_ensemble_average_is_mean_of_member_probabilities(tiny_student, splits):
     _, pre = tiny_student(seed=0)
-    members = [TrainedModel(tiny_student(seed=s)[0], pre, {}, f"m{s}") for s in (7, 8, 9)]
+    members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8, 9)]
     data = splits[0].take(10)
     each = [ensemble.member_targets(m, data) for m in members]
     np.testing.assert_allclose(ensemble.ensemble_targets(members, data), np.mean(each, axis=0), atol=1e-6)
@@ -341,7 +347,7 @@ for kind in ("mtdnn", "distiller"):
             # SGD: Adam-family updates turn float-rounding noise in near-zero gradients into
             # whole steps; SGD shows the strategy's own equivalence (global clipping included).
             model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
-        history = model.fit(data.dataset, epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history  # every task
+        history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history  # every task
         print(kind, name, strategy.num_replicas_in_sync, history["loss"][0])
         weights.append(student.get_weights())
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))

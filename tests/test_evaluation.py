@@ -43,9 +43,10 @@ def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factor
     pre = encoder_preprocessor(encoder, 64)
     for name in ("rte", "stsb"):
         data = readers.load_split(GLUE_TASKS[name], "dev", data_dir=glue_dir)
-        sorted_outputs = evaluation.predict_outputs(model, pre, data, batch_size=8)
-        plain = evaluation.predict_outputs(model, pre, data, batch_size=8, by_length=False)
-        one_by_one = np.concatenate([evaluation.predict_outputs(model, pre, data.rows(i, i + 1), 1) for i in range(5)])
+        model.preprocessor = pre
+        sorted_outputs = evaluation.predict_outputs(model, data, batch_size=8)
+        plain = evaluation.predict_outputs(model, data, batch_size=8, by_length=False)
+        one_by_one = np.concatenate([evaluation.predict_outputs(model, data.rows(i, i + 1), 1) for i in range(5)])
         assert sorted_outputs.shape == plain.shape and len(plain) == len(data)
         np.testing.assert_allclose(sorted_outputs, plain, atol=1e-5)
         np.testing.assert_allclose(sorted_outputs[:5], one_by_one, atol=1e-5)

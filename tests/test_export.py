@@ -85,9 +85,9 @@ def test_fresh_process_serves_every_signature_like_keras(trained_dir, exported):
     assert served["_replayed"] == 6 * 3  # 3 warm-up requests per signature
     trained = model_dir_lib.load(trained_dir)
     for name in ("sst2", "rte", "stsb", "mnli", "ax"):
-        task = trained.model.task(name)
+        task = trained.task(name)
         texts = [tf.constant(TEXTS["sentence1"])] + ([tf.constant(TEXTS["sentence2"])] if task.is_pair else [])
-        output = trained.model(trained.preprocessor(*texts), training=False)[task.predict_with or name].numpy()
+        output = trained(trained.preprocessor(*texts), training=False)[task.predict_with or name].numpy()
         if name == "stsb":
             np.testing.assert_allclose(served[name]["score"], output, atol=1e-5)
             continue

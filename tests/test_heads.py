@@ -244,14 +244,15 @@ def test_san_and_ranking_tasks_train_together(san_and_ranking, tmp_path):
     config = TrainConfig(batch_size=16, epochs=10, learning_rate=5e-3, seed=0)
     data = training_data(splits, pre, config)
     model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
-    history = model.fit(data.dataset, epochs=config.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0).history
+    history = model.fit(data.starting_at(0), epochs=config.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0).history
     for task in ("rte", "qa_rank"):
         losses = history[f"{task}_loss"]
         assert np.mean(losses[-2:]) < 0.85 * losses[0], (task, losses)
     # Dev metrics: ranking predictions are per pair, SAN's are classes.
     data_dir = os.path.dirname(os.path.dirname(splits[1].source))
     dev = {"qa_rank": {"dev": readers.load_split(splits[1].task, "dev", data_dir=data_dir)}}
-    results = evaluate(model, pre, dev)
+    model.preprocessor = pre
+    results = evaluate(model, dev)
     assert 0.0 <= results["qa_rank"]["accuracy"] <= 1.0
     # Saved and reloaded (get_config), the model predicts the same.
     path = str(tmp_path / "model.keras")
@@ -270,7 +271,7 @@ def test_san_and_ranking_under_xla_and_export(san_and_ranking, tmp_path):
     static = Preprocessor(pre.tokenizer, 48, pad_to_multiple_of=48)  # one shape: one XLA compile
     data = training_data(splits, static, config)
     model.compile(optimizer=make_optimizer(config, 4), jit_compile=True)
-    history = model.fit(data.dataset, epochs=1, steps_per_epoch=3, verbose=0).history
+    history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=3, verbose=0).history
     assert np.isfinite(history["loss"][0])
     x, _ = next(iter(data.dataset))
     features = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}

@@ -20,7 +20,7 @@ def suite():
     for name, task in moviesuite.TASKS.items():
         loaded[name] = {split: readers.load_split(task, split, data_dir=root) for split in ("train", "dev")}
         # Test files carry labels too (held out): read them with the dev layout.
-        test_path = os.path.join(root, task.directory, "test.tsv")
+        test_path = os.path.join(root, task.source.directory, "test.tsv")
         loaded[name]["test"] = readers.read_delimited(test_path, task, "test", task.layout("dev"))
     return root, loaded
 
@@ -80,8 +80,8 @@ def test_task_file_matches_registered_tasks(suite):
     from_file = load_task_file(os.path.join(root, "tasks.yaml"))
     for name, task in moviesuite.TASKS.items():
         theirs = from_file[name]
-        assert (theirs.type, theirs.labels, theirs.text_columns, theirs.score_range) == (
-            task.type, task.labels, task.text_columns, task.score_range)
+        assert (theirs.type, theirs.labels, theirs.source.text_columns, theirs.score_range) == (
+            task.type, task.labels, task.source.text_columns, task.score_range)
 
 
 def test_corrupted_cached_file_is_detected_and_refetched(suite):

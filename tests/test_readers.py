@@ -12,7 +12,7 @@ from mtkd_tf.tasks import GLUE_TASKS, load_task_file
 def test_each_glue_reader_reads_train_dev_and_test(glue_dir, name):
     task = GLUE_TASKS[name]
     loaded = readers.load_splits([task], ["train", "dev", "test"], data_dir=glue_dir)[name]
-    assert set(loaded) == {"train", *task.dev_splits, *task.test_splits}
+    assert set(loaded) == {"train", *task.source.dev_splits, *task.source.test_splits}
     train = loaded["train"]
     assert len(train) == 64
     assert train.ids[:2] == [f"{name}/train/0", f"{name}/train/1"]
@@ -21,7 +21,7 @@ def test_each_glue_reader_reads_train_dev_and_test(glue_dir, name):
         assert train.labels.dtype == np.int32 and set(train.labels) <= set(range(task.num_classes))
     else:
         assert train.labels.dtype == np.float32 and 0 <= train.labels.min() and train.labels.max() <= 5
-    for split in task.test_splits:
+    for split in task.source.test_splits:
         assert loaded[split].labels is None and len(loaded[split]) > 0
 
 
@@ -82,7 +82,7 @@ def _write(path, text, mode="w"):
     ],
 )
 def test_bad_input_names_file_line_and_problem(tmp_path, task, content, message):
-    directory = GLUE_TASKS[task].directory
+    directory = GLUE_TASKS[task].source.directory
     _write(str(tmp_path / directory / "train.tsv"), content)
     with pytest.raises(DataError, match=message):
         readers.load_split(GLUE_TASKS[task], "train", data_dir=str(tmp_path))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from mtkd_tf import checkpointing, model_dir, pipeline, training
+from mtkd_tf import checkpointing, model_dir, training
 from mtkd_tf.checkpointing import CheckpointError, NumericalError, TrainingState
 from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
@@ -67,7 +67,8 @@ def _train(make_model, splits, work_dir, callbacks=(), distill=False):
     targets = None
     if distill:
         teacher, _ = make_model(seed=6)
-        members = [model_dir.TrainedModel(teacher, preprocessor, {}, "t")]
+        teacher.preprocessor, teacher.directory = preprocessor, "t"
+        members = [teacher]
         width = soft_width(TASKS)
         targets = {d.task.name: distillation_targets(d.task, len(d), width, ensemble.ensemble_targets(members, d)) for d in splits}
     data = training.training_data(splits, preprocessor, CONFIG, targets=targets)
@@ -224,7 +225,7 @@ def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp
     # the pipeline stage writes the task's file and removes its chunks
     monkeypatch.setattr(ensemble, "member_targets", real)
     out = str(tmp_path / "soft")
-    pipeline.make_soft_labels(directories, {"rte": [data]}, 1.0, out, batch_size=16, checkpoint_every_steps=1)
+    ensemble.make_soft_labels(directories, {"rte": [data]}, 1.0, out, batch_size=16, checkpoint_every_steps=1)
     assert os.listdir(out) == ["rte.npz"]
 
 
@@ -257,7 +258,7 @@ def uninterrupted(tmp_path_factory, cli_env):
 
 
 def _weights(directory):
-    return model_dir.load(str(directory)).model.get_weights()
+    return model_dir.load(str(directory)).get_weights()
 
 
 def _same_run(a, b):

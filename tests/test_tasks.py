@@ -14,8 +14,8 @@ def test_glue_registry_has_every_task_with_its_metrics():
     assert tasks.GLUE_TASKS["stsb"].metrics == ("pearson", "spearman")
     assert tasks.GLUE_TASKS["stsb"].type == tasks.REGRESSION
     mnli = tasks.GLUE_TASKS["mnli"]
-    assert mnli.dev_splits == ("dev_matched", "dev_mismatched")
-    assert mnli.test_splits == ("test_matched", "test_mismatched")
+    assert mnli.source.dev_splits == ("dev_matched", "dev_mismatched")
+    assert mnli.source.test_splits == ("test_matched", "test_mismatched")
     assert mnli.num_classes == 3 and mnli.dropout == 0.3
     assert tasks.GLUE_TASKS["cola"].dropout == 0.05
     ax = tasks.GLUE_TASKS["ax"]
@@ -41,7 +41,7 @@ def test_task_file_yaml_and_json(tmp_path):
     loaded = tasks.load_task_file(str(yaml_file))
     assert loaded["reviews"].labels == ("neg", "pos")
     assert loaded["reviews"].metrics == ("accuracy", "f1")
-    assert loaded["reviews"].directory == "reviews"
+    assert loaded["reviews"].source.directory == "reviews"
     assert loaded["similarity"].is_pair and loaded["similarity"].metrics == ("pearson", "spearman")
     json_file = tmp_path / "tasks.json"
     json_file.write_text(json.dumps({"tasks": [{"name": "x", "type": "classification", "labels": [0, 1], "text_columns": [1]}]}))

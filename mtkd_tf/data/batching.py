@@ -9,6 +9,7 @@ masks when distilling), the same structure for every task.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
@@ -130,28 +131,57 @@ def task_dataset(
     `tokens` are `tokenize_all(data, preprocessor)` when the caller already has them.
     `length_bucketing` batches examples (ranking: groups) of similar length together.
     """
-    labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
-    columns = {"label": tf.constant(np.asarray(labels, np.float32))}
-    for name, values in (targets or {}).items():
-        if len(values) != len(data):
-            raise ValueError(f"{name}: {len(values)} rows for {len(data)} examples of {data.task.name}")
-        columns[name] = tf.constant(np.asarray(values, np.float32))
-    unit = group_rows(data)
-    if batch_size % unit:
-        raise ValueError(f"task {data.task.name}: batch size {batch_size} is not a multiple of its group_size {unit}")
-    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
-    groups = pass_orders(len(data) // unit, passes, seed if shuffle else None)
-    if length_bucketing:
-        lengths = token_lengths(tokens)[: len(data) // unit * unit].reshape(-1, unit).max(axis=1)
-        groups = bucket_by_length(groups, lengths, batch_size // unit, seed=seed if shuffle else None)
-    orders = (groups[:, :, None] * unit + np.arange(unit)).reshape(passes, -1)
+    stream = TaskStream.prepare(data, task_id, preprocessor, batch_size, targets, shuffle, seed, drop_remainder,
+                                passes, tokens, length_bucketing)
+    return stream.batches(skip)
 
-    def with_task(x, y):
-        x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
-        return x, y
 
-    return _batches(tokens, columns, orders, batch_size, drop_remainder, preprocessor,
-                    with_task, repeat=True, skip=skip)
+@dataclasses.dataclass
+class TaskStream:
+    """What `task_dataset` computes once (tokens, per-example columns, the passes' example
+    orders), so that `batches(skip)` can be called again cheaply, even inside a tf.data function."""
+
+    task_id: int
+    preprocessor: Preprocessor
+    batch_size: int
+    drop_remainder: bool
+    tokens: tuple[tf.RaggedTensor, ...]
+    columns: dict[str, tf.Tensor]
+    orders: np.ndarray
+
+    @classmethod
+    def prepare(cls, data: SplitData, task_id: int, preprocessor: Preprocessor, batch_size: int,
+                targets: Mapping[str, np.ndarray] | None = None, shuffle: bool = True, seed: int = 0,
+                drop_remainder: bool = False, passes: int = 1, tokens: tuple[tf.RaggedTensor, ...] | None = None,
+                length_bucketing: bool = False) -> "TaskStream":
+        labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
+        columns = {"label": tf.constant(np.asarray(labels, np.float32))}
+        for name, values in (targets or {}).items():
+            if len(values) != len(data):
+                raise ValueError(f"{name}: {len(values)} rows for {len(data)} examples of {data.task.name}")
+            columns[name] = tf.constant(np.asarray(values, np.float32))
+        unit = group_rows(data)
+        if batch_size % unit:
+            raise ConfigError(f"task {data.task.name}: batch size {batch_size} is not a multiple of its group_size {unit}",
+                              "batch_size")
+        tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
+        groups = pass_orders(len(data) // unit, passes, seed if shuffle else None)
+        if length_bucketing:
+            lengths = token_lengths(tokens)[: len(data) // unit * unit].reshape(-1, unit).max(axis=1)
+            groups = bucket_by_length(groups, lengths, batch_size // unit, seed=seed if shuffle else None)
+        orders = (groups[:, :, None] * unit + np.arange(unit)).reshape(passes, -1)
+        return cls(task_id, preprocessor, batch_size, drop_remainder, tokens, columns, orders)
+
+    def batches(self, skip: int | tf.Tensor = 0) -> tf.data.Dataset:
+        """The endless batches of this task after the first `skip` (an int, or a tensor)."""
+        task_id = self.task_id
+
+        def with_task(x, y):
+            x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
+            return x, y
+
+        return _batches(self.tokens, self.columns, self.orders, self.batch_size, self.drop_remainder,
+                        self.preprocessor, with_task, repeat=True, skip=skip)
 
 
 def length_order(tokens: tuple[tf.RaggedTensor, ...]) -> np.ndarray:

@@ -12,9 +12,8 @@ import os
 import keras_hub
 import tensorflow as tf
 
+from mtkd_tf.data.batch import FEATURES  # noqa: F401  (re-exported; the batch layout owns the names)
 from mtkd_tf.errors import ConfigError
-
-from mtkd_tf.data.batch import FEATURES  # noqa: E402  (the batch layout owns the names)
 
 
 def load_tokenizer(vocabulary: str | list[str], lowercase: bool = True) -> keras_hub.models.BertTokenizer:

@@ -8,8 +8,6 @@ problem before any training starts; `skip_bad_rows` turns them into a counted wa
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import io
 import logging
 import math

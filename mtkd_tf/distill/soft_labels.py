@@ -14,17 +14,17 @@ student trains on, so soft labels made for other data are never used silently.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import io
 from typing import Any, Sequence
 
 import numpy as np
 
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.tasks import CLASSIFICATION, Task
 from mtkd_tf.errors import MtkdError
 from mtkd_tf.files import write_atomic
+from mtkd_tf.tasks import CLASSIFICATION, Task
 
 FORMAT_VERSION = 1
 

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from mtkd_tf.models.san import SANAnswerModule
-from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, RANKING, Task
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
 HEAD_DTYPE = "float32"
 

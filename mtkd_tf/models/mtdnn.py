@@ -18,7 +18,6 @@ from typing import Sequence
 import keras
 import keras_hub
 import numpy as np
-import tensorflow as tf
 
 from mtkd_tf.data.batch import FEATURES
 from mtkd_tf.data.preprocessing import Preprocessor
