@@ -13,6 +13,7 @@ Python user describe a run the same way:
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -300,14 +301,14 @@ class ExperimentConfig:
 def _base_type(field: dataclasses.Field) -> Any:
     hint = typing.get_type_hints(GROUP_OF_FIELD[field.name])[field.name]
     args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return args[0] if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) else hint
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
 
 
-def define_flags(flag_values=None) -> None:
-    """Defines one absl flag per config field, with the field's name, help, choices and bounds."""
+def define_flags(flag_values) -> None:
+    """Defines one absl flag per config field in `flag_values` (an `absl.flags.FlagValues`),
+    with the field's name, help, choices and bounds."""
     from absl import flags
 
-    flag_values = flag_values if flag_values is not None else flags.FLAGS
     for group_cls in GROUPS.values():
         for field in dataclasses.fields(group_cls):
             meta = field.metadata
