@@ -160,12 +160,18 @@ class TrainingState:
 
 
 class StepCheckpoint(keras.callbacks.Callback):
-    """Saves the training state every `every_steps` global steps, at each epoch's end and at the end."""
+    """Saves the training state every `every_steps` global steps, at each epoch's end and at the end.
 
-    def __init__(self, state: TrainingState, every_steps: int, start_step: int):
+    An epoch's last step is saved at the epoch's end, after the callbacks placed before this
+    one (the history file) have recorded the epoch: a run killed between the two then
+    resumes inside that epoch and records it, instead of skipping its row.
+    """
+
+    def __init__(self, state: TrainingState, every_steps: int, start_step: int, steps_per_epoch: int = 0):
         super().__init__()
         self.state = state
         self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
         self.step = start_step
         self.saved = start_step
 
@@ -176,7 +182,8 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if self.every_steps and self.step % self.every_steps == 0:
+        epoch_end = self.steps_per_epoch and self.step % self.steps_per_epoch == 0
+        if self.every_steps and self.step % self.every_steps == 0 and not epoch_end:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -121,13 +121,19 @@ class Experiment:
 
     # --- data ------------------------------------------------------------------------------
     @functools.cached_property
-    def tasks(self) -> list[Task]:
+    def known_tasks(self) -> dict[str, Task]:
+        """Every task this experiment can name: GLUE, the built-in suites, the task file's."""
         from mtkd_tf import tasks as tasks_lib
         from mtkd_tf.data import suites
 
+        return tasks_lib.registry(self.config.data.task_file, extra=suites.suite_tasks())
+
+    @functools.cached_property
+    def tasks(self) -> list[Task]:
+        from mtkd_tf import tasks as tasks_lib
+
         data = self.config.data
-        known = tasks_lib.registry(data.task_file, extra=suites.suite_tasks())
-        return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, known), data.answer_module)
+        return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, self.known_tasks), data.answer_module)
 
     @functools.cached_property
     def data_dir(self) -> str | None:
@@ -411,9 +417,16 @@ class Experiment:
 
     @_stage(checks=False)
     def predict(self) -> list[str]:
-        """GLUE-leaderboard files of the model in `model_dir` for every test split."""
+        """GLUE-leaderboard files of the model in `model_dir` for every test split; with `mnli`
+        also AX.tsv (scored with the MNLI head) when the AX test file is there, else one line
+        says why it was skipped."""
         trained = model_dir_lib.load(self.config.runtime.model_dir)
-        test = self.load(self.tasks, "test", self.config.data.max_eval_examples)
+        data = self.config.data
+        tasks, skipped = evaluation.prediction_tasks(self.tasks, self.known_tasks, self.data_dir, data.data_source,
+                                                     data.tfds_download)
+        for line in skipped:
+            logger.warning("%s", line)
+        test = self.load(tasks, "test", data.max_eval_examples)
         output = self.config.runtime.output_dir
         output_dir = distribute.worker_dir(output, self.strategy) if output else os.path.join(self.paths.root, "predictions")
         return evaluation.write_predictions(trained, test, output_dir, self.config.runtime.eval_batch_size)

@@ -244,13 +244,13 @@ def fit(
         clock.skip(start)
     step_tasks = data.step_tasks
     guard = checkpointing.LossGuard(step_tasks, per_epoch, start, state.backup_dir)
-    saver = checkpointing.StepCheckpoint(state, config.checkpoint_every_steps, start)
+    saver = checkpointing.StepCheckpoint(state, config.checkpoint_every_steps, start, per_epoch)
     progress = ProgressLog(label, total, start, config.batch_size, config.progress_seconds, clock)
     standard = [
         guard,  # first: a NaN step is never checkpointed
-        saver,
+        HistoryFile(os.path.join(work_dir, "history.json")),  # before the epoch-end checkpoint (see StepCheckpoint)
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), update_freq="epoch"),
-        HistoryFile(os.path.join(work_dir, "history.json")),
+        saver,
         progress,
     ]
     step = start

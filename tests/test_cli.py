@@ -70,6 +70,12 @@ def test_evaluate_and_predict_from_the_model_dir(trained):
     with open(os.path.join(out, "STS-B.tsv")) as handle:
         scores = [float(line.split("\t")[1]) for line in handle.read().splitlines()[1:]]
     assert all(0.0 <= s <= 5.0 for s in scores)
+    # With mnli among the tasks, AX (scored with the MNLI head) is written too, unasked.
+    other = os.path.join(model_dir, "predictions_no_ax")
+    result = run_cli("--flagfile=configs/tiny.cfg", "--tasks=sst2,mnli,stsb", f"--model_dir={model_dir}", "--mode=predict",
+                     f"--output_dir={other}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AX.tsv" in os.listdir(other)
 
 
 @pytest.mark.slow
