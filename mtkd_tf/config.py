@@ -21,7 +21,7 @@ from mtkd_tf.errors import ConfigError
 
 MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "export", "serve_check")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamax", "adamw", "adam")
 SAMPLING = ("proportional", "temperature", "uniform")
 SOFT_LOSSES = ("ce", "kl", "mse")
@@ -187,8 +187,10 @@ class RuntimeConfig(_Group):
                             "multi_worker reads TF_CONFIG.", choices=STRATEGIES)
     tpu: str | None = setting(None, "TPU address for strategy tpu|auto (empty on Colab/Cloud TPU VMs).")
     num_gpus: int | None = setting(None, "Use at most this many GPUs.", lower=0)
-    mixed_precision: str = setting("float32", "Keras dtype policy (mixed_float16 adds dynamic loss scaling; heads and "
-                                   "losses stay float32).", choices=PRECISIONS)
+    mixed_precision: str = setting("float32", "Training precision, a Keras dtype policy (mixed_float16 adds dynamic loss "
+                                   "scaling; heads and losses stay float32); auto: mixed_bfloat16 where bfloat16 is native "
+                                   "and measured faster (AMX/AVX512-BF16 CPUs, GPUs of compute capability 8+), else "
+                                   "float32. Evaluation always runs in float32.", choices=PRECISIONS)
     deterministic: bool = setting(False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with seed, "
                                   "re-runs give bit-identical weights and metrics.")
 

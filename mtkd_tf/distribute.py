@@ -13,7 +13,9 @@ exports, the others write to a temporary directory that is removed (`output_dir`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import shutil
 
@@ -22,7 +24,7 @@ import tensorflow as tf
 from mtkd_tf.errors import MtkdError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 _TPU_ENVIRONMENT = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
 
@@ -80,13 +82,51 @@ def get_strategy(name: str = "auto", num_gpus: int | None = None, tpu: str | Non
     return tf.distribute.MirroredStrategy(devices)
 
 
-def set_precision(policy: str) -> None:
-    """Global Keras dtype policy; heads and losses stay float32 (see `models.heads`)."""
+def set_precision(policy: str) -> str:
+    """Global Keras dtype policy; heads and losses stay float32 (see `models.heads`).
+
+    `auto` is mixed_bfloat16 where bfloat16 is native *and* measured faster here
+    (`bfloat16_speedup`), float32 elsewhere (AVX2-only CPUs, older GPUs). Returns the policy set.
+    """
     import keras
 
     if policy not in PRECISIONS:
-        raise StrategyError(f"unknown precision {policy!r}; choose one of {', '.join(PRECISIONS)}")
+        raise StrategyError(f"unknown precision {policy!r}; choose one of {', '.join(PRECISIONS)}", "mixed_precision")
+    if policy == "auto":
+        speedup = bfloat16_speedup() if fast_bfloat16() else None
+        policy = "mixed_bfloat16" if speedup is not None and speedup >= AUTO_BFLOAT16_SPEEDUP else "float32"
+        logging.getLogger("mtkd_tf").info(
+            "mixed_precision auto -> %s (%s)", policy,
+            "bfloat16 is not native here" if speedup is None else f"bfloat16 matmuls {speedup:.1f}x float32's here")
     keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+AUTO_BFLOAT16_SPEEDUP = 1.3  # `auto` picks bfloat16 only when its matmuls are at least this much faster
+
+
+@functools.lru_cache(maxsize=1)
+def bfloat16_speedup(tokens: int = 2048, hidden: int = 384, repeats: int = 5) -> float:
+    """float32 / bfloat16 time of an encoder-sized matmul (`[tokens, hidden] x [hidden, 4 hidden]`),
+    best of `repeats`: whether bfloat16 pays on this device (measured once per process, ~1 s)."""
+    import time
+
+    a = tf.random.normal([tokens, hidden])
+    b = tf.random.normal([hidden, 4 * hidden])
+    best = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        x, y = tf.cast(a, dtype), tf.cast(b, dtype)
+        step = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+        step()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(8):
+                value = step()
+            value.numpy()
+            times.append(time.perf_counter() - started)
+        best[dtype.name] = min(times)
+    return best["float32"] / best["bfloat16"]
 
 
 INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")

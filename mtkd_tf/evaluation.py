@@ -93,19 +93,21 @@ def split_suffix(task: Task, split: str) -> str:
     return split.split("_", 1)[1] if "_" in split else split
 
 
-def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True) -> np.ndarray:
+def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True,
+                    tokens: tuple[tf.RaggedTensor, ...] | None = None) -> np.ndarray:
     """Head outputs (log-probabilities or scores) of `data`'s task, in data order, tokenised
-    by the model's own preprocessor.
+    by the model's own preprocessor (or given as `tokens`, e.g. shared by an ensemble).
 
     `by_length` runs the examples sorted by length, so each batch is padded only to
-    similar lengths (1.3x faster on moviesuite's short sentences; docs/performance.md),
-    and puts the outputs back in data order.
+    similar lengths, and batches of short examples hold more of them (up to the cells of
+    `batch_size` full-length examples); the outputs come back in data order.
     """
     head = data.task.predict_with or data.task.name
     preprocessor = model.preprocessor
-    tokens = tokenize_all(data, preprocessor)
+    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
     order = length_order(tokens) if by_length else np.arange(len(data))
-    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens)
+    budget = batch_size * preprocessor.sequence_length if by_length else 0
+    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
     if is_multi_worker():
         # Every worker needs every output (each may write): predict locally, not sharded.
         step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)

@@ -39,7 +39,7 @@ from mtkd_tf.distill.student import teacher_task_names, train_student
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.files import write_json
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
-from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.progress import RunClock, duration
 from mtkd_tf.report import write_report
 from mtkd_tf.tasks import UNLABELLED, Task
@@ -48,6 +48,22 @@ from mtkd_tf.training import train_mtdnn
 logger = logging.getLogger("mtkd_tf")
 
 STAGES = ("teachers", "soft_labels", "student", "baseline", "evaluate", "report")
+
+
+def environment(precision: str) -> dict[str, str]:
+    """Where a result was computed: CPU model, accelerators, training precision, versions."""
+    import platform
+
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "gpus": str(len(tf.config.list_physical_devices("GPU"))),
+            "training_precision": precision, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 @dataclasses.dataclass
@@ -104,7 +120,7 @@ class Experiment:
             import tensorflow as tf
 
             tf.config.experimental.enable_op_determinism()
-        distribute.set_precision(runtime.mixed_precision)
+        self.precision = distribute.set_precision(runtime.mixed_precision)  # what `auto` resolved to
         self.callbacks = list(callbacks)
         self.clock = RunClock()
         own = lambda path: distribute.worker_dir(path, self.strategy) if path else ""  # noqa: E731
@@ -308,11 +324,12 @@ class Experiment:
             return model_dir_lib.load(directory)
         soft_dir = self.paths.soft_labels_dir
         soft_dir = soft_dir if os.path.exists(soft_dir) else self.shared.soft_labels_dir
-        return train_student(
+        student = train_student(
             self.tasks, self.train_data, self._student_encoder(), self.config.training, distillation, directory,
             self.config.model.max_seq_length, self.config.teachers.teacher_tasks, soft_dir, self.teacher_dirs(),
             self.unlabelled_data, self.callbacks, self.clock, self.config.to_dict(),
         )
+        return in_precision(student, "float32")  # as mt.load_model gives it, whatever it trained in
 
     @_stage
     def baseline(self) -> MTDNN:
@@ -321,9 +338,10 @@ class Experiment:
         self._announce("baseline", f"training the MT-DNN baseline -> {directory}")
         if self._done("baseline", directory):
             return model_dir_lib.load(directory)
-        return train_mtdnn(self.tasks, self.train_data, self._student_encoder(), self.config.training, directory,
-                           self.config.model.max_seq_length, self.callbacks, label="baseline", clock=self.clock,
-                           experiment_config=self.config.to_dict())
+        baseline = train_mtdnn(self.tasks, self.train_data, self._student_encoder(), self.config.training, directory,
+                               self.config.model.max_seq_length, self.callbacks, label="baseline", clock=self.clock,
+                               experiment_config=self.config.to_dict())
+        return in_precision(baseline, "float32")
 
     @_stage
     def evaluate(self) -> dict[str, dict]:
@@ -355,7 +373,7 @@ class Experiment:
         report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), {
             "student": os.path.join(self.paths.student_dir, "history.json"),
             "baseline": os.path.join(self.paths.baseline_dir, "history.json"),
-        })
+        }, environment(self.precision))
         print(table)
         return report
 
@@ -403,7 +421,7 @@ class Experiment:
         trained = train_mtdnn(self.tasks, self.train_data, encoder, self.config.training, self.paths.root,
                               model.max_seq_length, self.callbacks, clock=self.clock,
                               experiment_config=self.config.to_dict())
-        results = evaluation.evaluate(trained, dev, self.config.runtime.eval_batch_size)
+        results = evaluation.evaluate(in_precision(trained, "float32"), dev, self.config.runtime.eval_batch_size)
         write_json(os.path.join(self.paths.root, "eval_results.json"), results)
         return results
 

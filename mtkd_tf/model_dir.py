@@ -18,7 +18,7 @@ import keras
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.errors import MtkdError
 from mtkd_tf.files import sha256, write_atomic, write_json
-from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.models.mtdnn import MTDNN, in_precision
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,12 @@ def verify(model_dir: str) -> None:
             )
 
 
-def load(model_dir: str, pad_to_multiple_of: int = 16) -> MTDNN:
+def load(model_dir: str, pad_to_multiple_of: int = 16, policy: str = "float32") -> MTDNN:
     """Loads a directory written by `save`: the MT-DNN with its preprocessor (it predicts from
-    raw strings, `model.predict_texts`), with a clear error when something is missing."""
+    raw strings, `model.predict_texts`), with a clear error when something is missing.
+
+    The encoder computes under `policy` (float32 by default, also for a model trained in
+    mixed_bfloat16: metrics and served scores do not depend on the machine's precision)."""
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"model directory {model_dir}: no such directory (train a model there first)")
     missing = [name for name in (*FILES, MANIFEST_FILE) if not os.path.isfile(os.path.join(model_dir, name))]
@@ -106,4 +109,4 @@ def load(model_dir: str, pad_to_multiple_of: int = 16) -> MTDNN:
     tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), settings["lowercase"])
     model.preprocessor = Preprocessor(tokenizer, settings["max_seq_length"], pad_to_multiple_of)
     model.directory = model_dir
-    return model
+    return in_precision(model, policy)

@@ -47,13 +47,14 @@ def report_table(report: Mapping, rows: Sequence[str]) -> str:
 
 
 def write_report(root: str, rows: Mapping, order: Sequence[str], config: Mapping,
-                 histories: Mapping[str, str] | None = None) -> tuple[dict, str]:
-    """Writes report.json (results, rows, the full config), report.md and the plots under `root`.
+                 histories: Mapping[str, str] | None = None, environment: Mapping | None = None) -> tuple[dict, str]:
+    """Writes report.json (results, rows, the full config, where it ran), report.md and the plots.
 
     `histories` maps "student" / "baseline" to their `history.json` (training curves)."""
     report = build_report(rows)
     table = report_table(report, order)
-    write_json(os.path.join(root, "report.json"), {"results": report, "rows": list(order), "config": dict(config)})
+    write_json(os.path.join(root, "report.json"), {"results": report, "rows": list(order), "config": dict(config),
+                                                   "environment": dict(environment or {})})
     write_atomic(os.path.join(root, "report.md"), table + "\n")
     plots.plot_scores(report, order, os.path.join(root, "scores.png"))
     histories = histories or {}

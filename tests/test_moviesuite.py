@@ -21,7 +21,7 @@ def suite():
         loaded[name] = {split: readers.load_split(task, split, data_dir=root) for split in ("train", "dev")}
         # Test files carry labels too (held out): read them with the dev layout.
         test_path = os.path.join(root, task.source.directory, "test.tsv")
-        loaded[name]["test"] = readers.read_delimited(test_path, task, "test", task.layout("dev"))
+        loaded[name]["test"] = readers.read_delimited(test_path, task, "test", task.source.layout("dev"))
     return root, loaded
 
 

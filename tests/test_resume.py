@@ -198,12 +198,12 @@ def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp
     calls, calls_before_crash = [], []
     real = ensemble.member_targets
 
-    def dies_on_third_chunk(member, rows, temperature, batch_size):
+    def dies_on_third_chunk(member, rows, temperature, batch_size, **kwargs):
         calls.append(len(rows))
         if len(calls) == 3 and not calls_before_crash:
             calls_before_crash.extend(calls)
             raise Crash("killed while labelling")
-        return real(member, rows, temperature, batch_size)
+        return real(member, rows, temperature, batch_size, **kwargs)
 
     monkeypatch.setattr(ensemble, "member_targets", dies_on_third_chunk)
     with pytest.raises(Crash):

@@ -195,13 +195,47 @@ def inference_dataset(
     batch_size: int,
     order: np.ndarray | None = None,
     tokens: tuple[tf.RaggedTensor, ...] | None = None,
+    token_budget: int = 0,
 ) -> tf.data.Dataset:
     """Model inputs for evaluation, prediction and soft labelling, in data order or in `order`
-    (e.g. `length_order(tokens)`); `tokens` are `tokenize_all(data, preprocessor)` if known."""
+    (e.g. `length_order(tokens)`); `tokens` are `tokenize_all(data, preprocessor)` if known.
+
+    `token_budget` > 0 sizes each batch by its padded cells instead (`budget_batches`):
+    batches of short texts grow beyond `batch_size`, so inference on short sentences runs
+    fewer, fuller steps (use it with examples in length order)."""
     tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
-    orders = pass_orders(len(data), 1, None) if order is None else np.asarray(order)[None]
-    dataset = _batches(tokens, {}, orders, batch_size, False, preprocessor, lambda x, y: x)
+    order = np.arange(len(data)) if order is None else np.asarray(order)
+    if token_budget > 0:
+        sizes = budget_batches(token_lengths(tokens)[order], batch_size, token_budget, preprocessor)
+        index = tf.RaggedTensor.from_row_lengths(order.astype(np.int64), sizes)
+        indices = tf.data.Dataset.from_tensor_slices(index)
+
+        def gather(rows):
+            return preprocessor.pack(*(tf.gather(segment, rows) for segment in tokens))
+
+        dataset = indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(sizes)))
+    dataset = _batches(tokens, {}, order[None], batch_size, False, preprocessor, lambda x, y: x)
     return dataset.apply(tf.data.experimental.assert_cardinality(num_batches(len(data), batch_size)))
+
+
+def budget_batches(lengths: np.ndarray, batch_size: int, token_budget: int, preprocessor: Preprocessor) -> np.ndarray:
+    """Batch sizes that cut examples (in the given order, best sorted by length) into batches of
+    at least `batch_size` examples, or more while `examples x padded width <= token_budget`."""
+    specials = 3  # [CLS] and one or two [SEP]: an upper bound of what packing adds
+    multiple = max(preprocessor.pad_to_multiple_of, 1)
+    widths = np.minimum(lengths + specials, preprocessor.sequence_length)
+    sizes, start = [], 0
+    while start < len(lengths):
+        size = min(batch_size, len(lengths) - start)
+        while start + size < len(lengths):
+            width = -(-int(widths[start:start + size + 1].max()) // multiple) * multiple
+            if (size + 1) * width > token_budget:
+                break
+            size += 1
+        sizes.append(size)
+        start += size
+    return np.asarray(sizes, np.int64)
 
 
 def batch_schedule(

@@ -153,7 +153,7 @@ _BUILDERS = {
 
 def example_key(task: Task, row: tuple) -> str:
     """The normalised text that places an example in a split (a pair: both texts)."""
-    return normalise(row[0]) if len(task.text_columns) == 1 else normalise(row[0]) + " || " + normalise(row[1])
+    return normalise(row[0]) if not task.is_pair else normalise(row[0]) + " || " + normalise(row[1])
 
 
 def write_moviesuite(root: str, examples_per_task: int = 0, seed: int = 0) -> str:
@@ -171,9 +171,9 @@ def write_moviesuite(root: str, examples_per_task: int = 0, seed: int = 0) -> st
         by_split: dict[str, list[tuple]] = {split: [] for split in SPLITS}
         for row in sorted(rows, key=lambda r: _order(example_key(task, r))):
             by_split[split_of(example_key(task, row))].append(row)
-        header = list(task.text_columns) + [task.label_column]
+        header = list(task.source.text_columns) + [task.source.label_column]
         for split, split_rows in by_split.items():
-            path = os.path.join(root, task.directory, task.files[split])
+            path = os.path.join(root, task.source.directory, task.source.files[split])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8", newline="") as handle:
                 handle.write("\t".join(header) + "\n")

@@ -23,6 +23,7 @@ from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.evaluation import predict_outputs, score_splits
 from mtkd_tf.losses import soften
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
@@ -71,11 +72,13 @@ def member_dirs(teacher_dir: str) -> list[str]:
 
 def member_targets(
     member: MTDNN, data: SplitData, temperature: float = 1.0, batch_size: int = 128,
-    policy: str = "float32",
+    policy: str | None = None, tokens: tuple | None = None,
 ) -> np.ndarray:
     """One member's targets for `data`: probabilities at temperature T, or scores; the encoder
-    computes under dtype `policy` (mixed_bfloat16: ~1.5x faster on CPUs with AVX512-BF16)."""
-    outputs = predict_outputs(in_precision(member, policy), data, batch_size)
+    computes under dtype `policy` (None: as the member is; mixed_bfloat16: faster on CPUs with
+    AVX512-BF16 or AMX). `tokens`: `data` already tokenised by this member's preprocessor."""
+    model = member if policy is None else in_precision(member, policy)
+    outputs = predict_outputs(model, data, batch_size, tokens=tokens)
     if data.task.type == CLASSIFICATION:
         return np.exp(np.asarray(soften(outputs, temperature)))
     return outputs
@@ -101,18 +104,30 @@ def ensemble_targets(
     if not members:
         raise ValueError("an ensemble needs at least one member")
     total = None
+    tokenised: dict[tuple, tuple] = {}  # once per tokenizer, not once per member
     for member in members:
         member = in_precision(member, policy)
+        tokens = tokenised.get(_tokenizer_key(member))
+        if tokens is None:
+            tokens = tokenised[_tokenizer_key(member)] = tokenize_all(data, member.preprocessor)
         if cache_dir is None:
-            targets = member_targets(member, data, temperature, batch_size)
+            targets = member_targets(member, data, temperature, batch_size, tokens=tokens)
         else:
-            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples, policy)
+            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples, policy,
+                                             tokens)
         total = targets if total is None else total + targets
     return (total / len(members)).astype(np.float32)
 
 
+def _tokenizer_key(member: MTDNN) -> tuple:
+    """Members whose preprocessors tokenise alike (same vocabulary, casing, length) share tokens."""
+    preprocessor = member.preprocessor
+    tokenizer = preprocessor.tokenizer
+    return (tuple(tokenizer.get_vocabulary()), getattr(tokenizer, "lowercase", None), preprocessor.sequence_length)
+
+
 def _cached_member_targets(member, data: SplitData, temperature: float, batch_size: int, cache_dir: str,
-                           chunk_examples: int, policy: str) -> np.ndarray:
+                           chunk_examples: int, policy: str, tokens: tuple | None = None) -> np.ndarray:
     with open(os.path.join(member.directory, model_dir_lib.MANIFEST_FILE), "rb") as handle:
         model_digest = hashlib.sha256(handle.read()).hexdigest()
     chunk = chunk_examples if chunk_examples > 0 else len(data)
@@ -133,7 +148,8 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
             logger.warning("soft-label chunk %s is unusable (%s); recomputing it", path, error)
             part = None
         if part is None:
-            part = member_targets(member, rows, temperature, batch_size)
+            part_tokens = None if tokens is None else tuple(segment[start:start + chunk] for segment in tokens)
+            part = member_targets(member, rows, temperature, batch_size, tokens=part_tokens)
             temporary = f"{path}.tmp-{os.getpid()}.npy"
             np.save(temporary, part)
             os.replace(temporary, path)

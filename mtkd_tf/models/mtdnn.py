@@ -135,7 +135,7 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
 def in_precision(model: MTDNN, policy: str) -> MTDNN:
     """The same MT-DNN (same weights) with its encoder computing under Keras dtype `policy`
     (e.g. "mixed_bfloat16" for inference on CPUs with AVX512-BF16); heads stay float32."""
-    if policy in ("float32", model.encoder.dtype_policy.name):
+    if policy == model.encoder.dtype_policy.name:
         return model
     config = model.get_config()
     encoder = dict(config["encoder"])
