@@ -60,7 +60,8 @@ class Ours:
         stream = training.training_data([data], preprocessor, config)
         self.model.compile(optimizer=training.make_optimizer(config, 100_000))
         self.iterator = iter(stream.starting_at(0))
-        self.step_fn = self.model.make_train_function()
+        self.model.make_train_function()
+        self.step_fn = self.model.train_function
         self.batch = batch
         keras.mixed_precision.set_global_policy("float32")
 

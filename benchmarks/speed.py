@@ -55,7 +55,8 @@ def _step_times(setup: figures.Setup, policy: str, train: bool, rounds: int = 2)
         model = figures.mtdnn(setup, 10_000)
         iterator = iter(stream.starting_at(0))
         if train:
-            step = model.make_train_function()
+            model.make_train_function()
+            step = model.train_function
             run = lambda: float(np.asarray(step(iterator)["loss"]))  # noqa: E731
         else:
             forward = tf.function(lambda x: model({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")},
@@ -144,7 +145,8 @@ def full_run_estimate(setup: figures.Setup, steps: int = 12) -> dict[str, float]
     data = training.training_data([train[t.name] for t in model.tasks], preprocessor, config.training)
     model.compile(optimizer=training.make_optimizer(config.training, 10_000))
     iterator = iter(data.starting_at(0))
-    step = model.make_train_function()
+    model.make_train_function()
+    step = model.train_function
     for _ in range(8):  # traces the common widths
         step(iterator)
     started = time.perf_counter()

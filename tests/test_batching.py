@@ -124,3 +124,21 @@ def test_inference_in_length_order_pads_less_and_covers_every_example():
     plain_cells, plain_rows = padded_and_rows(batching.inference_dataset(split, pre, 8))
     assert sorted_rows == [plain_rows[i] for i in order]  # the same examples, in `order`
     assert sorted_cells < 0.8 * plain_cells
+
+
+def test_token_budget_batches_grow_for_short_texts_and_respect_the_budget():
+    from mtkd_tf.data.batching import budget_batches
+
+    class Pre:  # what budget_batches reads of a Preprocessor
+        sequence_length, pad_to_multiple_of = 128, 16
+
+    lengths = np.array([5] * 300 + [60] * 40 + [200] * 10)  # sorted by length, as inference orders them
+    sizes = budget_batches(lengths, 32, 32 * 128, Pre())
+    assert sizes.sum() == len(lengths) and (sizes >= 1).all()
+    assert sizes[0] > 32  # short texts: more than batch_size per batch (16-wide -> up to 256)
+    start = 0
+    for size in sizes:
+        width = -(-min(int(lengths[start:start + size].max()) + 3, 128) // 16) * 16
+        assert size <= 32 or size * width <= 32 * 128  # beyond batch_size only within the budget
+        start += size
+    assert sizes[-1] <= 32  # the batch with full-length examples: at most batch_size

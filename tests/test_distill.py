@@ -378,3 +378,34 @@ def test_mirrored_training_and_distillation_match_single_device(tiny_encoder_fac
         assert lines[(kind, "mirrored")][0] == "2"
         assert float(lines[(kind, "default")][1]) == pytest.approx(float(lines[(kind, "mirrored")][1]), rel=1e-4)
         assert float(lines[(kind, "max_weight_diff")][0]) < 1e-5
+
+
+def test_an_ensemble_tokenises_once_per_tokenizer(tiny_student, splits, monkeypatch):
+    calls = []
+    real = ensemble.tokenize_all
+    monkeypatch.setattr(ensemble, "tokenize_all", lambda data, pre: calls.append(1) or real(data, pre))
+    _, pre = tiny_student(seed=0)
+    members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8, 9)]
+    data = splits[0].take(20)
+    together = ensemble.ensemble_targets(members, data)
+    assert len(calls) == 1  # three members, one vocabulary: tokenised once
+    alone = np.mean([ensemble.member_targets(m, data) for m in members], axis=0)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_training_precision_auto_picks_bfloat16_only_where_native_and_faster(monkeypatch):
+    import keras
+
+    from mtkd_tf import distribute
+
+    try:
+        monkeypatch.setattr(distribute, "fast_bfloat16", lambda: False)
+        assert distribute.set_precision("auto") == "float32"
+        monkeypatch.setattr(distribute, "fast_bfloat16", lambda: True)
+        monkeypatch.setattr(distribute, "bfloat16_speedup", lambda: 1.05)  # native but not faster: float32
+        assert distribute.set_precision("auto") == "float32"
+        monkeypatch.setattr(distribute, "bfloat16_speedup", lambda: 3.0)
+        assert distribute.set_precision("auto") == "mixed_bfloat16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -98,6 +98,10 @@ def test_mixed_bfloat16_pipeline_on_cpu(tmp_path):
     student = keras.saving.load_model(str(tmp_path / "bf16" / "student" / "model.keras"), compile=False)
     assert student.encoder.dtype_policy.name == "mixed_bfloat16"
     assert all(head.dtype_policy.name == "float32" for head in student.heads.values())
+    import mtkd_tf as mt
+
+    loaded = mt.load_model(str(tmp_path / "bf16" / "student"))  # evaluation and serving compute in float32
+    assert loaded.encoder.dtype_policy.name == "float32" and loaded.preprocessor is not None
 
 
 def test_static_shapes_for_xla_and_tpu(glue_dir, tiny_encoder_factory):
