@@ -22,7 +22,7 @@ from mtkd_tf.errors import ConfigError
 MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "export", "serve_check")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-OPTIMIZERS = ("adamax", "adamw", "adam")
+OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
 SAMPLING = ("proportional", "temperature", "uniform")
 SOFT_LOSSES = ("ce", "kl", "mse")
 
@@ -91,7 +91,8 @@ class TrainingConfig(_Group):
     batch_size: int = setting(32, "Global batch size.", lower=1)
     epochs: int = setting(5, "Training epochs.", lower=1)
     learning_rate: float = setting(5e-5, "Peak learning rate.", lower=0.0)
-    optimizer: str = setting("adamax", "Optimizer (paper: adamax).", choices=OPTIMIZERS)
+    optimizer: str = setting("adamax", "Optimizer (paper: adamax; adamax_fused: the same update in TensorFlow's fused "
+                             "ApplyAdaMax kernel, rounded differently in the last bits).", choices=OPTIMIZERS)
     warmup_fraction: float = setting(0.1, "Fraction of steps of linear warm-up.", lower=0.0, upper=0.99)
     clipnorm: float = setting(1.0, "Global gradient-norm clip (0: off).", lower=0.0)
     weight_decay: float = setting(0.01, "Weight decay (adamw only).", lower=0.0)

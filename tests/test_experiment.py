@@ -210,3 +210,27 @@ def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeyp
     assert set(answer["labels"]) <= {"0", "1"} and len(answer["labels"]) == 2
     np.testing.assert_allclose(np.sum(answer["p"], axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(answer["s"], here, atol=1e-6)
+
+
+def test_fused_adamax_makes_keras_adamax_updates():
+    import tensorflow as tf
+
+    from mtkd_tf.training import FusedAdamax
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(30, 4)).astype("float32")
+    results = {}
+    for name, cls in (("keras", keras.optimizers.Adamax), ("fused", FusedAdamax)):
+        dense, rows = keras.Variable(start.copy()), keras.Variable(start.copy())
+        optimizer = cls(learning_rate=0.01)
+        for step in range(4):
+            gradient = rng.normal(size=start.shape).astype("float32") if name == "keras" else results["g"][step]
+            results.setdefault("g", []).append(gradient) if name == "keras" else None
+            sparse = tf.IndexedSlices(tf.constant(gradient[:3]), tf.constant([2, 5, 7]), tf.constant(start.shape))
+            optimizer.apply_gradients([(tf.constant(gradient), dense), (sparse, rows)])
+        results[name] = (dense.numpy(), rows.numpy())
+    for keras_value, fused_value in zip(results["keras"], results["fused"]):
+        assert not np.array_equal(keras_value, start)
+        np.testing.assert_allclose(fused_value, keras_value, rtol=0, atol=1e-6)
+    config = mt.ExperimentConfig().replace(optimizer="adamax_fused")
+    assert isinstance(mt.make_optimizer(config.training, 10), FusedAdamax)
