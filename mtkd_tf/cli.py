@@ -21,10 +21,11 @@ define_flags(FLAGS)
 def _export(config: ExperimentConfig):
     from mtkd_tf import distribute, export
 
-    settings, model_dir = config.export, config.runtime.model_dir
-    if not settings.export_dir or not model_dir:
+    settings, runtime = config.export, config.runtime
+    if not settings.export_dir or not runtime.model_dir:
         raise app.UsageError("--mode=export needs --model_dir (a trained model) and --export_dir")
-    path = export.export(model_dir, distribute.worker_dir(settings.export_dir), settings.export_version,
+    strategy = distribute.get_strategy(runtime.strategy, runtime.num_gpus, runtime.tpu)  # non-chief workers: scratch
+    path = export.export(runtime.model_dir, distribute.worker_dir(settings.export_dir, strategy), settings.export_version,
                          settings.serving_default_task)
     print(f"exported {path}", file=sys.stderr)
     return path

@@ -340,13 +340,11 @@ def from_flag_value(field: dataclasses.Field, value: Any) -> Any:
     if typing.get_origin(kind) is dict:
         result = {}
         for item in value or []:
-            name, separator, number = item.partition(":")
+            name, _, number = item.partition(":")
             try:
                 result[name] = float(number)
-            except ValueError:
+            except ValueError:  # also catches a missing ":" (float of "")
                 raise ConfigError(f"{field.name} item {item!r} is not task:alpha", field.name) from None
-            if not separator:
-                raise ConfigError(f"{field.name} item {item!r} is not task:alpha", field.name)
         return result
     if typing.get_origin(kind) is list:
         (item_type,) = typing.get_args(kind)

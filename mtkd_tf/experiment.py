@@ -238,8 +238,13 @@ class Experiment:
         explicit = self.config.teachers.teacher_dirs
         if explicit:
             return list(explicit)
-        own, shared = self.paths.teacher_dir, self.shared.teacher_dir
-        return ensemble.member_dirs(own if os.path.exists(own) else shared)
+        return ensemble.member_dirs(self._readable("teacher_dir"))
+
+    def _readable(self, name: str) -> str:
+        """Where to read stage output `name` from: this process's directory if it wrote one,
+        else the chief's (non-chief workers read the chief's teachers and soft labels)."""
+        own = getattr(self.paths, name)
+        return own if os.path.exists(own) else getattr(self.shared, name)
 
     def soft_label_data(self) -> dict[str, list[SplitData]]:
         unlabelled = self.unlabelled_data
@@ -322,11 +327,10 @@ class Experiment:
                        f"-> {directory}")
         if self._done("student", directory):
             return model_dir_lib.load(directory)
-        soft_dir = self.paths.soft_labels_dir
-        soft_dir = soft_dir if os.path.exists(soft_dir) else self.shared.soft_labels_dir
         student = train_student(
             self.tasks, self.train_data, self._student_encoder(), self.config.training, distillation, directory,
-            self.config.model.max_seq_length, self.config.teachers.teacher_tasks, soft_dir, self.teacher_dirs(),
+            self.config.model.max_seq_length, self.config.teachers.teacher_tasks, self._readable("soft_labels_dir"),
+            self.teacher_dirs(),
             self.unlabelled_data, self.callbacks, self.clock, self.config.to_dict(),
         )
         return in_precision(student, "float32")  # as mt.load_model gives it, whatever it trained in

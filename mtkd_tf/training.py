@@ -115,12 +115,12 @@ class TrainingData:
     batches_per_task: list[int]
     schedule: np.ndarray
     task_names: list[str]
-    epochs: Callable[[], tf.data.Dataset] | None = None
+    epochs: Callable[[], tf.data.Dataset]
 
     @property
     def dataset(self) -> tf.data.Dataset:
         """One epoch of batches; iterating it again gives the next epoch."""
-        return self.epochs() if self.epochs is not None else self.starting_at(0).take(self.steps_per_epoch)
+        return self.epochs()
 
     @property
     def step_tasks(self) -> list[str]:
@@ -356,8 +356,16 @@ def train_mtdnn(
     model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
     splits = [train[task.name] for task in model.tasks]
     data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
-    model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    state = fit(model, data, config, model_dir, callbacks, label, clock)
+    return fit_and_save(model, model, encoder, data, config, model_dir, callbacks, label, clock, experiment_config)
+
+
+def fit_and_save(trainer: keras.Model, model, encoder, data: TrainingData, config: TrainingConfig, model_dir: str,
+                 callbacks: Sequence[keras.callbacks.Callback] = (), label: str = "training",
+                 clock: RunClock | None = None, experiment_config: dict | None = None):
+    """Compiles `trainer` (the MT-DNN itself, or a Distiller around it), trains it resumably,
+    saves `model` to `model_dir` and removes the checkpoints; returns the saved model."""
+    trainer.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
+    state = fit(trainer, data, config, model_dir, callbacks, label, clock)
     trained = save_trained(model_dir, model, encoder, experiment_config)
     state.remove()
     return trained

@@ -25,7 +25,7 @@ from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.progress import RunClock
 from mtkd_tf.tasks import Task
-from mtkd_tf.training import encoder_preprocessor, fit, make_optimizer, save_trained, static_shapes, training_data
+from mtkd_tf.training import encoder_preprocessor, fit_and_save, static_shapes, training_data
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,5 @@ def train_student(
         teacher_tasks=with_teacher,
         hidden_weight=distillation.hidden_loss_weight,
     )
-    distiller.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    state = fit(distiller, data, config, student_dir, callbacks, "student", clock)
-    trained = save_trained(student_dir, student, encoder, experiment_config)
-    state.remove()
-    return trained
+    return fit_and_save(distiller, student, encoder, data, config, student_dir, callbacks, "student", clock,
+                        experiment_config)
