@@ -82,6 +82,8 @@ class ModelConfig(_Group):
     vocab_size: int = setting(2000, "Size of a learned vocabulary for random encoders.", lower=100)
     encoder_dropout: float | None = setting(None, "Override the shared layers' dropout.", lower=0.0, upper=0.99)
     max_seq_length: int = setting(128, "Tokens per example after packing (pairs truncated round-robin).", lower=8)
+    pad_to_multiple_of: int = setting(8, "Pad each batch to its longest example rounded up to this (0: always to "
+                                      "max_seq_length).", lower=0)
 
 
 @dataclasses.dataclass

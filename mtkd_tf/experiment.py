@@ -294,8 +294,9 @@ class Experiment:
                             spec.dropout, spec.encoder)
                 encoder = self.encoder(spec.encoder, spec.dropout, spec.seed)
                 train_mtdnn(self.tasks, self.train_data, encoder, self._training_config(seed=spec.seed, epochs=epochs),
-                            directory, self.config.model.max_seq_length, self.callbacks, label=f"teacher {spec.name}",
-                            clock=self.clock, experiment_config=self.config.to_dict())
+                            directory, self.config.model.max_seq_length, self.callbacks,
+                            self.config.model.pad_to_multiple_of, label=f"teacher {spec.name}", clock=self.clock,
+                            experiment_config=self.config.to_dict())
             directories.append(directory)
         return directories
 
@@ -331,7 +332,7 @@ class Experiment:
             self.tasks, self.train_data, self._student_encoder(), self.config.training, distillation, directory,
             self.config.model.max_seq_length, self.config.teachers.teacher_tasks, self._readable("soft_labels_dir"),
             self.teacher_dirs(),
-            self.unlabelled_data, self.callbacks, self.clock, self.config.to_dict(),
+            self.unlabelled_data, self.callbacks, self.clock, self.config.to_dict(), self.config.model.pad_to_multiple_of,
         )
         return in_precision(student, "float32")  # as mt.load_model gives it, whatever it trained in
 
@@ -343,7 +344,8 @@ class Experiment:
         if self._done("baseline", directory):
             return model_dir_lib.load(directory)
         baseline = train_mtdnn(self.tasks, self.train_data, self._student_encoder(), self.config.training, directory,
-                               self.config.model.max_seq_length, self.callbacks, label="baseline", clock=self.clock,
+                               self.config.model.max_seq_length, self.callbacks, self.config.model.pad_to_multiple_of,
+                               label="baseline", clock=self.clock,
                                experiment_config=self.config.to_dict())
         return in_precision(baseline, "float32")
 
@@ -356,12 +358,12 @@ class Experiment:
         directories: dict[str, str] = {}
         member_dirs = self.teacher_dirs()
         members = [model_dir_lib.load(directory) for directory in member_dirs]
-        for directory, member in zip(member_dirs, members):
-            name = os.path.basename(os.path.normpath(directory))
-            rows[name] = evaluation.evaluate(member, dev, batch)
-            directories[name] = directory
         if members:
-            rows["ensemble"] = ensemble.evaluate_ensemble(members, dev, batch)
+            member_rows, ensemble_row = ensemble.evaluate_members(members, dev, batch)
+            for directory, row in zip(member_dirs, member_rows):
+                name = os.path.basename(os.path.normpath(directory))
+                rows[name], directories[name] = row, directory
+            rows["ensemble"] = ensemble_row
         for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
             if model_dir_lib.exists(directory):
                 rows[name] = evaluation.evaluate(model_dir_lib.load(directory), dev, batch)
@@ -423,7 +425,7 @@ class Experiment:
         encoder = self.encoder(model.encoder, model.encoder_dropout, self.config.training.seed)
         dev = self.dev_data
         trained = train_mtdnn(self.tasks, self.train_data, encoder, self.config.training, self.paths.root,
-                              model.max_seq_length, self.callbacks, clock=self.clock,
+                              model.max_seq_length, self.callbacks, model.pad_to_multiple_of, clock=self.clock,
                               experiment_config=self.config.to_dict())
         results = evaluation.evaluate(in_precision(trained, "float32"), dev, self.config.runtime.eval_batch_size)
         write_json(os.path.join(self.paths.root, "eval_results.json"), results)

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor, load_tokenizer
 from mtkd_tf.errors import MtkdError
 from mtkd_tf.files import sha256, write_atomic, write_json
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
@@ -85,7 +85,7 @@ def verify(model_dir: str) -> None:
             )
 
 
-def load(model_dir: str, pad_to_multiple_of: int = 16, policy: str = "float32") -> MTDNN:
+def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: str = "float32") -> MTDNN:
     """Loads a directory written by `save`: the MT-DNN with its preprocessor (it predicts from
     raw strings, `model.predict_texts`), with a clear error when something is missing.
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 from mtkd_tf import checkpointing, distribute
 from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data import batching
-from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.files import write_json
@@ -306,7 +306,7 @@ def static_shapes(config: TrainingConfig, strategy: tf.distribute.Strategy | Non
     return config.jit_compile or (strategy is not None and distribute.is_tpu(strategy))
 
 
-def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = 16, static: bool = False) -> Preprocessor:
+def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, static: bool = False) -> Preprocessor:
     """The preprocessor that matches an encoder's vocabulary and casing (`static`: no dynamic padding)."""
     from mtkd_tf.data.preprocessing import load_tokenizer
 
@@ -335,7 +335,7 @@ def train_mtdnn(
     model_dir: str,
     max_seq_length: int = 128,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    pad_to_multiple_of: int = 16,
+    pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
     label: str = "MT-DNN",
     clock: RunClock | None = None,
     experiment_config: dict | None = None,

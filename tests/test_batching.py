@@ -53,7 +53,7 @@ def test_multitask_batches_are_homogeneous_and_cover_each_task_once_per_epoch():
         task_ids = x["task_id"].numpy()
         assert len(set(task_ids)) == 1 and task_ids[0] == schedule[step]
         assert x["token_ids"].shape == x["segment_ids"].shape == x["padding_mask"].shape
-        assert x["token_ids"].shape[1] % 16 == 0
+        assert x["token_ids"].shape[1] % pre.pad_to_multiple_of == 0
         seen[(step // 10, int(task_ids[0]))].append(len(task_ids))
         if task_ids[0] == 1:
             assert x["segment_ids"].numpy().max() == 1  # pairs

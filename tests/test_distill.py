@@ -393,6 +393,34 @@ def test_an_ensemble_tokenises_once_per_tokenizer(tiny_student, splits, monkeypa
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
+def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student, splits, monkeypatch):
+    from mtkd_tf import evaluation
+
+    _, pre = tiny_student(seed=0)
+    members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8)]
+    dev = {splits[0].task.name: {"dev": splits[0].take(16)}, splits[1].task.name: {"dev": splits[1].take(12)}}
+    alone = [evaluation.evaluate(m, dev) for m in members]
+    expected_ensemble = evaluation.score_splits(dev, lambda d: _ensemble_outputs(members, d))
+    passes = []
+    real = ensemble.predict_outputs
+    monkeypatch.setattr(ensemble, "predict_outputs", lambda *a, **k: passes.append(1) or real(*a, **k))
+    rows, together = ensemble.evaluate_members(members, dev)
+    assert len(passes) == len(members) * len(dev)  # the ensemble row reuses the members' passes
+    for row, single in zip(rows, alone):
+        assert row.keys() == single.keys()
+        for task in row:
+            for metric, value in row[task].items():
+                assert value == pytest.approx(single[task][metric], abs=1e-6)
+    for task in together:
+        for metric, value in together[task].items():
+            assert value == pytest.approx(expected_ensemble[task][metric], abs=1e-6)
+
+
+def _ensemble_outputs(members, data):
+    averaged = ensemble.ensemble_targets(members, data)
+    return np.log(np.maximum(averaged, 1e-12)) if data.task.type == "classification" else averaged
+
+
 def test_training_precision_auto_picks_bfloat16_only_where_native_and_faster(monkeypatch):
     import keras
 

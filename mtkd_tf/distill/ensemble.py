@@ -78,8 +78,12 @@ def member_targets(
     computes under dtype `policy` (None: as the member is; mixed_bfloat16: faster on CPUs with
     AVX512-BF16 or AMX). `tokens`: `data` already tokenised by this member's preprocessor."""
     model = member if policy is None else in_precision(member, policy)
-    outputs = predict_outputs(model, data, batch_size, tokens=tokens)
-    if data.task.type == CLASSIFICATION:
+    return targets_from_outputs(data.task, predict_outputs(model, data, batch_size, tokens=tokens), temperature)
+
+
+def targets_from_outputs(task: Task, outputs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Head outputs -> what an ensemble averages: probabilities at temperature T, or scores."""
+    if task.type == CLASSIFICATION:
         return np.exp(np.asarray(soften(outputs, temperature)))
     return outputs
 
@@ -161,18 +165,40 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
     return np.concatenate(parts)
 
 
+def evaluate_members(
+    members: Sequence[MTDNN],
+    dev: Mapping[str, Mapping[str, SplitData]],
+    batch_size: int = 128,
+) -> tuple[list[dict[str, dict[str, float]]], dict[str, dict[str, float]]]:
+    """GLUE metrics of each member and of their ensemble (the averaged predictions), with one
+    forward pass per member and split (the ensemble reuses them) and one tokenisation per tokenizer."""
+    outputs: list[dict[int, np.ndarray]] = [{} for _ in members]
+    for splits in dev.values():
+        for data in splits.values():
+            if data.labels is None:
+                continue
+            tokenised: dict[tuple, tuple] = {}
+            for member, predictions in zip(members, outputs):
+                key = _tokenizer_key(member)
+                if key not in tokenised:
+                    tokenised[key] = tokenize_all(data, member.preprocessor)
+                predictions[id(data)] = predict_outputs(member, data, batch_size, tokens=tokenised[key])
+
+    def averaged(data: SplitData) -> np.ndarray:
+        mean = np.mean([targets_from_outputs(data.task, predictions[id(data)]) for predictions in outputs], axis=0)
+        return np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
+
+    rows = [score_splits(dev, lambda data, predictions=predictions: predictions[id(data)]) for predictions in outputs]
+    return rows, score_splits(dev, averaged)
+
+
 def evaluate_ensemble(
     members: Sequence[MTDNN],
     dev: Mapping[str, Mapping[str, SplitData]],
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
     """GLUE metrics of the averaged predictions, `{task: {metric[_suffix]: value}}`."""
-
-    def predict(data: SplitData) -> np.ndarray:
-        averaged = ensemble_targets(members, data, 1.0, batch_size)
-        return np.log(np.maximum(averaged, 1e-12)) if data.task.type == CLASSIFICATION else averaged
-
-    return score_splits(dev, predict)
+    return evaluate_members(members, dev, batch_size)[1]
 
 
 def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:

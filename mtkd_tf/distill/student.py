@@ -25,6 +25,7 @@ from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.progress import RunClock
 from mtkd_tf.tasks import Task
+from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF
 from mtkd_tf.training import encoder_preprocessor, fit_and_save, static_shapes, training_data
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def train_student(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     clock: RunClock | None = None,
     experiment_config: dict | None = None,
+    pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
 ) -> MTDNN:
     """Trains the student MT-DNN with a Distiller (in the current strategy scope), saves it to
     `student_dir` and returns it.
@@ -71,7 +73,7 @@ def train_student(
     with_teacher = teacher_task_names(tasks, teacher_tasks)
     strategy = tf.distribute.get_strategy()
     static = static_shapes(config, strategy)
-    preprocessor = encoder_preprocessor(encoder, max_seq_length, static=static)
+    preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of, static)
     student = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
     width = soft_width(student.tasks)
     splits, label_masks = [], {}

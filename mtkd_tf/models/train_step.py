@@ -9,6 +9,7 @@ global gradient norm, applies the optimizer and tracks the losses, overall and p
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import keras
@@ -37,15 +38,36 @@ def _merge_duplicates(gradient):
     return tf.IndexedSlices(values, unique, gradient.dense_shape)
 
 
-def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer) -> list:
-    """Makes the optimizer's global-norm clipping exact and independent of the replica count.
+def clip_by_global_norm(gradients: list, clipnorm) -> list:
+    """Keras's global-norm clipping (same scale formula, NaN-propagating), without densifying.
 
-    Keras clips each replica's partial gradient before summing them, and measures an
+    Squares are summed by `tf.nn.l2_loss` (one pass, no temporary) and an `IndexedSlices`
+    gradient is measured and scaled by its rows, where Keras's `ops.square` and `v * scale`
+    would first expand a 30,522-row embedding gradient to a dense matrix twice per step.
+    """
+    parts = [g.values if isinstance(g, tf.IndexedSlices) else g for g in gradients if g is not None]
+    norm = tf.sqrt(2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(part, tf.float32)) for part in parts]))
+    scale = clipnorm * tf.minimum(1.0 / norm, 1.0 / clipnorm) + (norm - norm)
+
+    def scaled(gradient):
+        if gradient is None:
+            return None
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.IndexedSlices(gradient.values * tf.cast(scale, gradient.dtype), gradient.indices, gradient.dense_shape)
+        return gradient * tf.cast(scale, gradient.dtype)
+
+    return [scaled(g) for g in gradients]
+
+
+def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer) -> list:
+    """Clips the true global gradient norm, exactly and independently of the replica count.
+
+    Keras would clip each replica's partial gradient before summing them, and measure an
     embedding's IndexedSlices gradient by its unmerged rows. Here the norm is that of the
-    true (summed, merged) gradient: one replica merges duplicate rows and lets Keras clip;
-    several sum first, clip, and hand each replica a 1/R share, whose norm is below the
-    clip so Keras leaves it alone. Under mixed_float16 the gradients carry the loss scale,
-    so the threshold does too (the LossScaleOptimizer unscales before its inner clip).
+    true (summed, merged) gradient: one replica merges duplicate rows and clips the rows;
+    several sum first, clip, and hand each replica a 1/R share. The optimizer's own clipping
+    is then skipped (`optimizer_clipping_off`). Under mixed_float16 the gradients carry the
+    loss scale, so the threshold does too (the LossScaleOptimizer unscales afterwards).
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     clipnorm = inner.global_clipnorm
@@ -53,16 +75,29 @@ def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer)
         return gradients
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context is not None else 1
-    if replicas == 1:
-        return [None if g is None else _merge_duplicates(g) for g in gradients]
     scale = tf.cast(optimizer.dynamic_scale, tf.float32) if inner is not optimizer else 1.0
+    if replicas == 1:
+        return clip_by_global_norm([None if g is None else _merge_duplicates(g) for g in gradients], clipnorm * scale)
     present = [i for i, g in enumerate(gradients) if g is not None]
     summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(gradients[i]) for i in present])
-    clipped, _ = tf.clip_by_global_norm(summed, clipnorm * scale)
+    clipped = clip_by_global_norm(summed, clipnorm * scale)
     result = list(gradients)
     for i, gradient in zip(present, clipped):
         result[i] = gradient / replicas
     return result
+
+
+@contextlib.contextmanager
+def optimizer_clipping_off(optimizer: keras.optimizers.Optimizer):
+    """Suspends the optimizer's global-norm clipping while a step that already clipped traces
+    `apply_gradients` (Keras reads the setting in Python, so the traced step never clips twice)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    clipnorm = inner.global_clipnorm
+    inner.global_clipnorm = None
+    try:
+        yield
+    finally:
+        inner.global_clipnorm = clipnorm
 
 
 def replica_loss_to_metric(loss: tf.Tensor) -> tf.Tensor:
@@ -96,7 +131,8 @@ class MultiTaskTrainStep:
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        with optimizer_clipping_off(self.optimizer):
+            self.optimizer.apply_gradients(zip(gradients, variables))
         return self._track(losses, task_id, x)
 
     def test_step(self, data):
