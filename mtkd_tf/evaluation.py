@@ -123,14 +123,31 @@ def score_splits(
     dev: Mapping[str, Mapping[str, SplitData]], predict: Callable[[SplitData], np.ndarray]
 ) -> dict[str, dict[str, float]]:
     """`{task: {metric[_suffix]: value}}` of `predict`'s head outputs on every labelled split."""
-    results: dict[str, dict[str, float]] = {}
+    return score_outputs(dev, {key: predict(data) for key, data in labelled_splits(dev)})
+
+
+def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]):
+    """`((task name, split), data)` of every labelled split, in order."""
     for task_name, splits in dev.items():
         for split, data in splits.items():
-            if data.labels is None:
-                continue
-            suffix = split_suffix(data.task, split)
-            for metric, value in task_metrics(data.task, data.labels, predict(data), data.groups).items():
-                results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
+            if data.labels is not None:
+                yield (task_name, split), data
+
+
+def dev_outputs(model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]],
+                batch_size: int = 128) -> dict[tuple[str, str], np.ndarray]:
+    """One model's head outputs on every labelled split: `{(task, split): outputs}`."""
+    return {key: predict_outputs(model, data, batch_size) for key, data in labelled_splits(dev)}
+
+
+def score_outputs(dev: Mapping[str, Mapping[str, SplitData]],
+                  outputs: Mapping[tuple[str, str], np.ndarray]) -> dict[str, dict[str, float]]:
+    """GLUE metrics of outputs already computed (`dev_outputs`): `{task: {metric[_suffix]: value}}`."""
+    results: dict[str, dict[str, float]] = {}
+    for (task_name, split), data in labelled_splits(dev):
+        suffix = split_suffix(data.task, split)
+        for metric, value in task_metrics(data.task, data.labels, outputs[(task_name, split)], data.groups).items():
+            results.setdefault(task_name, {})[f"{metric}_{suffix}" if suffix else metric] = value
     return results
 
 
@@ -250,3 +267,25 @@ def prediction_tasks(
             label = (task.source.submission_name if task.source else None) or task.name
             skipped.append(f"{label} skipped: {why}")
     return kept, skipped
+
+
+DEV_OUTPUTS = "dev_outputs.npz"
+
+
+def write_dev_outputs(path: str, outputs: Mapping[str, Mapping[tuple[str, str], np.ndarray]]) -> None:
+    """Saves `{row: {(task, split): head outputs}}` (what the report's intervals resample), atomically."""
+    arrays = {f"{row}|{task}|{split}": np.asarray(values) for row, found in outputs.items()
+              for (task, split), values in found.items()}
+    temporary = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+
+
+def read_dev_outputs(path: str) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+    """The inverse of `write_dev_outputs`."""
+    outputs: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as saved:
+        for name in saved.files:
+            row, task, split = name.split("|")
+            outputs.setdefault(row, {})[(task, split)] = saved[name]
+    return outputs

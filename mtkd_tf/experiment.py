@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import keras
 
 from mtkd_tf import distribute, evaluation
+from mtkd_tf.evaluation import DEV_OUTPUTS, read_dev_outputs, write_dev_outputs
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
@@ -41,7 +42,7 @@ from mtkd_tf.files import write_json
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.progress import RunClock, duration
-from mtkd_tf.report import write_report
+from mtkd_tf.report import intervals, write_report
 from mtkd_tf.tasks import UNLABELLED, Task
 from mtkd_tf.training import train_mtdnn
 
@@ -351,35 +352,42 @@ class Experiment:
 
     @_stage
     def evaluate(self) -> dict[str, dict]:
-        """Dev metrics of every member, the ensemble, the baseline and the student: `{row: results}`."""
+        """Dev metrics of every member, the ensemble, the baseline and the student: `{row: results}`.
+        Their dev outputs go to `dev_outputs.npz`, from which the report draws its intervals."""
         self._announce("evaluate", "every member, the ensemble, the baseline and the student on dev")
         dev, batch = self.dev_data, self.config.runtime.eval_batch_size
-        rows: dict[str, dict] = {}
+        outputs: dict[str, dict] = {}
         directories: dict[str, str] = {}
         member_dirs = self.teacher_dirs()
-        members = [model_dir_lib.load(directory) for directory in member_dirs]
-        if members:
-            member_rows, ensemble_row = ensemble.evaluate_members(members, dev, batch)
-            for directory, row in zip(member_dirs, member_rows):
+        if member_dirs:
+            members = [model_dir_lib.load(directory) for directory in member_dirs]
+            each, outputs["ensemble"] = ensemble.member_outputs(members, dev, batch)
+            for directory, member_outputs in zip(member_dirs, each):
                 name = os.path.basename(os.path.normpath(directory))
-                rows[name], directories[name] = row, directory
-            rows["ensemble"] = ensemble_row
+                outputs[name], directories[name] = member_outputs, directory
+            outputs = {**{name: outputs[name] for name in directories}, "ensemble": outputs["ensemble"]}
         for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
             if model_dir_lib.exists(directory):
-                rows[name] = evaluation.evaluate(model_dir_lib.load(directory), dev, batch)
+                outputs[name] = evaluation.dev_outputs(model_dir_lib.load(directory), dev, batch)
                 directories[name] = directory
+        rows = {name: evaluation.score_outputs(dev, found) for name, found in outputs.items()}
         for name, directory in directories.items():
             write_json(os.path.join(directory, "eval_results.json"), rows[name])
+        write_dev_outputs(os.path.join(self.paths.root, DEV_OUTPUTS), outputs)
         return rows
 
     def report(self, rows: dict[str, dict] | None = None) -> dict:
         """Writes report.json (with the full config), report.md and the plots; returns the report."""
         rows = rows if rows is not None else self.evaluate()
         self._announce("report", f"{os.path.join(self.paths.root, 'report.md')}")
+        path = os.path.join(self.paths.root, DEV_OUTPUTS)
+        found = intervals(self.dev_data, read_dev_outputs(path), rows, seed=self.config.training.seed) \
+            if os.path.isfile(path) else {}
+        teacher_tasks = list(self.teacher_tasks) if self.config.teachers.teacher_tasks else None
         report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), {
             "student": os.path.join(self.paths.student_dir, "history.json"),
             "baseline": os.path.join(self.paths.baseline_dir, "history.json"),
-        }, environment(self.precision))
+        }, environment(self.precision), found, teacher_tasks)
         print(table)
         return report
 

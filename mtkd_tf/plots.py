@@ -39,8 +39,14 @@ def _pyplot():
     return plt
 
 
-def plot_scores(report: Mapping, rows: Sequence[str], path: str) -> str:
-    """Grouped bars: one group per task (its first metric), one bar per row of the report."""
+ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - best member"}
+
+
+def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None) -> str:
+    """Grouped bars: one group per task (its first metric), one bar per row of the report.
+
+    With `intervals`, the student's bar carries the 95% interval of student - baseline and the
+    ensemble's that of ensemble - best member, drawn around the bar's value."""
     plt = _pyplot()
     tasks = list(report)
     figure, axis = plt.subplots(figsize=(max(6.0, 1.9 * len(tasks) + 2), 4.2))
@@ -54,11 +60,21 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str) -> str:
             values.append(100 * value if value is not None else 0.0)
         positions = [t + (r - (len(rows) - 1) / 2) * width for t in range(len(tasks))]
         colour = _COLOURS.get(row, _MEMBER)
-        axis.bar(positions, values, width * 0.95, label=row, color=colour,
+        errors = None
+        if intervals and row in ERROR_BARS:
+            errors = [[0.0] * len(tasks), [0.0] * len(tasks)]
+            for t, task in enumerate(tasks):
+                found = intervals.get(task, {}).get(next(iter(report[task])), {}).get(ERROR_BARS[row])
+                if found is not None:
+                    errors[0][t] = 100 * (found.difference - found.low)
+                    errors[1][t] = 100 * (found.high - found.difference)
+        axis.bar(positions, values, width * 0.95, label=row, color=colour, yerr=errors, capsize=2,
                  edgecolor="black" if row in _COLOURS else "none", linewidth=0.5)
     axis.set_xticks(range(len(tasks)), labels)
     axis.set_ylabel("dev score (x100)")
-    axis.set_title("Teachers, their ensemble, the baseline MT-DNN and the distilled student")
+    axis.set_title("Teachers, their ensemble, the baseline MT-DNN and the distilled student"
+                   + ("\n(error bars: 95% intervals of student - baseline and ensemble - best member)" if intervals else ""),
+                   fontsize=10)
     axis.axhline(0, color="black", linewidth=0.6)
     axis.legend(ncol=min(len(rows), 6), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     axis.grid(axis="y", alpha=0.3)

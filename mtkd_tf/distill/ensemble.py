@@ -24,7 +24,7 @@ from mtkd_tf.data.split import SplitData
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.data.batching import tokenize_all
-from mtkd_tf.evaluation import predict_outputs, score_splits
+from mtkd_tf.evaluation import labelled_splits, predict_outputs, score_outputs
 from mtkd_tf.losses import soften
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.tasks import CLASSIFICATION, Task
@@ -165,31 +165,35 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
     return np.concatenate(parts)
 
 
+def member_outputs(
+    members: Sequence[MTDNN],
+    dev: Mapping[str, Mapping[str, SplitData]],
+    batch_size: int = 128,
+) -> tuple[list[dict[tuple[str, str], np.ndarray]], dict[tuple[str, str], np.ndarray]]:
+    """Each member's head outputs on every labelled split and the ensemble's (averaged
+    probabilities as log-probabilities, or averaged scores), `{(task, split): outputs}`: one
+    forward pass per member and split, one tokenisation per tokenizer."""
+    outputs: list[dict[tuple[str, str], np.ndarray]] = [{} for _ in members]
+    averaged: dict[tuple[str, str], np.ndarray] = {}
+    for key, data in labelled_splits(dev):
+        tokenised: dict[tuple, tuple] = {}
+        for member, predictions in zip(members, outputs):
+            if _tokenizer_key(member) not in tokenised:
+                tokenised[_tokenizer_key(member)] = tokenize_all(data, member.preprocessor)
+            predictions[key] = predict_outputs(member, data, batch_size, tokens=tokenised[_tokenizer_key(member)])
+        mean = np.mean([targets_from_outputs(data.task, predictions[key]) for predictions in outputs], axis=0)
+        averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
+    return outputs, averaged
+
+
 def evaluate_members(
     members: Sequence[MTDNN],
     dev: Mapping[str, Mapping[str, SplitData]],
     batch_size: int = 128,
 ) -> tuple[list[dict[str, dict[str, float]]], dict[str, dict[str, float]]]:
-    """GLUE metrics of each member and of their ensemble (the averaged predictions), with one
-    forward pass per member and split (the ensemble reuses them) and one tokenisation per tokenizer."""
-    outputs: list[dict[int, np.ndarray]] = [{} for _ in members]
-    for splits in dev.values():
-        for data in splits.values():
-            if data.labels is None:
-                continue
-            tokenised: dict[tuple, tuple] = {}
-            for member, predictions in zip(members, outputs):
-                key = _tokenizer_key(member)
-                if key not in tokenised:
-                    tokenised[key] = tokenize_all(data, member.preprocessor)
-                predictions[id(data)] = predict_outputs(member, data, batch_size, tokens=tokenised[key])
-
-    def averaged(data: SplitData) -> np.ndarray:
-        mean = np.mean([targets_from_outputs(data.task, predictions[id(data)]) for predictions in outputs], axis=0)
-        return np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
-
-    rows = [score_splits(dev, lambda data, predictions=predictions: predictions[id(data)]) for predictions in outputs]
-    return rows, score_splits(dev, averaged)
+    """GLUE metrics of each member and of their ensemble, from `member_outputs`."""
+    outputs, averaged = member_outputs(members, dev, batch_size)
+    return [score_outputs(dev, predictions) for predictions in outputs], score_outputs(dev, averaged)
 
 
 def evaluate_ensemble(
