@@ -121,9 +121,10 @@ def bare_keras_hub(setup: Setup, steps_total: int) -> keras.Model:
     return model
 
 
-def mtdnn(setup: Setup, steps_total: int, tasks=TASKS, seed: int = 0, jit_compile: bool = False) -> MTDNN:
+def mtdnn(setup: Setup, steps_total: int, tasks=TASKS, seed: int = 0, jit_compile: bool = False,
+          optimizer: str = "adamax") -> MTDNN:
     model = MTDNN(encoder(setup, seed).backbone, tasks)
-    model.compile(optimizer=training.make_optimizer(config(setup), steps_total), jit_compile=jit_compile)
+    model.compile(optimizer=training.make_optimizer(config(setup, optimizer=optimizer), steps_total), jit_compile=jit_compile)
     return model
 
 

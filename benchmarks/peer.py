@@ -3,9 +3,9 @@ fine-tuning the same pretrained MiniLM on the same real rt_polarity training sen
 same batch size and sequence limit, timed interleaved (rounds of steps, ours then the peer's) in
 one process.
 
-Each side gets its best CPU settings. Ours: dynamic padding, length bucketing, the training
-precision `auto` picks (mixed_bfloat16 where bfloat16 is native and faster, else float32). The
-peer: `DataCollatorWithPadding`, `group_by_length` (transformers' `LengthGroupedSampler`), AdamW
+Each side gets its best CPU settings. Ours: dynamic padding, length bucketing, the fused Adamax
+(`adamax_fused`, as the quickstart), the training precision `auto` picks (mixed_bfloat16 where
+bfloat16 is native and faster, else float32). The peer: `DataCollatorWithPadding`, `group_by_length` (transformers' `LengthGroupedSampler`), AdamW
 with global-norm clipping 1.0, `torch.set_num_threads(<cores>)`, and bfloat16 autocast where
 bfloat16 is native (the peer's equivalent of our `auto`). Both sides report examples/s of
 steady-state steps (after warm-up steps that trace / allocate).
@@ -54,7 +54,8 @@ class Ours:
         task = TASKS["rt_polarity"]
         data = SplitData(task, "train", [f"rt/{i}" for i in range(len(texts))], list(texts), None, labels)
         encoder = load_encoder("minilm_l6", seed=0)
-        config = training.TrainingConfig(batch_size=batch, epochs=1000, learning_rate=5e-5, verbose=0)
+        config = training.TrainingConfig(batch_size=batch, epochs=1000, learning_rate=5e-5, verbose=0,
+                                         optimizer="adamax_fused")
         preprocessor = training.encoder_preprocessor(encoder, seq)
         self.model = MTDNN(encoder.backbone, [task], preprocessor=preprocessor)
         stream = training.training_data([data], preprocessor, config)

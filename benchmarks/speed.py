@@ -25,6 +25,7 @@ from benchmarks import figures
 from mtkd_tf import distribute, training
 
 WIDTHS = (32, 64, 128)
+OPTIMIZER = "adamax_fused"  # what the quickstart and moviesuite_full.cfg train with (docs/performance.md)
 
 
 def torch_peak(n: int = 4096, repeats: int = 5) -> float | None:
@@ -52,7 +53,7 @@ def _step_times(setup: figures.Setup, policy: str, train: bool, rounds: int = 2)
     try:
         data = figures.splits(setup, batches_per_task=4)
         stream = training.training_data(data, figures.preprocessor(setup), figures.config(setup))
-        model = figures.mtdnn(setup, 10_000)
+        model = figures.mtdnn(setup, 10_000, optimizer=OPTIMIZER)
         iterator = iter(stream.starting_at(0))
         if train:
             model.make_train_function()

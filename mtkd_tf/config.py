@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
 SAMPLING = ("proportional", "temperature", "uniform")
 SOFT_LOSSES = ("ce", "kl", "mse")
+ALPHA_SCHEDULES = ("constant", "anneal")
 
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, lower: float | None = None,
@@ -97,7 +98,8 @@ class TrainingConfig(_Group):
                              "ApplyAdaMax kernel, rounded differently in the last bits).", choices=OPTIMIZERS)
     warmup_fraction: float = setting(0.1, "Fraction of steps of linear warm-up.", lower=0.0, upper=0.99)
     clipnorm: float = setting(1.0, "Global gradient-norm clip (0: off).", lower=0.0)
-    weight_decay: float = setting(0.01, "Weight decay (adamw only).", lower=0.0)
+    weight_decay: float = setting(0.01, "Decoupled weight decay, w -= lr * weight_decay * w every step, on every "
+                                  "weight (adamax, adamax_fused, adamw; the reference MT-DNN's Adamax does this).", lower=0.0)
     task_sampling: str = setting("proportional", "How batches of tasks are mixed.", choices=SAMPLING)
     sampling_temperature: float = setting(1.0, "tau of temperature sampling, p ~ |D|^tau.", lower=0.0)
     seed: int = setting(0, "Random seed.")
@@ -146,6 +148,10 @@ class DistillationConfig(_Group):
     alpha: float = setting(0.5, "Weight of the soft loss for tasks with a teacher: (1 - a) hard + a soft.")
     task_alpha: dict[str, float] = dataclasses.field(
         default_factory=dict, metadata={"help": "Per-task alpha overrides, task:alpha items."})
+    alpha_schedule: str = setting("constant", "constant: alpha throughout (paper); anneal: the soft weight goes "
+                                  "linearly from 1 at the first step to 0 at the last, so the student ends on the gold "
+                                  "labels (teacher annealing, Clark et al. 2019; overrides alpha and task_alpha).",
+                                  choices=ALPHA_SCHEDULES)
     temperature: float = setting(1.0, "Distillation temperature T (paper: 1).")
     soft_loss: str = setting("ce", "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.", choices=SOFT_LOSSES)
     online_teachers: bool = setting(False, "Run frozen teachers inside the train step instead of cached soft labels.")

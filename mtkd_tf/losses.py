@@ -58,35 +58,35 @@ def soft_loss(
     """Per-example distillation loss of a student output against a teacher target.
 
     Classification (`target` = teacher probabilities Q at temperature T):
-      ce:  -sum_c Q_c log P_c(T)              (paper: T = 1)
-      kl:  sum_c Q_c (log Q_c - log P_c(T))   (= ce minus the teacher's entropy)
-      mse: mean_c (log P_c - log Q_c)^2 / T^2 on log-probabilities ("logits" up to a constant)
-    ce and kl are multiplied by T^2 when T != 1 so gradients keep their scale (Hinton et al.).
-    Ranking: the same on each question's candidate distribution, Q = softmax(teacher
-    mean scores / T) (mse: squared error to the teachers' mean score).
+      ce:  -sum_c Q_c log P_c(T)                 (paper: T = 1)
+      kl:  sum_c Q_c (log Q_c - log P_c(T))      (= ce minus the teacher's entropy)
+      mse: mean_c (log P_c(T) - log Q_c)^2       (log-probabilities, both at T: "logits" up to a constant)
+    All three are multiplied by T^2 when T != 1 so gradients keep their scale (Hinton et al.).
+    Ranking: the same on each question's candidate distribution; Q is the members' averaged
+    group probabilities softmax(scores / T) (`target`, one per row).
     Regression: squared error to the teachers' mean score.
     """
     if kind not in SOFT_LOSSES:
         raise ValueError(f"soft loss {kind!r} is not one of {', '.join(SOFT_LOSSES)}")
-    if task.type == REGRESSION or (task.type == RANKING and kind == "mse"):
+    if task.type == REGRESSION:
         return tf.square(output - tf.reshape(target, tf.shape(output)))
     if task.type == RANKING:
         size = task.group_size
-        teacher = tf.nn.softmax(tf.reshape(tf.cast(target, tf.float32), [-1, size]) / temperature, axis=-1)
+        teacher = tf.reshape(tf.cast(target, tf.float32), [-1, size])
         student = tf.nn.log_softmax(tf.reshape(output, [-1, size]), axis=-1)
-        return _spread(_soft_cross_entropy(student, teacher, temperature, kind), size)
-    target = tf.cast(target, tf.float32)
+        return _spread(_distribution_loss(student, teacher, temperature, kind), size)
+    return _distribution_loss(output, tf.cast(target, tf.float32), temperature, kind)
+
+
+def _distribution_loss(log_probs: tf.Tensor, target: tf.Tensor, temperature: float, kind: str) -> tf.Tensor:
+    """ce, kl or mse of student log-probabilities softened at T against probabilities `target`, x T^2."""
+    softened = soften(log_probs, temperature)
     if kind == "mse":
-        log_target = tf.math.log(tf.maximum(target, 1e-8))
-        return tf.reduce_mean(tf.square(output - log_target), axis=-1) / (temperature**2)
-    return _soft_cross_entropy(output, target, temperature, kind)
-
-
-def _soft_cross_entropy(log_probs: tf.Tensor, target: tf.Tensor, temperature: float, kind: str) -> tf.Tensor:
-    """ce or kl of student log-probabilities softened at T against probabilities `target`, x T^2."""
-    loss = -tf.reduce_sum(target * soften(log_probs, temperature), axis=-1)
-    if kind == "kl":
-        loss += tf.reduce_sum(tf.math.xlogy(target, target), axis=-1)
+        loss = tf.reduce_mean(tf.square(softened - tf.math.log(tf.maximum(target, 1e-8))), axis=-1)
+    else:
+        loss = -tf.reduce_sum(target * softened, axis=-1)
+        if kind == "kl":
+            loss += tf.reduce_sum(tf.math.xlogy(target, target), axis=-1)
     return loss * (temperature**2 if temperature != 1.0 else 1.0)
 
 

@@ -87,10 +87,11 @@ class FusedAdamax(keras.optimizers.Adamax):
 def make_optimizer(config: TrainingConfig, total_steps: int) -> keras.optimizers.Optimizer:
     schedule = LinearWarmupDecay(config.learning_rate, total_steps, int(config.warmup_fraction * total_steps))
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
+    decay = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
     if config.optimizer == "adamax":
-        return keras.optimizers.Adamax(schedule, **clip)
+        return keras.optimizers.Adamax(schedule, **decay, **clip)
     if config.optimizer == "adamax_fused":
-        return FusedAdamax(schedule, **clip)
+        return FusedAdamax(schedule, **decay, **clip)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip)
     return keras.optimizers.Adam(schedule, **clip)

@@ -16,6 +16,7 @@ from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.distill.soft_labels import SoftLabelError
+from mtkd_tf.errors import ConfigError
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
 from mtkd_tf.training import TrainConfig, make_optimizer, training_data
@@ -54,10 +55,31 @@ def test_kl_is_cross_entropy_minus_teacher_entropy():
     assert np.allclose(_soft("kl", T), (Q * (np.log(Q) - np.log(p_t))).sum(axis=1) * T**2, atol=1e-5)
 
 
-def test_mse_on_log_probabilities():
+def test_mse_on_log_probabilities_both_at_temperature():
     expected = ((np.log(P) - np.log(Q)) ** 2).mean(axis=1)
     assert np.allclose(_soft("mse", 1.0), expected, atol=1e-6)
-    assert np.allclose(_soft("mse", 2.0), expected / 4, atol=1e-6)
+    T = 2.0
+    p_t = P ** (1 / T) / (P ** (1 / T)).sum(axis=1, keepdims=True)
+    assert np.allclose(_soft("mse", T), ((np.log(p_t) - np.log(Q)) ** 2).mean(axis=1) * T**2, atol=1e-5)
+    # a student equal to the teacher has no loss at any T (its log-probabilities are softened too)
+    teacher_at_t = p_t
+    assert np.allclose(_soft("mse", T, target=teacher_at_t), 0.0, atol=1e-10)
+
+
+def test_ranking_soft_targets_average_the_members_group_probabilities():
+    task = dataclasses.replace(GLUE_TASKS["qnli"], type="ranking", labels=("entailment", "not_entailment"), group_size=2,
+                               positive_label="entailment")
+    groups = np.array([0, 0])
+    members = [np.array([4.0, 0.0]), np.array([0.0, 1.0])]
+    averaged = np.mean([ensemble.targets_from_outputs(task, m, 1.0, groups) for m in members], axis=0)
+    np.testing.assert_allclose(averaged, [0.625, 0.375], atol=1e-3)  # averaged scores would give [0.818, 0.182]
+    # any group sizes and orders
+    uneven = ensemble.group_softmax(np.array([1.0, 5.0, 0.0, 2.0, 2.0]), np.array([1, 0, 1, 0, 7]))
+    np.testing.assert_allclose(uneven, [np.e / (np.e + 1), 1 / (1 + np.exp(-3)), 1 / (np.e + 1), 1 / (1 + np.exp(3)), 1.0],
+                               rtol=1e-6)
+    # the loss takes them as the teacher's distribution over the candidates
+    loss = losses.soft_loss(task, tf.constant([0.0, 0.0]), tf.constant(averaged, tf.float32)).numpy()
+    np.testing.assert_allclose(loss, [-np.log(0.5)] * 2, rtol=1e-5)
 
 
 def test_regression_soft_loss_is_squared_error_to_teacher_mean():
@@ -437,3 +459,19 @@ def test_training_precision_auto_picks_bfloat16_only_where_native_and_faster(mon
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_annealed_alpha_goes_from_one_at_the_first_step_to_zero_at_the_last(tiny_student):
+    student, _ = tiny_student(seed=0)
+    distiller = Distiller(student, alpha=0.3, alpha_schedule="anneal", total_steps=11)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    seen = []
+    for step in (0, 5, 10):
+        distiller.optimizer.iterations.assign(step)
+        seen.append(float(distiller.current_alpha(tf.constant(0))))
+    assert seen == pytest.approx([1.0, 0.5, 0.0])
+    constant = Distiller(student, alpha=0.3)
+    assert float(constant.current_alpha(tf.constant(0))) == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="alpha_schedule=anneal needs the number of training steps"):
+        Distiller(student, alpha_schedule="anneal")
+    assert Distiller.from_config(distiller.get_config()).total_steps == 11

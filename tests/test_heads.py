@@ -159,7 +159,7 @@ def test_ranking_loss_matches_hand_value(rank_task):
 
 def test_ranking_soft_loss_is_cross_entropy_over_candidates(rank_task):
     scores = tf.constant([0.0, 1.0, 2.0, 3.0])
-    teacher = tf.constant([1.0, 1.0, 1.0, 1.0])
+    teacher = tf.constant([0.25, 0.25, 0.25, 0.25])  # the teachers' group probabilities
     loss = soft_loss(rank_task, scores, teacher).numpy()
     expected = -np.mean(np.log(np.exp([0, 1, 2, 3]) / np.exp([0, 1, 2, 3]).sum()))
     np.testing.assert_allclose(loss, [expected] * 4, rtol=1e-5)

@@ -196,16 +196,16 @@ def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp
     expected = ensemble.ensemble_targets(members, data, 1.0, 16)
     cache = str(tmp_path / "partial")
     calls, calls_before_crash = [], []
-    real = ensemble.member_targets
+    real = ensemble.predict_outputs
 
-    def dies_on_third_chunk(member, rows, temperature, batch_size, **kwargs):
+    def dies_on_third_chunk(member, rows, batch_size, **kwargs):
         calls.append(len(rows))
         if len(calls) == 3 and not calls_before_crash:
             calls_before_crash.extend(calls)
             raise Crash("killed while labelling")
-        return real(member, rows, temperature, batch_size, **kwargs)
+        return real(member, rows, batch_size, **kwargs)
 
-    monkeypatch.setattr(ensemble, "member_targets", dies_on_third_chunk)
+    monkeypatch.setattr(ensemble, "predict_outputs", dies_on_third_chunk)
     with pytest.raises(Crash):
         ensemble.ensemble_targets(members, data, 1.0, 16, cache, chunk_examples=16)
     assert len(glob.glob(f"{cache}/*/*.npy")) == 2  # member_0's first two chunks survived
@@ -223,7 +223,7 @@ def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp
     assert calls == [16] and "member_0-16.npy is unusable" in caplog.text
     np.testing.assert_allclose(again, expected, atol=1e-6)
     # the pipeline stage writes the task's file and removes its chunks
-    monkeypatch.setattr(ensemble, "member_targets", real)
+    monkeypatch.setattr(ensemble, "predict_outputs", real)
     out = str(tmp_path / "soft")
     ensemble.make_soft_labels(directories, {"rte": [data]}, 1.0, out, batch_size=16, checkpoint_every_steps=1)
     assert os.listdir(out) == ["rte.npz"]

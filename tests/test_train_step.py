@@ -1,7 +1,9 @@
-"""The shared train step's gradient clipping: Keras's global-norm rule, without densifying."""
+"""The shared train step's gradient clipping (Keras's global-norm rule, without densifying) and
+the optimizer it applies (Adamax with the reference's decoupled weight decay)."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mtkd_tf.models import train_step
@@ -46,3 +48,19 @@ def test_the_optimizer_does_not_clip_again_and_keeps_its_setting():
         optimizer.apply_gradients([(tf.constant([30.0, 40.0]), variable)])  # norm 50, already "clipped" upstream
     np.testing.assert_allclose(variable.numpy(), [-30.0, -40.0])
     assert optimizer.global_clipnorm == 1.0
+
+
+@pytest.mark.parametrize("name", ["adamax", "adamax_fused"])
+def test_adamax_weight_decay_is_decoupled_as_in_the_reference(name):
+    from mtkd_tf import training
+
+    config = training.TrainingConfig(optimizer=name, learning_rate=0.1, warmup_fraction=0.0, weight_decay=0.01, clipnorm=0.0)
+    optimizer = training.make_optimizer(config, total_steps=1000)
+    w0, g = np.array([2.0, -3.0], np.float32), np.array([0.5, -4.0], np.float32)
+    variable = keras.Variable(w0)
+    optimizer.build([variable])
+    optimizer.apply_gradients([(tf.constant(g), variable)])
+    lr = 0.1  # step 0 of a linear decay over 1000 steps without warm-up
+    m, u = 0.1 * g, np.abs(g)  # (1 - b1) g, max(b2 * 0, |g|)
+    expected = w0 - lr * 0.01 * w0 - lr * m / ((1 - 0.9) * (u + 1e-7))
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)

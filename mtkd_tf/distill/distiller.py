@@ -6,7 +6,8 @@ the hard-label loss and the soft (teacher) loss:
 Soft targets come either cached in each batch (`y["soft"]`, `y["soft_mask"]`, made once by
 the teacher ensemble) or from frozen online teachers run inside `train_step`; both give the
 same loss on the same batch. Unlabelled rows (`y["label_mask"] == 0`) train on the soft
-loss alone. With alpha = 0 it trains exactly like `MTDNN.fit`. Losses are scaled to the
+loss alone. With alpha = 0 it trains exactly like `MTDNN.fit`. `alpha_schedule="anneal"` moves
+alpha from 1 at the first step to 0 at the last (teacher annealing, Clark et al. 2019). Losses are scaled to the
 global batch, so any `tf.distribute` strategy gives the single-device result.
 """
 
@@ -18,13 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf.config import SOFT_LOSSES, check_alpha
+from mtkd_tf.config import ALPHA_SCHEDULES, SOFT_LOSSES, check_alpha
 from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.losses import hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
-from mtkd_tf.tasks import CLASSIFICATION, Task
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
 
 def soft_width(tasks: Sequence[Task]) -> int:
@@ -72,6 +73,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         teachers: Sequence[MTDNN] = (),
         teacher_tasks: Sequence[str] | None = None,
         hidden_weight: float = 0.0,
+        alpha_schedule: str = "constant",
+        total_steps: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +89,10 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             raise ConfigError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}", "task_alpha")
         if hidden_weight and not teachers:
             raise ConfigError("the hidden-state loss needs online teachers", "hidden_loss_weight")
+        if alpha_schedule not in ALPHA_SCHEDULES:
+            raise ConfigError(f"alpha_schedule {alpha_schedule!r} is not one of {', '.join(ALPHA_SCHEDULES)}", "alpha_schedule")
+        if alpha_schedule == "anneal" and not (total_steps or 0) > 0:
+            raise ConfigError("alpha_schedule=anneal needs the number of training steps", "alpha_schedule")
         self.student = student
         self.teachers = list(teachers)
         for teacher in self.teachers:
@@ -97,6 +104,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         self.temperature = temperature
         self.soft_loss_kind = soft_loss
         self.hidden_weight = hidden_weight
+        self.alpha_schedule = alpha_schedule
+        self.total_steps = total_steps
         self.alphas = tf.constant([task_alpha.get(name, alpha) for name in names], tf.float32)
         self.has_teacher = tf.constant([float(name in self.teacher_tasks) for name in names], tf.float32)
         self.width = soft_width(student.tasks)
@@ -113,13 +122,17 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
 
     # --- targets -------------------------------------------------------------------------
     def teacher_targets(self, features, task_id, teacher_outputs=None):
-        """Online targets of the batch's task: mean teacher probabilities at T, or mean score."""
+        """Online targets of the batch's task: mean teacher probabilities at T (ranking: of each
+        candidate within its question), or mean score."""
         if teacher_outputs is None:
             teacher_outputs = [teacher(features, training=False) for teacher in self.teachers]
 
         def target(i, task):
             if task.type == CLASSIFICATION:
                 probs = [tf.exp(soften(out[task.name], self.temperature)) for out in teacher_outputs]
+            elif task.type == RANKING:  # each question's candidate distribution, as the cached targets
+                probs = [tf.reshape(tf.nn.softmax(tf.reshape(out[task.name], [-1, task.group_size]) / self.temperature),
+                                    [-1, 1]) for out in teacher_outputs]
             else:
                 probs = [out[task.name][:, None] for out in teacher_outputs]
             mean = tf.add_n(probs) / len(probs)
@@ -128,6 +141,13 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         return tf.stop_gradient(per_task(self.student.tasks, task_id, target))
 
     # --- losses --------------------------------------------------------------------------
+    def current_alpha(self, task_id: tf.Tensor) -> tf.Tensor:
+        """The soft weight of this step: the task's alpha, or with `anneal` 1 - step / (steps - 1)."""
+        if self.alpha_schedule == "constant":
+            return tf.gather(self.alphas, task_id)
+        progress = tf.cast(self.optimizer.iterations, tf.float32) / float(max(self.total_steps - 1, 1))
+        return tf.clip_by_value(1.0 - progress, 0.0, 1.0)
+
     def compute_losses(self, x, y, training: bool):
         """Per-example weighted hard and soft losses (and the hidden-state loss); the shared
         train step (`MultiTaskTrainStep`) does the rest."""
@@ -148,7 +168,7 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         else:
             target, soft_mask = y["soft"], y["soft_mask"] * tf.gather(self.has_teacher, task_id)
         label_mask = y.get("label_mask", tf.ones_like(y["label"]))
-        alpha = tf.fill(tf.shape(y["label"]), tf.gather(self.alphas, task_id))
+        alpha = tf.fill(tf.shape(y["label"]), self.current_alpha(task_id))
         hard_weight, soft_weight = mix_weights(alpha, label_mask, soft_mask)
 
         def both(i, task):
@@ -176,6 +196,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             "soft_loss": self.soft_loss_kind,
             "teacher_tasks": list(self.teacher_tasks),
             "hidden_weight": self.hidden_weight,
+            "alpha_schedule": self.alpha_schedule,
+            "total_steps": self.total_steps,
         }
 
     @classmethod

@@ -27,7 +27,7 @@ from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.evaluation import labelled_splits, predict_outputs, score_outputs
 from mtkd_tf.losses import soften
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
-from mtkd_tf.tasks import CLASSIFICATION, Task
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,34 @@ def member_targets(
     computes under dtype `policy` (None: as the member is; mixed_bfloat16: faster on CPUs with
     AVX512-BF16 or AMX). `tokens`: `data` already tokenised by this member's preprocessor."""
     model = member if policy is None else in_precision(member, policy)
-    return targets_from_outputs(data.task, predict_outputs(model, data, batch_size, tokens=tokens), temperature)
+    outputs = predict_outputs(model, data, batch_size, tokens=tokens)
+    return targets_from_outputs(data.task, outputs, temperature, data.groups)
 
 
-def targets_from_outputs(task: Task, outputs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Head outputs -> what an ensemble averages: probabilities at temperature T, or scores."""
+def targets_from_outputs(task: Task, outputs: np.ndarray, temperature: float = 1.0,
+                         groups: np.ndarray | None = None) -> np.ndarray:
+    """Head outputs -> what an ensemble averages: class probabilities at temperature T; for
+    ranking, each candidate's probability within its question, softmax(scores / T) over the
+    group (so members' distributions are averaged, as for classes); for regression the score."""
     if task.type == CLASSIFICATION:
         return np.exp(np.asarray(soften(outputs, temperature)))
+    if task.type == RANKING:
+        if groups is None:
+            raise ValueError(f"ranking task {task.name}: soft targets need each row's question (groups)")
+        return group_softmax(np.asarray(outputs) / temperature, groups)
     return outputs
+
+
+def group_softmax(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """softmax of `scores` within each group of rows (any sizes, any order), float32."""
+    scores = np.asarray(scores, np.float64)
+    inverse = np.unique(np.asarray(groups), return_inverse=True)[1]
+    top = np.full(inverse.max() + 1, -np.inf)
+    np.maximum.at(top, inverse, scores)
+    exps = np.exp(scores - top[inverse])
+    totals = np.zeros(inverse.max() + 1)
+    np.add.at(totals, inverse, exps)
+    return (exps / totals[inverse]).astype(np.float32)
 
 
 def ensemble_targets(
@@ -117,8 +137,8 @@ def ensemble_targets(
         if cache_dir is None:
             targets = member_targets(member, data, temperature, batch_size, tokens=tokens)
         else:
-            targets = _cached_member_targets(member, data, temperature, batch_size, cache_dir, chunk_examples, policy,
-                                             tokens)
+            outputs = _cached_member_outputs(member, data, batch_size, cache_dir, chunk_examples, policy, tokens)
+            targets = targets_from_outputs(data.task, outputs, temperature, data.groups)
         total = targets if total is None else total + targets
     return (total / len(members)).astype(np.float32)
 
@@ -130,12 +150,15 @@ def _tokenizer_key(member: MTDNN) -> tuple:
     return (tuple(tokenizer.get_vocabulary()), getattr(tokenizer, "lowercase", None), preprocessor.sequence_length)
 
 
-def _cached_member_targets(member, data: SplitData, temperature: float, batch_size: int, cache_dir: str,
-                           chunk_examples: int, policy: str, tokens: tuple | None = None) -> np.ndarray:
+def _cached_member_outputs(member, data: SplitData, batch_size: int, cache_dir: str, chunk_examples: int,
+                           policy: str, tokens: tuple | None = None) -> np.ndarray:
+    """The member's head outputs on `data`, computed in chunks that are saved as they finish, so
+    a killed run resumes from the last saved chunk (ranking groups are softened afterwards,
+    over the whole split, so a chunk may cut a question)."""
     with open(os.path.join(member.directory, model_dir_lib.MANIFEST_FILE), "rb") as handle:
         model_digest = hashlib.sha256(handle.read()).hexdigest()
     chunk = chunk_examples if chunk_examples > 0 else len(data)
-    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), temperature, chunk, policy]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), "outputs", chunk, policy]).encode()).hexdigest()[:16]
     directory = os.path.join(cache_dir, f"{data.split}-{key}")
     os.makedirs(directory, exist_ok=True)
     parts, reused = [], 0
@@ -153,7 +176,7 @@ def _cached_member_targets(member, data: SplitData, temperature: float, batch_si
             part = None
         if part is None:
             part_tokens = None if tokens is None else tuple(segment[start:start + chunk] for segment in tokens)
-            part = member_targets(member, rows, temperature, batch_size, tokens=part_tokens)
+            part = predict_outputs(member, rows, batch_size, tokens=part_tokens)
             temporary = f"{path}.tmp-{os.getpid()}.npy"
             np.save(temporary, part)
             os.replace(temporary, path)
@@ -181,7 +204,8 @@ def member_outputs(
             if _tokenizer_key(member) not in tokenised:
                 tokenised[_tokenizer_key(member)] = tokenize_all(data, member.preprocessor)
             predictions[key] = predict_outputs(member, data, batch_size, tokens=tokenised[_tokenizer_key(member)])
-        mean = np.mean([targets_from_outputs(data.task, predictions[key]) for predictions in outputs], axis=0)
+        mean = np.mean([targets_from_outputs(data.task, predictions[key], 1.0, data.groups) for predictions in outputs],
+                       axis=0)
         averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
     return outputs, averaged
 

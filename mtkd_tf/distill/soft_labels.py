@@ -3,7 +3,8 @@
 Format: `<soft_labels_dir>/<task>.npz`, a NumPy archive with
 - `ids`: the example ids (`<task>/<split>/<row>`) of the data pipeline, one per row;
 - `targets`: float32, `[N, num_classes]` averaged class probabilities Q = mean_k Q^k at the
-  recorded temperature, or `[N]` the members' mean score for regression;
+  recorded temperature, or `[N]`: for ranking each candidate's probability within its question
+  (softmax(scores / T) over the group, averaged over members), for regression the mean score;
 - `hashes`: uint64, a hash of each example's text (checked id by id when aligning);
 - `metadata`: a JSON string: format version, task, type, label names, teacher directories,
   K (num_teachers), temperature, and a fingerprint of each split's data.
@@ -26,7 +27,7 @@ from mtkd_tf.errors import MtkdError
 from mtkd_tf.files import write_atomic
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ranking targets are the members' averaged group probabilities (1: scores)
 
 
 class SoftLabelError(MtkdError, ValueError):

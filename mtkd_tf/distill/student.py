@@ -109,6 +109,8 @@ def train_student(
         teachers=teachers,
         teacher_tasks=with_teacher,
         hidden_weight=distillation.hidden_loss_weight,
+        alpha_schedule=distillation.alpha_schedule,
+        total_steps=data.steps_per_epoch * config.epochs,
     )
     return fit_and_save(distiller, student, encoder, data, config, student_dir, callbacks, "student", clock,
                         experiment_config)
