@@ -123,6 +123,10 @@ class TeacherConfig(_Group):
     """The teacher ensemble: K MT-DNNs that differ in seed, dropout and encoder."""
 
     num_teachers: int = setting(3, "Members of the teacher ensemble (K).", lower=1)
+    teacher_pool: int = setting(0, "Candidates to train and choose the K members from by dev score (0: K, no "
+                                "selection; paper: 6 -> 3).", lower=0)
+    teacher_selection_tasks: list[str] = setting([], "Tasks whose dev scores (first metric, averaged) rank the pool "
+                                                 "(default: the teacher tasks; paper: mnli,rte).", factory=True)
     teacher_dropouts: list[float] = setting([0.1, 0.2, 0.3], "Shared-layer dropout of member k: item k mod len.", factory=True)
     teacher_encoders: list[str] = setting([], "Encoder of member k: item k mod len (default: encoder).", factory=True)
     teacher_tasks: list[str] = setting([], "Tasks that get teachers (default: every trained task; paper: mnli,qqp,rte,qnli).",
@@ -139,6 +143,23 @@ class TeacherConfig(_Group):
                 raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 1), got {dropout}", "teacher_dropouts")
         if not self.teacher_dropouts:
             raise ConfigError("teacher_dropouts must list at least one value", "teacher_dropouts")
+        if self.teacher_pool and self.teacher_pool < self.num_teachers:
+            raise ConfigError(f"teacher_pool {self.teacher_pool} is smaller than num_teachers {self.num_teachers}: "
+                              "the pool must hold at least the members kept", ("teacher_pool", "num_teachers"))
+
+
+@dataclasses.dataclass
+class FinetuneConfig(_Group):
+    """MT-DNN's second stage: fine-tuning trained multi-task models on each task alone."""
+
+    finetune_epochs: int = setting(0, "Epochs of per-task fine-tuning after multi-task training (0: none). Teachers: "
+                                   "each member is fine-tuned on each teacher task, one ensemble per task.", lower=0)
+    finetune_learning_rate: float | None = setting(None, "Fine-tuning's peak learning rate (default: learning_rate).",
+                                                   lower=0.0)
+    finetune_student: bool = setting(True, "With finetune_epochs: also fine-tune the student and the baseline and "
+                                     "report both forms (the multi-task student stays the exported model).")
+    finetune_tasks: list[str] = setting([], "Tasks the student and baseline are fine-tuned on (default: every "
+                                        "trained task).", factory=True)
 
 
 @dataclasses.dataclass
@@ -219,7 +240,7 @@ class ExportConfig(_Group):
 
 GROUPS = {
     "data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "teachers": TeacherConfig,
-    "distillation": DistillationConfig, "runtime": RuntimeConfig, "export": ExportConfig,
+    "finetune": FinetuneConfig, "distillation": DistillationConfig, "runtime": RuntimeConfig, "export": ExportConfig,
 }
 
 
@@ -232,6 +253,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     teachers: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)

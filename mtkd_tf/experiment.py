@@ -28,9 +28,9 @@ import time
 from typing import Any, Callable, Sequence
 
 import keras
+import numpy as np
 
 from mtkd_tf import distribute, evaluation
-from mtkd_tf.evaluation import DEV_OUTPUTS, read_dev_outputs, write_dev_outputs
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
@@ -38,7 +38,9 @@ from mtkd_tf.data.split import SplitData
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill.student import teacher_task_names, train_student
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.files import write_json
+from mtkd_tf.evaluation import DEV_OUTPUTS, read_dev_outputs, write_dev_outputs
+from mtkd_tf.files import read_json, write_json
+from mtkd_tf.finetune import finetune
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.progress import RunClock, duration
@@ -48,7 +50,8 @@ from mtkd_tf.training import train_mtdnn
 
 logger = logging.getLogger("mtkd_tf")
 
-STAGES = ("teachers", "soft_labels", "student", "baseline", "evaluate", "report")
+STAGES = ("teachers", "soft_labels", "student", "baseline", "finetune", "evaluate", "report")
+SELECTION_FILE = "selection.json"  # the teacher pool's scores and the members kept
 
 
 def environment(precision: str) -> dict[str, str]:
@@ -217,6 +220,16 @@ class Experiment:
         if model.vocab_file:
             read_vocabulary(model.vocab_file)
         self.member_specs()
+        unknown = sorted(set(config.finetune.finetune_tasks) - trained)
+        if unknown:
+            raise ConfigError(f"finetune_tasks: task(s) {', '.join(unknown)} are not trained ({', '.join(sorted(trained))})",
+                              "finetune_tasks")
+        if config.teachers.teacher_pool > config.teachers.num_teachers:
+            dev = self.dev_data
+            lacking = [name for name in self.selection_tasks if not any(d.labels is not None for d in dev.get(name, {}).values())]
+            if lacking:
+                raise ConfigError(f"teacher_selection_tasks: {', '.join(lacking)} has no labelled dev data to rank the "
+                                  "teacher pool by", "teacher_selection_tasks")
         missing = [directory for directory in config.teachers.teacher_dirs if not model_dir_lib.exists(directory)]
         if missing:
             raise ConfigError(f"teacher_dirs: no trained model in {', '.join(missing)}", "teacher_dirs")
@@ -230,16 +243,44 @@ class Experiment:
                             vocabulary_size=model.vocab_size, seed=seed)
 
     def member_specs(self) -> list[ensemble.MemberSpec]:
+        """Every candidate member to train: `teacher_pool` of them, or `num_teachers`."""
         teachers = self.config.teachers
-        return ensemble.member_specs(teachers.num_teachers, self.config.training.seed, teachers.teacher_dropouts,
-                                     teachers.teacher_encoders or [self.config.model.encoder])
+        return ensemble.member_specs(max(teachers.teacher_pool, teachers.num_teachers), self.config.training.seed,
+                                     teachers.teacher_dropouts, teachers.teacher_encoders or [self.config.model.encoder])
+
+    @property
+    def selection_tasks(self) -> list[str]:
+        return list(self.config.teachers.teacher_selection_tasks) or self.teacher_tasks
 
     def teacher_dirs(self) -> list[str]:
-        """The teachers' model directories: `teacher_dirs`, or the finished members."""
+        """The ensemble's multi-task members: `teacher_dirs`, the pool's chosen members
+        (`teachers/selection.json`), or every finished member."""
         explicit = self.config.teachers.teacher_dirs
         if explicit:
             return list(explicit)
-        return ensemble.member_dirs(self._readable("teacher_dir"))
+        root = self._readable("teacher_dir")
+        selection = os.path.join(root, SELECTION_FILE)
+        if os.path.isfile(selection):
+            return [os.path.join(root, name) for name in read_json(selection)["chosen"]]
+        return ensemble.member_dirs(root)
+
+    def teacher_dirs_by_task(self, tasks: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Each task's ensemble: the members fine-tuned on it (`finetune_epochs`, teacher tasks),
+        else the multi-task members."""
+        members = self.teacher_dirs()
+        finetuned = self.config.finetune.finetune_epochs and not self.config.teachers.teacher_dirs
+        by_task = {}
+        for name in tasks if tasks is not None else self.teacher_tasks:
+            if finetuned and name in self.teacher_tasks:
+                by_task[name] = [self._finetuned_dir(directory, name) for directory in members]
+            else:
+                by_task[name] = members
+        return by_task
+
+    def _finetuned_dir(self, directory: str, task: str) -> str:
+        """Where `directory`'s copy fine-tuned on `task` goes: `<parent>/finetuned/<task>/<name>`."""
+        parent, name = os.path.split(os.path.normpath(directory))
+        return os.path.join(parent, "finetuned", task, name)
 
     def _readable(self, name: str) -> str:
         """Where to read stage output `name` from: this process's directory if it wrote one,
@@ -267,7 +308,8 @@ class Experiment:
             return done
         done = model_dir_lib.complete(directory)
         if done:
-            logger.info("%s exists, skipping", stage if stage in ("student", "baseline") else f"teacher {directory}")
+            named = {"teachers": "teacher", "finetune": "fine-tuned model"}.get(stage)
+            logger.info("%s exists, skipping", f"{named} {directory}" if named else stage)
         return done
 
     def _announce(self, stage: str, text: str) -> None:
@@ -299,7 +341,44 @@ class Experiment:
                             self.config.model.pad_to_multiple_of, label=f"teacher {spec.name}", clock=self.clock,
                             experiment_config=self.config.to_dict())
             directories.append(directory)
+        if len(directories) > self.config.teachers.num_teachers:
+            directories = self._select_teachers(directories)
+        if self.config.finetune.finetune_epochs:
+            for task in self.teacher_tasks:
+                for directory in directories:
+                    self._finetune(directory, task, self._finetuned_dir(directory, task), f"teacher {os.path.basename(directory)}")
         return directories
+
+    def _select_teachers(self, candidates: list[str]) -> list[str]:
+        """Keeps the best `num_teachers` candidates by mean dev score (each selection task's first
+        metric); every candidate's scores and the choice go to `teachers/selection.json`."""
+        path = os.path.join(self.paths.teacher_dir, SELECTION_FILE)
+        if os.path.isfile(path) and read_json(path)["candidates"].keys() == {os.path.basename(c) for c in candidates}:
+            chosen = read_json(path)["chosen"]
+        else:
+            dev = {name: self.dev_data[name] for name in self.selection_tasks}
+            scores = {}
+            for directory in candidates:
+                results = evaluation.evaluate(model_dir_lib.load(directory), dev, self.config.runtime.eval_batch_size)
+                per_task = {task: next(iter(metrics.values())) for task, metrics in results.items()}
+                scores[os.path.basename(directory)] = {"scores": per_task, "mean": float(np.mean(list(per_task.values())))}
+            ranked = sorted(scores, key=lambda name: -scores[name]["mean"])
+            chosen = sorted(ranked[: self.config.teachers.num_teachers], key=lambda name: int(name.split("_")[1]))
+            write_json(path, {"selection_tasks": self.selection_tasks, "candidates": scores, "chosen": chosen})
+            logger.info("teacher selection on %s: kept %s of %s", ", ".join(self.selection_tasks), ", ".join(chosen),
+                        ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked))
+        return [os.path.join(self.paths.teacher_dir, name) for name in chosen]
+
+    def _finetune(self, source: str, task: str, directory: str, label: str) -> str:
+        """Fine-tunes the multi-task model in `source` on `task` into `directory` (skipped if done)."""
+        if not self._done("finetune", directory):
+            settings = self.config.finetune
+            config = self._training_config(epochs=settings.finetune_epochs,
+                                           learning_rate=settings.finetune_learning_rate or self.config.training.learning_rate)
+            logger.info("fine-tuning %s on %s -> %s", label, task, directory)
+            finetune(source, task, self.train_data[task], config, directory, self.callbacks, self.clock,
+                     self.config.to_dict(), self.config.model.pad_to_multiple_of)
+        return directory
 
     @_stage
     def soft_labels(self) -> str:
@@ -308,7 +387,7 @@ class Experiment:
         self._announce("soft_labels", f"averaging the teachers' predictions on {', '.join(self.teacher_tasks)} -> {directory}")
         if not self._done("soft_labels", directory):
             runtime = self.config.runtime
-            ensemble.make_soft_labels(self.teacher_dirs(), self.soft_label_data(), self.config.distillation.temperature,
+            ensemble.make_soft_labels(self.teacher_dirs_by_task(), self.soft_label_data(), self.config.distillation.temperature,
                                       directory, runtime.eval_batch_size, self.config.training.checkpoint_every_steps,
                                       distribute.inference_policy(self.config.distillation.soft_labels_precision))
         return directory
@@ -350,27 +429,60 @@ class Experiment:
                                experiment_config=self.config.to_dict())
         return in_precision(baseline, "float32")
 
+    @property
+    def finetune_tasks(self) -> list[str]:
+        return list(self.config.finetune.finetune_tasks) or list(self.train_data)
+
+    def finetuned_dirs(self, directory: str) -> dict[str, str]:
+        """`{task: directory}` of `directory`'s per-task fine-tuned copies (student, baseline)."""
+        return {task: os.path.join(f"{os.path.normpath(directory)}-finetuned", task) for task in self.finetune_tasks}
+
+    @_stage
+    def finetune(self) -> dict[str, dict[str, str]]:
+        """MT-DNN's second stage for the student and the baseline: a copy of each fine-tuned on
+        each `finetune_tasks` task (`<dir>-finetuned/<task>`); the multi-task student stays the
+        model that export serves."""
+        models = {"student": self.paths.student_dir, "baseline": self.paths.baseline_dir}
+        models = {name: directory for name, directory in models.items() if model_dir_lib.exists(directory)}
+        self._announce("finetune", f"{' and '.join(models)} on {', '.join(self.finetune_tasks)} "
+                       f"({self.config.finetune.finetune_epochs} epoch(s) each)")
+        return {name: {task: self._finetune(directory, task, target, name)
+                       for task, target in self.finetuned_dirs(directory).items()}
+                for name, directory in models.items()}
+
     @_stage
     def evaluate(self) -> dict[str, dict]:
-        """Dev metrics of every member, the ensemble, the baseline and the student: `{row: results}`.
-        Their dev outputs go to `dev_outputs.npz`, from which the report draws its intervals."""
+        """Dev metrics of every member, the ensemble, the baseline and the student (and, with
+        fine-tuning, `baseline_ft` / `student_ft`: each task scored by the copy fine-tuned on it):
+        `{row: results}`. With fine-tuned teachers, a task's member and ensemble scores are those
+        of the members fine-tuned on it. Dev outputs go to `dev_outputs.npz` (the report's intervals)."""
         self._announce("evaluate", "every member, the ensemble, the baseline and the student on dev")
         dev, batch = self.dev_data, self.config.runtime.eval_batch_size
         outputs: dict[str, dict] = {}
         directories: dict[str, str] = {}
         member_dirs = self.teacher_dirs()
-        if member_dirs:
-            members = [model_dir_lib.load(directory) for directory in member_dirs]
-            each, outputs["ensemble"] = ensemble.member_outputs(members, dev, batch)
-            for directory, member_outputs in zip(member_dirs, each):
-                name = os.path.basename(os.path.normpath(directory))
-                outputs[name], directories[name] = member_outputs, directory
-            outputs = {**{name: outputs[name] for name in directories}, "ensemble": outputs["ensemble"]}
+        by_members: dict[tuple, list[str]] = {}  # tasks that share one set of members
+        for task, dirs in self.teacher_dirs_by_task(list(dev)).items():
+            by_members.setdefault(tuple(dirs), []).append(task)
+        for dirs, tasks in by_members.items() if member_dirs else ():
+            members = [model_dir_lib.load(directory) for directory in dirs]
+            each, averaged = ensemble.member_outputs(members, {task: dev[task] for task in tasks}, batch)
+            for directory, found in zip(member_dirs, each):
+                outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
+            outputs.setdefault("ensemble", {}).update(averaged)
+        directories = {os.path.basename(os.path.normpath(d)): d for d in member_dirs}
         for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
             if model_dir_lib.exists(directory):
                 outputs[name] = evaluation.dev_outputs(model_dir_lib.load(directory), dev, batch)
                 directories[name] = directory
-        rows = {name: evaluation.score_outputs(dev, found) for name, found in outputs.items()}
+        for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
+            copies = {task: path for task, path in self.finetuned_dirs(directory).items() if model_dir_lib.exists(path)}
+            for task, path in copies.items():
+                found = evaluation.dev_outputs(model_dir_lib.load(path), {task: dev[task]}, batch)
+                outputs.setdefault(f"{name}_ft", {}).update(found)
+        rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
+                                               found)
+                for name, found in outputs.items()}
         for name, directory in directories.items():
             write_json(os.path.join(directory, "eval_results.json"), rows[name])
         write_dev_outputs(os.path.join(self.paths.root, DEV_OUTPUTS), outputs)
@@ -396,7 +508,9 @@ class Experiment:
         self.validate()
         started = time.time()
         baseline = self.config.distillation.train_baseline
-        stages = [self.teachers, self.soft_labels, self.student] + ([self.baseline] if baseline else []) + [self.evaluate]
+        finetune = self.config.finetune.finetune_epochs and self.config.finetune.finetune_student
+        stages = ([self.teachers, self.soft_labels, self.student] + ([self.baseline] if baseline else [])
+                  + ([self.finetune] if finetune else []) + [self.evaluate])
         self._plan()
         rows = None
         for number, stage in enumerate(stages, start=1):
@@ -423,6 +537,14 @@ class Experiment:
             self.clock.plan(self._steps(config.training.epochs, extra))
         if config.distillation.train_baseline and not model_dir_lib.exists(self.paths.baseline_dir):
             self.clock.plan(self._steps(config.training.epochs))
+        epochs, batch = config.finetune.finetune_epochs, config.training.batch_size
+        if epochs:
+            one = lambda task: epochs * batching.num_batches(len(self.train_data[task]), batch)  # noqa: E731
+            if not config.teachers.teacher_dirs:
+                self.clock.plan(config.teachers.num_teachers * sum(one(task) for task in self.teacher_tasks))
+            if config.finetune.finetune_student:
+                models = 1 + int(config.distillation.train_baseline)
+                self.clock.plan(models * sum(one(task) for task in self.finetune_tasks))
 
     # --- single-model modes -------------------------------------------------------------------
     @_stage

@@ -85,6 +85,12 @@ def verify(model_dir: str) -> None:
             )
 
 
+def settings(model_dir: str) -> dict:
+    """The preprocessing settings saved with a model (lowercase, max_seq_length, encoder spec)."""
+    with open(os.path.join(model_dir, PREPROCESSING_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: str = "float32") -> MTDNN:
     """Loads a directory written by `save`: the MT-DNN with its preprocessor (it predicts from
     raw strings, `model.predict_texts`), with a clear error when something is missing.
@@ -97,8 +103,7 @@ def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: s
     if missing:
         raise ModelDirError(f"model directory {model_dir}: missing {', '.join(missing)} (was training finished?)")
     verify(model_dir)
-    with open(os.path.join(model_dir, PREPROCESSING_FILE), encoding="utf-8") as handle:
-        settings = json.load(handle)
+    saved = settings(model_dir)
     try:
         model = keras.saving.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
     except Exception as error:
@@ -106,7 +111,7 @@ def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: s
             f"model directory {model_dir}: cannot load {MODEL_FILE} ({type(error).__name__}: {error}); if it was "
             "written by another version of mtkd_tf, train it again (delete the directory and re-run the same command)"
         ) from None
-    tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), settings["lowercase"])
-    model.preprocessor = Preprocessor(tokenizer, settings["max_seq_length"], pad_to_multiple_of)
+    tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), saved["lowercase"])
+    model.preprocessor = Preprocessor(tokenizer, saved["max_seq_length"], pad_to_multiple_of)
     model.directory = model_dir
     return in_precision(model, policy)

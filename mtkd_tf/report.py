@@ -24,7 +24,8 @@ from mtkd_tf.significance import RESAMPLES, Interval, paired_interval
 from mtkd_tf.tasks import RANKING
 
 BEST_MEMBER = "best member"
-COMPARISONS = (("student", "baseline"), ("ensemble", BEST_MEMBER), ("student", "ensemble"), ("ensemble", "baseline"))
+COMPARISONS = (("student", "baseline"), ("ensemble", BEST_MEMBER), ("student", "ensemble"), ("ensemble", "baseline"),
+               ("student_ft", "baseline_ft"))
 SPREAD_WARNING = 0.05  # members this far apart on a task (5 points): the ensemble measures seeds
 STILL_LEARNING = 0.10  # a last epoch that lowered the training loss by 10% or more: not converged
 
@@ -121,6 +122,9 @@ def claims(report: Mapping, found: Mapping, teacher_tasks: Sequence[str] | None)
     lines.append("- The student keeps most (>= 50%) of the ensemble's gain: " + ("; ".join(kept) or "no rows") + ".")
     if without:
         lines.append(line("The gain carries to tasks without a teacher (student - baseline)", "student - baseline", without))
+    finetuned = [task for task in tasks if "student_ft - baseline_ft" in found.get(task, {}).get(first(task), {})]
+    if finetuned:
+        lines.append(line("After per-task fine-tuning, the student beats the baseline", "student_ft - baseline_ft", finetuned))
     return lines
 
 

@@ -135,8 +135,10 @@ def training_data(
     targets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     drop_remainder: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> TrainingData:
-    """The pooled multi-task dataset for all epochs; split i trains head i.
+    """The pooled multi-task dataset for all epochs; split i trains head i (or head
+    `task_ids[i]`: fine-tuning one task of a multi-task model passes that task's index).
 
     `targets[task]` adds per-example arrays (soft targets, masks) to that task's `y`.
     Under a strategy with several replicas every global batch is cut into equal
@@ -171,12 +173,12 @@ def training_data(
     draws = np.bincount(schedule, minlength=len(splits))
     streams = [  # tokens, columns and every pass's example order, computed once
         batching.TaskStream.prepare(
-            data, task_id, preprocessor, config.batch_size,
-            targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + task_id,
-            drop_remainder=drop_remainder, passes=max(1, -(-int(draws[task_id]) // counts[task_id])),
+            data, task_ids[position] if task_ids is not None else position, preprocessor, config.batch_size,
+            targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + position,
+            drop_remainder=drop_remainder, passes=max(1, -(-int(draws[position]) // counts[position])),
             length_bucketing=config.length_bucketing,
         )
-        for task_id, data in enumerate(splits)
+        for position, data in enumerate(splits)
     ]
 
     def global_batches(start: int | tf.Tensor) -> tf.data.Dataset:

@@ -252,7 +252,7 @@ def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary
 
 
 def make_soft_labels(
-    member_dirs: Sequence[str],
+    member_dirs: Sequence[str] | Mapping[str, Sequence[str]],
     data: Mapping[str, Sequence[SplitData]],
     temperature: float,
     output_dir: str,
@@ -265,22 +265,27 @@ def make_soft_labels(
     Predictions are saved every `checkpoint_every_steps` batches under
     `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
     removed once the task's file is written. `policy`: the teachers' encoder dtype policy
-    (`distribute.inference_policy`); it is recorded in each file's metadata.
+    (`distribute.inference_policy`); it is recorded in each file's metadata. `member_dirs` is
+    one ensemble for every task, or `{task: its members}` (per-task ensembles of fine-tuned teachers).
     """
-    if not member_dirs:
+    by_task = member_dirs if isinstance(member_dirs, Mapping) else {task_name: member_dirs for task_name in data}
+    if not all(by_task.get(task_name) for task_name in data):
         raise ConfigError("no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs")
-    members = [model_dir_lib.load(directory) for directory in member_dirs]
-    check_compatible(members, [splits[0].task for splits in data.values()])
-    members = [in_precision(member, policy) for member in members]  # once, not per split
-    written = {}
+    written, loaded = {}, {}
     for task_name, splits in data.items():
         task = splits[0].task
+        dirs = tuple(by_task[task_name])
+        if dirs not in loaded:  # one ensemble in memory at a time, loaded once
+            raw = [model_dir_lib.load(directory) for directory in dirs]
+            check_compatible(raw, [s[0].task for name, s in data.items() if tuple(by_task[name]) == dirs])
+            loaded = {dirs: [in_precision(member, policy) for member in raw]}
+        members = loaded[dirs]
         partial = os.path.join(output_dir, ".partial", task_name)
         targets = [
             ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size, policy)
             for split in splits
         ]
-        soft = soft_labels.build(task, splits, targets, member_dirs, temperature)
+        soft = soft_labels.build(task, splits, targets, list(dirs), temperature)
         soft.metadata["precision"] = policy
         path = soft_labels.path_for(output_dir, task_name)
         soft_labels.write(path, soft)

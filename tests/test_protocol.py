@@ -1,0 +1,61 @@
+"""The paper's protocol in the Experiment: a teacher pool with selection, per-task fine-tuning,
+per-task ensembles, and the fine-tuned student and baseline in the report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mtkd_tf as mt
+from conftest import ROOT
+from mtkd_tf import model_dir
+from mtkd_tf.distill import ensemble, soft_labels
+
+
+def _config(tmp_path, **changes):
+    settings = dict(model_dir=str(tmp_path / "kd"), tasks=["sst2", "rte"], teacher_tasks=["sst2"], num_teachers=2,
+                    teacher_pool=3, teacher_selection_tasks=["rte"], finetune_epochs=1, epochs=1, verbose=0,
+                    max_train_examples=48, max_eval_examples=24, soft_labels_precision="float32")
+    settings.update(changes)
+    return mt.ExperimentConfig.from_flagfile(os.path.join(ROOT, "configs/tiny.cfg"), **settings)
+
+
+@pytest.mark.slow
+def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    experiment = mt.Experiment(_config(tmp_path))
+    experiment.run()
+    root = tmp_path / "kd"
+    selection = json.load(open(root / "teachers" / "selection.json"))
+    scores = {name: entry["mean"] for name, entry in selection["candidates"].items()}
+    assert set(scores) == {"member_0", "member_1", "member_2"} and selection["selection_tasks"] == ["rte"]
+    best = sorted(scores, key=lambda name: -scores[name])[:2]
+    assert sorted(selection["chosen"]) == sorted(best)  # the best K by the recorded dev scores
+    assert [os.path.basename(d) for d in experiment.teacher_dirs()] == selection["chosen"]
+    # soft targets of sst2 = the mean of the sst2-fine-tuned chosen members' probabilities
+    finetuned = [str(root / "teachers" / "finetuned" / "sst2" / name) for name in selection["chosen"]]
+    assert experiment.teacher_dirs_by_task() == {"sst2": finetuned}
+    train = experiment.train_data["sst2"]
+    expected = np.mean([ensemble.member_targets(model_dir.load(d), train) for d in finetuned], axis=0)
+    stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels"), "sst2"))
+    np.testing.assert_allclose(soft_labels.align(stored, train.task, train), expected, atol=1e-5)
+    assert stored.metadata["teachers"] == finetuned
+    # the fine-tuned student and baseline are rows of their own, compared in the report
+    saved = json.load(open(root / "report.json"))
+    assert saved["rows"][-2:] == ["baseline_ft", "student_ft"]
+    assert set(saved["results"]["rte"]["accuracy"]) >= {"baseline_ft", "student_ft", "member_0", "ensemble"}
+    assert "student_ft - baseline_ft" in saved["intervals"]["sst2"]["accuracy"]
+    assert any(line.startswith("- After per-task fine-tuning") for line in saved["claims"])
+    for task in ("sst2", "rte"):
+        assert model_dir.exists(str(root / f"student-finetuned/{task}")) and model_dir.exists(str(root / f"baseline-finetuned/{task}"))
+    assert model_dir.load(str(root / "student-finetuned/rte")).predict_texts("rte", ["a b"], ["c d"])["label"].shape == (1,)
+
+
+def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(mt.ConfigError, match="teacher_pool 1 is smaller than num_teachers 2"):
+        mt.Experiment(_config(tmp_path, teacher_pool=1))
+    with pytest.raises(mt.ConfigError, match="finetune_tasks: task.s. cola are not trained"):
+        mt.Experiment(_config(tmp_path, finetune_tasks=["cola"])).validate()
+    assert not os.path.exists(tmp_path / "kd" / "teachers")
