@@ -496,10 +496,11 @@ class Experiment:
         found = intervals(self.dev_data, read_dev_outputs(path), rows, seed=self.config.training.seed) \
             if os.path.isfile(path) else {}
         teacher_tasks = list(self.teacher_tasks) if self.config.teachers.teacher_tasks else None
+        selection = os.path.join(self._readable("teacher_dir"), SELECTION_FILE)
         report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), {
             "student": os.path.join(self.paths.student_dir, "history.json"),
             "baseline": os.path.join(self.paths.baseline_dir, "history.json"),
-        }, environment(self.precision), found, teacher_tasks)
+        }, environment(self.precision), found, teacher_tasks, read_json(selection) if os.path.isfile(selection) else None)
         print(table)
         return report
 

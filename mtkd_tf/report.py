@@ -178,12 +178,14 @@ def interval_table(found: Mapping) -> str:
 
 def write_report(root: str, rows: Mapping, order: Sequence[str], config: Mapping,
                  histories: Mapping[str, str] | None = None, environment: Mapping | None = None,
-                 found: Mapping | None = None, teacher_tasks: Sequence[str] | None = None) -> tuple[dict, str]:
+                 found: Mapping | None = None, teacher_tasks: Sequence[str] | None = None,
+                 selection: Mapping | None = None) -> tuple[dict, str]:
     """Writes report.json, report.md and the plots; returns the report and report.md's text.
 
     `histories` maps "student" / "baseline" to their `history.json` (training curves);
     `found` are the intervals (`intervals`); `teacher_tasks` splits the claims by tasks with
-    and without a teacher (None: every task had one)."""
+    and without a teacher (None: every task had one); `selection` is the teacher pool's
+    `selection.json` (every candidate's dev scores and the members kept)."""
     found = found or {}
     histories = histories or {}
     report = build_report(rows, found, teacher_tasks)
@@ -194,12 +196,18 @@ def write_report(root: str, rows: Mapping, order: Sequence[str], config: Mapping
         text += ("\n\nDifferences (x100) with 95% paired bootstrap intervals over the dev examples "
                  f"({RESAMPLES} resamples; * = the interval excludes 0):\n\n" + interval_table(found))
         text += "\n\nThe paper's claims on this run:\n" + "\n".join(claim_lines)
+    if selection:
+        ranked = sorted(selection["candidates"].items(), key=lambda item: -item[1]["mean"])
+        text += (f"\n\nTeacher selection on {', '.join(selection['selection_tasks'])} dev (mean of each task's first "
+                 "metric): " + ", ".join(f"{name} {100 * entry['mean']:.1f}" for name, entry in ranked)
+                 + f"; kept {', '.join(selection['chosen'])}.")
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
     serialisable = {task: {metric: {name: interval.to_list() for name, interval in comparisons.items()}
                            for metric, comparisons in metrics.items()} for task, metrics in found.items()}
     write_json(os.path.join(root, "report.json"), {
         "results": report, "intervals": serialisable, "claims": claim_lines, "warnings": warning_lines,
+        "teacher_selection": dict(selection or {}),
         "rows": list(order), "config": dict(config), "environment": dict(environment or {})})
     write_atomic(os.path.join(root, "report.md"), text + "\n")
     plots.plot_scores(report, order, os.path.join(root, "scores.png"), found)

@@ -47,6 +47,8 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     assert set(saved["results"]["rte"]["accuracy"]) >= {"baseline_ft", "student_ft", "member_0", "ensemble"}
     assert "student_ft - baseline_ft" in saved["intervals"]["sst2"]["accuracy"]
     assert any(line.startswith("- After per-task fine-tuning") for line in saved["claims"])
+    assert saved["teacher_selection"]["chosen"] == selection["chosen"]
+    assert "Teacher selection on rte dev" in open(root / "report.md").read()
     for task in ("sst2", "rte"):
         assert model_dir.exists(str(root / f"student-finetuned/{task}")) and model_dir.exists(str(root / f"baseline-finetuned/{task}"))
     assert model_dir.load(str(root / "student-finetuned/rte")).predict_texts("rte", ["a b"], ["c d"])["label"].shape == (1,)
