@@ -75,7 +75,7 @@ def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer)
         return gradients
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context is not None else 1
-    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if inner is not optimizer else 1.0
+    scale = tf.cast(optimizer.scale_loss(1.0), tf.float32) if inner is not optimizer else 1.0  # the loss's scale
     if replicas == 1:
         return clip_by_global_norm([None if g is None else _merge_duplicates(g) for g in gradients], clipnorm * scale)
     present = [i for i, g in enumerate(gradients) if g is not None]
