@@ -157,7 +157,7 @@ def evaluate(
     batch_size: int = 128,
 ) -> dict[str, dict[str, float]]:
     """GLUE metrics of one model over every labelled split given."""
-    return score_splits(dev, lambda data: predict_outputs(model, data, batch_size))
+    return score_outputs(dev, dev_outputs(model, dev, batch_size))
 
 
 def submission_file_name(task: Task, split: str) -> str:

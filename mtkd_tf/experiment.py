@@ -353,8 +353,9 @@ class Experiment:
         """Keeps the best `num_teachers` candidates by mean dev score (each selection task's first
         metric); every candidate's scores and the choice go to `teachers/selection.json`."""
         path = os.path.join(self.paths.teacher_dir, SELECTION_FILE)
-        if os.path.isfile(path) and read_json(path)["candidates"].keys() == {os.path.basename(c) for c in candidates}:
-            chosen = read_json(path)["chosen"]
+        saved = read_json(path) if os.path.isfile(path) else None
+        if saved and saved["candidates"].keys() == {os.path.basename(c) for c in candidates}:
+            chosen = saved["chosen"]
         else:
             dev = {name: self.dev_data[name] for name in self.selection_tasks}
             scores = {}

@@ -128,12 +128,10 @@ def ensemble_targets(
     if not members:
         raise ValueError("an ensemble needs at least one member")
     total = None
-    tokenised: dict[tuple, tuple] = {}  # once per tokenizer, not once per member
+    tokenised: dict[tuple, tuple] = {}
     for member in members:
         member = in_precision(member, policy)
-        tokens = tokenised.get(_tokenizer_key(member))
-        if tokens is None:
-            tokens = tokenised[_tokenizer_key(member)] = tokenize_all(data, member.preprocessor)
+        tokens = _shared_tokens(tokenised, member, data)
         if cache_dir is None:
             targets = member_targets(member, data, temperature, batch_size, tokens=tokens)
         else:
@@ -141,6 +139,14 @@ def ensemble_targets(
             targets = targets_from_outputs(data.task, outputs, temperature, data.groups)
         total = targets if total is None else total + targets
     return (total / len(members)).astype(np.float32)
+
+
+def _shared_tokens(tokenised: dict, member: MTDNN, data: SplitData) -> tuple:
+    """`data` tokenised by `member`'s preprocessor, once per tokenizer (cached in `tokenised`)."""
+    key = _tokenizer_key(member)
+    if key not in tokenised:
+        tokenised[key] = tokenize_all(data, member.preprocessor)
+    return tokenised[key]
 
 
 def _tokenizer_key(member: MTDNN) -> tuple:
@@ -201,9 +207,7 @@ def member_outputs(
     for key, data in labelled_splits(dev):
         tokenised: dict[tuple, tuple] = {}
         for member, predictions in zip(members, outputs):
-            if _tokenizer_key(member) not in tokenised:
-                tokenised[_tokenizer_key(member)] = tokenize_all(data, member.preprocessor)
-            predictions[key] = predict_outputs(member, data, batch_size, tokens=tokenised[_tokenizer_key(member)])
+            predictions[key] = predict_outputs(member, data, batch_size, tokens=_shared_tokens(tokenised, member, data))
         mean = np.mean([targets_from_outputs(data.task, predictions[key], 1.0, data.groups) for predictions in outputs],
                        axis=0)
         averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
