@@ -184,12 +184,24 @@ class DistillationConfig(_Group):
     soft_labels_dir: str | None = setting(None, "Soft-label files (default: <model_dir>/soft_labels).")
     student_dir: str | None = setting(None, "The distilled student (default: <model_dir>/student).")
     train_baseline: bool = setting(True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
+    seeds: int = setting(1, "Train the student and the baseline this many times, with seeds seed, seed+1, ... (teachers "
+                         "are trained once); the report gives mean +/- sd and the interval of the mean difference.",
+                         lower=1)
+    compare_anneal: bool = setting(False, "Also train a student with alpha_schedule=anneal (<student_dir>_anneal) on the "
+                                   "same soft labels and report it beside the student.")
+    self_distill_rounds: int = setting(0, "Self-distillation (born-again) rounds after the student: round r's student "
+                                       "(<student_dir>_r<r>) learns from the soft labels of round r-1's student alone "
+                                       "(round 0: the distilled student), with the same settings; each is a report row.",
+                                       lower=0)
 
     def validate(self) -> None:
         super().validate()
         check_alpha(self.alpha, self.task_alpha)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}", "temperature")
+        if self.compare_anneal and self.alpha_schedule == "anneal":
+            raise ConfigError("compare_anneal trains an annealed student beside the constant-alpha one, but "
+                              "alpha_schedule is already anneal", ("compare_anneal", "alpha_schedule"))
         if self.hidden_loss_weight and not self.online_teachers:
             raise ConfigError("hidden_loss_weight needs online_teachers (the hidden-state loss compares live [CLS] "
                               "vectors)", ("hidden_loss_weight", "online_teachers"))

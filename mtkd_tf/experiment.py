@@ -10,7 +10,9 @@
 >>> student.predict_texts("sst2", ["a gripping film"])["label"]
 
 An experiment directory (`model_dir`) holds `teachers/member_<k>/`, `soft_labels/<task>.npz`,
-`student/`, `baseline/`, `report.json`, `report.md` and the plots. Every stage is skipped
+`student/`, `baseline/` (with `seeds` > 1 also `student_s2/`, `baseline_s2/`, ...; with
+`compare_anneal` / `self_distill_rounds` also `student_anneal/`, `student_r1/` and
+`soft_labels_r1/`), `report.json`, `report.md` and the plots. Every stage is skipped
 when its outputs exist and validate (the one place that decides it is `Experiment._done`),
 so re-running the same experiment resumes where it stopped; a stage interrupted mid-way
 resumes from its last checkpoint. The experiment owns the `tf.distribute` strategy and
@@ -44,13 +46,13 @@ from mtkd_tf.finetune import finetune
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.progress import RunClock, duration
-from mtkd_tf.report import intervals, write_report
+from mtkd_tf.report import intervals, run_row, write_report
 from mtkd_tf.tasks import UNLABELLED, Task
 from mtkd_tf.training import train_mtdnn
 
 logger = logging.getLogger("mtkd_tf")
 
-STAGES = ("teachers", "soft_labels", "student", "baseline", "finetune", "evaluate", "report")
+STAGES = ("teachers", "soft_labels", "student", "baseline", "variants", "finetune", "evaluate", "report")
 SELECTION_FILE = "selection.json"  # the teacher pool's scores and the members kept
 
 
@@ -393,42 +395,98 @@ class Experiment:
                                       distribute.inference_policy(self.config.distillation.soft_labels_precision))
         return directory
 
-    def _student_encoder(self) -> Encoder:
+    def _student_encoder(self, seed: int) -> Encoder:
         """The encoder of the student and of the baseline."""
         model = self.config.model
-        return self.encoder(self.config.distillation.student_encoder or model.encoder, model.encoder_dropout,
-                            self.config.training.seed)
+        return self.encoder(self.config.distillation.student_encoder or model.encoder, model.encoder_dropout, seed)
 
-    @_stage
-    def student(self) -> MTDNN:
-        """Distils the teachers into one student MT-DNN (loaded instead if already trained)."""
-        directory = self.paths.student_dir
+    def run_dir(self, directory: str, run: int) -> str:
+        """Seed run `run` (0-based) of the student or baseline in `directory`: itself, then `<dir>_s2`, ..."""
+        return directory if run == 0 else f"{os.path.normpath(directory)}_s{run + 1}"
+
+    def seeded_dirs(self) -> dict[tuple[str, int], str]:
+        """`{("student" | "baseline", run): directory}` for every seed run (`seeds`)."""
         distillation = self.config.distillation
-        source = "online teachers" if distillation.online_teachers else "cached soft labels"
-        self._announce("student", f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}) "
-                       f"-> {directory}")
+        names = {"student": self.paths.student_dir, **({"baseline": self.paths.baseline_dir}
+                                                       if distillation.train_baseline else {})}
+        return {(name, run): self.run_dir(directory, run) for run in range(distillation.seeds)
+                for name, directory in names.items()}
+
+    def variant_dirs(self) -> dict[str, str]:
+        """The students beyond the paper by report row: `student_anneal`, `student_r1`, ..."""
+        distillation, student = self.config.distillation, os.path.normpath(self.paths.student_dir)
+        rows = {"student_anneal": f"{student}_anneal"} if distillation.compare_anneal else {}
+        rows.update({f"student_r{n}": f"{student}_r{n}" for n in range(1, distillation.self_distill_rounds + 1)})
+        return rows
+
+    def model_dirs(self) -> dict[str, str]:
+        """The student-side models by report row: `student`, `baseline`, their seed runs
+        (`student_s2`, ...), then the variants."""
+        return {**{run_row(name, run): d for (name, run), d in self.seeded_dirs().items()}, **self.variant_dirs()}
+
+    def _train_student(self, directory: str, run: int = 0, distillation=None, soft_labels_dir: str | None = None,
+                       teacher_dirs: Sequence[str] | None = None) -> MTDNN:
+        """Trains one student (seed `training.seed + run`) into `directory`, or loads it if done."""
         if self._done("student", directory):
             return model_dir_lib.load(directory)
+        seed = self.config.training.seed + run
+        config = dataclasses.replace(self.config.replace(seed=seed), distillation=distillation or self.config.distillation)
         student = train_student(
-            self.tasks, self.train_data, self._student_encoder(), self.config.training, distillation, directory,
-            self.config.model.max_seq_length, self.config.teachers.teacher_tasks, self._readable("soft_labels_dir"),
-            self.teacher_dirs(),
-            self.unlabelled_data, self.callbacks, self.clock, self.config.to_dict(), self.config.model.pad_to_multiple_of,
+            self.tasks, self.train_data, self._student_encoder(seed), config.training, config.distillation, directory,
+            self.config.model.max_seq_length, self.config.teachers.teacher_tasks,
+            soft_labels_dir or self._readable("soft_labels_dir"), self.teacher_dirs() if teacher_dirs is None else teacher_dirs,
+            self.unlabelled_data, self.callbacks, self.clock, config.to_dict(), self.config.model.pad_to_multiple_of,
         )
         return in_precision(student, "float32")  # as mt.load_model gives it, whatever it trained in
 
     @_stage
-    def baseline(self) -> MTDNN:
-        """The plain MT-DNN with the student's settings (loaded instead if already trained)."""
-        directory = self.paths.baseline_dir
-        self._announce("baseline", f"training the MT-DNN baseline -> {directory}")
+    def student(self, run: int = 0) -> MTDNN:
+        """Distils the teachers into one student MT-DNN (loaded instead if already trained);
+        `run` > 0: the same with seed `seed + run`, in `<student_dir>_s<run + 1>`."""
+        directory = self.run_dir(self.paths.student_dir, run)
+        distillation = self.config.distillation
+        source = "online teachers" if distillation.online_teachers else "cached soft labels"
+        self._announce("student", f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}, "
+                       f"seed {self.config.training.seed + run}) -> {directory}")
+        return self._train_student(directory, run)
+
+    @_stage
+    def baseline(self, run: int = 0) -> MTDNN:
+        """The plain MT-DNN with the student's settings (loaded instead if already trained);
+        `run` as for `student`."""
+        directory = self.run_dir(self.paths.baseline_dir, run)
+        seed = self.config.training.seed + run
+        self._announce("baseline", f"training the MT-DNN baseline (seed {seed}) -> {directory}")
         if self._done("baseline", directory):
             return model_dir_lib.load(directory)
-        baseline = train_mtdnn(self.tasks, self.train_data, self._student_encoder(), self.config.training, directory,
+        config = self.config.replace(seed=seed)
+        baseline = train_mtdnn(self.tasks, self.train_data, self._student_encoder(seed), config.training, directory,
                                self.config.model.max_seq_length, self.callbacks, self.config.model.pad_to_multiple_of,
-                               label="baseline", clock=self.clock,
-                               experiment_config=self.config.to_dict())
+                               label="baseline", clock=self.clock, experiment_config=config.to_dict())
         return in_precision(baseline, "float32")
+
+    @_stage
+    def variants(self) -> dict[str, str]:
+        """Beyond the paper, on the same teachers: a student with teacher annealing
+        (`compare_anneal`) and self-distillation rounds (`self_distill_rounds`: round r's student
+        learns from round r-1's alone, through its own soft labels in `soft_labels_r<r>/`)."""
+        distillation, rows = self.config.distillation, self.variant_dirs()
+        self._announce("variants", ", ".join(f"{row} -> {d}" for row, d in rows.items()))
+        if "student_anneal" in rows:
+            annealed = dataclasses.replace(distillation, alpha_schedule="anneal", compare_anneal=False)
+            self._train_student(rows["student_anneal"], distillation=annealed)
+        teacher = self.paths.student_dir
+        for number in range(1, distillation.self_distill_rounds + 1):
+            labels = os.path.join(self.paths.root, f"soft_labels_r{number}")
+            if not self._done("soft_labels", labels):
+                logger.info("self-distillation round %d: soft labels of %s -> %s", number, teacher, labels)
+                ensemble.make_soft_labels({task: [teacher] for task in self.teacher_tasks}, self.soft_label_data(),
+                                          distillation.temperature, labels, self.config.runtime.eval_batch_size,
+                                          self.config.training.checkpoint_every_steps,
+                                          distribute.inference_policy(distillation.soft_labels_precision))
+            self._train_student(rows[f"student_r{number}"], soft_labels_dir=labels, teacher_dirs=[teacher])
+            teacher = rows[f"student_r{number}"]
+        return rows
 
     @property
     def finetune_tasks(self) -> list[str]:
@@ -443,13 +501,12 @@ class Experiment:
         """MT-DNN's second stage for the student and the baseline: a copy of each fine-tuned on
         each `finetune_tasks` task (`<dir>-finetuned/<task>`); the multi-task student stays the
         model that export serves."""
-        models = {"student": self.paths.student_dir, "baseline": self.paths.baseline_dir}
-        models = {name: directory for name, directory in models.items() if model_dir_lib.exists(directory)}
-        self._announce("finetune", f"{' and '.join(models)} on {', '.join(self.finetune_tasks)} "
+        models = {run_row(name, run): d for (name, run), d in self.seeded_dirs().items() if model_dir_lib.exists(d)}
+        self._announce("finetune", f"{', '.join(models)} on {', '.join(self.finetune_tasks)} "
                        f"({self.config.finetune.finetune_epochs} epoch(s) each)")
-        return {name: {task: self._finetune(directory, task, target, name)
-                       for task, target in self.finetuned_dirs(directory).items()}
-                for name, directory in models.items()}
+        return {row: {task: self._finetune(directory, task, target, row)
+                      for task, target in self.finetuned_dirs(directory).items()}
+                for row, directory in models.items()}
 
     @_stage
     def evaluate(self) -> dict[str, dict]:
@@ -472,15 +529,16 @@ class Experiment:
                 outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
             outputs.setdefault("ensemble", {}).update(averaged)
         directories = {os.path.basename(os.path.normpath(d)): d for d in member_dirs}
-        for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
+        shown = sorted(self.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))  # baselines first
+        for name, directory in shown:
             if model_dir_lib.exists(directory):
                 outputs[name] = evaluation.dev_outputs(model_dir_lib.load(directory), dev, batch)
                 directories[name] = directory
-        for name, directory in (("baseline", self.paths.baseline_dir), ("student", self.paths.student_dir)):
+        for (name, run), directory in sorted(self.seeded_dirs().items(), key=lambda item: (item[0][0] != "baseline", item[0][1])):
             copies = {task: path for task, path in self.finetuned_dirs(directory).items() if model_dir_lib.exists(path)}
             for task, path in copies.items():
                 found = evaluation.dev_outputs(model_dir_lib.load(path), {task: dev[task]}, batch)
-                outputs.setdefault(f"{name}_ft", {}).update(found)
+                outputs.setdefault(run_row(f"{name}_ft", run), {}).update(found)
         rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
                                                found)
                 for name, found in outputs.items()}
@@ -498,10 +556,10 @@ class Experiment:
             if os.path.isfile(path) else {}
         teacher_tasks = list(self.teacher_tasks) if self.config.teachers.teacher_tasks else None
         selection = os.path.join(self._readable("teacher_dir"), SELECTION_FILE)
-        report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), {
-            "student": os.path.join(self.paths.student_dir, "history.json"),
-            "baseline": os.path.join(self.paths.baseline_dir, "history.json"),
-        }, environment(self.precision), found, teacher_tasks, read_json(selection) if os.path.isfile(selection) else None)
+        histories = {row: os.path.join(directory, "history.json") for row, directory in self.model_dirs().items()}
+        report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), histories,
+                                     environment(self.precision), found, teacher_tasks,
+                                     read_json(selection) if os.path.isfile(selection) else None)
         print(table)
         return report
 
@@ -509,9 +567,10 @@ class Experiment:
         """The whole pipeline: every stage in order, each skipped when already done; returns the report."""
         self.validate()
         started = time.time()
-        baseline = self.config.distillation.train_baseline
+        distillation = self.config.distillation
         finetune = self.config.finetune.finetune_epochs and self.config.finetune.finetune_student
-        stages = ([self.teachers, self.soft_labels, self.student] + ([self.baseline] if baseline else [])
+        seeded = [functools.partial(getattr(self, name), run) for (name, run) in self.seeded_dirs()]
+        stages = ([self.teachers, self.soft_labels] + seeded + ([self.variants] if self.variant_dirs() else [])
                   + ([self.finetune] if finetune else []) + [self.evaluate])
         self._plan()
         rows = None
@@ -534,19 +593,17 @@ class Experiment:
             for spec in self.member_specs():
                 if not model_dir_lib.exists(os.path.join(self.paths.teacher_dir, spec.name)):
                     self.clock.plan(self._steps(epochs))
-        if not model_dir_lib.exists(self.paths.student_dir):
-            extra = {name: data for name, data in self.unlabelled_data.items() if name in self.teacher_tasks}
-            self.clock.plan(self._steps(config.training.epochs, extra))
-        if config.distillation.train_baseline and not model_dir_lib.exists(self.paths.baseline_dir):
-            self.clock.plan(self._steps(config.training.epochs))
+        extra = {name: data for name, data in self.unlabelled_data.items() if name in self.teacher_tasks}
+        for row, directory in self.model_dirs().items():
+            if not model_dir_lib.exists(directory):
+                self.clock.plan(self._steps(config.training.epochs, None if row.startswith("baseline") else extra))
         epochs, batch = config.finetune.finetune_epochs, config.training.batch_size
         if epochs:
             one = lambda task: epochs * batching.num_batches(len(self.train_data[task]), batch)  # noqa: E731
             if not config.teachers.teacher_dirs:
                 self.clock.plan(config.teachers.num_teachers * sum(one(task) for task in self.teacher_tasks))
             if config.finetune.finetune_student:
-                models = 1 + int(config.distillation.train_baseline)
-                self.clock.plan(models * sum(one(task) for task in self.finetune_tasks))
+                self.clock.plan(len(self.seeded_dirs()) * sum(one(task) for task in self.finetune_tasks))
 
     # --- single-model modes -------------------------------------------------------------------
     @_stage

@@ -39,7 +39,17 @@ def _pyplot():
     return plt
 
 
-ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - best member"}
+ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - best member",
+              "student_mean": "student_mean - baseline_mean"}
+
+
+def _colour(row: str) -> str:
+    """Members light blue; students red and baselines grey (their other seeds and variants lighter)."""
+    if row in _COLOURS:
+        return _COLOURS[row]
+    if row in ("student_mean", "baseline_mean"):
+        return _COLOURS[row.split("_")[0]]
+    return {"student": "#ff9896", "baseline": "#c7c7c7"}.get(row.split("_")[0], _MEMBER)
 
 
 def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None) -> str:
@@ -59,7 +69,7 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapp
             value = report[task][metric].get(row)
             values.append(100 * value if value is not None else 0.0)
         positions = [t + (r - (len(rows) - 1) / 2) * width for t in range(len(tasks))]
-        colour = _COLOURS.get(row, _MEMBER)
+        colour = _colour(row)
         errors = None
         if intervals and row in ERROR_BARS:
             errors = [[0.0] * len(tasks), [0.0] * len(tasks)]
@@ -69,7 +79,7 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapp
                     errors[0][t] = 100 * (found.difference - found.low)
                     errors[1][t] = 100 * (found.high - found.difference)
         axis.bar(positions, values, width * 0.95, label=row, color=colour, yerr=errors, capsize=2,
-                 edgecolor="black" if row in _COLOURS else "none", linewidth=0.5)
+                 edgecolor="black" if colour in _COLOURS.values() else "none", linewidth=0.5)
     axis.set_xticks(range(len(tasks)), labels)
     axis.set_ylabel("dev score (x100)")
     axis.set_title("Teachers, their ensemble, the baseline MT-DNN and the distilled student"

@@ -16,7 +16,7 @@ Works for every GLUE metric: accuracy, F1, Matthews correlation, Pearson and Spe
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -47,18 +47,33 @@ class Interval:
         return f"{scale * self.difference:+.1f} [{scale * self.low:+.1f}, {scale * self.high:+.1f}]"
 
 
+Predictions = np.ndarray | Sequence[np.ndarray]
+
+
+def _score(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, predictions: list[np.ndarray],
+           rows: np.ndarray) -> float:
+    """`metric` on `rows`, averaged over the runs in `predictions` (one model, or one per seed)."""
+    return float(np.mean([metric(labels[rows], run[rows]) for run in predictions]))
+
+
 def paired_interval(
     metric: Callable[[np.ndarray, np.ndarray], float],
     labels: np.ndarray,
-    predictions_a: np.ndarray,
-    predictions_b: np.ndarray,
+    predictions_a: Predictions,
+    predictions_b: Predictions,
     groups: np.ndarray | None = None,
     resamples: int = RESAMPLES,
     seed: int = 0,
     level: float = LEVEL,
 ) -> Interval:
-    """95% paired bootstrap interval of `metric(a) - metric(b)` over dev examples (or groups)."""
-    labels, predictions_a, predictions_b = (np.asarray(x) for x in (labels, predictions_a, predictions_b))
+    """95% paired bootstrap interval of `metric(a) - metric(b)` over dev examples (or groups).
+
+    `predictions_a` / `predictions_b` may each be a list of runs (one per seed): the metric is then
+    the mean over runs, and every run is scored on the same resampled examples, which gives the
+    interval of the *mean* difference (given those seeds; their spread is reported beside it)."""
+    labels = np.asarray(labels)
+    runs_a, runs_b = ([np.asarray(run) for run in p] if isinstance(p, (list, tuple)) else [np.asarray(p)]
+                      for p in (predictions_a, predictions_b))
     if groups is None:
         units, rows_of = len(labels), (lambda chosen: chosen)
     else:
@@ -69,7 +84,7 @@ def paired_interval(
 
     def difference(chosen: np.ndarray) -> float:
         rows = rows_of(np.asarray(chosen, dtype=int))
-        return metric(labels[rows], predictions_a[rows]) - metric(labels[rows], predictions_b[rows])
+        return _score(metric, labels, runs_a, rows) - _score(metric, labels, runs_b, rows)
 
     full = difference(np.arange(units))
     if units < 2:

@@ -61,3 +61,43 @@ def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(mt.ConfigError, match="finetune_tasks: task.s. cola are not trained"):
         mt.Experiment(_config(tmp_path, finetune_tasks=["cola"])).validate()
     assert not os.path.exists(tmp_path / "kd" / "teachers")
+
+
+@pytest.mark.slow
+def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    config = _config(tmp_path, num_teachers=1, teacher_pool=0, finetune_epochs=0, seeds=2, compare_anneal=True,
+                     self_distill_rounds=1)
+    experiment = mt.Experiment(config)
+    experiment.run()
+    root = tmp_path / "kd"
+    saved = json.load(open(root / "report.json"))
+    assert saved["rows"] == ["member_0", "ensemble", "baseline", "baseline_s2", "baseline_mean", "student", "student_s2",
+                             "student_mean", "student_anneal", "student_r1"]
+    values = saved["results"]["rte"]["accuracy"]
+    for name in ("student", "baseline"):  # two runs of each, with their mean and sd
+        runs = [values[name], values[f"{name}_s2"]]
+        assert values[f"{name}_mean"] == pytest.approx(np.mean(runs))
+        assert values[f"{name}_sd"] == pytest.approx(np.std(runs, ddof=1))
+    # the second seed really is another run: its own seed and weights
+    first, second = model_dir.load(str(root / "student")), model_dir.load(str(root / "student_s2"))
+    assert json.load(open(root / "student_s2" / "experiment.json"))["training"]["seed"] == 1
+    assert json.load(open(root / "student_anneal" / "experiment.json"))["distillation"]["alpha_schedule"] == "anneal"
+    assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+    assert {"student_mean - baseline_mean", "student_anneal - student", "student_r1 - student"} <= set(
+        saved["intervals"]["rte"]["accuracy"])
+    assert any("(mean over seeds)" in line for line in saved["claims"])
+    assert any("teacher annealing (student_anneal)" in line for line in saved["claims"])
+    # round 1 learns from the student alone, through its own soft labels
+    stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels_r1"), "sst2"))
+    assert stored.metadata["teachers"] == [str(root / "student")]
+    assert "student_mean: mean ± sd over 2 seeds" in open(root / "report.md").read()
+
+
+def test_seeds_below_one_fail_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(mt.ConfigError, match="seeds must be >= 1, got 0"):
+        mt.Experiment(_config(tmp_path, seeds=0))
+    with pytest.raises(mt.ConfigError, match="compare_anneal .* alpha_schedule is already anneal"):
+        mt.Experiment(_config(tmp_path, compare_anneal=True, alpha_schedule="anneal"))
+    assert not os.path.exists(tmp_path / "kd")

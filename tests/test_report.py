@@ -117,3 +117,47 @@ def test_the_significance_docstring_example_runs():
 def test_tasks_without_a_teacher_get_no_kept_share():
     report = report_lib.build_report(ROWS, _found(True), teacher_tasks=["u"])
     assert "kept" not in report["t"]["accuracy"] and report["u"]["accuracy"]["kept"] is not None
+
+
+def test_the_interval_of_a_seed_mean_difference_is_that_of_the_averaged_runs():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    students = [_flipped(labels, 40, rng), _flipped(labels, 60, rng)]  # 90% and 85%
+    baselines = [_flipped(labels, 100, rng), _flipped(labels, 80, rng)]  # 75% and 80%
+    interval = paired_interval(accuracy, labels, students, baselines, resamples=1000)
+    assert interval.difference == pytest.approx((0.90 + 0.85) / 2 - (0.75 + 0.80) / 2)
+    assert interval.low <= interval.difference <= interval.high and interval.significant
+    one = paired_interval(accuracy, labels, students[0], baselines[0], resamples=1000)
+    assert one.difference == pytest.approx(0.15)
+
+
+SEEDED_ROWS = {
+    "ensemble": {"t": {"accuracy": 0.90}},
+    "baseline": {"t": {"accuracy": 0.70}}, "student": {"t": {"accuracy": 0.80}},
+    "baseline_s2": {"t": {"accuracy": 0.74}}, "student_s2": {"t": {"accuracy": 0.84}},
+    "student_anneal": {"t": {"accuracy": 0.83}},
+}
+
+
+def test_seeds_give_mean_and_sd_rows_and_the_claims_use_the_means():
+    assert report_lib.seed_runs(list(SEEDED_ROWS)) == {"baseline": ["baseline", "baseline_s2"],
+                                                        "student": ["student", "student_s2"]}
+    assert ("student_mean", "baseline_mean") in report_lib.comparisons(list(SEEDED_ROWS))
+    assert ("student_anneal", "student") in report_lib.comparisons(list(SEEDED_ROWS))
+    mean_found = {"t": {"accuracy": {"student_mean - baseline_mean": Interval(0.10, 0.05, 0.15),
+                                     "ensemble - baseline_mean": Interval(0.18, 0.10, 0.26),
+                                     "student_anneal - student": Interval(0.03, -0.02, 0.08)}}}
+    report = report_lib.build_report(SEEDED_ROWS, mean_found, teacher_tasks=["t"])
+    values = report["t"]["accuracy"]
+    assert values["student_mean"] == pytest.approx(0.82) and values["baseline_mean"] == pytest.approx(0.72)
+    assert values["student_sd"] == pytest.approx(np.std([0.80, 0.84], ddof=1))
+    assert values["kept"] == pytest.approx(0.10 / 0.18)  # (student_mean - baseline_mean) / (ensemble - baseline_mean)
+    order = report_lib.columns(report, list(SEEDED_ROWS))
+    assert order == ["ensemble", "baseline", "student", "baseline_s2", "baseline_mean", "student_s2", "student_mean",
+                     "student_anneal"]
+    table = report_lib.report_table(report, order)
+    assert "| 82.0 ± 2.8 |" in table and "| 72.0 ± 2.8 |" in table
+    lines = report_lib.claims(report, mean_found, teacher_tasks=["t"])
+    assert lines[1] == "- The student beats the baseline MT-DNN (mean over seeds): t accuracy +10.0 [+5.0, +15.0]: holds."
+    assert lines[-1].startswith("- Beyond the paper, teacher annealing (student_anneal) beats the student: t accuracy "
+                                "+3.0 [-2.0, +8.0]: not significant")
