@@ -61,7 +61,7 @@ def export(
     from mtkd_tf import model_dir as model_dir_lib
 
     trained = model_dir_lib.load(model_dir)
-    model, preprocessor = trained, trained.preprocessor
+    model, preprocessor = trained, trained.preprocessor.prepare()
     served = [task for task in model.all_tasks if task.predict_with or task.name in model.heads]
     names = [task.name for task in served]
     default = serving_default_task or names[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import keras
@@ -26,7 +27,7 @@ MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.txt"
 PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST_FILE = "manifest.json"  # SHA-256 of the files above, written last: the directory is complete
-FILES = (MODEL_FILE, VOCAB_FILE, PREPROCESSING_FILE)
+FILES = (MODEL_FILE, PREPROCESSING_FILE)  # and the tokenizer: vocab.txt (BERT) or tokenizer/
 CONFIG_FILE = "experiment.json"  # the ExperimentConfig that trained it (written by the Experiment)
 
 
@@ -34,11 +35,24 @@ class ModelDirError(MtkdError, ValueError):
     """A model directory is missing, incomplete or corrupt."""
 
 
-def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, max_seq_length: int,
+def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_length: int,
          **settings: Any) -> None:
-    """Saves model, vocabulary and preprocessing settings; the model file goes last."""
+    """Saves model, tokenizer and preprocessing settings; the model file goes last. `tokenizer`:
+    a WordPiece vocabulary (list) or BERT tokenizer (written as vocab.txt), or any keras-hub
+    tokenizer (written under `tokenizer/`)."""
+    import keras_hub
+
+    from mtkd_tf.models.families import TOKENIZER_DIR, save_tokenizer
+
     os.makedirs(model_dir, exist_ok=True)
-    write_atomic(os.path.join(model_dir, VOCAB_FILE), "".join(token + "\n" for token in vocabulary))
+    tokenizer_files = [VOCAB_FILE]
+    if isinstance(tokenizer, list) or type(tokenizer) is keras_hub.models.BertTokenizer:
+        vocabulary = tokenizer if isinstance(tokenizer, list) else tokenizer.get_vocabulary()
+        write_atomic(os.path.join(model_dir, VOCAB_FILE), "".join(token + "\n" for token in vocabulary))
+    else:
+        if os.path.exists(os.path.join(model_dir, TOKENIZER_DIR)):
+            shutil.rmtree(os.path.join(model_dir, TOKENIZER_DIR))
+        tokenizer_files = save_tokenizer(tokenizer, model_dir)
     write_json(
         os.path.join(model_dir, PREPROCESSING_FILE),
         {"lowercase": lowercase, "max_seq_length": max_seq_length, **settings},
@@ -53,12 +67,22 @@ def save(model_dir: str, model: MTDNN, vocabulary: list[str], lowercase: bool, m
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    write_json(manifest, {"sha256": {name: sha256(os.path.join(model_dir, name)) for name in FILES}})
+    written = (MODEL_FILE, PREPROCESSING_FILE, *tokenizer_files)
+    write_json(manifest, {"sha256": {name: sha256(os.path.join(model_dir, name)) for name in written}})
+
+
+def _tokenizer_file(model_dir: str) -> str:
+    """vocab.txt (BERT WordPiece), else the saved keras-hub tokenizer's config."""
+    from mtkd_tf.models.families import TOKENIZER_DIR
+
+    legacy = os.path.join(model_dir, VOCAB_FILE)
+    return legacy if os.path.isfile(legacy) else os.path.join(model_dir, TOKENIZER_DIR, "tokenizer.json")
 
 
 def exists(model_dir: str) -> bool:
     """Whether `save` finished writing `model_dir` (its manifest is written last)."""
-    return all(os.path.isfile(os.path.join(model_dir, name)) for name in (*FILES, MANIFEST_FILE))
+    return (all(os.path.isfile(os.path.join(model_dir, name)) for name in (*FILES, MANIFEST_FILE))
+            and os.path.isfile(_tokenizer_file(model_dir)))
 
 
 def complete(model_dir: str) -> bool:
@@ -100,6 +124,8 @@ def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: s
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"model directory {model_dir}: no such directory (train a model there first)")
     missing = [name for name in (*FILES, MANIFEST_FILE) if not os.path.isfile(os.path.join(model_dir, name))]
+    if not os.path.isfile(_tokenizer_file(model_dir)):
+        missing.append(f"{VOCAB_FILE} (or tokenizer/)")
     if missing:
         raise ModelDirError(f"model directory {model_dir}: missing {', '.join(missing)} (was training finished?)")
     verify(model_dir)
@@ -111,7 +137,12 @@ def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: s
             f"model directory {model_dir}: cannot load {MODEL_FILE} ({type(error).__name__}: {error}); if it was "
             "written by another version of mtkd_tf, train it again (delete the directory and re-run the same command)"
         ) from None
-    tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), saved["lowercase"])
+    if os.path.isfile(os.path.join(model_dir, VOCAB_FILE)):
+        tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), saved["lowercase"])
+    else:
+        from mtkd_tf.models.families import load_saved_tokenizer
+
+        tokenizer = load_saved_tokenizer(model_dir)
     model.preprocessor = Preprocessor(tokenizer, saved["max_seq_length"], pad_to_multiple_of)
     model.directory = model_dir
     return in_precision(model, policy)

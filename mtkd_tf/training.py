@@ -310,11 +310,9 @@ def static_shapes(config: TrainingConfig, strategy: tf.distribute.Strategy | Non
 
 
 def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, static: bool = False) -> Preprocessor:
-    """The preprocessor that matches an encoder's vocabulary and casing (`static`: no dynamic padding)."""
-    from mtkd_tf.data.preprocessing import load_tokenizer
-
+    """The preprocessor of an encoder's tokenizer (`static`: no dynamic padding)."""
     multiple = max_seq_length if static else pad_to_multiple_of
-    return Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), max_seq_length, multiple)
+    return Preprocessor(encoder.tokenizer, max_seq_length, multiple)
 
 
 def save_trained(model_dir: str, model, encoder, config: dict | None = None):
@@ -323,7 +321,7 @@ def save_trained(model_dir: str, model, encoder, config: dict | None = None):
     from mtkd_tf import model_dir as model_dir_lib
 
     length = model.preprocessor.sequence_length
-    model_dir_lib.save(model_dir, model, encoder.vocabulary, encoder.lowercase, length, encoder=encoder.spec)
+    model_dir_lib.save(model_dir, model, encoder.tokenizer, encoder.lowercase, length, encoder=encoder.spec)
     if config is not None:
         write_json(os.path.join(model_dir, model_dir_lib.CONFIG_FILE), config)
     model.directory = model_dir

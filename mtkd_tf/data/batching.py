@@ -32,7 +32,7 @@ def _text_columns(data: SplitData) -> tuple:
 def tokenize_all(data: SplitData, preprocessor: Preprocessor) -> tuple[tf.RaggedTensor, ...]:
     """Every example's token ids (one ragged tensor per segment), tokenised in large tf.data batches."""
     texts = tf.data.Dataset.from_tensor_slices(_text_columns(data)).batch(_TOKENIZE_CHUNK)
-    chunks = list(texts.map(preprocessor.tokenize, num_parallel_calls=tf.data.AUTOTUNE))
+    chunks = list(texts.map(preprocessor.prepare().tokenize, num_parallel_calls=tf.data.AUTOTUNE))
     return tuple(tf.concat([chunk[i] for chunk in chunks], axis=0) for i in range(len(chunks[0])))
 
 

@@ -1,8 +1,9 @@
 """Tokenisation and packing with keras-hub, applied inside tf.data (no Python per-example loop).
 
-`Preprocessor` turns one or two string tensors into BERT inputs: WordPiece ids from
-keras-hub's `BertTokenizer`, then `MultiSegmentPacker` adds [CLS]/[SEP], segment ids
-and truncates pairs round-robin to `sequence_length`.
+`Preprocessor` turns one or two string tensors into encoder inputs: ids from the encoder's
+keras-hub tokenizer (WordPiece, SentencePiece or byte-level BPE), then `MultiSegmentPacker` adds
+the family's special tokens (`[CLS] A [SEP] B [SEP]`, or `<s> A </s></s> B </s>` for RoBERTa and
+XLM-R), segment ids, and truncates pairs round-robin to `sequence_length`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Preprocessor:
 
     def __init__(
         self,
-        tokenizer: keras_hub.models.BertTokenizer,
+        tokenizer: keras_hub.tokenizers.Tokenizer,
         sequence_length: int,
         pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
     ):
@@ -48,13 +49,25 @@ class Preprocessor:
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.pad_to_multiple_of = pad_to_multiple_of
+        from mtkd_tf.models.families import tokenizer_family
+
+        end = tokenizer.end_token_id
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=sequence_length,
-            start_value=tokenizer.cls_token_id,
-            end_value=tokenizer.sep_token_id,
+            start_value=tokenizer.start_token_id,
+            end_value=end,
+            sep_value=[end, end] if tokenizer_family(tokenizer).double_separator else None,
             pad_value=tokenizer.pad_token_id,
             truncate="round_robin",
         )
+
+    def prepare(self) -> "Preprocessor":
+        """Makes the tokenizer's TF ops usable in a tf.data or tf.function graph: a SentencePiece
+        tokenizer's op lives in TF's kernel cache, which `tf.random.set_seed` (hence
+        `keras.utils.set_random_seed`) clears, so it is rebuilt from its proto here."""
+        if getattr(self.tokenizer, "proto", None) is not None:
+            self.tokenizer.set_proto(self.tokenizer.proto)
+        return self
 
     def tokenize(self, *texts: tf.Tensor) -> tuple[tf.RaggedTensor, ...]:
         """Batched strings -> ragged token ids, one tensor per segment."""

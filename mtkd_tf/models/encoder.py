@@ -1,12 +1,16 @@
-"""The shared encoder: a keras-hub `BertBackbone` and its WordPiece vocabulary.
+"""The shared encoder: a keras-hub text backbone of any supported family and its tokenizer.
 
 `--encoder` is one of:
-- a size spec for a randomly initialised encoder, `random:layers=2,hidden=64,heads=2,intermediate=256`
-  (or the alias `tiny`); its vocabulary comes from `vocab_file` or is learned from training text;
-- a local directory: a keras-hub preset or a Hugging Face BERT checkpoint
-  (config.json + model.safetensors + vocab.txt), converted by keras-hub;
+- a size spec for a randomly initialised encoder, `random:family=roberta,layers=2,hidden=64,heads=2,
+  intermediate=256` (family default bert; families in `mtkd_tf.models.families`), or an alias:
+  `tiny` (BERT), `tiny_<family>` (`tiny_roberta`, `tiny_deberta_v3`, `tiny_electra`, `tiny_albert`,
+  `tiny_distil_bert`, `tiny_xlm_roberta`); its vocabulary comes from `vocab_file` (WordPiece
+  families) or is learned from the training text in the family's own kind (WordPiece,
+  SentencePiece or byte-level BPE);
+- a local directory: a keras-hub preset of any family, or a Hugging Face checkpoint that keras-hub
+  converts (BERT, RoBERTa, ALBERT, DistilBERT, XLM-RoBERTa; docs/encoders.md);
 - an alias of a verified offline asset (`minilm_l6`, see `mtkd_tf.assets`);
-- a keras-hub preset name such as `bert_large_en_uncased` (downloaded by keras-hub).
+- a keras-hub preset name such as `bert_large_en_uncased` or `roberta_base_en` (downloaded by keras-hub).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Iterable
 import keras
 import keras_hub
 
+from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, random_backbone
+
 
 class EncoderError(ValueError):
     """The --encoder value cannot be resolved or loaded."""
@@ -27,6 +33,7 @@ class EncoderError(ValueError):
 ALIASES = {
     "tiny": "random:layers=2,hidden=64,heads=2,intermediate=256",
     "small": "random:layers=4,hidden=256,heads=4,intermediate=1024",
+    **{f"tiny_{name}": f"random:family={name},layers=2,hidden=64,heads=2,intermediate=256" for name in FAMILIES},
 }
 
 _SPEC_KEYS = {
@@ -86,24 +93,43 @@ def with_activation(backbone: keras_hub.models.BertBackbone, activation: str) ->
 
 @dataclasses.dataclass
 class Encoder:
-    """A loaded encoder: the backbone, its vocabulary and whether text is lower-cased."""
+    """A loaded encoder: the backbone, its tokenizer, its vocabulary and whether text is lower-cased."""
 
-    backbone: keras_hub.models.BertBackbone
+    backbone: keras.layers.Layer
     vocabulary: list[str]
     lowercase: bool
     spec: str
+    tokenizer: object = None  # a keras-hub tokenizer; None: BERT WordPiece over `vocabulary`
+
+    def __post_init__(self):
+        if self.tokenizer is None:
+            from mtkd_tf.data.preprocessing import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.vocabulary, self.lowercase)
+
+
+def parse_family(spec: str) -> Family:
+    """The family a `random:...` spec names (`family=`; default bert)."""
+    body = spec.split(":", 1)[1] if ":" in spec else ""
+    names = [item.partition("=")[2] for item in body.split(",") if item.startswith("family=")]
+    name = names[-1] if names else "bert"
+    if name not in FAMILIES:
+        raise EncoderError(f"encoder spec {spec!r}: unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def parse_size_spec(spec: str) -> dict[str, int]:
-    """`random:layers=2,hidden=64,...` -> BertBackbone keyword arguments."""
+    """`random:layers=2,hidden=64,...` -> backbone keyword arguments (`family=` is read by `parse_family`)."""
     body = spec.split(":", 1)[1] if ":" in spec else ""
     config = {"num_layers": 2, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 256, "max_sequence_length": 512}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
+        if key == "family":
+            continue
         if key not in _SPEC_KEYS or not value.isdigit() or int(value) <= 0:
             raise EncoderError(
-                f"encoder spec {spec!r}: bad item {item!r}; expected positive integers for "
-                f"{', '.join(_SPEC_KEYS)}"
+                f"encoder spec {spec!r}: bad item {item!r}; expected family=<{'|'.join(FAMILIES)}> or positive "
+                f"integers for {', '.join(_SPEC_KEYS)}"
             )
         config[_SPEC_KEYS[key]] = int(value)
     if config["hidden_dim"] % config["num_heads"]:
@@ -153,6 +179,7 @@ def check_spec(spec: str) -> str:
     original = spec
     spec = resolve_spec(spec)
     if spec.startswith("random"):
+        parse_family(spec)
         parse_size_spec(spec)
     elif os.path.isdir(spec):
         has_hf = os.path.isfile(os.path.join(spec, "config.json"))
@@ -160,15 +187,53 @@ def check_spec(spec: str) -> str:
         if not (has_hf or has_preset):
             raise EncoderError(
                 f"encoder directory {spec}: neither a keras-hub preset (metadata.json) nor a "
-                "Hugging Face checkpoint (config.json + model.safetensors + vocab.txt)"
+                "Hugging Face checkpoint (config.json + model.safetensors + tokenizer files)"
             )
-    elif spec not in keras_hub.models.BertBackbone.presets:
+        directory_family(spec)
+    elif preset_family(spec) is None:
         raise EncoderError(
             f"unknown encoder {original!r}: not a directory, an alias ({', '.join(sorted(ALIASES))}, "
-            f"minilm_l6), a size spec (random:layers=..) or a keras-hub BERT preset "
-            f"({', '.join(sorted(keras_hub.models.BertBackbone.presets)[:6])}, ...)"
+            f"minilm_l6), a size spec (random:family=..,layers=..) or a keras-hub preset of a supported family "
+            f"({', '.join(FAMILIES)}; e.g. {', '.join(sorted(keras_hub.models.BertBackbone.presets)[:3])}, "
+            f"{', '.join(sorted(keras_hub.models.RobertaBackbone.presets)[:2])})"
         )
     return spec
+
+
+def preset_family(name: str) -> Family | None:
+    """The family whose keras-hub presets include `name`, if any."""
+    for family in FAMILIES.values():
+        if name in family.backbone_class.presets:
+            return family
+    return None
+
+
+# Hugging Face `model_type` -> family (what keras-hub's converters accept, and the two they lack).
+_HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "albert": "albert", "distilbert": "distil_bert",
+                   "xlm-roberta": "xlm_roberta", "deberta-v2": "deberta_v3", "electra": "electra"}
+
+
+def directory_family(directory: str) -> Family:
+    """The family of a keras-hub preset or Hugging Face checkpoint directory; a clear error for
+    families keras-hub cannot convert from Hugging Face."""
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    if "model_type" in config:  # Hugging Face
+        family = FAMILIES.get(_HF_MODEL_TYPES.get(config["model_type"], ""))
+        if family is None:
+            raise EncoderError(f"encoder directory {directory}: Hugging Face model_type {config['model_type']!r} is not "
+                               f"a supported text encoder ({', '.join(sorted(_HF_MODEL_TYPES))})")
+        if not family.hf_converter:
+            raise EncoderError(f"encoder directory {directory}: keras-hub 0.32 cannot convert Hugging Face "
+                               f"{config['model_type']} checkpoints; use a keras-hub preset of {family.name} instead "
+                               "(docs/encoders.md)")
+        return family
+    name = config.get("class_name", "")
+    for family in FAMILIES.values():
+        if name == family.backbone or name == "BertEncoderBackbone" and family.name == "bert":
+            return family
+    raise EncoderError(f"encoder directory {directory}: backbone {name!r} is not a supported text encoder "
+                       f"({', '.join(f.backbone for f in FAMILIES.values())})")
 
 
 def _seed(seed: int | None) -> None:
@@ -198,7 +263,9 @@ def load_encoder(
     spec = check_spec(spec)
     overrides = {} if dropout is None else {"dropout": dropout}
     if spec.startswith("random"):
-        config = parse_size_spec(spec)
+        family, config = parse_family(spec), parse_size_spec(spec)
+        if family.name != "bert":
+            return _random_encoder(family, config, original, dropout, vocab_file, training_texts, vocabulary_size, seed)
         if vocab_file:
             vocabulary = read_vocabulary(vocab_file)
         elif training_texts is not None:
@@ -208,13 +275,35 @@ def load_encoder(
         _seed(seed)
         backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), **config, **overrides)
         return Encoder(backbone, vocabulary, lowercase=True, spec=original)
-    lowercase = _directory_lowercase(spec) if os.path.isdir(spec) else "uncased" in spec
+    family = directory_family(spec) if os.path.isdir(spec) else preset_family(spec)
     _seed(seed)  # presets and Hugging Face directories too: their SeedGenerators are built unseeded otherwise
     try:
-        backbone = keras_hub.models.BertBackbone.from_preset(spec, **overrides)
-        tokenizer = keras_hub.models.BertTokenizer.from_preset(spec)
+        backbone = family.backbone_class.from_preset(spec, **overrides)
+        tokenizer = family.tokenizer_class.from_preset(spec)
     except Exception as error:
         raise EncoderError(f"cannot load encoder {original!r} from {spec}: {error}") from None
+    if family.name != "bert":
+        return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=bool(getattr(tokenizer, "lowercase", False)),
+                       spec=original, tokenizer=tokenizer)
+    lowercase = _directory_lowercase(spec) if os.path.isdir(spec) else "uncased" in spec
     if os.path.isdir(spec):
         backbone = with_activation(backbone, checkpoint_activation(spec))
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=original)
+
+
+def _random_encoder(family: Family, config: dict[str, int], spec: str, dropout: float | None, vocab_file: str | None,
+                    training_texts: Iterable[str] | None, vocabulary_size: int, seed: int | None) -> Encoder:
+    """A randomly initialised encoder of a family other than BERT, with a tokenizer of its kind."""
+    if vocab_file:
+        if family.vocabulary != "wordpiece":
+            raise EncoderError(f"encoder {spec!r}: vocab_file is a WordPiece vocabulary; {family.name} uses "
+                               f"{family.vocabulary} (leave vocab_file empty to learn one from the training text)")
+        vocabulary = read_vocabulary(vocab_file)
+        tokenizer, lowercase = family.tokenizer_class(vocabulary=vocabulary, lowercase=True), True
+    elif training_texts is not None:
+        tokenizer, lowercase = learn_tokenizer(family, training_texts, vocabulary_size)
+    else:
+        raise EncoderError(f"encoder {spec!r} is random: give training text (or --vocab_file for WordPiece families)")
+    _seed(seed)
+    backbone = random_backbone(family, config, tokenizer.vocabulary_size(), dropout)
+    return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=spec, tokenizer=tokenizer)

@@ -1,4 +1,4 @@
-"""MT-DNN: one shared BERT encoder, one head per task, trained on task-homogeneous batches.
+"""MT-DNN: one shared encoder (any keras-hub text family), one head per task, trained on task-homogeneous batches.
 
 `MTDNN` is a functional Keras model (inputs: token_ids, segment_ids, padding_mask;
 outputs: `{task: log-probabilities or score}`) whose train step (`MultiTaskTrainStep`)
@@ -23,6 +23,7 @@ from mtkd_tf.data.batch import FEATURES
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.losses import hard_loss
+from mtkd_tf.models.families import encode
 from mtkd_tf.models.heads import apply_head, make_head
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
 from mtkd_tf.tasks import CLASSIFICATION, Task, head_tasks
@@ -33,13 +34,13 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
     """Shared encoder + task-specific heads (a functional model, keras-hub style).
 
     Args:
-        encoder: a keras-hub `BertBackbone` (shared layers).
+        encoder: a keras-hub text backbone of any family in `mtkd_tf.models.families` (shared layers).
         tasks: `Task`s (or their configs); tasks with `predict_with` get no head.
         preprocessor: the `Preprocessor` matching the encoder's vocabulary; set by training
             and by `mt.load_model` (the model directory stores it beside `model.keras`).
     """
 
-    def __init__(self, encoder: keras_hub.models.BertBackbone, tasks: Sequence[Task | dict],
+    def __init__(self, encoder: keras_hub.models.Backbone, tasks: Sequence[Task | dict],
                  preprocessor: Preprocessor | None = None, **kwargs):
         tasks = tuple(Task.from_config(t) if isinstance(t, dict) else t for t in tasks)
         trained = tuple(head_tasks(tasks))
@@ -49,7 +50,7 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         heads = {task.name: make_head(task, encoder.hidden_dim) for task in trained}
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in FEATURES}
-        encoded = encoder(inputs)
+        encoded = encode(encoder, inputs)
         outputs = {name: apply_head(head, encoded, inputs) for name, head in heads.items()}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         # === Config and state ===
@@ -82,7 +83,7 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
 
     def features_model(self) -> keras.Model:
         """The same layers with the encoder's pooled [CLS] vector as an extra output."""
-        encoded = self.encoder(self.input)
+        encoded = encode(self.encoder, self.input)
         outputs = {name: apply_head(head, encoded, self.input) for name, head in self.heads.items()}
         outputs["pooled_output"] = encoded["pooled_output"]
         return keras.Model(self.input, outputs)

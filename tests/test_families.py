@@ -1,0 +1,71 @@
+"""Every supported keras-hub encoder family: its own tokenizer and packing, MT-DNN heads (SAN
+included) on its outputs, and a model directory that saves and reloads it exactly."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtkd_tf import model_dir
+from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.models import encoder as encoder_lib
+from mtkd_tf.models.encoder import EncoderError
+from mtkd_tf.models.families import FAMILIES, family_of
+from mtkd_tf.models.mtdnn import MTDNN
+from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
+
+TEXTS = [f"the film number {i} was {'good' if i % 3 else 'dull'} and rather long" for i in range(120)] + [
+    "A gripping story, told well.", "Who directed it?"] * 5
+
+
+def _encoder(family, seed=0):
+    return encoder_lib.load_encoder(f"tiny_{family}", training_texts=TEXTS, vocabulary_size=400, seed=seed)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_packs_one_and_two_segments_its_own_way(family):
+    encoder = _encoder(family)
+    assert family_of(encoder.backbone).name == family
+    tokenizer = encoder.tokenizer
+    pre = Preprocessor(tokenizer, 24, pad_to_multiple_of=0)
+    features = {k: v.numpy()[0] for k, v in pre(tf.constant(["a gripping story"]), tf.constant(["who directed it"])).items()}
+    ids, segments = features["token_ids"], features["segment_ids"]
+    length = int(features["padding_mask"].sum())
+    start, end = tokenizer.start_token_id, tokenizer.end_token_id
+    assert ids[0] == start and ids[length - 1] == end and (ids[length:] == tokenizer.pad_token_id).all()
+    separators = np.flatnonzero(ids[:length] == end)
+    double = FAMILIES[family].double_separator  # <s> A </s></s> B </s>  vs  [CLS] A [SEP] B [SEP]
+    assert len(separators) == (3 if double else 2)
+    if double:
+        assert separators[1] == separators[0] + 1
+    assert segments[separators[-1]] == 1 and segments[1] == 0  # the SAN head reads the segments
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_under_mtdnn_heads_saves_and_reloads_exactly(family, tmp_path):
+    encoder = _encoder(family)
+    tasks = with_answer_modules([GLUE_TASKS["sst2"], GLUE_TASKS["rte"], GLUE_TASKS["stsb"]], [])
+    assert tasks[1].answer_module == "san"  # pair classification through the SAN answer module
+    model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 32))
+    before = model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"]
+    assert before.shape == (1, 2) and np.allclose(before.sum(), 1, atol=1e-5)
+    model_dir.save(str(tmp_path), model, encoder.tokenizer, encoder.lowercase, 32, encoder=encoder.spec)
+    loaded = model_dir.load(str(tmp_path))
+    assert type(loaded.preprocessor.tokenizer) is type(encoder.tokenizer)
+    np.testing.assert_allclose(loaded.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"],
+                               before, atol=1e-6)
+    score = loaded.predict_texts("stsb", ["a"], ["b"])["score"]
+    assert score.shape == (1,) and np.isfinite(score).all()
+
+
+def test_bad_family_specs_name_the_problem(tmp_path):
+    with pytest.raises(EncoderError, match="unknown family 'gpt2'"):
+        encoder_lib.load_encoder("random:family=gpt2,layers=2", training_texts=TEXTS)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nfilm\n")
+    with pytest.raises(EncoderError, match="roberta uses bpe"):
+        encoder_lib.load_encoder("tiny_roberta", vocab_file=str(vocab))
+    hf = tmp_path / "electra"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "electra"}')
+    with pytest.raises(EncoderError, match="keras-hub 0.32 cannot convert Hugging Face electra"):
+        encoder_lib.check_spec(str(hf))
