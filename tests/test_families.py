@@ -69,3 +69,33 @@ def test_bad_family_specs_name_the_problem(tmp_path):
     (hf / "config.json").write_text('{"model_type": "electra"}')
     with pytest.raises(EncoderError, match="keras-hub 0.32 cannot convert Hugging Face electra"):
         encoder_lib.check_spec(str(hf))
+
+
+@pytest.mark.slow
+def test_a_mixed_family_ensemble_teaches_a_bert_student_through_cached_soft_labels(tmp_path, monkeypatch):
+    """Teachers with their own vocabularies (byte-level BPE RoBERTa, SentencePiece DeBERTa-v3):
+    each tokenises the text itself; the student (BERT WordPiece) reads the averaged probabilities
+    by example id. Online teachers, which would read the student's ids, are refused."""
+    import os
+
+    import mtkd_tf as mt
+    from conftest import ROOT
+    from mtkd_tf.distill import ensemble, soft_labels
+
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    config = mt.ExperimentConfig.from_flagfile(
+        os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), tasks=["sst2", "rte"], num_teachers=2,
+        teacher_encoders=["tiny_roberta", "tiny_deberta_v3"], epochs=1, verbose=0, max_train_examples=32,
+        max_eval_examples=16, train_baseline=False, soft_labels_precision="float32")
+    experiment = mt.Experiment(config)
+    experiment.run()
+    members = [model_dir.load(d) for d in experiment.teacher_dirs()]
+    assert [type(m.preprocessor.tokenizer).__name__ for m in members] == ["RobertaTokenizer", "DebertaV3Tokenizer"]
+    train = experiment.train_data["rte"]
+    expected = np.mean([ensemble.member_targets(member, train) for member in members], axis=0)
+    stored = soft_labels.read(soft_labels.path_for(str(tmp_path / "kd" / "soft_labels"), "rte"))
+    np.testing.assert_allclose(soft_labels.align(stored, train.task, train), expected, atol=1e-5)
+    student = model_dir.load(str(tmp_path / "kd" / "student"))
+    assert type(student.preprocessor.tokenizer).__name__ == "BertTokenizer"
+    with pytest.raises(mt.ConfigError, match="tokenises differently from the student .RobertaTokenizer"):
+        mt.Experiment(config.replace(online_teachers=True, student_dir=str(tmp_path / "online"))).student()

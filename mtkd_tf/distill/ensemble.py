@@ -26,6 +26,7 @@ from mtkd_tf.errors import ConfigError
 from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.evaluation import labelled_splits, predict_outputs, score_outputs
 from mtkd_tf.losses import soften
+from mtkd_tf.models.families import tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
@@ -233,8 +234,10 @@ def evaluate_ensemble(
     return evaluate_members(members, dev, batch_size)[1]
 
 
-def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None) -> None:
-    """Members must share the student's vocabulary (online teachers) and the tasks' label sets."""
+def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None,
+                     student_packing: bool | None = None) -> None:
+    """Members must have the tasks' label sets and, as online teachers (`vocabulary` given), the
+    student's tokenizer: the same vocabulary and pair packing (`student_packing`: double separator)."""
     for member in members:
         for task in tasks:
             try:
@@ -246,12 +249,17 @@ def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary
                     f"teacher {member.directory}: task {task.name} has labels {list(theirs.labels)} ({theirs.type}), "
                     f"the student's has {list(task.labels)} ({task.type})"
                 )
-        theirs = list(member.preprocessor.tokenizer.get_vocabulary()) if vocabulary is not None else None
-        if vocabulary is not None and theirs != vocabulary:
+        if vocabulary is None:
+            continue
+        tokenizer = member.preprocessor.tokenizer
+        theirs = list(tokenizer.get_vocabulary())
+        packing = tokenizer_family(tokenizer).double_separator
+        if theirs != list(vocabulary) or (student_packing is not None and packing != student_packing):
             raise ConfigError(
-                f"teacher {member.directory} uses a different tokenizer vocabulary than the student "
-                f"({len(theirs)} vs {len(vocabulary)} tokens); online teachers must share it "
-                "(use cached soft labels instead)"
+                f"teacher {member.directory} tokenises differently from the student ({type(tokenizer).__name__}, "
+                f"{len(theirs)} tokens vs {len(vocabulary)}{', other pair packing' if theirs == list(vocabulary) else ''}): "
+                "online teachers read the student's token ids, so they must share its tokenizer; use cached soft "
+                "labels (the default), where each teacher tokenises the text itself"
             )
 
 

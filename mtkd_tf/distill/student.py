@@ -22,6 +22,7 @@ from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.models.encoder import Encoder
+from mtkd_tf.models.families import tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.progress import RunClock
 from mtkd_tf.tasks import Task
@@ -89,7 +90,8 @@ def train_student(
         members = [model_dir_lib.load(directory) for directory in teacher_dirs]
         if not members:
             raise ConfigError("online_teachers needs teacher models (teacher_dirs, or the teachers stage)", "online_teachers")
-        ensemble.check_compatible(members, [t for t in student.tasks if t.name in with_teacher], encoder.vocabulary)
+        ensemble.check_compatible(members, [t for t in student.tasks if t.name in with_teacher], encoder.vocabulary,
+                                  tokenizer_family(encoder.tokenizer).double_separator)
         teachers = members
     targets = {}
     for task, data in zip(student.tasks, splits):
