@@ -119,3 +119,29 @@ def test_serve_check_answers_a_rest_body(exported, tmp_path):
     request.write_text(json.dumps({"signature_name": "nope", "instances": ["x"]}))
     bad = run_cli("--mode=serve_check", f"--export_dir={base}", f"--request_file={request}")
     assert bad.returncode == 2 and "no signature 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("family", ["roberta", "deberta_v3"])
+def test_other_families_export_with_their_own_in_graph_tokenizer(family, tmp_path):
+    """Byte-level BPE (RoBERTa) and SentencePiece (DeBERTa-v3) tokenise inside the SavedModel;
+    a process with only TensorFlow and tensorflow-text serves what Keras computes."""
+    from mtkd_tf.data.preprocessing import Preprocessor
+    from mtkd_tf.models.encoder import load_encoder
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
+
+    texts = TEXTS["sentence1"][:2] + TEXTS["sentence2"] * 20
+    encoder = load_encoder(f"tiny_{family}", training_texts=texts, vocabulary_size=300, seed=0)
+    tasks = with_answer_modules([GLUE_TASKS["sst2"], GLUE_TASKS["rte"]], [])
+    model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 64))
+    directory = str(tmp_path / "model")
+    model_dir_lib.save(directory, model, encoder.tokenizer, encoder.lowercase, 64, encoder=encoder.spec)
+    path = export.export(directory, str(tmp_path / "serving"))
+    result = subprocess.run([sys.executable, "-c", FRESH, path, json.dumps(TEXTS)], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    trained = model_dir_lib.load(directory)
+    pair = [tf.constant(TEXTS["sentence1"]), tf.constant(TEXTS["sentence2"])]
+    output = trained(trained.preprocessor(*pair), training=False)["rte"].numpy()
+    np.testing.assert_allclose(np.asarray(served["rte"]["probabilities"]), np.exp(output), atol=1e-5)

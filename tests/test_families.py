@@ -99,3 +99,28 @@ def test_a_mixed_family_ensemble_teaches_a_bert_student_through_cached_soft_labe
     assert type(student.preprocessor.tokenizer).__name__ == "BertTokenizer"
     with pytest.raises(mt.ConfigError, match="tokenises differently from the student .RobertaTokenizer"):
         mt.Experiment(config.replace(online_teachers=True, student_dir=str(tmp_path / "online"))).student()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta_v3"])
+def test_a_smaller_student_keeps_chosen_layers_of_a_keras_hub_preset(family, tmp_path):
+    """`<preset dir>:layers=0,2`: the student has the teacher's embeddings and its layers 0 and 2."""
+    spec = f"random:family={family},layers=3,hidden=32,heads=2,intermediate=64"
+    teacher = encoder_lib.load_encoder(spec, training_texts=TEXTS, vocabulary_size=400, seed=0)
+    preset = tmp_path / "preset"
+    teacher.backbone.save_to_preset(str(preset))
+    teacher.tokenizer.save_to_preset(str(preset))
+    student = encoder_lib.load_encoder(f"{preset}:layers=0,2")
+    assert student.backbone.num_layers == 2 and family_of(student.backbone).name == family
+    assert student.tokenizer.get_vocabulary() == teacher.tokenizer.get_vocabulary()
+    kept = {layer.name: layer for layer in student.backbone.layers}
+    for layer in teacher.backbone.layers:
+        name = layer.name
+        if name[-1].isdigit() and "_layer_" in name:  # transformer layer i -> student layer [0, 2].index(i)
+            index = int(name.rsplit("_", 1)[1])
+            if index not in (0, 2):
+                continue
+            name = f"{name.rsplit('_', 1)[0]}_{[0, 2].index(index)}"
+        for a, b in zip(layer.get_weights(), kept[name].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(EncoderError, match=r"layer\(s\) 3 out of range; the encoder has 3"):
+        encoder_lib.load_encoder(f"{preset}:layers=0,3")

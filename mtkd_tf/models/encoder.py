@@ -173,10 +173,26 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
+def split_layers(spec: str) -> tuple[str, list[int] | None]:
+    """`minilm_l6:layers=0,2,4` -> ("minilm_l6", [0, 2, 4]): a student keeping those layers of a
+    pretrained encoder (size specs `random:layers=N` are not subsets)."""
+    base, found, rest = spec.rpartition(":layers=")
+    if not found or spec.startswith("random"):
+        return spec, None
+    try:
+        layers = [int(item) for item in rest.split(",")]
+    except ValueError:
+        raise EncoderError(f"encoder {spec!r}: layers=... must list layer numbers, e.g. {base}:layers=0,2,4") from None
+    if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+        raise EncoderError(f"encoder {spec!r}: layers must be distinct non-negative layer numbers")
+    return base, layers
+
+
 def check_spec(spec: str) -> str:
     """Resolves `spec` and checks that it names an encoder, without building it (runs
     before any training, so a typo in a later stage's encoder fails early)."""
     original = spec
+    spec, _ = split_layers(spec)
     spec = resolve_spec(spec)
     if spec.startswith("random"):
         parse_family(spec)
@@ -260,6 +276,10 @@ def load_encoder(
     the same dropout masks (see docs/reliability.md, "Determinism").
     """
     original = spec
+    base, layers = split_layers(spec)
+    if layers is not None:
+        encoder = load_encoder(base, dropout, vocab_file, training_texts, vocabulary_size, seed)
+        return dataclasses.replace(encoder, backbone=keep_layers(encoder.backbone, layers, original), spec=original)
     spec = check_spec(spec)
     overrides = {} if dropout is None else {"dropout": dropout}
     if spec.startswith("random"):
@@ -285,8 +305,9 @@ def load_encoder(
     if family.name != "bert":
         return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=bool(getattr(tokenizer, "lowercase", False)),
                        spec=original, tokenizer=tokenizer)
-    lowercase = _directory_lowercase(spec) if os.path.isdir(spec) else "uncased" in spec
-    if os.path.isdir(spec):
+    hugging_face = os.path.isfile(os.path.join(spec, "config.json")) and not os.path.isfile(os.path.join(spec, "metadata.json"))
+    lowercase = _directory_lowercase(spec) if hugging_face else bool(tokenizer.lowercase)
+    if hugging_face:
         backbone = with_activation(backbone, checkpoint_activation(spec))
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=original)
 
@@ -307,3 +328,29 @@ def _random_encoder(family: Family, config: dict[str, int], spec: str, dropout: 
     _seed(seed)
     backbone = random_backbone(family, config, tokenizer.vocabulary_size(), dropout)
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=spec, tokenizer=tokenizer)
+
+
+def keep_layers(backbone: keras.layers.Layer, layers: list[int], spec: str = "") -> keras.layers.Layer:
+    """A backbone of the same family and width with only `layers` of `backbone`'s transformer
+    layers (in that order), every weight copied: DistilBERT's initialisation of a smaller student
+    from its teacher."""
+    from mtkd_tf.models.families import family_of
+
+    family = family_of(backbone)
+    if family.name == "albert":
+        raise EncoderError(f"encoder {spec!r}: ALBERT shares its layers across depth, so there are no layers to pick; "
+                           "use a random ALBERT with fewer layers")
+    outside = [index for index in layers if index >= backbone.num_layers]
+    if outside:
+        raise EncoderError(f"encoder {spec!r}: layer(s) {', '.join(map(str, outside))} out of range; the encoder has "
+                           f"{backbone.num_layers} (0-{backbone.num_layers - 1})")
+    smaller = type(backbone).from_config({**backbone.get_config(), "num_layers": len(layers)})
+    prefix = "disentangled_attention_encoder_layer_" if family.name == "deberta_v3" else "transformer_layer_"
+    source = {layer.name: layer for layer in backbone.layers}
+    for layer in smaller.layers:
+        name = layer.name
+        if name.startswith(prefix):
+            name = f"{prefix}{layers[int(name[len(prefix):])]}"
+        if layer.weights:
+            layer.set_weights(source[name].get_weights())
+    return smaller
