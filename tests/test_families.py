@@ -9,7 +9,7 @@ from mtkd_tf import model_dir
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.models import encoder as encoder_lib
 from mtkd_tf.models.encoder import EncoderError
-from mtkd_tf.models.families import FAMILIES, family_of
+from mtkd_tf.models.families import FAMILIES, family_of, learn_tokenizer, tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
 
@@ -23,9 +23,8 @@ def _encoder(family, seed=0):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_packs_one_and_two_segments_its_own_way(family):
-    encoder = _encoder(family)
-    assert family_of(encoder.backbone).name == family
-    tokenizer = encoder.tokenizer
+    tokenizer, _ = learn_tokenizer(FAMILIES[family], TEXTS, 400)
+    assert tokenizer_family(tokenizer).name == family
     pre = Preprocessor(tokenizer, 24, pad_to_multiple_of=0)
     features = {k: v.numpy()[0] for k, v in pre(tf.constant(["a gripping story"]), tf.constant(["who directed it"])).items()}
     ids, segments = features["token_ids"], features["segment_ids"]
@@ -43,6 +42,7 @@ def test_each_family_packs_one_and_two_segments_its_own_way(family):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_under_mtdnn_heads_saves_and_reloads_exactly(family, tmp_path):
     encoder = _encoder(family)
+    assert family_of(encoder.backbone).name == family
     tasks = with_answer_modules([GLUE_TASKS["sst2"], GLUE_TASKS["rte"], GLUE_TASKS["stsb"]], [])
     assert tasks[1].answer_module == "san"  # pair classification through the SAN answer module
     model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 32))
@@ -85,10 +85,10 @@ def test_a_mixed_family_ensemble_teaches_a_bert_student_through_cached_soft_labe
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = mt.ExperimentConfig.from_flagfile(
         os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), tasks=["sst2", "rte"], num_teachers=2,
-        teacher_encoders=["tiny_roberta", "tiny_deberta_v3"], epochs=1, verbose=0, max_train_examples=32,
-        max_eval_examples=16, train_baseline=False, soft_labels_precision="float32")
+        teacher_encoders=["tiny_roberta", "tiny_deberta_v3"], epochs=1, verbose=0, max_train_examples=24,
+        soft_labels_precision="float32")
     experiment = mt.Experiment(config)
-    experiment.run()
+    experiment.teachers(), experiment.soft_labels(), experiment.student()
     members = [model_dir.load(d) for d in experiment.teacher_dirs()]
     assert [type(m.preprocessor.tokenizer).__name__ for m in members] == ["RobertaTokenizer", "DebertaV3Tokenizer"]
     train = experiment.train_data["rte"]
