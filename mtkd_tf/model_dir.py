@@ -45,13 +45,16 @@ def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_
     from mtkd_tf.models.families import TOKENIZER_DIR, save_tokenizer
 
     os.makedirs(model_dir, exist_ok=True)
-    tokenizer_files = [VOCAB_FILE]
+    # Either format replaces the other: `load` reads vocab.txt whenever it is there.
+    if os.path.exists(os.path.join(model_dir, TOKENIZER_DIR)):
+        shutil.rmtree(os.path.join(model_dir, TOKENIZER_DIR))
     if isinstance(tokenizer, list) or type(tokenizer) is keras_hub.models.BertTokenizer:
         vocabulary = tokenizer if isinstance(tokenizer, list) else tokenizer.get_vocabulary()
         write_atomic(os.path.join(model_dir, VOCAB_FILE), "".join(token + "\n" for token in vocabulary))
+        tokenizer_files = [VOCAB_FILE]
     else:
-        if os.path.exists(os.path.join(model_dir, TOKENIZER_DIR)):
-            shutil.rmtree(os.path.join(model_dir, TOKENIZER_DIR))
+        if os.path.exists(os.path.join(model_dir, VOCAB_FILE)):
+            os.remove(os.path.join(model_dir, VOCAB_FILE))
         tokenizer_files = save_tokenizer(tokenizer, model_dir)
     write_json(
         os.path.join(model_dir, PREPROCESSING_FILE),

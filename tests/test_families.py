@@ -124,3 +124,12 @@ def test_a_smaller_student_keeps_chosen_layers_of_a_keras_hub_preset(family, tmp
             np.testing.assert_array_equal(a, b)
     with pytest.raises(EncoderError, match=r"layer\(s\) 3 out of range; the encoder has 3"):
         encoder_lib.load_encoder(f"{preset}:layers=0,3")
+
+
+def test_saving_another_family_into_a_model_directory_replaces_its_tokenizer(tmp_path):
+    tasks = with_answer_modules([GLUE_TASKS["sst2"]], [])
+    for family in ("bert", "roberta", "bert"):
+        encoder = _encoder(family)
+        model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 32))
+        model_dir.save(str(tmp_path), model, encoder.tokenizer, encoder.lowercase, 32, encoder=encoder.spec)
+        assert type(model_dir.load(str(tmp_path)).preprocessor.tokenizer) is type(encoder.tokenizer)

@@ -23,7 +23,7 @@ from typing import Iterable
 import keras
 import keras_hub
 
-from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, random_backbone
+from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, learn_wordpiece_vocabulary, random_backbone
 
 
 class EncoderError(ValueError):
@@ -139,13 +139,7 @@ def parse_size_spec(spec: str) -> dict[str, int]:
 
 def learn_vocabulary(texts: Iterable[str], size: int = 2000) -> list[str]:
     """A WordPiece vocabulary learned from text (for randomly initialised encoders)."""
-    import tensorflow as tf
-
-    data = tf.data.Dataset.from_tensor_slices(list(texts)).batch(1000)
-    return keras_hub.tokenizers.compute_word_piece_vocabulary(
-        data, vocabulary_size=size, lowercase=True,
-        reserved_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-    )
+    return learn_wordpiece_vocabulary(texts, size)
 
 
 def read_vocabulary(path: str) -> list[str]:

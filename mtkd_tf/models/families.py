@@ -116,18 +116,22 @@ _SENTENCEPIECE = {
 }
 
 
+def learn_wordpiece_vocabulary(texts: Iterable[str], size: int = 2000) -> list[str]:
+    """A lower-cased WordPiece vocabulary learned from text with keras-hub's trainer."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(list(texts)).batch(1000)
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        data, vocabulary_size=size, lowercase=True, reserved_tokens=WORDPIECE_RESERVED)
+
+
 def learn_tokenizer(family: Family, texts: Iterable[str], size: int = 2000) -> tuple[Any, bool]:
     """A tokenizer of `family` learned from `texts` with about `size` entries, and whether it
     lower-cases: WordPiece (keras-hub's trainer), SentencePiece (unigram, case-folding) or
     byte-level BPE (the `tokenizers` library keras-hub installs; cased, as RoBERTa's is)."""
     texts = [text for text in texts if text]
     if family.vocabulary == "wordpiece":
-        import tensorflow as tf
-
-        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-            tf.data.Dataset.from_tensor_slices(texts).batch(1000), vocabulary_size=size, lowercase=True,
-            reserved_tokens=WORDPIECE_RESERVED)
-        return family.tokenizer_class(vocabulary=vocabulary, lowercase=True), True
+        return family.tokenizer_class(vocabulary=learn_wordpiece_vocabulary(texts, size), lowercase=True), True
     if family.vocabulary == "sentencepiece":
         import sentencepiece
 
