@@ -275,20 +275,10 @@ def load_encoder(
         encoder = load_encoder(base, dropout, vocab_file, training_texts, vocabulary_size, seed)
         return dataclasses.replace(encoder, backbone=keep_layers(encoder.backbone, layers, original), spec=original)
     spec = check_spec(spec)
-    overrides = {} if dropout is None else {"dropout": dropout}
     if spec.startswith("random"):
-        family, config = parse_family(spec), parse_size_spec(spec)
-        if family.name != "bert":
-            return _random_encoder(family, config, original, dropout, vocab_file, training_texts, vocabulary_size, seed)
-        if vocab_file:
-            vocabulary = read_vocabulary(vocab_file)
-        elif training_texts is not None:
-            vocabulary = learn_vocabulary(training_texts, vocabulary_size)
-        else:
-            raise EncoderError(f"encoder {original!r} is random: give --vocab_file or training text")
-        _seed(seed)
-        backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), **config, **overrides)
-        return Encoder(backbone, vocabulary, lowercase=True, spec=original)
+        return _random_encoder(parse_family(spec), parse_size_spec(spec), original, dropout, vocab_file, training_texts,
+                               vocabulary_size, seed)
+    overrides = {} if dropout is None else {"dropout": dropout}
     family = directory_family(spec) if os.path.isdir(spec) else preset_family(spec)
     _seed(seed)  # presets and Hugging Face directories too: their SeedGenerators are built unseeded otherwise
     try:
@@ -308,7 +298,8 @@ def load_encoder(
 
 def _random_encoder(family: Family, config: dict[str, int], spec: str, dropout: float | None, vocab_file: str | None,
                     training_texts: Iterable[str] | None, vocabulary_size: int, seed: int | None) -> Encoder:
-    """A randomly initialised encoder of a family other than BERT, with a tokenizer of its kind."""
+    """A randomly initialised encoder of any family, with a tokenizer of its kind: read from
+    `vocab_file` (WordPiece families) or learned from `training_texts`."""
     if vocab_file:
         if family.vocabulary != "wordpiece":
             raise EncoderError(f"encoder {spec!r}: vocab_file is a WordPiece vocabulary; {family.name} uses "
@@ -318,7 +309,8 @@ def _random_encoder(family: Family, config: dict[str, int], spec: str, dropout: 
     elif training_texts is not None:
         tokenizer, lowercase = learn_tokenizer(family, training_texts, vocabulary_size)
     else:
-        raise EncoderError(f"encoder {spec!r} is random: give training text (or --vocab_file for WordPiece families)")
+        sources = "--vocab_file or training text" if family.vocabulary == "wordpiece" else "training text"
+        raise EncoderError(f"encoder {spec!r} is random: give {sources} to make its {family.vocabulary} vocabulary from")
     _seed(seed)
     backbone = random_backbone(family, config, tokenizer.vocabulary_size(), dropout)
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=spec, tokenizer=tokenizer)
