@@ -67,7 +67,7 @@ def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
 def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = _config(tmp_path, num_teachers=1, teacher_pool=0, finetune_epochs=0, seeds=2, compare_anneal=True,
-                     self_distill_rounds=1)
+                     self_distill_rounds=1, teacher_epochs=2)
     experiment = mt.Experiment(config)
     experiment.run()
     root = tmp_path / "kd"
@@ -92,6 +92,9 @@ def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path
     stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels_r1"), "sst2"))
     assert stored.metadata["teachers"] == [str(root / "student")]
     assert "student_mean: mean ± sd over 2 seeds" in open(root / "report.md").read()
+    # teachers train their own number of epochs (the quickstart gives them one more than the student)
+    epochs = {name: len(json.load(open(root / name / "history.json"))) for name in ("teachers/member_0", "student")}
+    assert epochs == {"teachers/member_0": 2, "student": 1}
 
 
 def test_seeds_below_one_fail_before_any_training(tmp_path, monkeypatch):
