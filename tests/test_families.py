@@ -133,3 +133,86 @@ def test_saving_another_family_into_a_model_directory_replaces_its_tokenizer(tmp
         model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 32))
         model_dir.save(str(tmp_path), model, encoder.tokenizer, encoder.lowercase, 32, encoder=encoder.spec)
         assert type(model_dir.load(str(tmp_path)).preprocessor.tokenizer) is type(encoder.tokenizer)
+
+
+def _hugging_face_roberta(directory: str) -> dict[str, np.ndarray]:
+    """A Hugging Face RoBERTa checkpoint directory as transformers writes one (RobertaForMaskedLM's
+    tensor names, position embeddings offset by 2, zero token-type embeddings as in the real ones,
+    vocab.json + merges.txt), with random weights, written without transformers."""
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+    from tokenizers import ByteLevelBPETokenizer
+
+    os.makedirs(directory)
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(TEXTS, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                show_progress=False)
+    trainer.save_model(directory)
+    vocabulary = len(json.load(open(os.path.join(directory, "vocab.json"))))
+    hidden, intermediate, positions = 32, 64, 66
+    rng = np.random.default_rng(0)
+
+    def weight(*shape):
+        return rng.normal(0.0, 0.2, shape).astype("float32")
+
+    tensors = {"roberta.embeddings.word_embeddings.weight": weight(vocabulary, hidden),
+               "roberta.embeddings.position_embeddings.weight": weight(positions, hidden),
+               "roberta.embeddings.token_type_embeddings.weight": np.zeros((1, hidden), "float32")}
+    norms = ["roberta.embeddings.LayerNorm"]
+    for layer in range(2):
+        prefix = f"roberta.encoder.layer.{layer}"
+        for name, shape in {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
+                            "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
+                            "intermediate.dense": (intermediate, hidden), "output.dense": (hidden, intermediate)}.items():
+            tensors[f"{prefix}.{name}.weight"], tensors[f"{prefix}.{name}.bias"] = weight(*shape), weight(shape[0])
+        norms += [f"{prefix}.attention.output.LayerNorm", f"{prefix}.output.LayerNorm"]
+    for norm in norms:
+        tensors[f"{norm}.weight"], tensors[f"{norm}.bias"] = 1.0 + weight(hidden), weight(hidden)
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", "vocab_size": vocabulary,
+              "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": intermediate,
+              "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+              "max_position_embeddings": positions, "type_vocab_size": 1, "layer_norm_eps": 1e-5,
+              "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+    with open(os.path.join(directory, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    return tensors
+
+
+def test_a_hugging_face_roberta_directory_loads_with_its_own_tokenizer_and_weights(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    directory = str(tmp_path / "roberta")
+    tensors = _hugging_face_roberta(directory)
+    encoder = encoder_lib.load_encoder(directory)
+    assert family_of(encoder.backbone).name == "roberta" and not encoder.lowercase
+    reference = ByteLevelBPETokenizer(f"{directory}/vocab.json", f"{directory}/merges.txt")
+    for text in ["a gripping story, told well", "Who directed the film?"]:
+        assert list(encoder.tokenizer([text])[0]) == reference.encode(text).ids
+    backbone = encoder.backbone
+    np.testing.assert_array_equal(backbone.token_embedding.embeddings.numpy(),
+                                  tensors["roberta.embeddings.word_embeddings.weight"])
+    np.testing.assert_array_equal(backbone.embeddings.position_embedding.position_embeddings.numpy(),
+                                  tensors["roberta.embeddings.position_embeddings.weight"][2:])
+    # MT-DNN heads (SAN included) read it and predict from raw text, pairs packed RoBERTa's way
+    model = MTDNN(backbone, with_answer_modules([GLUE_TASKS["rte"]], []), preprocessor=Preprocessor(encoder.tokenizer, 32))
+    assert model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"].shape == (1, 2)
+
+
+def test_a_hugging_face_roberta_directory_computes_what_transformers_computes(tmp_path):
+    """Parity with Hugging Face's own model, where transformers and torch are installed
+    (benchmarks/requirements-peer.txt); CI's test install has neither and skips it."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    directory = str(tmp_path / "roberta")
+    _hugging_face_roberta(directory)
+    encoder = encoder_lib.load_encoder(directory)
+    ids = [[0, *encoder.tokenizer(["a gripping story, told well"])[0], 2]]
+    reference = transformers.RobertaModel.from_pretrained(directory, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
+    token_ids = tf.constant(ids)
+    found = encoder.backbone({"token_ids": token_ids, "padding_mask": tf.ones_like(token_ids)})
+    np.testing.assert_allclose(found.numpy(), expected, atol=1e-5)
