@@ -121,10 +121,12 @@ def test_serve_check_answers_a_rest_body(exported, tmp_path):
     assert bad.returncode == 2 and "no signature 'nope'" in bad.stderr
 
 
-@pytest.mark.parametrize("family", ["roberta", "deberta_v3"])
+@pytest.mark.parametrize("family", ["roberta", "deberta_v3", "albert", "distil_bert", "xlm_roberta"])
 def test_other_families_export_with_their_own_in_graph_tokenizer(family, tmp_path):
-    """Byte-level BPE (RoBERTa) and SentencePiece (DeBERTa-v3) tokenise inside the SavedModel;
-    a process with only TensorFlow and tensorflow-text serves what Keras computes."""
+    """The families whose tokenizer or inputs differ from BERT's (tested above; ELECTRA's are
+    BERT's): byte-level BPE (RoBERTa), SentencePiece (DeBERTa-v3, ALBERT, XLM-R, whose ids are
+    shifted) and WordPiece without segment ids (DistilBERT) tokenise inside the SavedModel; a
+    process with only TensorFlow and tensorflow-text serves what Keras computes."""
     from mtkd_tf.data.preprocessing import Preprocessor
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.models.mtdnn import MTDNN
