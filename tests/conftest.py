@@ -24,14 +24,15 @@ def glue_dir(tmp_path_factory):
 def tiny_encoder_factory(glue_dir):
     """Builds fresh tiny encoders (2 layers, hidden 64) with a vocabulary learned from the sample."""
     from mtkd_tf.data import readers
-    from mtkd_tf.models.encoder import learn_vocabulary, load_encoder
+    from mtkd_tf.models.encoder import load_encoder
+    from mtkd_tf.models.families import learn_wordpiece_vocabulary
     from mtkd_tf.tasks import GLUE_TASKS
 
     texts = []
     for name in ("sst2", "rte", "stsb", "mnli"):
         data = readers.load_split(GLUE_TASKS[name], "train", data_dir=glue_dir)
         texts += data.text_a + (data.text_b or [])
-    vocabulary = learn_vocabulary(texts, 300)
+    vocabulary = learn_wordpiece_vocabulary(texts, 300)
     vocab_file = os.path.join(glue_dir, "vocab.txt")
     with open(vocab_file, "w", encoding="utf-8") as handle:
         handle.write("".join(token + "\n" for token in vocabulary))

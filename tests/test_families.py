@@ -9,7 +9,7 @@ from mtkd_tf import model_dir
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.models import encoder as encoder_lib
 from mtkd_tf.models.encoder import EncoderError
-from mtkd_tf.models.families import FAMILIES, family_of, learn_tokenizer, tokenizer_family
+from mtkd_tf.models.families import BPE_SPECIAL, FAMILIES, family_of, learn_tokenizer, tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
 
@@ -155,7 +155,7 @@ def _hugging_face_roberta(directory: str) -> dict[str, np.ndarray]:
 
     os.makedirs(directory)
     trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(TEXTS, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    trainer.train_from_iterator(TEXTS, vocab_size=400, special_tokens=BPE_SPECIAL,
                                 show_progress=False)
     trainer.save_model(directory)
     vocabulary = len(json.load(open(os.path.join(directory, "vocab.json"))))

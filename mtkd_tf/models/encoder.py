@@ -23,7 +23,7 @@ from typing import Iterable
 import keras
 import keras_hub
 
-from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, learn_wordpiece_vocabulary, random_backbone
+from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, random_backbone
 
 
 class EncoderError(ValueError):
@@ -135,11 +135,6 @@ def parse_size_spec(spec: str) -> dict[str, int]:
     if config["hidden_dim"] % config["num_heads"]:
         raise EncoderError(f"encoder spec {spec!r}: hidden must be divisible by heads")
     return config
-
-
-def learn_vocabulary(texts: Iterable[str], size: int = 2000) -> list[str]:
-    """A WordPiece vocabulary learned from text (for randomly initialised encoders)."""
-    return learn_wordpiece_vocabulary(texts, size)
 
 
 def read_vocabulary(path: str) -> list[str]:
