@@ -47,11 +47,24 @@ def _serve_check(config: ExperimentConfig):
     return export.serve_check(path, settings.request_file)
 
 
+def _report(config: ExperimentConfig):
+    """Rebuilds a finished run's report from its saved evidence alone (no model is loaded)."""
+    from mtkd_tf import report
+
+    if not config.runtime.model_dir:
+        raise app.UsageError("--mode=report needs --model_dir (a finished pipeline run)")
+    try:
+        report.rebuild(config.runtime.model_dir)
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from None
+    return None
+
+
 # mode -> what it runs: an Experiment method, or a function of the config.
 MODES = {
     "train": "train", "evaluate": "evaluate_model", "predict": "predict", "train_teachers": "teachers",
     "soft_labels": "soft_labels", "distill": "distill", "pipeline": "run",
-    "export": _export, "serve_check": _serve_check,
+    "report": _report, "export": _export, "serve_check": _serve_check,
 }
 
 

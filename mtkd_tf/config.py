@@ -19,7 +19,8 @@ from typing import Any
 
 from mtkd_tf.errors import ConfigError
 
-MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "export", "serve_check")
+MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "report", "export",
+         "serve_check")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
@@ -72,6 +73,10 @@ class DataConfig(_Group):
     skip_bad_rows: bool = setting(False, "Skip malformed data rows with a warning instead of failing.")
     max_train_examples: int = setting(0, "Use at most this many training examples per task (0: all).", lower=0)
     max_eval_examples: int = setting(0, "Use at most this many examples per dev/test split (0: all).", lower=0)
+    heldout_examples: int = setting(0, "Set this many training examples per task aside (chosen by a hash of their ids, "
+                                    "before max_train_examples) as the labelled held-out split on which the report "
+                                    "tests the paper's claims; dev stays the split of every choice (0: none, claims "
+                                    "on dev).", lower=0)
 
 
 @dataclasses.dataclass

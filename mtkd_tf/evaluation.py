@@ -8,7 +8,7 @@ mismatched) reports each metric with the split's suffix (`accuracy_matched`).
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -47,15 +47,19 @@ def matthews_corr(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 
 def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
-    if np.std(predictions) == 0 or np.std(labels) == 0:
+    """Pearson's r (0 when either side is constant); NumPy's, as scipy's `pearsonr` computes it but
+    ~40x faster, which the report's thousands of resamples need."""
+    labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+    x, y = labels - labels.mean(), predictions - predictions.mean()
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    if denominator == 0 or np.std(predictions) == 0 or np.std(labels) == 0:
         return 0.0
-    return float(stats.pearsonr(labels, predictions)[0])
+    return float(np.clip(np.dot(x, y) / denominator, -1.0, 1.0))
 
 
 def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
-    if np.std(predictions) == 0 or np.std(labels) == 0:
-        return 0.0
-    return float(stats.spearmanr(labels, predictions)[0])
+    """Spearman's rho: Pearson's r of the ranks (ties averaged), as scipy's `spearmanr`."""
+    return pearson(stats.rankdata(labels), stats.rankdata(predictions))
 
 
 METRIC_FUNCTIONS = {
@@ -117,13 +121,6 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
     restored = np.empty_like(outputs)
     restored[order] = outputs
     return restored
-
-
-def score_splits(
-    dev: Mapping[str, Mapping[str, SplitData]], predict: Callable[[SplitData], np.ndarray]
-) -> dict[str, dict[str, float]]:
-    """`{task: {metric[_suffix]: value}}` of `predict`'s head outputs on every labelled split."""
-    return score_outputs(dev, {key: predict(data) for key, data in labelled_splits(dev)})
 
 
 def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]):
@@ -267,25 +264,3 @@ def prediction_tasks(
             label = (task.source.submission_name if task.source else None) or task.name
             skipped.append(f"{label} skipped: {why}")
     return kept, skipped
-
-
-DEV_OUTPUTS = "dev_outputs.npz"
-
-
-def write_dev_outputs(path: str, outputs: Mapping[str, Mapping[tuple[str, str], np.ndarray]]) -> None:
-    """Saves `{row: {(task, split): head outputs}}` (what the report's intervals resample), atomically."""
-    arrays = {f"{row}|{task}|{split}": np.asarray(values) for row, found in outputs.items()
-              for (task, split), values in found.items()}
-    temporary = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
-
-
-def read_dev_outputs(path: str) -> dict[str, dict[tuple[str, str], np.ndarray]]:
-    """The inverse of `write_dev_outputs`."""
-    outputs: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as saved:
-        for name in saved.files:
-            row, task, split = name.split("|")
-            outputs.setdefault(row, {})[(task, split)] = saved[name]
-    return outputs

@@ -36,18 +36,17 @@ from mtkd_tf import distribute, evaluation
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
-from mtkd_tf.data.split import SplitData
-from mtkd_tf.distill import ensemble
+from mtkd_tf.data.split import HELDOUT, SplitData, carve, ids_digest
+from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.student import teacher_task_names, train_student
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.evaluation import DEV_OUTPUTS, read_dev_outputs, write_dev_outputs
 from mtkd_tf.files import read_json, write_json
-from mtkd_tf.finetune import finetune
+from mtkd_tf.finetune import finetune, finetune_seed
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.progress import RunClock, duration
-from mtkd_tf.report import intervals, run_row, write_report
-from mtkd_tf.tasks import UNLABELLED, Task
+from mtkd_tf.report import Evidence, run_row, write_report
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, UNLABELLED, Task
 from mtkd_tf.training import train_mtdnn
 
 logger = logging.getLogger("mtkd_tf")
@@ -181,8 +180,24 @@ class Experiment:
 
     @property
     def train_data(self) -> dict[str, SplitData]:
+        """Each trained task's training examples: without the held-out split, then cut to `max_train_examples`."""
+        data = self.config.data
+        if not data.heldout_examples:
+            trainable = [task for task in self.tasks if task.trainable]
+            return {name: s["train"] for name, s in self.load(trainable, "train", data.max_train_examples).items()}
+        return {name: rest.take(data.max_train_examples) for name, (rest, _) in self._carved.items()}
+
+    @functools.cached_property
+    def _carved(self) -> dict[str, tuple[SplitData, SplitData]]:
         trainable = [task for task in self.tasks if task.trainable]
-        return {name: s["train"] for name, s in self.load(trainable, "train", self.config.data.max_train_examples).items()}
+        return {name: carve(s["train"], self.config.data.heldout_examples)
+                for name, s in self.load(trainable, "train").items()}
+
+    @property
+    def heldout_data(self) -> dict[str, dict[str, SplitData]]:
+        """`{task: {"heldout": data}}`: the labelled split the report tests the claims on (none
+        without `heldout_examples`); carved from each task's training data, never trained on."""
+        return {name: {HELDOUT: held} for name, (_, held) in self._carved.items()} if self.config.data.heldout_examples else {}
 
     @property
     def unlabelled_data(self) -> dict[str, SplitData]:
@@ -338,17 +353,20 @@ class Experiment:
                 logger.info("training teacher %s (seed %d, dropout %.2f, encoder %s)", spec.name, spec.seed,
                             spec.dropout, spec.encoder)
                 encoder = self.encoder(spec.encoder, spec.dropout, spec.seed)
-                train_mtdnn(self.tasks, self.train_data, encoder, self._training_config(seed=spec.seed, epochs=epochs),
-                            directory, self.config.model.max_seq_length, self.callbacks,
+                actual = self.config.replace(seed=spec.seed, epochs=epochs, encoder=spec.encoder, encoder_dropout=spec.dropout)
+                train_mtdnn(self.tasks, self.train_data, encoder, actual.training, directory,
+                            self.config.model.max_seq_length, self.callbacks,
                             self.config.model.pad_to_multiple_of, label=f"teacher {spec.name}", clock=self.clock,
-                            experiment_config=self.config.to_dict())
+                            experiment_config=actual.to_dict())
             directories.append(directory)
         if len(directories) > self.config.teachers.num_teachers:
             directories = self._select_teachers(directories)
         if self.config.finetune.finetune_epochs:
+            seeds = {spec.name: spec.seed for spec in specs}
             for task in self.teacher_tasks:
                 for directory in directories:
-                    self._finetune(directory, task, self._finetuned_dir(directory, task), f"teacher {os.path.basename(directory)}")
+                    name = os.path.basename(directory)
+                    self._finetune(directory, task, self._finetuned_dir(directory, task), f"teacher {name}", seeds[name])
         return directories
 
     def _select_teachers(self, candidates: list[str]) -> list[str]:
@@ -372,15 +390,16 @@ class Experiment:
                         ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked))
         return [os.path.join(self.paths.teacher_dir, name) for name in chosen]
 
-    def _finetune(self, source: str, task: str, directory: str, label: str) -> str:
-        """Fine-tunes the multi-task model in `source` on `task` into `directory` (skipped if done)."""
+    def _finetune(self, source: str, task: str, directory: str, label: str, model_seed: int) -> str:
+        """Fine-tunes the multi-task model in `source` (trained with `model_seed`) on `task` into
+        `directory` (skipped if done), with a seed of its own (`finetune_seed`)."""
         if not self._done("finetune", directory):
             settings = self.config.finetune
-            config = self._training_config(epochs=settings.finetune_epochs,
-                                           learning_rate=settings.finetune_learning_rate or self.config.training.learning_rate)
-            logger.info("fine-tuning %s on %s -> %s", label, task, directory)
-            finetune(source, task, self.train_data[task], config, directory, self.callbacks, self.clock,
-                     self.config.to_dict(), self.config.model.pad_to_multiple_of)
+            actual = self.config.replace(seed=finetune_seed(model_seed, task), epochs=settings.finetune_epochs,
+                                         learning_rate=settings.finetune_learning_rate or self.config.training.learning_rate)
+            logger.info("fine-tuning %s on %s (seed %d) -> %s", label, task, actual.training.seed, directory)
+            finetune(source, task, self.train_data[task], actual.training, directory, self.callbacks, self.clock,
+                     actual.to_dict(), self.config.model.pad_to_multiple_of)
         return directory
 
     @_stage
@@ -504,62 +523,109 @@ class Experiment:
         models = {run_row(name, run): d for (name, run), d in self.seeded_dirs().items() if model_dir_lib.exists(d)}
         self._announce("finetune", f"{', '.join(models)} on {', '.join(self.finetune_tasks)} "
                        f"({self.config.finetune.finetune_epochs} epoch(s) each)")
-        return {row: {task: self._finetune(directory, task, target, row)
+        seeds = {run_row(name, run): self.config.training.seed + run for (name, run) in self.seeded_dirs()}
+        return {row: {task: self._finetune(directory, task, target, row, seeds[row])
                       for task, target in self.finetuned_dirs(directory).items()}
                 for row, directory in models.items()}
 
     @_stage
     def evaluate(self) -> dict[str, dict]:
-        """Dev metrics of every member, the ensemble, the baseline and the student (and, with
-        fine-tuning, `baseline_ft` / `student_ft`: each task scored by the copy fine-tuned on it):
-        `{row: results}`. With fine-tuned teachers, a task's member and ensemble scores are those
-        of the members fine-tuned on it. Dev outputs go to `dev_outputs.npz` (the report's intervals)."""
-        self._announce("evaluate", "every member, the ensemble, the baseline and the student on dev")
-        dev, batch = self.dev_data, self.config.runtime.eval_batch_size
+        """Every member, the ensemble, the baseline and the student (and, with fine-tuning,
+        `baseline_ft` / `student_ft`: each task scored by the copy fine-tuned on it) on dev and on
+        the held-out split: `{row: dev results}`. With fine-tuned teachers, a task's member and
+        ensemble outputs are those of the members fine-tuned on it. The report's evidence (every
+        row's per-example predictions, the histories, the soft targets' statistics) goes to the
+        experiment directory, so the report can be rebuilt without the models."""
+        self._announce("evaluate", "every member, the ensemble, the baseline and the student on dev"
+                       + (" and the held-out split" if self.heldout_data else ""))
+        heldout = self.heldout_data
+        splits = {task: {**by_split, **heldout.get(task, {})} for task, by_split in self.dev_data.items()}
+        outputs = self._outputs(splits)
+        dev = self.dev_data
+        rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
+                                               {key: value for key, value in found.items() if key[1] != HELDOUT})
+                for name, found in outputs.items()}
+        directories = {os.path.basename(os.path.normpath(d)): d for d in self.teacher_dirs()}
+        directories.update({name: d for name, d in self.model_dirs().items() if name in outputs})
+        for name, directory in directories.items():
+            write_json(os.path.join(directory, "eval_results.json"), rows[name])
+        self._evidence(splits, outputs).save(self.paths.root)
+        return rows
+
+    def _outputs(self, splits: dict[str, dict[str, SplitData]]) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+        """`{row: {(task, split): head outputs}}` of every model of the report on `splits`."""
+        batch = self.config.runtime.eval_batch_size
         outputs: dict[str, dict] = {}
-        directories: dict[str, str] = {}
         member_dirs = self.teacher_dirs()
         by_members: dict[tuple, list[str]] = {}  # tasks that share one set of members
-        for task, dirs in self.teacher_dirs_by_task(list(dev)).items():
+        for task, dirs in self.teacher_dirs_by_task(list(splits)).items():
             by_members.setdefault(tuple(dirs), []).append(task)
         for dirs, tasks in by_members.items() if member_dirs else ():
             members = [model_dir_lib.load(directory) for directory in dirs]
-            each, averaged = ensemble.member_outputs(members, {task: dev[task] for task in tasks}, batch)
+            each, averaged = ensemble.member_outputs(members, {task: splits[task] for task in tasks}, batch)
             for directory, found in zip(member_dirs, each):
                 outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
             outputs.setdefault("ensemble", {}).update(averaged)
-        directories = {os.path.basename(os.path.normpath(d)): d for d in member_dirs}
         shown = sorted(self.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))  # baselines first
         for name, directory in shown:
             if model_dir_lib.exists(directory):
-                outputs[name] = evaluation.dev_outputs(model_dir_lib.load(directory), dev, batch)
-                directories[name] = directory
+                outputs[name] = evaluation.dev_outputs(model_dir_lib.load(directory), splits, batch)
         for (name, run), directory in sorted(self.seeded_dirs().items(), key=lambda item: (item[0][0] != "baseline", item[0][1])):
             copies = {task: path for task, path in self.finetuned_dirs(directory).items() if model_dir_lib.exists(path)}
             for task, path in copies.items():
-                found = evaluation.dev_outputs(model_dir_lib.load(path), {task: dev[task]}, batch)
+                found = evaluation.dev_outputs(model_dir_lib.load(path), {task: splits[task]}, batch)
                 outputs.setdefault(run_row(f"{name}_ft", run), {}).update(found)
-        rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
-                                               found)
-                for name, found in outputs.items()}
-        for name, directory in directories.items():
-            write_json(os.path.join(directory, "eval_results.json"), rows[name])
-        write_dev_outputs(os.path.join(self.paths.root, DEV_OUTPUTS), outputs)
-        return rows
+        return outputs
+
+    def _evidence(self, splits: dict[str, dict[str, SplitData]], outputs: dict[str, dict]) -> Evidence:
+        """What the report is built from (`report.Evidence`), with nothing that needs a model."""
+        labelled = dict(evaluation.labelled_splits(splits))
+        predictions = {(row, *key): evaluation.decide(labelled[key].task, values, labelled[key].groups)
+                       for row, found in outputs.items() for key, values in found.items()}
+        tasks = {}
+        for (task, split), data in labelled.items():
+            entry = tasks.setdefault(task, {"type": data.task.type, "metrics": list(data.task.metrics), "suffixes": {}})
+            entry["suffixes"][split] = "" if split == HELDOUT else evaluation.split_suffix(data.task, split)
+        histories = {}
+        for row, directory in self.model_dirs().items():
+            path = os.path.join(directory, "history.json")
+            if os.path.isfile(path):
+                histories[row] = read_json(path)
+        selection = os.path.join(self._readable("teacher_dir"), SELECTION_FILE)
+        config = self.config
+        return Evidence(
+            rows=list(outputs), tasks=tasks, predictions=predictions,
+            labels={key: np.asarray(data.labels) for key, data in labelled.items()},
+            groups={key: np.asarray(data.groups) for key, data in labelled.items() if data.task.type == RANKING},
+            teacher_tasks=list(self.teacher_tasks) if config.teachers.teacher_tasks else None,
+            histories=histories, selection=read_json(selection) if os.path.isfile(selection) else None,
+            soft_targets=self._soft_target_statistics(), warmup_fraction=config.training.warmup_fraction,
+            heldout={task: {"from": "train", "examples": len(by_split[HELDOUT]), "ids_sha256": ids_digest(by_split[HELDOUT]),
+                            "rule": "the examples (ranking: questions) whose blake2b('heldout\\0' + id) sort first"}
+                     for task, by_split in self.heldout_data.items()},
+            config=config.to_dict(), environment=environment(self.precision), seed=config.training.seed)
+
+    def _soft_target_statistics(self) -> dict[str, dict]:
+        """Per distilled classification task: the soft targets on the labelled training examples
+        against gold (mean probability of gold, agreement, entropy)."""
+        directory = self._readable("soft_labels_dir")
+        found = {}
+        for name in self.teacher_tasks:
+            data = self.train_data[name]
+            path = soft_labels.path_for(directory, name)
+            if data.task.type != CLASSIFICATION or not os.path.isfile(path):
+                continue
+            targets = soft_labels.align(soft_labels.read(path), data.task, data, self.config.distillation.temperature)
+            found[name] = soft_labels.statistics(targets, data.labels)
+        return found
 
     def report(self, rows: dict[str, dict] | None = None) -> dict:
-        """Writes report.json (with the full config), report.md and the plots; returns the report."""
-        rows = rows if rows is not None else self.evaluate()
+        """Writes report.json (with the full config), report.md and the plots from the evidence
+        the evaluate stage saved (evaluating first if `rows` is None); returns the report."""
+        if rows is None:
+            self.evaluate()
         self._announce("report", f"{os.path.join(self.paths.root, 'report.md')}")
-        path = os.path.join(self.paths.root, DEV_OUTPUTS)
-        found = intervals(self.dev_data, read_dev_outputs(path), rows, seed=self.config.training.seed) \
-            if os.path.isfile(path) else {}
-        teacher_tasks = list(self.teacher_tasks) if self.config.teachers.teacher_tasks else None
-        selection = os.path.join(self._readable("teacher_dir"), SELECTION_FILE)
-        histories = {row: os.path.join(directory, "history.json") for row, directory in self.model_dirs().items()}
-        report, table = write_report(self.paths.root, rows, list(rows), self.config.to_dict(), histories,
-                                     environment(self.precision), found, teacher_tasks,
-                                     read_json(selection) if os.path.isfile(selection) else None)
+        report, table = write_report(self.paths.root, Evidence.load(self.paths.root))
         print(table)
         return report
 

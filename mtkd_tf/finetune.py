@@ -12,6 +12,8 @@ trained further), so it loads, evaluates, predicts and exports like any other.
 
 from __future__ import annotations
 
+import zlib
+
 import keras
 import tensorflow as tf
 
@@ -24,6 +26,13 @@ from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.progress import RunClock
 from mtkd_tf.training import fit_and_save, static_shapes, training_data
+
+
+def finetune_seed(model_seed: int, task: str) -> int:
+    """The seed of fine-tuning a model trained with `model_seed` on `task`: from both, so the members
+    of one task's ensemble (and the seed runs of the student) never share a batch order, a task
+    schedule or a dropout stream, and one model's copies differ by task."""
+    return model_seed + 1 + zlib.crc32(task.encode()) % 997
 
 
 def finetune(

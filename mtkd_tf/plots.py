@@ -39,8 +39,8 @@ def _pyplot():
     return plt
 
 
-ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - best member",
-              "student_mean": "student_mean - baseline_mean"}
+ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - mean member",
+              "student_mean": "student - baseline"}
 
 
 def _colour(row: str) -> str:
@@ -52,11 +52,13 @@ def _colour(row: str) -> str:
     return {"student": "#ff9896", "baseline": "#c7c7c7"}.get(row.split("_")[0], _MEMBER)
 
 
-def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None) -> str:
+def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None,
+                split: str = "dev") -> str:
     """Grouped bars: one group per task (its first metric), one bar per row of the report.
 
-    With `intervals`, the student's bar carries the 95% interval of student - baseline and the
-    ensemble's that of ensemble - best member, drawn around the bar's value."""
+    With `intervals` (`{task: {metric: {"a - b": (estimate, low, high)}}}`), the student's bar
+    carries the 95% interval of student - baseline and the ensemble's that of ensemble - mean
+    member, drawn around the bar's value."""
     plt = _pyplot()
     tasks = list(report)
     figure, axis = plt.subplots(figsize=(max(6.0, 1.9 * len(tasks) + 2), 4.2))
@@ -76,14 +78,15 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapp
             for t, task in enumerate(tasks):
                 found = intervals.get(task, {}).get(next(iter(report[task])), {}).get(ERROR_BARS[row])
                 if found is not None:
-                    errors[0][t] = 100 * (found.difference - found.low)
-                    errors[1][t] = 100 * (found.high - found.difference)
+                    estimate, low, high = found
+                    errors[0][t] = 100 * (estimate - low)
+                    errors[1][t] = 100 * (high - estimate)
         axis.bar(positions, values, width * 0.95, label=row, color=colour, yerr=errors, capsize=2,
                  edgecolor="black" if colour in _COLOURS.values() else "none", linewidth=0.5)
     axis.set_xticks(range(len(tasks)), labels)
-    axis.set_ylabel("dev score (x100)")
+    axis.set_ylabel(f"{split} score (x100)")
     axis.set_title("Teachers, their ensemble, the baseline MT-DNN and the distilled student"
-                   + ("\n(error bars: 95% intervals of student - baseline and ensemble - best member)" if intervals else ""),
+                   + ("\n(error bars: 95% intervals of student - baseline and ensemble - mean member)" if intervals else ""),
                    fontsize=10)
     axis.axhline(0, color="black", linewidth=0.6)
     axis.legend(ncol=min(len(rows), 6), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
@@ -93,20 +96,23 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapp
     return path
 
 
-def _history(path: str) -> list[dict]:
-    if not os.path.isfile(path):
+def _history(history: str | Sequence[dict] | None) -> list[dict]:
+    """A history as its epochs: given as such, or as the path of a history.json."""
+    if not isinstance(history, str):
+        return list(history or [])
+    if not os.path.isfile(history):
         return []
-    with open(path, encoding="utf-8") as handle:
+    with open(history, encoding="utf-8") as handle:
         return json.load(handle)
 
 
-def plot_training_curves(student_history: str, baseline_history: str | None, tasks: Sequence[str], path: str) -> str:
+def plot_training_curves(student_history: str | Sequence[dict], baseline_history: str | Sequence[dict] | None,
+                         tasks: Sequence[str], path: str) -> str:
     """Per task: the student's total, weighted hard and weighted soft loss per epoch (+ the baseline's)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    student = _history(student_history)
-    baseline = _history(baseline_history) if baseline_history else []
+    student, baseline = _history(student_history), _history(baseline_history)
     columns = min(len(tasks), 4) or 1
     rows = -(-len(tasks) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)

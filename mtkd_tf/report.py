@@ -1,15 +1,29 @@
-"""The experiment's report: every model's dev metrics side by side, whether the differences are
-real (95% paired bootstrap intervals), what the student kept, and one line per claim of the paper.
+"""The experiment's report: every model's scores, and the paper's claims as structured verdicts.
 
-`report.json` holds `results` (`{task: {metric: {row: value, "kept": share}}}`), `intervals`
-(`{task: {metric: {"student - baseline": [difference, low, high], ...}}}`), `claims`,
-`warnings`, `rows` (the column order), `config` (the whole `ExperimentConfig`, so any result can
-be re-run: `ExperimentConfig.from_dict(report["config"])`) and `environment`. `report.md` is the
-tables, the claim lines and the warnings; `scores.png` and `training_curves.png` are its plots.
+The report is built from its evidence alone (`Evidence`: each model's per-example predictions on
+dev and on the held-out split, the labels, the training histories, the teacher selection, the
+soft targets' statistics, the config and the machine), saved beside it as `report_outputs.npz`
+and `report_inputs.json`; `rebuild(root)` (`bin/run --mode=report`) makes the same report.json
+and report.md again without any model.
+
+Claims are tested on the held-out split where the run has one (`heldout_examples`; dev made every
+choice: teacher selection, the picked member), on each task's first metric:
+- the ensemble beats its mean member, and the member picked on dev;
+- the ensemble beats the baseline; the student beats the baseline;
+- the student keeps at least half of the ensemble's gain (the paper: nearly all), asked only where
+  that gain is significant, with an interval from the same resamples;
+- the gain carries to tasks without a teacher, asked only where a teacher task gained;
+- after fine-tuning the student beats the baseline; beyond the paper, each variant beats the student.
+Each claim is `{claim, task, metric, split, estimate, low, high, level, method, seeds, p,
+p_adjusted, verdict, reason}`; `verdict` is holds / does not hold / not significant / untested.
+Intervals are seed-aware (`significance.compare`) where a side has two or more runs; a
+comparison of single runs is "untested" (its example-only interval is shown, labelled). Intervals
+are unadjusted 95%; verdicts use Holm-adjusted p-values over every tested claim of the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,24 +32,19 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mtkd_tf import plots
-from mtkd_tf.data.split import SplitData
-from mtkd_tf.evaluation import METRIC_FUNCTIONS, decide, labelled_splits, split_suffix
-from mtkd_tf.files import write_atomic, write_json
-from mtkd_tf.significance import RESAMPLES, Interval, paired_interval
-from mtkd_tf.tasks import RANKING
+from mtkd_tf.evaluation import METRIC_FUNCTIONS
+from mtkd_tf.files import read_json, write_atomic, write_json
+from mtkd_tf.significance import LEVEL, RESAMPLES, Comparison, compare_many, holm, ratio_interval
 
-BEST_MEMBER = "best member"
-COMPARISONS = (("student", "baseline"), ("ensemble", BEST_MEMBER), ("student", "ensemble"), ("ensemble", "baseline"),
-               ("student_ft", "baseline_ft"))
+INPUTS, OUTPUTS = "report_inputs.json", "report_outputs.npz"
 SEEDED = ("student", "baseline", "student_ft", "baseline_ft")  # rows repeated with `seeds`
 _RUN = re.compile(r"^(student|baseline|student_ft|baseline_ft)(?:_s(\d+))?$")
 VARIANT = re.compile(r"^student_(anneal|r\d+)$")  # beyond the paper: teacher annealing, self-distillation rounds
+KEPT_THRESHOLD = 0.5  # "keeps most of the gain" (the paper says nearly all)
+ALPHA = 1 - LEVEL
 SPREAD_WARNING = 0.05  # members this far apart on a task (5 points): the ensemble measures seeds
-STILL_LEARNING = 0.10  # a last epoch that lowered the training loss by 10% or more: not converged
-
-
-def _members(rows: Sequence[str]) -> list[str]:
-    return [row for row in rows if row.startswith("member_")]
+STILL_LEARNING = 0.10  # a task's loss that fell 10% or more over the last epoch: not converged
+HOLDS, FAILS, NOT_SIGNIFICANT, UNTESTED = "holds", "does not hold", "not significant", "untested"
 
 
 def run_row(name: str, run: int) -> str:
@@ -44,166 +53,108 @@ def run_row(name: str, run: int) -> str:
 
 
 def seed_runs(rows: Sequence[str]) -> dict[str, list[str]]:
-    """`{"student": ["student", "student_s2", ...], ...}` for each of `SEEDED` with 2+ runs in `rows`."""
+    """`{"student": ["student", "student_s2", ...], ...}` for each of `SEEDED` in `rows`."""
     runs: dict[str, list[str]] = {}
     for row in rows:
         match = _RUN.match(row)
         if match:
             runs.setdefault(match.group(1), []).append(row)
-    return {name: found for name, found in runs.items() if len(found) > 1}
+    return runs
 
 
-def comparisons(rows: Sequence[str]) -> list[tuple[str, str]]:
-    """Which differences get intervals: `COMPARISONS`, the seed means', and each variant against
-    the student and the baseline."""
-    found = list(COMPARISONS)
-    means = seed_runs(rows)
-    if {"student", "baseline"} <= set(means):
-        found += [("student_mean", "baseline_mean"), ("ensemble", "baseline_mean")]
-    if {"student_ft", "baseline_ft"} <= set(means):
-        found.append(("student_ft_mean", "baseline_ft_mean"))
-    found += [(row, other) for row in rows if VARIANT.match(row) for other in ("student", "baseline")]
-    return found
+def members(rows: Sequence[str]) -> list[str]:
+    return [row for row in rows if row.startswith("member_")]
 
 
-def _mean(values: Mapping, name: str) -> str:
-    """`name_mean` when the report has seed means, else `name`."""
-    return f"{name}_mean" if f"{name}_mean" in values else name
+@dataclasses.dataclass
+class Evidence:
+    """Everything a report is built from. `predictions[(row, task, split)]` are decided predictions
+    (class ids, or scores); `labels` / `groups` are keyed by `(task, split)`; `tasks[task]` holds
+    its `metrics` and, per split, the metric suffix (`{"dev_matched": "matched"}`)."""
+
+    rows: list[str]
+    tasks: dict[str, dict]
+    predictions: dict[tuple[str, str, str], np.ndarray]
+    labels: dict[tuple[str, str], np.ndarray]
+    groups: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+    teacher_tasks: list[str] | None = None
+    histories: dict[str, list] = dataclasses.field(default_factory=dict)
+    selection: dict | None = None
+    soft_targets: dict[str, dict] = dataclasses.field(default_factory=dict)
+    heldout: dict[str, dict] = dataclasses.field(default_factory=dict)
+    warmup_fraction: float = 0.1
+    config: dict = dataclasses.field(default_factory=dict)
+    environment: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+    def save(self, root: str) -> None:
+        arrays = {f"pred|{row}|{task}|{split}": value for (row, task, split), value in self.predictions.items()}
+        arrays.update({f"labels|{task}|{split}": value for (task, split), value in self.labels.items()})
+        arrays.update({f"groups|{task}|{split}": value for (task, split), value in self.groups.items()})
+        temporary = os.path.join(root, f"{OUTPUTS}.tmp-{os.getpid()}.npz")
+        np.savez_compressed(temporary, **arrays)
+        os.replace(temporary, os.path.join(root, OUTPUTS))
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("predictions", "labels", "groups")}
+        write_json(os.path.join(root, INPUTS), fields)
+
+    @classmethod
+    def load(cls, root: str) -> "Evidence":
+        for name in (INPUTS, OUTPUTS):
+            if not os.path.isfile(os.path.join(root, name)):
+                raise FileNotFoundError(f"{os.path.join(root, name)}: no report evidence here (a pipeline run's "
+                                        "evaluate stage writes it)")
+        fields = read_json(os.path.join(root, INPUTS))
+        predictions, labels, groups = {}, {}, {}
+        with np.load(os.path.join(root, OUTPUTS), allow_pickle=False) as saved:
+            for name in saved.files:
+                kind, *key = name.split("|")
+                {"pred": predictions, "labels": labels, "groups": groups}[kind][tuple(key)] = saved[name]
+        return cls(predictions=predictions, labels=labels, groups=groups, **fields)
+
+    def splits(self, task: str, heldout: bool) -> list[str]:
+        """The task's labelled dev splits, or its held-out split."""
+        found = [split for (name, split) in self.labels if name == task]
+        return [s for s in found if (s == "heldout") == heldout]
+
+    def metric_name(self, task: str, split: str, metric: str) -> str:
+        suffix = self.tasks[task]["suffixes"].get(split, "")
+        return f"{metric}_{suffix}" if suffix else metric
+
+    def score(self, row: str, task: str, split: str, metric: str) -> float | None:
+        key = (row, task, split)
+        if key not in self.predictions:
+            return None
+        return METRIC_FUNCTIONS[metric](self.labels[(task, split)], self.predictions[key])
 
 
-def intervals(dev: Mapping[str, Mapping[str, SplitData]], outputs: Mapping[str, Mapping[tuple[str, str], np.ndarray]],
-              rows: Mapping[str, Mapping[str, Mapping[str, float]]], resamples: int = RESAMPLES,
-              seed: int = 0) -> dict[str, dict[str, dict[str, Interval]]]:
-    """`{task: {metric: {"a - b": Interval}}}` for each of `COMPARISONS` whose models both have
-    dev outputs; "best member" is, per task and metric, the member with the best dev score."""
-    found: dict[str, dict[str, dict[str, Interval]]] = {}
-    pairs, means = comparisons(list(outputs)), seed_runs(list(outputs))
-    for key, data in labelled_splits(dev):
-        task_name, split = key
-        suffix = split_suffix(data.task, split)
-        groups = data.groups if data.task.type == RANKING else None
-        decided = {row: decide(data.task, outputs[row][key], data.groups) for row in outputs if key in outputs[row]}
-        for name, runs in means.items():
-            if all(run in decided for run in runs):
-                decided[f"{name}_mean"] = [decided[run] for run in runs]
-        for name in data.task.metrics:
-            metric = f"{name}_{suffix}" if suffix else name
-            members = [row for row in _members(list(decided)) if metric in rows.get(row, {}).get(task_name, {})]
-            chosen = dict(decided)
-            if members:
-                chosen[BEST_MEMBER] = decided[max(members, key=lambda row: rows[row][task_name][metric])]
-            for a, b in pairs:
-                if a in chosen and b in chosen:
-                    found.setdefault(task_name, {}).setdefault(metric, {})[f"{a} - {b}"] = paired_interval(
-                        METRIC_FUNCTIONS[name], data.labels, chosen[a], chosen[b], groups, resamples, seed)
-    return found
+# --- the tables -------------------------------------------------------------------------------------
 
 
-def build_report(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
-                 found: Mapping[str, Mapping[str, Mapping[str, Interval]]] | None = None,
-                 teacher_tasks: Sequence[str] | None = None) -> dict:
-    """`{task: {metric: {row: value, ..., "kept": fraction}}}` from `{row: eval_results}`.
-
-    `kept` is the share of the ensemble's gain over the baseline that the student kept,
-    (student - baseline) / (ensemble - baseline), shown only when that gain is real: with
-    intervals, when "ensemble - baseline" is significantly positive; without, when positive.
-    Tasks without a teacher (not in `teacher_tasks`; None: every task had one) get no share.
-    """
-    report: dict = {}
-    for row, results in rows.items():
-        for task, metrics in results.items():
-            for metric, value in metrics.items():
-                report.setdefault(task, {}).setdefault(metric, {})[row] = value
-    for metrics in report.values():
-        for values in metrics.values():
-            for name, runs in seed_runs(list(values)).items():  # mean and sd over seeds
-                scores = [values[run] for run in runs if values.get(run) is not None]
-                if len(scores) == len(runs):
-                    values[f"{name}_mean"], values[f"{name}_sd"] = float(np.mean(scores)), float(np.std(scores, ddof=1))
-    for task, metrics in report.items():
-        if teacher_tasks is not None and task not in teacher_tasks:
-            continue
-        for metric, values in metrics.items():
-            student, baseline = _mean(values, "student"), _mean(values, "baseline")
-            if {"ensemble", baseline, student} <= set(values):
-                gain = values["ensemble"] - values[baseline]
-                interval = (found or {}).get(task, {}).get(metric, {}).get(f"ensemble - {baseline}")
-                real = interval.low > 0 if interval is not None else gain > 1e-9
-                values["kept"] = (values[student] - values[baseline]) / gain if real else None
-    return report
+def scores(evidence: Evidence, heldout: bool) -> dict:
+    """`{task: {metric: {row: value, "<name>_mean": ..., "<name>_sd": ...}}}` on dev or the held-out split."""
+    table: dict = {}
+    for task, meta in evidence.tasks.items():
+        for split in evidence.splits(task, heldout):
+            for metric in meta["metrics"]:
+                values = {row: evidence.score(row, task, split, metric) for row in evidence.rows}
+                values = {row: value for row, value in values.items() if value is not None}
+                for name, runs in seed_runs(list(values)).items():
+                    if len(runs) > 1:
+                        found = [values[run] for run in runs]
+                        values[f"{name}_mean"], values[f"{name}_sd"] = float(np.mean(found)), float(np.std(found, ddof=1))
+                if values:
+                    table.setdefault(task, {})[evidence.metric_name(task, split, metric)] = values
+    return table
 
 
-def verdict(interval: Interval) -> str:
-    if not interval.significant:
-        return "not significant"
-    return "holds" if interval.difference > 0 else "does not hold"
-
-
-def claims(report: Mapping, found: Mapping, teacher_tasks: Sequence[str] | None) -> list[str]:
-    """One line per claim of the paper, judged on each task's first metric."""
-    def first(task):
-        return next(iter(report[task]))
-
-    def line(title: str, comparison: str, tasks: Sequence[str]) -> str:
-        parts = []
-        for task in tasks:
-            interval = found.get(task, {}).get(first(task), {}).get(comparison)
-            if interval is not None:
-                parts.append(f"{task} {first(task)} {interval.describe()}: {verdict(interval)}")
-        return f"- {title}: " + ("; ".join(parts) if parts else "no rows to compare") + "."
-
-    tasks = list(report)
-    with_teacher = [t for t in tasks if teacher_tasks is None or t in teacher_tasks]
-    without = [t for t in tasks if teacher_tasks is not None and t not in teacher_tasks]
-    values = report[tasks[0]][first(tasks[0])] if tasks else {}
-    student_vs_baseline = f"{_mean(values, 'student')} - {_mean(values, 'baseline')}"  # seed means when there are
-    seeds = " (mean over seeds)" if "student_mean" in values else ""
-    lines = [line("The ensemble beats its best member", "ensemble - best member", tasks),
-             line(f"The student beats the baseline MT-DNN{seeds}", student_vs_baseline, with_teacher)]
-    kept = []
-    for task in with_teacher:
-        values = report[task][first(task)]
-        if "kept" not in values:
-            continue
-        share = values["kept"]
-        if share is None:
-            kept.append(f"{task}: ensemble gain not significant")
-        else:
-            kept.append(f"{task}: {100 * share:.0f}% ({'holds' if share >= 0.5 else 'does not hold'})")
-    lines.append("- The student keeps most (>= 50%) of the ensemble's gain: " + ("; ".join(kept) or "no rows") + ".")
-    if without:
-        lines.append(line(f"The gain carries to tasks without a teacher ({student_vs_baseline})", student_vs_baseline,
-                          without))
-    finetuned_vs = f"{_mean(values, 'student_ft')} - {_mean(values, 'baseline_ft')}"
-    finetuned = [task for task in tasks if finetuned_vs in found.get(task, {}).get(first(task), {})]
-    if finetuned:
-        lines.append(line(f"After per-task fine-tuning, the student beats the baseline{seeds}", finetuned_vs, finetuned))
-    variants = [row for row in values if VARIANT.match(row)]
-    for row in variants:  # beyond the paper
-        what = "teacher annealing" if row.endswith("anneal") else f"self-distillation round {row.split('_r')[-1]}"
-        lines.append(line(f"Beyond the paper, {what} ({row}) beats the student", f"{row} - student", tasks))
-    return lines
-
-
-def warnings(report: Mapping, histories: Mapping[str, str]) -> list[str]:
-    """Where the comparison measures noise: members far apart, or training still far from converged."""
-    found = []
-    for task, metrics in report.items():
-        metric = next(iter(metrics))
-        scores = [metrics[metric][row] for row in _members(list(metrics[metric]))]
-        if len(scores) > 1 and max(scores) - min(scores) > SPREAD_WARNING:
-            found.append(f"{task}: the teachers' {metric} spans {100 * min(scores):.1f}-{100 * max(scores):.1f} "
-                         f"(more than {100 * SPREAD_WARNING:.0f} points): the ensemble mixes converged and unconverged members")
-    for name, path in histories.items():
-        if path and os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                history = json.load(handle)
-            if len(history) >= 2 and history[-2]["loss"] > 0:
-                drop = 1 - history[-1]["loss"] / history[-2]["loss"]
-                if drop >= STILL_LEARNING:
-                    found.append(f"{name}: its last epoch still lowered the training loss by {100 * drop:.0f}%: "
-                                 "it has not converged, more epochs may change the comparison")
-    return found
+def columns(table: Mapping, rows: Sequence[str]) -> list[str]:
+    """`rows` with each seed mean (`student_mean`, ...) after its last run."""
+    order = list(rows)
+    for name, runs in seed_runs(rows).items():
+        if any(f"{name}_mean" in values for metrics in table.values() for values in metrics.values()):
+            order.insert(order.index(runs[-1]) + 1, f"{name}_mean")
+    return order
 
 
 def _cell(values: Mapping, row: str) -> str:
@@ -213,67 +164,228 @@ def _cell(values: Mapping, row: str) -> str:
     return f"{100 * values[row]:.1f}" + (f" ± {100 * spread:.1f}" if spread is not None else "")
 
 
-def columns(report: Mapping, rows: Sequence[str]) -> list[str]:
-    """`rows` with each seed mean (`student_mean`, ...) after its last run."""
-    order = list(rows)
-    for name, runs in seed_runs(rows).items():
-        if any(f"{name}_mean" in values for metrics in report.values() for values in metrics.values()):
-            order.insert(order.index(runs[-1]) + 1, f"{name}_mean")
-    return order
-
-
-def report_table(report: Mapping, rows: Sequence[str]) -> str:
+def score_table(table: Mapping, rows: Sequence[str]) -> str:
     """The scores as a Markdown table, one line per task and metric (seed means as mean ± sd)."""
-    header = ["task", "metric", *rows, "kept"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, metrics in report.items():
+    lines = ["| " + " | ".join(["task", "metric", *rows]) + " |", "|" + "---|" * (len(rows) + 2)]
+    for task, metrics in table.items():
         for metric, values in metrics.items():
-            cells = [_cell(values, row) for row in rows]
-            kept = values.get("kept")
-            shown = f"{100 * kept:.0f}%" if kept is not None else ("n.s." if "kept" in values else "-")
-            lines.append("| " + " | ".join([task, metric, *cells, shown]) + " |")
+            lines.append("| " + " | ".join([task, metric, *(_cell(values, row) for row in rows)]) + " |")
     return "\n".join(lines)
 
 
-def interval_table(found: Mapping) -> str:
-    """The differences (x100) with their 95% paired bootstrap intervals; * marks significant ones."""
-    names = list(dict.fromkeys(name for metrics in found.values() for pairs in metrics.values() for name in pairs))
-    if not names:
-        return ""
-    lines = ["| task | metric | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
-    for task, metrics in found.items():
-        for metric, comparisons in metrics.items():
-            cells = [comparisons[n].describe() + ("*" if comparisons[n].significant else "") if n in comparisons else "-"
-                     for n in names]
-            lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+# --- the claims -------------------------------------------------------------------------------------
+
+
+def _claim(title: str, task: str, metric: str, split: str, found: Comparison | None, reason: str = "",
+           untested: str = "") -> dict:
+    """A claim; `untested` (a reason) keeps it from a verdict. A comparison of single runs is
+    untested; a seed-aware one is judged by `_judge` after the multiplicity correction."""
+    claim = {"claim": title, "task": task, "metric": metric, "split": split, "estimate": None, "low": None,
+             "high": None, "level": LEVEL, "method": None, "seeds": None, "p": None, "p_adjusted": None,
+             "verdict": UNTESTED, "reason": untested or reason}
+    if found is None:
+        claim["reason"] = untested or "no rows to compare"
+        return claim
+    claim.update(estimate=found.estimate, low=found.low, high=found.high, method=found.method,
+                 seeds=list(found.seeds), p=found.p)
+    if untested:
+        return claim
+    if not found.seed_aware:
+        claim["reason"] = "untested: one seed (one run per side; the interval resamples examples only)"
+    else:
+        claim["verdict"] = None  # judged after the multiplicity correction
+    return claim
+
+
+def _judge(claims: list[dict]) -> None:
+    """Holm over every claim still to judge; then holds / does not hold / not significant."""
+    family = [claim for claim in claims if claim["verdict"] is None]
+    for claim, adjusted in zip(family, holm([claim["p"] for claim in family])):
+        claim["p_adjusted"] = adjusted
+        if adjusted < ALPHA:
+            claim["verdict"] = HOLDS if claim["estimate"] > 0 else FAILS
+        else:
+            claim["verdict"] = NOT_SIGNIFICANT
+
+
+def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: str | None) -> dict[str, Comparison]:
+    """Every comparison of the claims on one task, split and metric, jointly resampled."""
+    rows = [row for row in evidence.rows if (row, task, split) in evidence.predictions]
+    runs = seed_runs(rows)
+    run = lambda row: evidence.predictions[(row, task, split)]  # noqa: E731
+    sides = {"ensemble": ["ensemble"] if "ensemble" in rows else [], "mean member": members(rows),
+             "picked member": [picked] if picked in rows else [], **runs}
+    wanted = [("ensemble", "mean member"), ("ensemble", "picked member"), ("ensemble", "baseline"),
+              ("student", "baseline"), ("student", "ensemble"), ("student_ft", "baseline_ft")]
+    pairs = [(a, b) for a, b in wanted if sides.get(a) and sides.get(b)
+             and (len(sides[a]) == len(sides[b]) or 1 in (len(sides[a]), len(sides[b])))]
+    pairs += [(row, "student") for row in rows if VARIANT.match(row) and runs.get("student")]
+    side = lambda name: [run(r) for r in sides[name]] if name in sides else [run(name)]  # noqa: E731
+    variant_side = lambda a, b: side(b)[:1] if VARIANT.match(a) else side(b)  # a variant is one seed: its own  # noqa: E731
+    found = compare_many(METRIC_FUNCTIONS[metric], evidence.labels[(task, split)],
+                         [(side(a), variant_side(a, b)) for a, b in pairs],
+                         evidence.groups.get((task, split)), RESAMPLES, evidence.seed)
+    return {f"{a} - {b}": comparison for (a, b), comparison in zip(pairs, found)}
+
+
+def picked_member(evidence: Evidence, task: str) -> str | None:
+    """The member with the best dev score on the task's first metric (the winner a user would pick)."""
+    metric, split = evidence.tasks[task]["metrics"][0], evidence.splits(task, heldout=False)[0]
+    scored = {row: evidence.score(row, task, split, metric) for row in members(evidence.rows)}
+    scored = {row: value for row, value in scored.items() if value is not None}
+    return max(scored, key=scored.__getitem__) if scored else None
+
+
+def claims(evidence: Evidence) -> tuple[list[dict], dict]:
+    """The paper's claims on each task's first metric (held-out split where there is one), and
+    `{task: {"a - b": Comparison}}` behind them."""
+    everything, found = [], {}
+    teacher_tasks = evidence.teacher_tasks if evidence.teacher_tasks is not None else list(evidence.tasks)
+    for task, meta in evidence.tasks.items():
+        heldout = evidence.splits(task, heldout=True)
+        split = (heldout or evidence.splits(task, heldout=False))[0]
+        metric = meta["metrics"][0]
+        found[task] = comparisons(evidence, task, split, metric, picked_member(evidence, task))
+    dev_note = "" if any(evidence.splits(t, True) for t in evidence.tasks) else \
+        "no held-out split (heldout_examples=0): tested on dev, which also picked the member and the teachers; "
+    for task, meta in evidence.tasks.items():
+        heldout = evidence.splits(task, heldout=True)
+        split = (heldout or evidence.splits(task, heldout=False))[0]
+        name = evidence.metric_name(task, split, meta["metrics"][0])
+        at = lambda comparison: found[task].get(comparison)  # noqa: E731
+        claim = lambda title, comparison, reason="", untested="": everything.append(  # noqa: E731
+            _claim(title, task, name, split, at(comparison), (dev_note + reason).rstrip("; "), untested))
+        if task in teacher_tasks:
+            claim("The ensemble beats its mean member", "ensemble - mean member",
+                  "members as seeds; the ensemble is one run, its own training noise is not included")
+            claim("The ensemble beats the member picked on dev", "ensemble - picked member",
+                  untested="one ensemble against one member: training noise is unmeasured (example-only interval)"
+                  if at("ensemble - picked member") else "")
+            claim("The ensemble beats the baseline", "ensemble - baseline")
+            claim("The student beats the baseline", "student - baseline")
+        elif "student - baseline" in found[task]:
+            claim("The gain carries to tasks without a teacher", "student - baseline")
+        if "student_ft - baseline_ft" in found[task]:
+            claim("After per-task fine-tuning, the student beats the baseline", "student_ft - baseline_ft")
+        for comparison in found[task]:
+            variant = comparison.split(" - ")[0]
+            if VARIANT.match(variant):
+                what = "teacher annealing" if variant.endswith("anneal") else f"self-distillation round {variant.split('_r')[-1]}"
+                claim(f"Beyond the paper, {what} ({variant}) beats the student", comparison,
+                      untested="one run of the variant against the student of the same seed: training noise is unmeasured")
+    everything = [c for c in everything if c["reason"] != "no rows to compare"]
+    _judge(everything)
+    _gates(everything, evidence, found, teacher_tasks)
+    return everything, found
+
+
+def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_tasks: Sequence[str]) -> None:
+    """The claims asked only where another holds: the kept share (an ensemble gain to keep) and
+    the gain carrying (a teacher-task gain to carry)."""
+    verdict = {(c["claim"], c["task"]): c["verdict"] for c in everything}
+    gained = any(verdict.get(("The student beats the baseline", t)) == HOLDS for t in teacher_tasks)
+    for c in everything:
+        if c["claim"] == "The gain carries to tasks without a teacher" and not gained and c["verdict"] != UNTESTED:
+            c["verdict"], c["reason"] = UNTESTED, "no teacher task's student gained significantly: no gain to carry"
+    for task in teacher_tasks:
+        if task not in found:
+            continue
+        beats = [i for i, c in enumerate(everything) if c["task"] == task and c["claim"] == "The student beats the baseline"]
+        if not beats:
+            continue
+        kept = {**everything[beats[0]], "claim": f"The student keeps at least {100 * KEPT_THRESHOLD:.0f}% of the ensemble's gain "
+                "(the paper: nearly all)", "estimate": None, "low": None, "high": None, "method": None, "seeds": None,
+                "p": None, "p_adjusted": None, "verdict": UNTESTED}
+        if verdict.get(("The ensemble beats the baseline", task)) != HOLDS:
+            kept["reason"] = "the ensemble's gain over the baseline is not significant: nothing to keep"
+        else:
+            student, gain = found[task]["student - baseline"], found[task]["ensemble - baseline"]
+            share = ratio_interval(student, gain)
+            kept.update(estimate=share.difference, low=share.low, high=share.high, method=f"ratio of {gain.method}",
+                        seeds=list(student.seeds))
+            student_gained = verdict.get(("The student beats the baseline", task)) == HOLDS
+            kept["verdict"] = HOLDS if student_gained and share.low >= KEPT_THRESHOLD else FAILS if share.high < KEPT_THRESHOLD \
+                else NOT_SIGNIFICANT
+            kept["reason"] = (f"(student - baseline) / (ensemble - baseline); holds where the student beats the baseline "
+                              f"and the share's interval lies above {KEPT_THRESHOLD:.0%}")
+        everything.insert(beats[0] + 1, kept)
+
+
+def claim_line(claim: Mapping) -> str:
+    """One claim as text: the estimate with its interval (x100; the kept share as a fraction), p, verdict, why."""
+    what = f"- {claim['claim']}: {claim['task']} {claim['metric']} ({claim['split']})"
+    if claim["estimate"] is not None:
+        share = claim["claim"].startswith("The student keeps")
+        show = (lambda v: f"{v:+.2f}") if share else (lambda v: f"{100 * v:+.1f}")  # noqa: E731
+        what += f" {show(claim['estimate'])} [{show(claim['low'])}, {show(claim['high'])}]"
+    if claim["p"] is not None:
+        what += f", p {claim['p']:.3f}" + (f" (Holm {claim['p_adjusted']:.3f})" if claim["p_adjusted"] is not None else "")
+    if claim["seeds"]:
+        what += f", runs {claim['seeds'][0]} vs {claim['seeds'][1]}"
+    verdict = claim["verdict"] + (f" ({claim['reason']})" if claim["reason"] else "")
+    return f"{what}: **{verdict}**"
+
+
+# --- warnings and the whole report ----------------------------------------------------------------
+
+
+def warnings(dev: Mapping, evidence: Evidence) -> list[str]:
+    """Where a comparison measures noise: members far apart, or a task's loss still falling after warm-up."""
+    found = []
+    for task, metrics in dev.items():
+        metric = next(iter(metrics))
+        values = [metrics[metric][row] for row in members(list(metrics[metric]))]
+        if len(values) > 1 and max(values) - min(values) > SPREAD_WARNING:
+            found.append(f"{task}: the teachers' {metric} spans {100 * min(values):.1f}-{100 * max(values):.1f} "
+                         f"(more than {100 * SPREAD_WARNING:.0f} points): the ensemble mixes converged and unconverged members")
+    for row, history in evidence.histories.items():
+        warm = int(np.ceil(evidence.warmup_fraction * len(history))) if history else 0
+        after = history[warm:]  # the epochs after warm-up: a warm-up epoch's mean loss is high by design
+        if len(after) < 2:
+            continue
+        for task in evidence.tasks:
+            key = f"{task}_loss"
+            if key in after[-1] and after[-2].get(key, 0) > 0:
+                drop = 1 - after[-1][key] / after[-2][key]
+                if drop >= STILL_LEARNING:
+                    found.append(f"{row}: {task}'s training loss fell {100 * drop:.0f}% over its last epoch: it has not "
+                                 "converged, more epochs may change the comparison")
+    return found
+
+
+def soft_target_table(stats: Mapping[str, Mapping]) -> str:
+    lines = ["| task | examples | mean p(gold) | agreement with gold | entropy (nats) | max entropy |", "|---|---|---|---|---|---|"]
+    for task, found in stats.items():
+        lines.append(f"| {task} | {found['examples']} | {found['gold_probability']:.3f} | {100 * found['agreement']:.1f}% | "
+                     f"{found['entropy']:.3f} | {found['max_entropy']:.3f} |")
     return "\n".join(lines)
 
 
-def write_report(root: str, rows: Mapping, order: Sequence[str], config: Mapping,
-                 histories: Mapping[str, str] | None = None, environment: Mapping | None = None,
-                 found: Mapping | None = None, teacher_tasks: Sequence[str] | None = None,
-                 selection: Mapping | None = None) -> tuple[dict, str]:
-    """Writes report.json, report.md and the plots; returns the report and report.md's text.
-
-    `histories` maps "student" / "baseline" to their `history.json` (training curves);
-    `found` are the intervals (`intervals`); `teacher_tasks` splits the claims by tasks with
-    and without a teacher (None: every task had one); `selection` is the teacher pool's
-    `selection.json` (every candidate's dev scores and the members kept)."""
-    found = found or {}
-    histories = histories or {}
-    report = build_report(rows, found, teacher_tasks)
-    order = columns(report, order)
-    claim_lines = claims(report, found, teacher_tasks) if found else []
-    warning_lines = warnings(report, histories)
-    text = report_table(report, order)
-    means = seed_runs(order)
+def build(evidence: Evidence) -> tuple[dict, str]:
+    """report.json's content and report.md's text, from the evidence alone."""
+    dev, held = scores(evidence, heldout=False), scores(evidence, heldout=True)
+    order = columns(dev, evidence.rows)
+    found_claims, found = claims(evidence)
+    warning_lines = warnings(dev, evidence)
+    text = "Dev scores (x100):\n\n" + score_table(dev, order)
+    if held:
+        text += "\n\nHeld-out scores (x100; the claims' split, carved from training data, never trained on):\n\n" \
+                + score_table(held, columns(held, evidence.rows))
+    means = {name: runs for name, runs in seed_runs(order).items() if len(runs) > 1}
     if means:
-        text += ("\n\n" + "; ".join(f"{name}_mean: mean ± sd over {len(runs)} seeds ({', '.join(runs)})"
-                                    for name, runs in means.items()) + ".")
-    if found:
-        text += ("\n\nDifferences (x100) with 95% paired bootstrap intervals over the dev examples "
-                 f"({RESAMPLES} resamples; * = the interval excludes 0):\n\n" + interval_table(found))
-        text += "\n\nThe paper's claims on this run:\n" + "\n".join(claim_lines)
+        text += "\n\n" + "; ".join(f"{name}_mean: mean ± sd over {len(runs)} seeds ({', '.join(runs)})"
+                                   for name, runs in means.items()) + "."
+    if found_claims:
+        text += ("\n\nThe paper's claims (each task's first metric; estimate x100 with its unadjusted 95% interval; "
+                 "verdicts use Holm-adjusted p over every tested claim; intervals count seeds and examples where a "
+                 "side has 2+ runs, else the claim is untested):\n" + "\n".join(claim_line(c) for c in found_claims))
+    if any("one seed" in c["reason"] for c in found_claims):
+        text += ("\n\nOne seed per model cannot tell a method from the luck of a training run, so those claims are "
+                 "untested: run with --seeds=3 or more for verdicts (docs/results.md has such runs).")
+    if evidence.soft_targets:
+        text += ("\n\nSoft targets on the training examples (what distillation adds beyond the labels):\n\n"
+                 + soft_target_table(evidence.soft_targets))
+    selection = evidence.selection
     if selection:
         ranked = sorted(selection["candidates"].items(), key=lambda item: -item[1]["mean"])
         text += (f"\n\nTeacher selection on {', '.join(selection['selection_tasks'])} dev (mean of each task's first "
@@ -281,14 +393,44 @@ def write_report(root: str, rows: Mapping, order: Sequence[str], config: Mapping
                  + f"; kept {', '.join(selection['chosen'])}.")
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
-    serialisable = {task: {metric: {name: interval.to_list() for name, interval in comparisons.items()}
-                           for metric, comparisons in metrics.items()} for task, metrics in found.items()}
-    write_json(os.path.join(root, "report.json"), {
-        "results": report, "intervals": serialisable, "claims": claim_lines, "warnings": warning_lines,
-        "teacher_selection": dict(selection or {}),
-        "rows": list(order), "config": dict(config), "environment": dict(environment or {})})
-    write_atomic(os.path.join(root, "report.md"), text + "\n")
-    plots.plot_scores(report, order, os.path.join(root, "scores.png"), found)
-    plots.plot_training_curves(histories.get("student", ""), histories.get("baseline"), list(report),
-                               os.path.join(root, "training_curves.png"))
+    report = {
+        "results": dev, "results_heldout": held, "claims": found_claims,
+        "intervals": {task: {"split": next((c["split"] for c in found_claims if c["task"] == task), None),
+                             **{name: comparison.to_list() for name, comparison in pairs.items()}}
+                      for task, pairs in found.items()},
+        "warnings": warning_lines, "soft_targets": evidence.soft_targets, "heldout": evidence.heldout,
+        "teacher_selection": dict(selection or {}), "rows": order, "config": evidence.config,
+        "environment": evidence.environment}
     return report, text
+
+
+def write_report(root: str, evidence: Evidence) -> tuple[dict, str]:
+    """Writes report.json, report.md and the plots from `evidence`; returns the report and report.md's text."""
+    report, text = build(evidence)
+    write_json(os.path.join(root, "report.json"), report)
+    write_atomic(os.path.join(root, "report.md"), text + "\n")
+    shown = report["results_heldout"] or report["results"]
+    bars = {task: {next(iter(shown[task])): pairs} for task, pairs in claims_intervals(report).items() if task in shown}
+    plots.plot_scores(shown, report["rows"], os.path.join(root, "scores.png"), bars,
+                      "held-out" if report["results_heldout"] else "dev")
+    plots.plot_training_curves(evidence.histories.get("student", []), evidence.histories.get("baseline"),
+                               list(evidence.tasks), os.path.join(root, "training_curves.png"))
+    return report, text
+
+
+def claims_intervals(report: Mapping) -> dict:
+    """`{task: {"a - b": (estimate, low, high)}}` of the report's comparisons (the plots' error bars)."""
+    return {task: {name: value for name, value in pairs.items() if name != "split"}
+            for task, pairs in report["intervals"].items()}
+
+
+def rebuild(root: str) -> dict:
+    """Rebuilds report.json, report.md and the plots of a finished run from its saved evidence."""
+    report, text = write_report(root, Evidence.load(root))
+    print(text)
+    return report
+
+
+def read_report(root: str) -> dict:
+    with open(os.path.join(root, "report.json"), encoding="utf-8") as handle:
+        return json.load(handle)

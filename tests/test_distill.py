@@ -321,7 +321,9 @@ def test_ensemble_average_is_mean_of_member_probabilities(tiny_student, splits):
     _, pre = tiny_student(seed=0)
     members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8, 9)]
     data = splits[0].take(10)
-    each = [ensemble.member_targets(m, data) for m in members]
+    # each member's probabilities by the public raw-string path, averaged here
+    each = [m.predict_texts(data.task.name, data.text_a, data.text_b)["probabilities"] for m in members]
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # the members differ, so averaging is tested
     np.testing.assert_allclose(ensemble.ensemble_targets(members, data), np.mean(each, axis=0), atol=1e-6)
     np.testing.assert_allclose(ensemble.ensemble_targets(members, data).sum(axis=1), 1.0, atol=1e-5)
     specs = ensemble.member_specs(4, seed=1, dropouts=[0.1, 0.2, 0.3], encoders=["tiny"])
@@ -422,7 +424,7 @@ def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student,
     members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8)]
     dev = {splits[0].task.name: {"dev": splits[0].take(16)}, splits[1].task.name: {"dev": splits[1].take(12)}}
     alone = [evaluation.evaluate(m, dev) for m in members]
-    expected_ensemble = evaluation.score_splits(dev, lambda d: _ensemble_outputs(members, d))
+    expected_ensemble = {name: _ensemble_metrics(members, split["dev"]) for name, split in dev.items()}
     passes = []
     real = ensemble.predict_outputs
     monkeypatch.setattr(ensemble, "predict_outputs", lambda *a, **k: passes.append(1) or real(*a, **k))
@@ -438,9 +440,18 @@ def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student,
             assert value == pytest.approx(expected_ensemble[task][metric], abs=1e-6)
 
 
-def _ensemble_outputs(members, data):
-    averaged = ensemble.ensemble_targets(members, data)
-    return np.log(np.maximum(averaged, 1e-12)) if data.task.type == "classification" else averaged
+def _ensemble_metrics(members, data):
+    """The ensemble's metrics computed here: members' probabilities (or scores) by the raw-string
+    path, averaged, then scored with numpy and scipy directly."""
+    from scipy import stats
+
+    found = [m.predict_texts(data.task.name, data.text_a, data.text_b) for m in members]
+    labels = np.asarray(data.labels)
+    if data.task.type == "classification":
+        predicted = np.mean([f["probabilities"] for f in found], axis=0).argmax(1)
+        return {"accuracy": float(np.mean(predicted == labels))}
+    scores = np.mean([np.asarray(f["score"]).reshape(-1) for f in found], axis=0)
+    return {"pearson": stats.pearsonr(labels, scores)[0], "spearman": stats.spearmanr(labels, scores)[0]}
 
 
 def test_training_precision_auto_picks_bfloat16_only_where_native_and_faster(monkeypatch):

@@ -31,10 +31,14 @@ def test_pipeline_writes_report_with_every_row(experiment):
     assert set(results["stsb"]) == {"pearson", "spearman"}
     for task, metrics in results.items():
         for metric, values in metrics.items():
-            assert set(report["rows"]) <= set(values) and "kept" in values
+            assert set(report["rows"]) <= set(values)
             assert all(np.isfinite(values[row]) for row in report["rows"])
     table = open(os.path.join(root, "report.md")).read()
-    assert table.startswith("| task | metric | member_0 | member_1 | ensemble | baseline | student | kept |")
+    assert table.startswith("Dev scores (x100):\n\n| task | metric | member_0 | member_1 | ensemble | baseline | student |")
+    # one seed: no verdict on the student, only "untested"
+    for claim in report["claims"]:
+        if "student" in claim["claim"]:
+            assert claim["verdict"] == "untested", claim
     assert "| sst2 | accuracy |" in result.stdout
     for task in ("sst2", "rte", "stsb"):
         assert os.path.isfile(os.path.join(root, "soft_labels", f"{task}.npz"))
@@ -53,6 +57,23 @@ def test_pipeline_rerun_skips_finished_stages(experiment):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [os.path.getmtime(f) for f in files] == before
     assert "soft labels in" in result.stderr and "student exists, skipping" in result.stderr
+
+
+@pytest.mark.slow
+def test_mode_report_rebuilds_the_report_from_its_evidence_alone(experiment, tmp_path):
+    import shutil
+
+    root, env, _ = experiment
+    copy = tmp_path / "evidence"  # the evidence files alone: no model, no data
+    copy.mkdir()
+    for name in ("report_inputs.json", "report_outputs.npz"):
+        shutil.copy(os.path.join(root, name), copy / name)
+    result = run_cli("--mode=report", f"--model_dir={copy}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (copy / "report.json").read_bytes() == open(os.path.join(root, "report.json"), "rb").read()
+    assert (copy / "report.md").read_text() == open(os.path.join(root, "report.md")).read()
+    missing = run_cli("--mode=report", f"--model_dir={tmp_path / 'nothing'}", env=env)
+    assert missing.returncode != 0 and "no report evidence here" in missing.stderr
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import mtkd_tf as mt
+from mtkd_tf.finetune import finetune_seed
+from mtkd_tf.significance import SEED_METHOD
 from conftest import ROOT
 from mtkd_tf import model_dir
 from mtkd_tf.distill import ensemble, soft_labels
@@ -30,8 +32,13 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     selection = json.load(open(root / "teachers" / "selection.json"))
     scores = {name: entry["mean"] for name, entry in selection["candidates"].items()}
     assert set(scores) == {"member_0", "member_1", "member_2"} and selection["selection_tasks"] == ["rte"]
-    best = sorted(scores, key=lambda name: -scores[name])[:2]
-    assert sorted(selection["chosen"]) == sorted(best)  # the best K by the recorded dev scores
+    # each candidate scored here on rte dev, independently of the selection code
+    dev = experiment.dev_data["rte"]["dev"]
+    own = {name: float(np.mean(model_dir.load(str(root / "teachers" / name)).predict_texts(
+        "rte", dev.text_a, dev.text_b)["label_id"] == dev.labels)) for name in scores}
+    assert own == pytest.approx(scores)
+    best = sorted(own, key=lambda name: -own[name])[:2]
+    assert sorted(selection["chosen"]) == sorted(best)  # the best K by dev score
     assert [os.path.basename(d) for d in experiment.teacher_dirs()] == selection["chosen"]
     # soft targets of sst2 = the mean of the sst2-fine-tuned chosen members' probabilities
     finetuned = [str(root / "teachers" / "finetuned" / "sst2" / name) for name in selection["chosen"]]
@@ -45,8 +52,16 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     saved = json.load(open(root / "report.json"))
     assert saved["rows"][-2:] == ["baseline_ft", "student_ft"]
     assert set(saved["results"]["rte"]["accuracy"]) >= {"baseline_ft", "student_ft", "member_0", "ensemble"}
-    assert "student_ft - baseline_ft" in saved["intervals"]["sst2"]["accuracy"]
-    assert any(line.startswith("- After per-task fine-tuning") for line in saved["claims"])
+    assert "student_ft - baseline_ft" in saved["intervals"]["sst2"]
+    assert any(claim["claim"].startswith("After per-task fine-tuning") for claim in saved["claims"])
+    # every model directory records the seed it trained with; each fine-tuned member has its own
+    recorded = lambda path: json.load(open(root / path / "experiment.json"))["training"]["seed"]  # noqa: E731
+    for name in scores:
+        assert recorded(f"teachers/{name}") == 1000 * (int(name.split("_")[1]) + 1)  # seed + 1000 (k + 1), seed 0
+    seeds = [recorded(f"teachers/finetuned/sst2/{name}") for name in selection["chosen"]]  # sst2: the teacher task
+    assert len(set(seeds)) == len(seeds)  # members of one task's ensemble never share a seed
+    assert seeds == [finetune_seed(recorded(f"teachers/{name}"), "sst2") for name in selection["chosen"]]
+    assert recorded("student-finetuned/rte") == finetune_seed(0, "rte") != recorded("student-finetuned/sst2")
     assert saved["teacher_selection"]["chosen"] == selection["chosen"]
     assert "Teacher selection on rte dev" in open(root / "report.md").read()
     for task in ("sst2", "rte"):
@@ -67,7 +82,7 @@ def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
 def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = _config(tmp_path, num_teachers=1, teacher_pool=0, finetune_epochs=0, seeds=2, compare_anneal=True,
-                     self_distill_rounds=1, teacher_epochs=2)
+                     self_distill_rounds=1, teacher_epochs=2, heldout_examples=16)
     experiment = mt.Experiment(config)
     experiment.run()
     root = tmp_path / "kd"
@@ -84,10 +99,12 @@ def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path
     assert json.load(open(root / "student_s2" / "experiment.json"))["training"]["seed"] == 1
     assert json.load(open(root / "student_anneal" / "experiment.json"))["distillation"]["alpha_schedule"] == "anneal"
     assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
-    assert {"student_mean - baseline_mean", "student_anneal - student", "student_r1 - student"} <= set(
-        saved["intervals"]["rte"]["accuracy"])
-    assert any("(mean over seeds)" in line for line in saved["claims"])
-    assert any("teacher annealing (student_anneal)" in line for line in saved["claims"])
+    assert {"student - baseline", "student_anneal - student", "student_r1 - student"} <= set(saved["intervals"]["rte"])
+    beats = next(c for c in saved["claims"] if c["claim"] == "The student beats the baseline" and c["task"] == "sst2")
+    assert beats["method"] == SEED_METHOD and beats["seeds"] == [2, 2] and beats["split"] == "heldout"
+    assert saved["heldout"]["sst2"]["examples"] == 16 and set(saved["results_heldout"]) == {"sst2", "rte"}
+    annealed = next(c for c in saved["claims"] if "teacher annealing (student_anneal)" in c["claim"])
+    assert annealed["verdict"] == "untested"
     # round 1 learns from the student alone, through its own soft labels
     stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels_r1"), "sst2"))
     assert stored.metadata["teachers"] == [str(root / "student")]

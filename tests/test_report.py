@@ -1,163 +1,197 @@
-"""The report's trust: paired bootstrap intervals, significance-gated kept share, claim lines."""
+"""The report's verdicts: seed-aware claims on the held-out split, gates, Holm, and rebuilding from evidence."""
 
 import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from mtkd_tf import report as report_lib
-from mtkd_tf.evaluation import METRIC_FUNCTIONS, accuracy
-from mtkd_tf.significance import Interval, paired_interval
+from mtkd_tf.distill.soft_labels import statistics
+from mtkd_tf.evaluation import accuracy
+from mtkd_tf.report import HOLDS, NOT_SIGNIFICANT, UNTESTED, Evidence
+from mtkd_tf.significance import EXAMPLE_METHOD, SEED_METHOD, holm
+
+SIZE = 400
 
 
-def _flipped(labels, count, rng):
+def _predictions(labels, accuracy_wanted, rng):
+    """Predictions right on exactly `accuracy_wanted` of the examples (chosen at random)."""
+    wrong = rng.choice(len(labels), int(round((1 - accuracy_wanted) * len(labels))), replace=False)
     predictions = labels.copy()
-    wrong = rng.choice(len(labels), count, replace=False)
     predictions[wrong] = 1 - predictions[wrong]
     return predictions
 
 
-def test_the_interval_of_a_known_difference_covers_it_and_shrinks_with_more_examples():
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (200, 2000):
-        labels = rng.integers(0, 2, n)
-        a, b = _flipped(labels, n // 10, rng), _flipped(labels, n // 5, rng)  # 90% vs 80% accuracy
-        found = paired_interval(accuracy, labels, a, b, resamples=1000, seed=1)
-        assert found.difference == pytest.approx(0.1)
-        assert found.low < 0.1 < found.high and found.significant
-        widths.append(found.high - found.low)
-    assert widths[1] < widths[0] / 2  # ~1/sqrt(10) as wide
-    same = paired_interval(accuracy, labels, a, a)
-    assert same.difference == same.low == same.high == 0 and not same.significant
-    again = paired_interval(accuracy, labels, a, b, resamples=1000, seed=1)
-    assert again == found  # seeded: the report is reproducible
+def _evidence(scores_by_row, tasks=("t", "u"), teacher_tasks=("t",), dev_scores=None, seed=0):
+    """Evidence of a run whose rows score `scores_by_row[row][task]` on the held-out split
+    (`dev_scores` on dev, default the same)."""
+    rng = np.random.default_rng(seed)
+    labels = {(task, split): rng.integers(0, 2, SIZE) for task in tasks for split in ("dev", "heldout")}
+    predictions = {}
+    for row, by_task in scores_by_row.items():
+        for task in tasks:
+            for split in ("dev", "heldout"):
+                wanted = (dev_scores or scores_by_row)[row][task] if split == "dev" else by_task[task]
+                predictions[(row, task, split)] = _predictions(labels[(task, split)], wanted, rng)
+    return Evidence(rows=list(scores_by_row), tasks={t: {"type": "classification", "metrics": ["accuracy"],
+                                                        "suffixes": {"dev": "", "heldout": ""}} for t in tasks},
+                    predictions=predictions, labels=labels, teacher_tasks=list(teacher_tasks), seed=seed)
 
 
-@pytest.mark.parametrize("name", sorted(METRIC_FUNCTIONS))
-def test_every_metric_gets_an_interval(name):
-    rng = np.random.default_rng(2)
-    if name in ("pearson", "spearman"):
-        labels = rng.normal(size=300)
-        a, b = labels + rng.normal(scale=0.3, size=300), labels + rng.normal(scale=1.5, size=300)
-    else:
-        labels = rng.integers(0, 2, 300)
-        a, b = _flipped(labels, 30, rng), _flipped(labels, 90, rng)
-    found = paired_interval(METRIC_FUNCTIONS[name], labels, a, b, resamples=300)
-    assert found.low <= found.difference <= found.high and found.difference > 0 and found.significant
+def _run(rows, student, baseline, ensemble=0.80, members=(0.74, 0.76, 0.75), spread=0.01):
+    """Rows for tasks t and u: 3 members, the ensemble, 3 seeds each of student and baseline
+    (seed scores spread by `spread` around the given means)."""
+    found = {f"member_{k}": {"t": m, "u": m} for k, m in enumerate(members)}
+    found["ensemble"] = {"t": ensemble, "u": ensemble}
+    for name, mean in (("baseline", baseline), ("student", student)):
+        for run, offset in enumerate((-spread, 0.0, spread)):
+            found[report_lib.run_row(name, run)] = {"t": mean + offset, "u": mean + offset}
+    return found
 
 
-def test_ranking_resamples_whole_questions():
-    groups = np.repeat(np.arange(50), 4)  # 50 questions, 4 candidates each
-    labels = np.tile([1, 0, 0, 0], 50)
-    calls = []
-
-    def metric(truth, predictions):
-        calls.append(len(truth))
-        return accuracy(truth, predictions)
-
-    paired_interval(metric, labels, labels, np.zeros_like(labels), groups=groups, resamples=20)
-    assert all(size % 4 == 0 for size in calls)  # a question's candidates stay together
+def _claim(found, title, task="t"):
+    return next(c for c in found if c["claim"].startswith(title) and c["task"] == task)
 
 
-ROWS = {
-    "member_0": {"t": {"accuracy": 0.70}, "u": {"accuracy": 0.60}},
-    "member_1": {"t": {"accuracy": 0.80}, "u": {"accuracy": 0.62}},
-    "ensemble": {"t": {"accuracy": 0.84}, "u": {"accuracy": 0.63}},
-    "baseline": {"t": {"accuracy": 0.74}, "u": {"accuracy": 0.61}},
-    "student": {"t": {"accuracy": 0.80}, "u": {"accuracy": 0.62}},
-}
+def test_one_seed_gives_no_student_verdict_other_than_untested():
+    rows = {"member_0": {"t": 0.7, "u": 0.7}, "member_1": {"t": 0.72, "u": 0.7}, "ensemble": {"t": 0.9, "u": 0.7},
+            "baseline": {"t": 0.6, "u": 0.6}, "student": {"t": 0.9, "u": 0.9}}
+    found, _ = report_lib.claims(_evidence(rows))
+    for claim in found:
+        if "student" in claim["claim"].lower() or "gain carries" in claim["claim"]:
+            assert claim["verdict"] == UNTESTED, claim
+    beats = _claim(found, "The student beats the baseline")
+    assert beats["method"] == EXAMPLE_METHOD and "one seed" in beats["reason"]
+    assert beats["low"] > 0  # a 30-point gap: the example-only interval excludes 0, and still no verdict
 
 
-def _found(significant_gain: bool):
-    gain = Interval(0.10, 0.04, 0.16) if significant_gain else Interval(0.10, -0.02, 0.2)
-    return {
-        "t": {"accuracy": {"student - baseline": Interval(0.06, 0.01, 0.11), "ensemble - best member": Interval(0.04, -0.01, 0.09),
-                           "student - ensemble": Interval(-0.04, -0.08, -0.005), "ensemble - baseline": gain}},
-        "u": {"accuracy": {"student - baseline": Interval(0.01, -0.02, 0.04)}},
+def test_three_seeds_give_seed_aware_claims_as_wide_as_the_seeds_spread_implies():
+    evidence = _evidence(_run({}, student=0.82, baseline=0.70, ensemble=0.84, spread=0.02))
+    found, comparisons = report_lib.claims(evidence)
+    beats = _claim(found, "The student beats the baseline")
+    assert beats["method"] == SEED_METHOD and beats["seeds"] == [3, 3] and beats["split"] == "heldout"
+    assert beats["verdict"] == HOLDS
+    runs = lambda name: [evidence.predictions[(report_lib.run_row(name, r), "t", "heldout")] for r in range(3)]  # noqa: E731
+    labels = evidence.labels[("t", "heldout")]
+    differences = [accuracy(labels, s) - accuracy(labels, b) for s, b in zip(runs("student"), runs("baseline"))]
+    half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
+    assert beats["high"] - beats["low"] >= 0.95 * 2 * half
+    assert beats["estimate"] == pytest.approx(np.mean(differences))
+    assert set(beats) == {"claim", "task", "metric", "split", "estimate", "low", "high", "level", "method", "seeds",
+                          "p", "p_adjusted", "verdict", "reason"}
+
+
+def test_verdicts_use_holm_over_every_tested_claim():
+    found, _ = report_lib.claims(_evidence(_run({}, student=0.80, baseline=0.70, ensemble=0.84)))
+    family = [c for c in found if c["p_adjusted"] is not None]
+    assert len(family) >= 4
+    assert [c["p_adjusted"] for c in family] == pytest.approx(holm([c["p"] for c in family]))
+    assert all(c["p_adjusted"] >= c["p"] for c in family)
+    for claim in family:
+        expected = (HOLDS if claim["estimate"] > 0 else "does not hold") if claim["p_adjusted"] < 0.05 else NOT_SIGNIFICANT
+        assert claim["verdict"] == expected
+
+
+def test_kept_share_needs_a_significant_ensemble_gain_and_a_significant_student_gain():
+    kept = lambda found: _claim(found, "The student keeps")  # noqa: E731
+    no_gain, _ = report_lib.claims(_evidence(_run({}, student=0.72, baseline=0.70, ensemble=0.705)))
+    assert kept(no_gain)["verdict"] == UNTESTED and "not significant" in kept(no_gain)["reason"]
+    assert kept(no_gain)["estimate"] is None
+    kept_most, found = report_lib.claims(_evidence(_run({}, student=0.88, baseline=0.70, ensemble=0.90, spread=0.005)))
+    share = kept(kept_most)
+    student, gain = found["t"]["student - baseline"], found["t"]["ensemble - baseline"]
+    assert share["estimate"] == pytest.approx(student.estimate / gain.estimate)
+    assert share["low"] < share["estimate"] < share["high"]
+    assert share["verdict"] == HOLDS and share["low"] >= report_lib.KEPT_THRESHOLD
+    kept_little, _ = report_lib.claims(_evidence(_run({}, student=0.70, baseline=0.70, ensemble=0.90, spread=0.005)))
+    assert kept(kept_little)["verdict"] == "does not hold" and kept(kept_little)["high"] < report_lib.KEPT_THRESHOLD
+
+
+def test_the_gain_carries_is_asked_only_where_a_teacher_task_gained():
+    no_gain, _ = report_lib.claims(_evidence(_run({}, student=0.70, baseline=0.70, ensemble=0.80)))
+    carries = _claim(no_gain, "The gain carries", task="u")
+    assert carries["verdict"] == UNTESTED and "no gain to carry" in carries["reason"]
+    gained, _ = report_lib.claims(_evidence(_run({}, student=0.85, baseline=0.70, ensemble=0.86, spread=0.005)))
+    assert _claim(gained, "The gain carries", task="u")["verdict"] == HOLDS
+
+
+def test_the_member_is_picked_on_dev_and_tested_on_the_heldout_split():
+    rows = _run({}, student=0.8, baseline=0.7)
+    dev = {row: dict(values) for row, values in rows.items()}
+    dev["member_2"] = {"t": 0.95, "u": 0.95}  # the winner on dev ...
+    rows["member_2"] = {"t": 0.60, "u": 0.60}  # ... is the worst on the held-out split
+    evidence = _evidence(rows, dev_scores=dev)
+    assert report_lib.picked_member(evidence, "t") == "member_2"
+    found, comparisons = report_lib.claims(evidence)
+    picked = _claim(found, "The ensemble beats the member picked on dev")
+    labels = evidence.labels[("t", "heldout")]
+    expected = accuracy(labels, evidence.predictions[("ensemble", "t", "heldout")]) - \
+        accuracy(labels, evidence.predictions[("member_2", "t", "heldout")])
+    assert picked["estimate"] == pytest.approx(expected) and picked["verdict"] == UNTESTED
+    mean = _claim(found, "The ensemble beats its mean member")
+    member_scores = [accuracy(labels, evidence.predictions[(f"member_{k}", "t", "heldout")]) for k in range(3)]
+    assert mean["estimate"] == pytest.approx(0.80 - np.mean(member_scores))
+
+
+def test_without_a_heldout_split_the_claims_say_they_used_dev():
+    evidence = _evidence(_run({}, student=0.8, baseline=0.7))
+    evidence.labels = {key: value for key, value in evidence.labels.items() if key[1] == "dev"}
+    evidence.predictions = {key: value for key, value in evidence.predictions.items() if key[2] == "dev"}
+    found, _ = report_lib.claims(evidence)
+    assert {c["split"] for c in found} == {"dev"}
+    assert "no held-out split" in _claim(found, "The student beats the baseline")["reason"]
+
+
+def test_the_report_rebuilds_identically_from_its_saved_evidence(tmp_path):
+    evidence = _evidence(_run({}, student=0.8, baseline=0.7))
+    evidence.histories = {"student": [{"epoch": 0, "loss": 1.0, "t_loss": 0.9}, {"epoch": 1, "loss": 0.5, "t_loss": 0.4}]}
+    evidence.soft_targets = {"t": statistics(np.array([[0.8, 0.2], [0.4, 0.6]]), np.array([0, 0]))}
+    evidence.save(str(tmp_path))
+    first, text = report_lib.write_report(str(tmp_path), evidence)
+    saved = (tmp_path / "report.json").read_bytes()
+    rebuilt = report_lib.rebuild(str(tmp_path))
+    assert (tmp_path / "report.json").read_bytes() == saved and rebuilt == json.loads(saved)
+    assert (tmp_path / "report.md").read_text() == text + "\n"
+    assert (tmp_path / "scores.png").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="no report evidence"):
+        report_lib.rebuild(str(tmp_path / "elsewhere"))
+
+
+def test_warnings_read_each_tasks_loss_after_the_warmup_epoch():
+    evidence = _evidence(_run({}, student=0.8, baseline=0.7))
+    evidence.warmup_fraction = 0.1
+    evidence.histories = {
+        # epoch 0 holds the warm-up: its drop is left out; t still falls 30% in the last epoch, u does not,
+        # and the total (dominated by u) barely moves: a warning names t alone
+        "student": [{"loss": 9.0, "t_loss": 3.0, "u_loss": 6.0}, {"loss": 5.0, "t_loss": 1.0, "u_loss": 4.0},
+                    {"loss": 4.7, "t_loss": 0.7, "u_loss": 4.0}],
+        "baseline": [{"loss": 9.0, "t_loss": 3.0, "u_loss": 6.0}, {"loss": 2.0, "t_loss": 1.0, "u_loss": 1.0}],
     }
+    dev = report_lib.scores(evidence, heldout=False)
+    found = report_lib.warnings(dev, evidence)
+    assert [line for line in found if "loss" in line] == [
+        "student: t's training loss fell 30% over its last epoch: it has not converged, more epochs may change the comparison"]
+    assert any(line.startswith("t: the teachers' accuracy spans") for line in found) is False  # 74-76: within 5 points
 
 
-def test_kept_share_only_when_the_ensemble_gain_is_significant():
-    shown = report_lib.build_report(ROWS, _found(True))
-    assert shown["t"]["accuracy"]["kept"] == pytest.approx(0.6)
-    hidden = report_lib.build_report(ROWS, _found(False))
-    assert hidden["t"]["accuracy"]["kept"] is None
-    assert "| n.s. |" in report_lib.report_table(hidden, list(ROWS))
+def test_seed_rows_give_mean_and_sd_columns():
+    evidence = _evidence(_run({}, student=0.8, baseline=0.7, spread=0.02))
+    table = report_lib.scores(evidence, heldout=True)
+    values = table["t"]["accuracy"]
+    runs = [values[report_lib.run_row("student", r)] for r in range(3)]
+    assert values["student_mean"] == pytest.approx(np.mean(runs))
+    assert values["student_sd"] == pytest.approx(np.std(runs, ddof=1))
+    order = report_lib.columns(table, evidence.rows)
+    assert order.index("student_mean") == order.index("student_s3") + 1
+    assert f"| {100 * np.mean(runs):.1f} ± {100 * np.std(runs, ddof=1):.1f} |" in report_lib.score_table(table, order)
 
 
-def test_claim_lines_judge_each_claim_with_its_interval():
-    report = report_lib.build_report(ROWS, _found(True))
-    lines = report_lib.claims(report, _found(True), teacher_tasks=["t"])
-    assert lines[0].startswith("- The ensemble beats its best member: t accuracy +4.0 [-1.0, +9.0]: not significant")
-    assert "t accuracy +6.0 [+1.0, +11.0]: holds" in lines[1]
-    assert "t: 60% (holds)" in lines[2]
-    assert lines[3].startswith("- The gain carries to tasks without a teacher") and "u accuracy" in lines[3]
-    assert "not significant" in lines[3]
-
-
-def test_warnings_name_far_apart_members_and_unconverged_training(tmp_path):
-    report = report_lib.build_report(ROWS, {})
-    history = tmp_path / "history.json"
-    history.write_text(json.dumps([{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.7}]))
-    found = report_lib.warnings(report, {"student": str(history)})
-    assert any(line.startswith("t: the teachers' accuracy spans 70.0-80.0") for line in found)
-    assert not any(line.startswith("u:") for line in found)  # 2 points apart: fine
-    assert any(line.startswith("student: its last epoch still lowered the training loss by 30%") for line in found)
-
-
-def test_the_significance_docstring_example_runs():
-    import doctest
-
-    from mtkd_tf import significance
-
-    assert doctest.testmod(significance).failed == 0
-
-
-def test_tasks_without_a_teacher_get_no_kept_share():
-    report = report_lib.build_report(ROWS, _found(True), teacher_tasks=["u"])
-    assert "kept" not in report["t"]["accuracy"] and report["u"]["accuracy"]["kept"] is not None
-
-
-def test_the_interval_of_a_seed_mean_difference_is_that_of_the_averaged_runs():
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 400)
-    students = [_flipped(labels, 40, rng), _flipped(labels, 60, rng)]  # 90% and 85%
-    baselines = [_flipped(labels, 100, rng), _flipped(labels, 80, rng)]  # 75% and 80%
-    interval = paired_interval(accuracy, labels, students, baselines, resamples=1000)
-    assert interval.difference == pytest.approx((0.90 + 0.85) / 2 - (0.75 + 0.80) / 2)
-    assert interval.low <= interval.difference <= interval.high and interval.significant
-    one = paired_interval(accuracy, labels, students[0], baselines[0], resamples=1000)
-    assert one.difference == pytest.approx(0.15)
-
-
-SEEDED_ROWS = {
-    "ensemble": {"t": {"accuracy": 0.90}},
-    "baseline": {"t": {"accuracy": 0.70}}, "student": {"t": {"accuracy": 0.80}},
-    "baseline_s2": {"t": {"accuracy": 0.74}}, "student_s2": {"t": {"accuracy": 0.84}},
-    "student_anneal": {"t": {"accuracy": 0.83}},
-}
-
-
-def test_seeds_give_mean_and_sd_rows_and_the_claims_use_the_means():
-    assert report_lib.seed_runs(list(SEEDED_ROWS)) == {"baseline": ["baseline", "baseline_s2"],
-                                                        "student": ["student", "student_s2"]}
-    assert ("student_mean", "baseline_mean") in report_lib.comparisons(list(SEEDED_ROWS))
-    assert ("student_anneal", "student") in report_lib.comparisons(list(SEEDED_ROWS))
-    mean_found = {"t": {"accuracy": {"student_mean - baseline_mean": Interval(0.10, 0.05, 0.15),
-                                     "ensemble - baseline_mean": Interval(0.18, 0.10, 0.26),
-                                     "student_anneal - student": Interval(0.03, -0.02, 0.08)}}}
-    report = report_lib.build_report(SEEDED_ROWS, mean_found, teacher_tasks=["t"])
-    values = report["t"]["accuracy"]
-    assert values["student_mean"] == pytest.approx(0.82) and values["baseline_mean"] == pytest.approx(0.72)
-    assert values["student_sd"] == pytest.approx(np.std([0.80, 0.84], ddof=1))
-    assert values["kept"] == pytest.approx(0.10 / 0.18)  # (student_mean - baseline_mean) / (ensemble - baseline_mean)
-    order = report_lib.columns(report, list(SEEDED_ROWS))
-    assert order == ["ensemble", "baseline", "student", "baseline_s2", "baseline_mean", "student_s2", "student_mean",
-                     "student_anneal"]
-    table = report_lib.report_table(report, order)
-    assert "| 82.0 ± 2.8 |" in table and "| 72.0 ± 2.8 |" in table
-    lines = report_lib.claims(report, mean_found, teacher_tasks=["t"])
-    assert lines[1] == "- The student beats the baseline MT-DNN (mean over seeds): t accuracy +10.0 [+5.0, +15.0]: holds."
-    assert lines[-1].startswith("- Beyond the paper, teacher annealing (student_anneal) beats the student: t accuracy "
-                                "+3.0 [-2.0, +8.0]: not significant")
+def test_soft_target_statistics():
+    targets = np.array([[0.9, 0.1, 0.0], [0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3]])
+    found = statistics(targets, np.array([0, 2, 1]))
+    assert found["gold_probability"] == pytest.approx((0.9 + 0.3 + 1 / 3) / 3)
+    assert found["agreement"] == pytest.approx(1 / 3)
+    assert found["max_entropy"] == pytest.approx(np.log(3))
+    entropy = lambda p: -sum(x * np.log(x) for x in p if x > 0)  # noqa: E731
+    assert found["entropy"] == pytest.approx(np.mean([entropy(row) for row in targets]))

@@ -52,6 +52,19 @@ class SplitData:
             groups=None if self.groups is None else self.groups[:count],
         )
 
+    def select(self, rows: np.ndarray, split: str | None = None) -> "SplitData":
+        """The examples at `rows` (ids unchanged), optionally renamed to `split`."""
+        rows = np.asarray(rows, dtype=int)
+        return dataclasses.replace(
+            self,
+            split=split or self.split,
+            ids=[self.ids[i] for i in rows],
+            text_a=[self.text_a[i] for i in rows],
+            text_b=None if self.text_b is None else [self.text_b[i] for i in rows],
+            labels=None if self.labels is None else self.labels[rows],
+            groups=None if self.groups is None else self.groups[rows],
+        )
+
     def rows(self, start: int, stop: int) -> "SplitData":
         """Examples `start:stop` (ids unchanged), for chunked inference; groups may be cut."""
         return dataclasses.replace(
@@ -105,3 +118,28 @@ class SplitData:
 def _label_array(labels: list, task: Task) -> np.ndarray:
     dtype = np.int32 if task.labels else np.float32
     return np.asarray(labels, dtype=dtype)
+
+
+HELDOUT = "heldout"
+
+
+def carve(data: SplitData, count: int) -> tuple[SplitData, SplitData]:
+    """(the rest, the held-out split): `count` examples of `data` set aside by a hash of their ids
+    (ranking: of their question), so the choice is reproducible and does not depend on row order
+    or on how much of the rest a run trains on. Both keep `data`'s order."""
+    keys = [str(g) for g in data.groups] if data.groups is not None else list(data.ids)
+    units = list(dict.fromkeys(keys))
+    if count <= 0 or 2 * count > len(units):
+        raise DataError(f"task {data.task.name}: cannot set {count} of its {len(units)} training "
+                        f"{'questions' if data.groups is not None else 'examples'} aside as the held-out split "
+                        "(heldout_examples may take at most half of a task's training data)")
+    rank = {unit: hashlib.blake2b(f"heldout\0{unit}".encode(), digest_size=8).digest() for unit in units}
+    chosen = set(sorted(units, key=rank.__getitem__)[:count])
+    held = np.asarray([key in chosen for key in keys])
+    return data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held), HELDOUT)
+
+
+def ids_digest(data: SplitData) -> str:
+    """A short hash of a split's example ids (the held-out split's record)."""
+    return hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:16]
+

@@ -161,3 +161,15 @@ def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | No
             "make them again (the soft_labels stage)"
         )
     return soft.targets[rows]
+
+
+def statistics(targets: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """What a classification task's soft targets carry beyond its labels: their mean probability
+    of the gold class, how often their top class is gold, and their mean entropy (nats; the
+    uniform distribution's is `max_entropy`)."""
+    targets, labels = np.asarray(targets, np.float64), np.asarray(labels, int)
+    entropy = -np.sum(targets * np.log(np.maximum(targets, 1e-12)), axis=1)
+    return {"examples": int(len(labels)), "gold_probability": float(np.mean(targets[np.arange(len(labels)), labels])),
+            "agreement": float(np.mean(np.argmax(targets, axis=1) == labels)), "entropy": float(np.mean(entropy)),
+            "max_entropy": float(np.log(targets.shape[1]))}
+
