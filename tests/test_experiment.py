@@ -157,7 +157,7 @@ def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, mo
         num_teachers=2, epochs=2, teacher_tasks=["sst2"], verbose=0, max_train_examples=64, max_eval_examples=32,
     )
     report = mt.Experiment(config).run()
-    assert set(report) == {"sst2", "stsb"}
+    assert set(report["results"]) == {"sst2", "stsb"}
     saved = json.load(open(tmp_path / "kd" / "report.json"))
     assert mt.ExperimentConfig.from_dict(saved["config"]) == config
     assert saved["rows"] == ["member_0", "member_1", "ensemble", "baseline", "student"]
