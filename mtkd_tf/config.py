@@ -140,6 +140,10 @@ class TeacherConfig(_Group):
     teacher_dir: str | None = setting(None, "Where members are trained (default: <model_dir>/teachers).")
     teacher_dirs: list[str] = setting([], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).",
                                       factory=True)
+    gate_margin: float | None = setting(None, "Pipeline gate (points x100): after the teachers and baseline run 0, the "
+                                        "selected ensemble must beat that baseline on dev by more than this (each teacher "
+                                        "task's first metric, averaged), or the pipeline stops and the report says the "
+                                        "paper's claims are untestable (default: no gate).")
 
     def validate(self) -> None:
         super().validate()
@@ -279,6 +283,9 @@ class ExperimentConfig:
         """Checks every group (settings that need the tasks are checked by `Experiment`)."""
         for group in GROUPS:
             getattr(self, group).validate()
+        if self.teachers.gate_margin is not None and not self.distillation.train_baseline:
+            raise ConfigError("gate_margin compares the ensemble with the baseline: it needs train_baseline",
+                              ("gate_margin", "train_baseline"))
         return self
 
     # --- access by field name ------------------------------------------------------------

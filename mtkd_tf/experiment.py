@@ -40,7 +40,7 @@ from mtkd_tf.data.split import HELDOUT, SplitData, carve, ids_digest
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.student import teacher_task_names, train_student
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.files import read_json, write_json
+from mtkd_tf.files import read_json, write_atomic, write_json
 from mtkd_tf.finetune import finetune, finetune_seed
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
@@ -53,6 +53,7 @@ logger = logging.getLogger("mtkd_tf")
 
 STAGES = ("teachers", "soft_labels", "student", "baseline", "variants", "finetune", "evaluate", "report")
 SELECTION_FILE = "selection.json"  # the teacher pool's scores and the members kept
+GATE_FILE = "gate.json"  # the ensemble against baseline run 0 on dev, before any student trains
 
 
 def environment(precision: str) -> dict[str, str]:
@@ -414,6 +415,49 @@ class Experiment:
                                       distribute.inference_policy(self.config.distillation.soft_labels_precision))
         return directory
 
+    @_stage
+    def gate(self) -> dict:
+        """The paper's claims need an ensemble better than one model: the selected ensemble against
+        baseline run 0 on dev (each teacher task's first metric, x100, averaged) must exceed
+        `gate_margin`. Written to gate.json; a closed gate stops the pipeline (`run`)."""
+        path = os.path.join(self.paths.root, GATE_FILE)
+        margin = self.config.teachers.gate_margin
+        by_task = self.teacher_dirs_by_task()
+        saved = read_json(path) if os.path.isfile(path) else None
+        if saved and saved["margin"] == margin and saved["members"] == by_task:
+            return saved
+        self._announce("gate", f"the ensemble against the baseline on dev (margin {margin} points)")
+        batch, dev = self.config.runtime.eval_batch_size, self.dev_data
+        baseline = model_dir_lib.load(self.run_dir(self.paths.baseline_dir, 0))
+        scores = {}
+        for task, directories in by_task.items():
+            split = {task: dev[task]}
+            _, averaged = ensemble.member_outputs([model_dir_lib.load(d) for d in directories], split, batch)
+            first = lambda outputs: 100 * next(iter(evaluation.score_outputs(split, outputs)[task].values()))  # noqa: E731
+            scores[task] = {"ensemble": first(averaged), "baseline": first(evaluation.dev_outputs(baseline, split, batch))}
+        gain = float(np.mean([entry["ensemble"] - entry["baseline"] for entry in scores.values()]))
+        opened = gain > margin
+        result = {"margin": margin, "gain": gain, "open": opened, "scores": scores, "members": by_task,
+                  "verdict": "testable" if opened else "untestable: the ensemble does not beat one MT-DNN by the "
+                  f"pre-set margin on dev (gain {gain:+.2f} <= {margin} points)"}
+        write_json(path, result)
+        logger.info("gate: ensemble - baseline on dev %+.2f points (margin %s): %s", gain, margin, result["verdict"])
+        return result
+
+    def _untestable(self, gate: dict) -> dict:
+        """report.json / report.md of a pipeline stopped by a closed gate."""
+        lines = [f"| {task} | {s['ensemble']:.2f} | {s['baseline']:.2f} | {s['ensemble'] - s['baseline']:+.2f} |"
+                 for task, s in gate["scores"].items()]
+        text = ("The paper's claims are untestable here: " + gate["verdict"] + ".\n\n| task (dev, first metric x100) "
+                "| ensemble | baseline | gain |\n|---|---|---|---|\n" + "\n".join(lines)
+                + "\n\nNo student was trained; change the teachers (a new pre-registration) and run again.")
+        report = {"gate": gate, "claims": [], "verdict": "untestable", "config": self.config.to_dict(),
+                  "environment": environment(self.precision)}
+        write_json(os.path.join(self.paths.root, "report.json"), report)
+        write_atomic(os.path.join(self.paths.root, "report.md"), text + "\n")
+        print(text)
+        return report
+
     def _student_encoder(self, seed: int) -> Encoder:
         """The encoder of the student and of the baseline."""
         model = self.config.model
@@ -592,6 +636,7 @@ class Experiment:
             if os.path.isfile(path):
                 histories[row] = read_json(path)
         selection = os.path.join(self._readable("teacher_dir"), SELECTION_FILE)
+        gate = os.path.join(self.paths.root, GATE_FILE)
         config = self.config
         return Evidence(
             rows=list(outputs), tasks=tasks, predictions=predictions,
@@ -599,6 +644,7 @@ class Experiment:
             groups={key: np.asarray(data.groups) for key, data in labelled.items() if data.task.type == RANKING},
             teacher_tasks=list(self.teacher_tasks) if config.teachers.teacher_tasks else None,
             histories=histories, selection=read_json(selection) if os.path.isfile(selection) else None,
+            gate=read_json(gate) if os.path.isfile(gate) else None,
             soft_targets=self._soft_target_statistics(), warmup_fraction=config.training.warmup_fraction,
             heldout={task: {"from": "train", "examples": len(by_split[HELDOUT]), "ids_sha256": ids_digest(by_split[HELDOUT]),
                             "rule": "the examples (ranking: questions) whose blake2b('heldout\\0' + id) sort first"}
@@ -633,16 +679,21 @@ class Experiment:
         """The whole pipeline: every stage in order, each skipped when already done; returns the report."""
         self.validate()
         started = time.time()
-        distillation = self.config.distillation
         finetune = self.config.finetune.finetune_epochs and self.config.finetune.finetune_student
-        seeded = [functools.partial(getattr(self, name), run) for (name, run) in self.seeded_dirs()]
-        stages = ([self.teachers, self.soft_labels] + seeded + ([self.variants] if self.variant_dirs() else [])
+        gated = self.config.teachers.gate_margin is not None
+        seeded = [functools.partial(getattr(self, name), run) for (name, run) in self.seeded_dirs()
+                  if not (gated and (name, run) == ("baseline", 0))]
+        stages = ([self.teachers] + ([functools.partial(self.baseline, 0), self.gate] if gated else [])
+                  + [self.soft_labels] + seeded + ([self.variants] if self.variant_dirs() else [])
                   + ([self.finetune] if finetune else []) + [self.evaluate])
         self._plan()
         rows = None
         for number, stage in enumerate(stages, start=1):
             self._position = (number, len(stages) + 1)
             result = stage()
+            if stage == self.gate and not result["open"]:
+                self._position = None
+                return self._untestable(result)
             if stage == self.evaluate:
                 rows = result
         self._position = (len(stages) + 1, len(stages) + 1)

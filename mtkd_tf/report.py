@@ -80,6 +80,7 @@ class Evidence:
     teacher_tasks: list[str] | None = None
     histories: dict[str, list] = dataclasses.field(default_factory=dict)
     selection: dict | None = None
+    gate: dict | None = None
     soft_targets: dict[str, dict] = dataclasses.field(default_factory=dict)
     heldout: dict[str, dict] = dataclasses.field(default_factory=dict)
     warmup_fraction: float = 0.1
@@ -391,6 +392,12 @@ def build(evidence: Evidence) -> tuple[dict, str]:
         text += (f"\n\nTeacher selection on {', '.join(selection['selection_tasks'])} dev (mean of each task's first "
                  "metric): " + ", ".join(f"{name} {100 * entry['mean']:.1f}" for name, entry in ranked)
                  + f"; kept {', '.join(selection['chosen'])}.")
+    if evidence.gate:
+        gate = evidence.gate
+        text += (f"\n\nGate (before any student trained): the selected ensemble beat baseline run 0 on dev by "
+                 f"{gate['gain']:+.2f} points (teacher tasks' first metrics, averaged; margin {gate['margin']}): "
+                 + ", ".join(f"{task} {s['ensemble']:.1f} vs {s['baseline']:.1f}" for task, s in gate["scores"].items())
+                 + ".")
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
     report = {
@@ -399,7 +406,7 @@ def build(evidence: Evidence) -> tuple[dict, str]:
                              **{name: comparison.to_list() for name, comparison in pairs.items()}}
                       for task, pairs in found.items()},
         "warnings": warning_lines, "soft_targets": evidence.soft_targets, "heldout": evidence.heldout,
-        "teacher_selection": dict(selection or {}), "rows": order, "config": evidence.config,
+        "teacher_selection": dict(selection or {}), "gate": evidence.gate, "rows": order, "config": evidence.config,
         "environment": evidence.environment}
     return report, text
 

@@ -121,3 +121,32 @@ def test_seeds_below_one_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(mt.ConfigError, match="compare_anneal .* alpha_schedule is already anneal"):
         mt.Experiment(_config(tmp_path, compare_anneal=True, alpha_schedule="anneal"))
     assert not os.path.exists(tmp_path / "kd")
+
+
+@pytest.mark.slow
+def test_the_gate_stops_before_any_student_when_the_ensemble_does_not_beat_the_baseline(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "kd"
+    closed = mt.Experiment(_config(tmp_path, teacher_pool=0, finetune_epochs=0, gate_margin=1000.0)).run()
+    assert closed["verdict"] == "untestable" and closed["claims"] == []
+    assert not os.path.exists(root / "student") and not os.path.exists(root / "soft_labels")
+    assert "untestable" in open(root / "report.md").read()
+    gate = json.load(open(root / "gate.json"))
+    assert gate["open"] is False and gate["margin"] == 1000.0
+    # the gate's scores, recomputed here from predict_texts: sst2 dev accuracy x100 of the
+    # members' averaged probabilities and of baseline run 0
+    dev = mt.Experiment(_config(tmp_path)).dev_data["sst2"]["dev"]
+    members = [model_dir.load(str(root / "teachers" / f"member_{k}")) for k in range(2)]
+    mean = np.mean([m.predict_texts("sst2", dev.text_a)["probabilities"] for m in members], axis=0)
+    baseline = model_dir.load(str(root / "baseline")).predict_texts("sst2", dev.text_a)["label_id"]
+    expected = {"ensemble": 100 * np.mean(mean.argmax(-1) == dev.labels), "baseline": 100 * np.mean(baseline == dev.labels)}
+    assert gate["scores"]["sst2"] == pytest.approx(expected)
+    assert gate["gain"] == pytest.approx(expected["ensemble"] - expected["baseline"])
+    # a margin the ensemble clears opens the gate: the run resumes (teachers and baseline reused)
+    stamp = os.path.getmtime(root / "baseline" / "experiment.json")
+    report = mt.Experiment(_config(tmp_path, teacher_pool=0, finetune_epochs=0, gate_margin=-1000.0)).run()
+    assert report["gate"]["open"] is True and "student" in report["rows"]
+    assert os.path.getmtime(root / "baseline" / "experiment.json") == stamp
+    assert "Gate (before any student trained)" in open(root / "report.md").read()
+    with pytest.raises(mt.ConfigError, match="gate_margin .* needs train_baseline"):
+        mt.Experiment(_config(tmp_path, gate_margin=1.0, train_baseline=False))
