@@ -44,6 +44,6 @@ from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.plots import plot_scores, plot_training_curves
 from mtkd_tf.progress import ProgressLog, RunClock
 from mtkd_tf.tasks import GLUE_TASKS, Task, TaskSource, define_task, load_task_file, registry, resolve_tasks
-from mtkd_tf.training import TrainConfig, TrainingData, fit, make_optimizer, train_mtdnn, training_data
+from mtkd_tf.training import TrainingData, fit, make_optimizer, train_mtdnn, training_data
 
 __version__ = "0.2.0"

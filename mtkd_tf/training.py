@@ -37,7 +37,6 @@ from mtkd_tf.progress import ProgressLog, RunClock, keras_verbose
 
 logger = logging.getLogger(__name__)
 
-TrainConfig = TrainingConfig  # the name before ExperimentConfig grouped the settings
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")

@@ -237,6 +237,7 @@ def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
     import tensorflow as tf
 
     from mtkd_tf import training
+    from mtkd_tf.config import TrainingConfig
     from mtkd_tf.data import readers
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.tasks import registry, resolve_tasks
@@ -246,7 +247,7 @@ def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
     preprocessor = training.encoder_preprocessor(load_encoder("minilm_l6", seed=3), 32)
 
     def stream(seed):
-        config = training.TrainConfig(batch_size=4, epochs=2, seed=seed)
+        config = TrainingConfig(batch_size=4, epochs=2, seed=seed)
         data = training.training_data(splits, preprocessor, config)
         batches = [tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in data.starting_at(0).take(8)]
         return data.schedule, batches

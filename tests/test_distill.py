@@ -19,7 +19,8 @@ from mtkd_tf.distill.soft_labels import SoftLabelError
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
-from mtkd_tf.training import TrainConfig, make_optimizer, training_data
+from mtkd_tf.config import TrainingConfig
+from mtkd_tf.training import make_optimizer, training_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +158,7 @@ def test_distiller_loss_equals_hand_mix_of_hard_and_soft(tiny_student, splits):
     teacher, _ = tiny_student(seed=2)
     members = [_member(teacher, pre, "t")]
     targets = _cached_targets(members, splits)
-    data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1), targets=targets)
+    data = training_data(splits, pre, TrainingConfig(batch_size=8, epochs=1), targets=targets)
     x, y = _first_batch(data.dataset)
     distiller = Distiller(student, alpha=0.3)
     losses, task_id = distiller.compute_losses(x, y, training=False)
@@ -177,7 +178,7 @@ def test_distiller_loss_equals_hand_mix_of_hard_and_soft(tiny_student, splits):
 
 
 def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
-    config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=3, verbose=0)
+    config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=3, verbose=0)
     plain, pre = tiny_student(seed=5, dropout=0.0)
     student, _ = tiny_student(seed=5, dropout=0.0)
     student.set_weights(plain.get_weights())
@@ -202,7 +203,7 @@ def test_cached_and_online_teachers_give_the_same_loss(tiny_student, splits, kin
     teachers = [tiny_student(seed=s)[0] for s in (2, 3)]
     members = [_member(t, pre, f"t{i}") for i, t in enumerate(teachers)]
     targets = _cached_targets(members, splits, temperature)
-    data = training_data(splits, pre, TrainConfig(batch_size=8, epochs=1, seed=4), targets=targets)
+    data = training_data(splits, pre, TrainingConfig(batch_size=8, epochs=1, seed=4), targets=targets)
     cached = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind)
     online = Distiller(student, alpha=0.5, temperature=temperature, soft_loss=kind, teachers=teachers)
     for x, y in data.dataset.take(4):
@@ -219,7 +220,7 @@ def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_e
     teacher, pre = tiny_student(seed=2)
     small = load_encoder("random:layers=1,hidden=32,heads=2,intermediate=64", vocab_file=tiny_encoder_factory.vocab_file, seed=0)
     student = MTDNN(small.backbone, TASKS)
-    config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, verbose=0)
+    config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3, verbose=0)
     data = training_data(splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits})
     distiller = Distiller(student, teachers=[teacher], hidden_weight=1.0)
     distiller.compile(optimizer=make_optimizer(config, 12))
@@ -345,7 +346,8 @@ from mtkd_tf.models.encoder import load_encoder
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
 import dataclasses
-from mtkd_tf.training import TrainConfig, make_optimizer, training_data
+from mtkd_tf.config import TrainingConfig
+from mtkd_tf.training import make_optimizer, training_data
 from mtkd_tf.data.suites import write_ranking_sample
 from mtkd_tf.tasks import load_task_file
 rank = load_task_file(write_ranking_sample(sys.argv[4], questions=16, candidates=2))["qa_rank"]
@@ -354,7 +356,7 @@ rank = load_task_file(write_ranking_sample(sys.argv[4], questions=16, candidates
 tasks = [dataclasses.replace(GLUE_TASKS["rte"], dropout=0.0, san_step_dropout=0.0),
          dataclasses.replace(GLUE_TASKS["stsb"], dropout=0.0), dataclasses.replace(rank, dropout=0.0)]
 splits = [readers.load_split(t, "train", data_dir=sys.argv[4] if t.name == "qa_rank" else sys.argv[2]).take(32) for t in tasks]
-config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=0, verbose=0)
+config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=0, verbose=0)
 rng = np.random.default_rng(0)
 targets = {s.task.name: distillation_targets(s.task, len(s), 2, rng.dirichlet([1, 1], len(s)) if s.task.num_classes == 2 else rng.uniform(0, 5, len(s))) for s in splits}
 for kind in ("mtdnn", "distiller"):

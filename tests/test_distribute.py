@@ -114,10 +114,11 @@ def test_static_shapes_for_xla_and_tpu(glue_dir, tiny_encoder_factory):
     """--jit_compile (and TPUs): full batches, every one padded to the full sequence length."""
     from mtkd_tf.data import readers
     from mtkd_tf.tasks import GLUE_TASKS
-    from mtkd_tf.training import TrainConfig, encoder_preprocessor, static_shapes, training_data
+    from mtkd_tf.config import TrainingConfig
+    from mtkd_tf.training import encoder_preprocessor, static_shapes, training_data
 
-    config = TrainConfig(batch_size=8, epochs=1, jit_compile=True)
-    assert static_shapes(config, None) and not static_shapes(TrainConfig(), None)
+    config = TrainingConfig(batch_size=8, epochs=1, jit_compile=True)
+    assert static_shapes(config, None) and not static_shapes(TrainingConfig(), None)
     splits = [readers.load_split(GLUE_TASKS[n], "train", data_dir=glue_dir).take(20) for n in ("sst2", "stsb")]
     pre = encoder_preprocessor(tiny_encoder_factory(), 48, static=True)
     data = training_data(splits, pre, config, drop_remainder=True)
@@ -132,7 +133,8 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
     from mtkd_tf.data import readers
     from mtkd_tf.models.mtdnn import MTDNN
     from mtkd_tf.tasks import GLUE_TASKS
-    from mtkd_tf.training import TrainConfig, encoder_preprocessor, make_optimizer, training_data
+    from mtkd_tf.config import TrainingConfig
+    from mtkd_tf.training import encoder_preprocessor, make_optimizer, training_data
 
     previous = keras.config.dtype_policy()
     distribute.set_precision("mixed_float16")
@@ -140,7 +142,7 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
         encoder = tiny_encoder_factory(seed=0)
         model = MTDNN(encoder.backbone, [GLUE_TASKS["sst2"], GLUE_TASKS["stsb"]])
         splits = [readers.load_split(model.tasks[i], "train", data_dir=glue_dir).take(32) for i in range(2)]
-        config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3)
+        config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3)
         data = training_data(splits, encoder_preprocessor(encoder, 48), config)
         model.compile(optimizer=make_optimizer(config, data.steps_per_epoch))
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

@@ -17,7 +17,8 @@ from mtkd_tf.losses import hard_loss, ranking_loss, soft_loss
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.models.san import SANAnswerModule
 from mtkd_tf.tasks import GLUE_TASKS, TaskError, load_task_file, with_answer_modules
-from mtkd_tf.training import TrainConfig, make_optimizer, training_data
+from mtkd_tf.config import TrainingConfig
+from mtkd_tf.training import make_optimizer, training_data
 
 # --- SAN ------------------------------------------------------------------------------
 
@@ -214,12 +215,12 @@ def test_ranking_batches_keep_groups_whole(rank_task_file, rank_task, tiny_encod
     train = readers.load_split(rank_task, "train", data_dir=os.path.dirname(rank_task_file))
     encoder = tiny_encoder_factory()
     pre = Preprocessor(load_tokenizer(encoder.vocabulary), 32)
-    data = training_data([train], pre, TrainConfig(batch_size=8, epochs=1))
+    data = training_data([train], pre, TrainingConfig(batch_size=8, epochs=1))
     for x, y in data.dataset.take(data.steps_per_epoch):
         labels = y["label"].numpy().reshape(-1, 4)
         assert np.all((labels == rank_task.positive_index).sum(axis=1) == 1)
     with pytest.raises(ValueError, match="multiple of 4"):
-        training_data([train], pre, TrainConfig(batch_size=6, epochs=1))
+        training_data([train], pre, TrainingConfig(batch_size=6, epochs=1))
 
 
 # --- both heads in one multi-task model ------------------------------------------------
@@ -241,7 +242,7 @@ def san_and_ranking(rank_task_file, rank_task, glue_dir, tiny_encoder_factory):
 
 def test_san_and_ranking_tasks_train_together(san_and_ranking, tmp_path):
     model, pre, splits = san_and_ranking
-    config = TrainConfig(batch_size=16, epochs=10, learning_rate=5e-3, seed=0)
+    config = TrainingConfig(batch_size=16, epochs=10, learning_rate=5e-3, seed=0)
     data = training_data(splits, pre, config)
     model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
     history = model.fit(data.starting_at(0), epochs=config.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0).history
@@ -275,7 +276,7 @@ def test_san_and_ranking_tasks_train_together(san_and_ranking, tmp_path):
 @pytest.mark.slow  # XLA compiles the per-task switch of the train step: ~80 s on 2 CPU cores
 def test_san_and_ranking_under_xla_and_export(san_and_ranking, tmp_path):
     model, pre, splits = san_and_ranking
-    config = TrainConfig(batch_size=8, epochs=1, learning_rate=1e-3)
+    config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3)
     static = Preprocessor(pre.tokenizer, 48, pad_to_multiple_of=48)  # one shape: one XLA compile
     data = training_data(splits, static, config)
     model.compile(optimizer=make_optimizer(config, 4), jit_compile=True)

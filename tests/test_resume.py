@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT
 from mtkd_tf import checkpointing, model_dir, training
+from mtkd_tf.config import TrainingConfig
 from mtkd_tf.checkpointing import CheckpointError, NumericalError, TrainingState
 from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
@@ -25,7 +26,7 @@ from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
 
 TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]  # rte has the SAN head: its step dropout draws RNG too
-CONFIG = training.TrainConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=4)
+CONFIG = TrainingConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=4)
 
 
 class Crash(Exception):
