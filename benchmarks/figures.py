@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtkd_tf import model_dir as model_dir_lib, training
+from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.split import SplitData
@@ -78,8 +79,8 @@ def splits(setup: Setup, batches_per_task: int = 4) -> list[SplitData]:
     return [synthetic_split(task, setup.batch * batches_per_task, setup.seq, seed=i) for i, task in enumerate(TASKS)]
 
 
-def config(setup: Setup, **changes) -> training.TrainConfig:
-    return training.TrainConfig(batch_size=setup.batch, epochs=1000, learning_rate=1e-4, verbose=0, **changes)
+def config(setup: Setup, **changes) -> TrainingConfig:
+    return TrainingConfig(batch_size=setup.batch, epochs=1000, learning_rate=1e-4, verbose=0, **changes)
 
 
 class StepTimes(keras.callbacks.Callback):
