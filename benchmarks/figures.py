@@ -253,6 +253,7 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
     inference over the same text in data order vs sorted by length."""
     from mtkd_tf import evaluation
     from mtkd_tf.data import readers, suites
+    from mtkd_tf.models.inference import predict_outputs
     from mtkd_tf.tasks import registry, resolve_tasks
 
     root = suites.suite_dir("moviesuite")
@@ -285,7 +286,7 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
     for name, by_length in (("data_order", False), ("length_order", True)):
         for timed in (False, True):
             started = time.perf_counter()
-            outputs[name] = [evaluation.predict_outputs(model, d, 128, by_length=by_length) for d in train]
+            outputs[name] = [predict_outputs(model, d, 128, by_length=by_length) for d in train]
             if timed:
                 results[f"infer_real_{name}_s"] = time.perf_counter() - started
     pairs = zip(outputs["length_order"], outputs["data_order"])

@@ -157,12 +157,12 @@ def full_run_estimate(setup: figures.Setup, steps: int = 12) -> dict[str, float]
     step_seconds = (time.perf_counter() - started) / steps
     keras.mixed_precision.set_global_policy("float32")
     # Inference: soft labels (teachers x teacher-task training examples) + evaluation of every model on dev.
-    from mtkd_tf import evaluation
+    from mtkd_tf.models.inference import predict_outputs
 
     dev = experiment.dev_data
     sample = next(iter(next(iter(dev.values())).values()))
     started = time.perf_counter()
-    evaluation.predict_outputs(model, sample, config.runtime.eval_batch_size)
+    predict_outputs(model, sample, config.runtime.eval_batch_size)
     per_example = (time.perf_counter() - started) / len(sample)
     labelled = sum(len(train[name]) for name in experiment.teacher_tasks) * config.teachers.num_teachers
     evaluated = sum(len(d) for splits in dev.values() for d in splits.values()) * (models + 1)

@@ -19,8 +19,9 @@ def _cpu() -> str:
 def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dict:
     from mtkd_tf import model_dir
     from mtkd_tf.distill import soft_labels
-    from mtkd_tf.evaluation import accuracy, predict_outputs
+    from mtkd_tf.evaluation import accuracy
     from mtkd_tf.experiment import Experiment
+    from mtkd_tf.models.inference import predict_outputs
     from mtkd_tf.significance import compare, t_interval
 
     main = Experiment(configs["main"])

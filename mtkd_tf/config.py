@@ -15,17 +15,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, Sequence
 
+# Choices owned (and checked for direct callers) by the modules that use them:
+from mtkd_tf.data.batching import SAMPLING
+from mtkd_tf.distribute import INFERENCE_PRECISIONS, PRECISIONS, STRATEGIES
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.losses import SOFT_LOSSES
 
 MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "report", "export",
          "serve_check")
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
-SAMPLING = ("proportional", "temperature", "uniform")
-SOFT_LOSSES = ("ce", "kl", "mse")
 ALPHA_SCHEDULES = ("constant", "anneal")
 
 
@@ -38,6 +38,12 @@ def setting(default: Any, help: str, *, choices: tuple | None = None, lower: flo
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """`value` of setting `name` is one of `choices` (the config fields and the Distiller)."""
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}", name)
+
+
 class _Group:
     """Shared behaviour of the config groups: bounds and choices checked from field metadata."""
 
@@ -47,8 +53,8 @@ class _Group:
             value, meta = getattr(self, field.name), field.metadata
             if value is None or isinstance(value, (list, dict, bool)):
                 continue
-            if meta.get("choices") and value not in meta["choices"]:
-                raise ConfigError(f"{field.name} {value!r} is not one of {', '.join(meta['choices'])}", field.name)
+            if meta.get("choices"):
+                check_choice(field.name, value, meta["choices"])
             if meta.get("lower") is not None and value < meta["lower"]:
                 raise ConfigError(f"{field.name} must be >= {meta['lower']}, got {value}", field.name)
             if meta.get("upper") is not None and value > meta["upper"]:
@@ -148,8 +154,9 @@ class TeacherConfig(_Group):
     def validate(self) -> None:
         super().validate()
         for dropout in self.teacher_dropouts:
-            if not 0 <= dropout < 1:
-                raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 1), got {dropout}", "teacher_dropouts")
+            if not 0 <= dropout <= 0.99:  # each member's encoder_dropout (whose bound this is)
+                raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 0.99], got {dropout}",
+                                  "teacher_dropouts")
         if not self.teacher_dropouts:
             raise ConfigError("teacher_dropouts must list at least one value", "teacher_dropouts")
         if self.teacher_pool and self.teacher_pool < self.num_teachers:
@@ -189,7 +196,7 @@ class DistillationConfig(_Group):
     student_encoder: str | None = setting(None, "Student encoder (default: encoder), e.g. a smaller size spec.")
     soft_labels_precision: str = setting("auto", "Teachers' encoder precision when writing soft labels (auto: bfloat16 on "
                                          "GPUs and on CPUs with AVX512-BF16/AMX; evaluation stays float32).",
-                                         choices=("auto", "float32", "bfloat16"))
+                                         choices=INFERENCE_PRECISIONS)
     soft_labels_dir: str | None = setting(None, "Soft-label files (default: <model_dir>/soft_labels).")
     student_dir: str | None = setting(None, "The distilled student (default: <model_dir>/student).")
     train_baseline: bool = setting(True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
@@ -206,8 +213,7 @@ class DistillationConfig(_Group):
     def validate(self) -> None:
         super().validate()
         check_alpha(self.alpha, self.task_alpha)
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}", "temperature")
+        check_temperature(self.temperature)
         if self.compare_anneal and self.alpha_schedule == "anneal":
             raise ConfigError("compare_anneal trains an annealed student beside the constant-alpha one, but "
                               "alpha_schedule is already anneal", ("compare_anneal", "alpha_schedule"))
@@ -223,6 +229,12 @@ def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
     for task, value in task_alpha.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"task_alpha {task} must be in [0, 1], got {value}", "task_alpha")
+
+
+def check_temperature(temperature: float) -> None:
+    """The distillation temperature is positive (the config, the Distiller, soft-label files)."""
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}", "temperature")
 
 
 @dataclasses.dataclass
@@ -301,13 +313,13 @@ class ExperimentConfig:
         return getattr(getattr(self, self.group_of(name)), name)
 
     def replace(self, **values: Any) -> "ExperimentConfig":
-        """A copy with settings changed by name (`config.replace(epochs=2, alpha=0.3)`)."""
+        """A validated copy with settings changed by name (`config.replace(epochs=2, alpha=0.3)`)."""
         groups: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
             groups.setdefault(self.group_of(name), {})[name] = value
         return dataclasses.replace(
             self, **{group: dataclasses.replace(getattr(self, group), **changed) for group, changed in groups.items()}
-        )
+        ).validate()
 
     # --- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -211,20 +211,21 @@ class MultiWorkerFit:
     the nested, integer batch across workers; our models are built at construction, so
     we skip the peek (the optimizer builds at its first step, as without a strategy). (2) After each step Keras reduces the
     logged metrics with `strategy.reduce("MEAN", value, axis=0)`, which fails on 0-d
-    values; `step_logs` hands them over as shape [1] under multi-worker, and the reduction
-    returns the cross-worker mean as a scalar. Single-worker strategies are untouched.
+    values: the train steps pass their logs through `cross_worker_logs` (see there).
+    Single-worker strategies are untouched.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if not self.built:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def step_logs(self) -> dict:
-        """`{metric: result}` for a train/test step, shaped for Keras's cross-replica reduction."""
-        logs = {metric.name: metric.result() for metric in self.metrics}
-        if is_multi_worker(self.distribute_strategy):
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
+
+def cross_worker_logs(logs: dict[str, tf.Tensor], strategy: tf.distribute.Strategy) -> dict[str, tf.Tensor]:
+    """A train/test step's logs shaped for Keras's cross-replica reduction (keras-team/keras#20585):
+    shape [1] under multi-worker, so the reduction returns the cross-worker mean as a scalar."""
+    if is_multi_worker(strategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 def weights_digest(model) -> str:

@@ -1,26 +1,23 @@
-"""GLUE metrics, evaluation of a multi-task model, and GLUE-leaderboard prediction files.
+"""GLUE metrics, and the scores of a model's outputs on labelled splits (`evaluate`).
 
 Metrics follow GLUE: CoLA Matthews correlation; MRPC and QQP F1 and accuracy; STS-B
 Pearson and Spearman; accuracy elsewhere. A task with several dev splits (MNLI matched /
-mismatched) reports each metric with the split's suffix (`accuracy_matched`).
+mismatched) reports each metric with the split's suffix (`accuracy_matched`). The outputs
+come from `mtkd_tf.models.inference`; leaderboard files are `mtkd_tf.submission`'s.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
-import tensorflow as tf
 from scipy import stats
 
-from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
 from mtkd_tf.data.ranking import top_candidates
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.distribute import is_multi_worker
-from mtkd_tf.files import write_atomic
+from mtkd_tf.models.inference import dev_outputs, labelled_splits
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
+from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -97,46 +94,6 @@ def split_suffix(task: Task, split: str) -> str:
     return split.split("_", 1)[1] if "_" in split else split
 
 
-def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True,
-                    tokens: tuple[tf.RaggedTensor, ...] | None = None) -> np.ndarray:
-    """Head outputs (log-probabilities or scores) of `data`'s task, in data order, tokenised
-    by the model's own preprocessor (or given as `tokens`, e.g. shared by an ensemble).
-
-    `by_length` runs the examples sorted by length, so each batch is padded only to
-    similar lengths, and batches of short examples hold more of them (up to the cells of
-    `batch_size` full-length examples); the outputs come back in data order.
-    """
-    head = data.task.predict_with or data.task.name
-    preprocessor = model.preprocessor
-    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
-    order = length_order(tokens) if by_length else np.arange(len(data))
-    budget = batch_size * preprocessor.sequence_length if by_length else 0
-    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
-    if is_multi_worker():
-        # Every worker needs every output (each may write): predict locally, not sharded.
-        step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
-        outputs = np.concatenate([step(x).numpy() for x in dataset])
-    else:
-        outputs = np.asarray(model.predict(dataset, verbose=0)[head])
-    restored = np.empty_like(outputs)
-    restored[order] = outputs
-    return restored
-
-
-def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]):
-    """`((task name, split), data)` of every labelled split, in order."""
-    for task_name, splits in dev.items():
-        for split, data in splits.items():
-            if data.labels is not None:
-                yield (task_name, split), data
-
-
-def dev_outputs(model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]],
-                batch_size: int = 128) -> dict[tuple[str, str], np.ndarray]:
-    """One model's head outputs on every labelled split: `{(task, split): outputs}`."""
-    return {key: predict_outputs(model, data, batch_size) for key, data in labelled_splits(dev)}
-
-
 def score_outputs(dev: Mapping[str, Mapping[str, SplitData]],
                   outputs: Mapping[tuple[str, str], np.ndarray]) -> dict[str, dict[str, float]]:
     """GLUE metrics of outputs already computed (`dev_outputs`): `{task: {metric[_suffix]: value}}`."""
@@ -155,112 +112,3 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """GLUE metrics of one model over every labelled split given."""
     return score_outputs(dev, dev_outputs(model, dev, batch_size))
-
-
-def submission_file_name(task: Task, split: str) -> str:
-    base = (task.source.submission_name if task.source else None) or task.name
-    suffix = split_suffix(task, split)
-    short = {"matched": "m", "mismatched": "mm"}.get(suffix, suffix)
-    return f"{base}-{short}.tsv" if short else f"{base}.tsv"
-
-
-def write_predictions(
-    model: MTDNN,
-    test: Mapping[str, Mapping[str, SplitData]],
-    output_dir: str,
-    batch_size: int = 128,
-) -> list[str]:
-    """GLUE-leaderboard files (`index<TAB>prediction`, label names; STS-B clipped to [0, 5])."""
-    written = []
-    for splits in test.values():
-        for split, data in splits.items():
-            task = data.task
-            predictions = decide(task, predict_outputs(model, data, batch_size), data.groups)
-            lines = ["index\tprediction"]
-            for example_id, value in zip(data.ids, predictions):
-                index = example_id.rsplit("/", 1)[1]
-                if task.type == REGRESSION:
-                    low, high = task.score_range or (-np.inf, np.inf)
-                    lines.append(f"{index}\t{float(np.clip(value, low, high)):.3f}")
-                else:
-                    lines.append(f"{index}\t{task.labels[int(value)]}")
-            path = os.path.join(output_dir, submission_file_name(task, split))
-            write_atomic(path, "\n".join(lines) + "\n")
-            written.append(path)
-    return written
-
-
-# --- diagnostic tasks (AX) --------------------------------------------------------------
-
-
-def with_diagnostic_tasks(tasks: Sequence[Task], known: Mapping[str, Task]) -> list[Task]:
-    """`tasks` plus every task of `known` scored with one of their heads and not listed yet.
-
-    Diagnostic sets have no head and no training data: `ax` is predicted with the MNLI head
-    (`predict_with="mnli"`), so it is added when `mnli` is among `tasks` and `ax` is not.
-    The order of `tasks` is kept; added tasks follow in `known`'s order.
-    """
-    names = {task.name for task in tasks}
-    added = [task for task in known.values() if task.predict_with in names and task.name not in names]
-    return [*tasks, *added]
-
-
-def missing_test_data(
-    task: Task, data_dir: str | None, source: str = "tsv", tfds_download: bool = False
-) -> str | None:
-    """Why `task`'s test data cannot be read (None: it is present), without reading it.
-
-    TSV: every test file must exist under `data_dir` (AX: `<data_dir>/diagnostic/diagnostic.tsv`).
-    TFDS (`source="tfds"` and a task with a TFDS name): the dataset is loaded, unless
-    `tfds_download` is on. A file that exists but is malformed is not "missing": reading it
-    fails later with the file and line, as for any other task.
-    """
-    from mtkd_tf.data import readers
-
-    where = task.source
-    if where is None:
-        return f"task {task.name} has no data source"
-    splits = list(where.test_splits)
-    if not splits:
-        return f"task {task.name} has no test split"
-    if source == readers.TFDS and where.tfds_name:
-        if tfds_download:
-            return None
-        try:
-            for split in splits:
-                readers.load_split(task, split, source=source, data_dir=data_dir)
-        except readers.DataError as error:
-            return str(error)
-        return None
-    if not data_dir:
-        return "no --data_dir to read its test file from"
-    for split in splits:
-        path = readers.split_path(task, split, data_dir)
-        if not os.path.isfile(path):
-            return f"{path}: no such file"
-    return None
-
-
-def prediction_tasks(
-    tasks: Sequence[Task],
-    known: Mapping[str, Task],
-    data_dir: str | None,
-    source: str = "tsv",
-    tfds_download: bool = False,
-) -> tuple[list[Task], list[str]]:
-    """The tasks `--mode=predict` writes files for, and one line per diagnostic task skipped.
-
-    `tasks` always stay (a listed task with missing data fails when read, as before); a
-    diagnostic task added by `with_diagnostic_tasks` (AX, with MNLI) stays only when its test
-    data is present, otherwise it is dropped with the line `AX skipped: <why>` for the
-    caller to log.
-    """
-    kept, skipped = list(tasks), []
-    for task in with_diagnostic_tasks(tasks, known)[len(tasks):]:
-        why = missing_test_data(task, data_dir, source, tfds_download)
-        if why is None:
-            kept.append(task)
-        else:
-            label = (task.source.submission_name if task.source else None) or task.name
-            skipped.append(f"{label} skipped: {why}")
-    return kept, skipped

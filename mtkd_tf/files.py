@@ -1,4 +1,4 @@
-"""File helpers every module shares: atomic writes, JSON, SHA-256.
+"""File helpers every module shares: atomic writes (text, bytes, JSON, .npz), SHA-256.
 
 Every output is written under a temporary name in its directory and renamed, so a crash
 never leaves a half-written file that a later stage would accept.
@@ -7,10 +7,13 @@ never leaves a half-written file that a later stage would accept.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 
 def write_atomic(path: str, text: str | bytes) -> None:
@@ -27,6 +30,13 @@ def write_atomic(path: str, text: str | bytes) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def write_npz(path: str, arrays: Mapping[str, Any], compressed: bool = False) -> None:
+    """NumPy arrays as one `.npz` archive (`np.savez`, or `np.savez_compressed`), written atomically."""
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_json(path: str, value: Any) -> None:

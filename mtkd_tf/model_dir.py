@@ -19,6 +19,7 @@ import keras
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor, load_tokenizer
 from mtkd_tf.errors import MtkdError
 from mtkd_tf.files import sha256, write_atomic, write_json
+from mtkd_tf.models.families import TOKENIZER_DIR, load_saved_tokenizer, save_tokenizer
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_
     a WordPiece vocabulary (list) or BERT tokenizer (written as vocab.txt), or any keras-hub
     tokenizer (written under `tokenizer/`)."""
     import keras_hub
-
-    from mtkd_tf.models.families import TOKENIZER_DIR, save_tokenizer
 
     os.makedirs(model_dir, exist_ok=True)
     # Either format replaces the other: `load` reads vocab.txt whenever it is there.
@@ -76,8 +75,6 @@ def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_
 
 def _tokenizer_file(model_dir: str) -> str:
     """vocab.txt (BERT WordPiece), else the saved keras-hub tokenizer's config."""
-    from mtkd_tf.models.families import TOKENIZER_DIR
-
     legacy = os.path.join(model_dir, VOCAB_FILE)
     return legacy if os.path.isfile(legacy) else os.path.join(model_dir, TOKENIZER_DIR, "tokenizer.json")
 
@@ -143,8 +140,6 @@ def load(model_dir: str, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, policy: s
     if os.path.isfile(os.path.join(model_dir, VOCAB_FILE)):
         tokenizer = load_tokenizer(os.path.join(model_dir, VOCAB_FILE), saved["lowercase"])
     else:
-        from mtkd_tf.models.families import load_saved_tokenizer
-
         tokenizer = load_saved_tokenizer(model_dir)
     model.preprocessor = Preprocessor(tokenizer, saved["max_seq_length"], pad_to_multiple_of)
     model.directory = model_dir

@@ -8,27 +8,28 @@ weighted hard and soft parts, with the baseline's loss for comparison.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Mapping, Sequence
+
+from mtkd_tf.files import write_atomic
 
 _COLOURS = {"ensemble": "#1f77b4", "baseline": "#7f7f7f", "student": "#d62728"}
 _MEMBER = "#aec7e8"
 
 
-
 def _save(figure, path: str, dpi: int) -> None:
-    """Saves a PNG under a temporary name, then renames it: never a half-written plot."""
+    """Renders the PNG in memory and writes it atomically (`write_atomic`): never a half-written plot."""
     import matplotlib.pyplot as plt
 
-    temporary = f"{path}.tmp-{os.getpid()}.png"
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, dpi=dpi)
-        os.replace(temporary, path)
+        figure.savefig(buffer, format="png", dpi=dpi)
     finally:
         plt.close(figure)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_atomic(path, buffer.getvalue())
+
 
 def _pyplot():
     import matplotlib

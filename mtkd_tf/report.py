@@ -26,44 +26,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from mtkd_tf import plots
 from mtkd_tf.evaluation import METRIC_FUNCTIONS
-from mtkd_tf.files import read_json, write_atomic, write_json
+from mtkd_tf.files import read_json, write_atomic, write_json, write_npz
+from mtkd_tf.layout import members, seed_runs, variant
 from mtkd_tf.significance import LEVEL, RESAMPLES, Comparison, compare_many, holm, ratio_interval
 
 INPUTS, OUTPUTS = "report_inputs.json", "report_outputs.npz"
-SEEDED = ("student", "baseline", "student_ft", "baseline_ft")  # rows repeated with `seeds`
-_RUN = re.compile(r"^(student|baseline|student_ft|baseline_ft)(?:_s(\d+))?$")
-VARIANT = re.compile(r"^student_(anneal|r\d+)$")  # beyond the paper: teacher annealing, self-distillation rounds
 KEPT_THRESHOLD = 0.5  # "keeps most of the gain" (the paper says nearly all)
 ALPHA = 1 - LEVEL
 SPREAD_WARNING = 0.05  # members this far apart on a task (5 points): the ensemble measures seeds
 STILL_LEARNING = 0.10  # a task's loss that fell 10% or more over the last epoch: not converged
 HOLDS, FAILS, NOT_SIGNIFICANT, UNTESTED = "holds", "does not hold", "not significant", "untested"
-
-
-def run_row(name: str, run: int) -> str:
-    """The report row of seed run `run` (0-based) of `name`: `student`, `student_s2`, `student_s3`, ..."""
-    return name if run == 0 else f"{name}_s{run + 1}"
-
-
-def seed_runs(rows: Sequence[str]) -> dict[str, list[str]]:
-    """`{"student": ["student", "student_s2", ...], ...}` for each of `SEEDED` in `rows`."""
-    runs: dict[str, list[str]] = {}
-    for row in rows:
-        match = _RUN.match(row)
-        if match:
-            runs.setdefault(match.group(1), []).append(row)
-    return runs
-
-
-def members(rows: Sequence[str]) -> list[str]:
-    return [row for row in rows if row.startswith("member_")]
 
 
 @dataclasses.dataclass
@@ -92,9 +70,7 @@ class Evidence:
         arrays = {f"pred|{row}|{task}|{split}": value for (row, task, split), value in self.predictions.items()}
         arrays.update({f"labels|{task}|{split}": value for (task, split), value in self.labels.items()})
         arrays.update({f"groups|{task}|{split}": value for (task, split), value in self.groups.items()})
-        temporary = os.path.join(root, f"{OUTPUTS}.tmp-{os.getpid()}.npz")
-        np.savez_compressed(temporary, **arrays)
-        os.replace(temporary, os.path.join(root, OUTPUTS))
+        write_npz(os.path.join(root, OUTPUTS), arrays, compressed=True)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name not in ("predictions", "labels", "groups")}
         write_json(os.path.join(root, INPUTS), fields)
@@ -220,9 +196,9 @@ def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: 
               ("student", "baseline"), ("student", "ensemble"), ("student_ft", "baseline_ft")]
     pairs = [(a, b) for a, b in wanted if sides.get(a) and sides.get(b)
              and (len(sides[a]) == len(sides[b]) or 1 in (len(sides[a]), len(sides[b])))]
-    pairs += [(row, "student") for row in rows if VARIANT.match(row) and runs.get("student")]
+    pairs += [(row, "student") for row in rows if variant(row) and runs.get("student")]
     side = lambda name: [run(r) for r in sides[name]] if name in sides else [run(name)]  # noqa: E731
-    variant_side = lambda a, b: side(b)[:1] if VARIANT.match(a) else side(b)  # a variant is one seed: its own  # noqa: E731
+    variant_side = lambda a, b: side(b)[:1] if variant(a) else side(b)  # a variant is one seed: its own  # noqa: E731
     found = compare_many(METRIC_FUNCTIONS[metric], evidence.labels[(task, split)],
                          [(side(a), variant_side(a, b)) for a, b in pairs],
                          evidence.groups.get((task, split)), RESAMPLES, evidence.seed)
@@ -242,16 +218,14 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
     `{task: {"a - b": Comparison}}` behind them."""
     everything, found = [], {}
     teacher_tasks = evidence.teacher_tasks if evidence.teacher_tasks is not None else list(evidence.tasks)
+    split_of = {task: (evidence.splits(task, heldout=True) or evidence.splits(task, heldout=False))[0]
+                for task in evidence.tasks}
     for task, meta in evidence.tasks.items():
-        heldout = evidence.splits(task, heldout=True)
-        split = (heldout or evidence.splits(task, heldout=False))[0]
-        metric = meta["metrics"][0]
-        found[task] = comparisons(evidence, task, split, metric, picked_member(evidence, task))
+        found[task] = comparisons(evidence, task, split_of[task], meta["metrics"][0], picked_member(evidence, task))
     dev_note = "" if any(evidence.splits(t, True) for t in evidence.tasks) else \
         "no held-out split (heldout_examples=0): tested on dev, which also picked the member and the teachers; "
     for task, meta in evidence.tasks.items():
-        heldout = evidence.splits(task, heldout=True)
-        split = (heldout or evidence.splits(task, heldout=False))[0]
+        split = split_of[task]
         name = evidence.metric_name(task, split, meta["metrics"][0])
         at = lambda comparison: found[task].get(comparison)  # noqa: E731
         claim = lambda title, comparison, reason="", untested="": everything.append(  # noqa: E731
@@ -269,10 +243,10 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
         if "student_ft - baseline_ft" in found[task]:
             claim("After per-task fine-tuning, the student beats the baseline", "student_ft - baseline_ft")
         for comparison in found[task]:
-            variant = comparison.split(" - ")[0]
-            if VARIANT.match(variant):
-                what = "teacher annealing" if variant.endswith("anneal") else f"self-distillation round {variant.split('_r')[-1]}"
-                claim(f"Beyond the paper, {what} ({variant}) beats the student", comparison,
+            row = comparison.split(" - ")[0]
+            what = variant(row)
+            if what:
+                claim(f"Beyond the paper, {what} ({row}) beats the student", comparison,
                       untested="one run of the variant against the student of the same seed: training noise is unmeasured")
     everything = [c for c in everything if c["reason"] != "no rows to compare"]
     _judge(everything)

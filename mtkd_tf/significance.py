@@ -177,15 +177,14 @@ def compare_many(metric: Metric, labels: np.ndarray, pairs: Sequence[tuple], gro
                            np.random.default_rng([seed, count]))
         for column, i in enumerate(indices):
             found[i][1] = found[i][1] + noise[:, column]
-    tail = 100 * (1 - level) / 2
     result = []
     for estimate, draws, differences, sides in found:
         method = SEED_METHOD if len(differences) >= 2 else EXAMPLE_METHOD
         if units < 2:
             result.append(Comparison(estimate, estimate, estimate, method, sides, 1.0, np.full(1, estimate)))
             continue
-        low, high = np.percentile(draws, [tail, 100 - tail])
-        result.append(Comparison(estimate, float(low), float(high), method, sides, p_value(draws), draws))
+        low, high = _percentile(draws, level)
+        result.append(Comparison(estimate, low, high, method, sides, p_value(draws), draws))
     return result
 
 
@@ -210,9 +209,7 @@ def paired_interval(metric: Metric, labels: np.ndarray, predictions_a, predictio
         return Interval(estimate, estimate, estimate)
     rows = resampled_rows(len(labels), resamples, np.random.default_rng(seed), groups)
     draws = scores(metric, labels, runs_a, rows).mean(1) - scores(metric, labels, runs_b, rows).mean(1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high))
+    return Interval(estimate, *_percentile(draws, level))
 
 
 def ratio_interval(numerator: Comparison, denominator: Comparison, level: float = LEVEL) -> Interval:
@@ -220,9 +217,14 @@ def ratio_interval(numerator: Comparison, denominator: Comparison, level: float 
     rows and one joint seed draw, from `compare_many`)."""
     estimate = numerator.estimate / denominator.estimate
     ratios = numerator.draws / denominator.draws
+    return Interval(float(estimate), *_percentile(ratios, level))
+
+
+def _percentile(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of resampled estimates."""
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return Interval(float(estimate), float(low), float(high))
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

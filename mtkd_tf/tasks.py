@@ -200,18 +200,9 @@ def define_task(**fields: Any) -> Task:
     return Task(**model, source=source)
 
 
-def task_entry(task: Task) -> dict[str, Any]:
-    """The flat task-file form of a task with a source (`define_task` reads it back)."""
-    entry = {**task.to_config(), **(task.source.to_config() if task.source else {})}
-    entry.pop("segments")
-    return entry
-
-
 # ---------------------------------------------------------------------------------------
 # GLUE, in the official directory layout (download_glue_data.py) and in TFDS.
 # Label order follows TFDS's ClassLabel order, so TSV strings and TFDS ints agree.
-
-_TEST_INDEX = "index"
 
 
 def _glue(**kwargs: Any) -> Task:

@@ -9,8 +9,9 @@ plain Keras program works:
 >>> model.fit(data.dataset, epochs=config.epochs, callbacks=[...])
 
 `fit` adds exact resume, TensorBoard, history and progress lines around `model.fit`;
-`train_mtdnn` (an MT-DNN) and `distill.student.distill` (a Distiller) use it. Both build
-their models in the current `tf.distribute` strategy scope, as Keras does.
+`train_model` is the one set-up around it that teachers, the student (with a
+`distill.student.Distillation` objective), the baseline and fine-tuning all use. It builds
+the model in the current `tf.distribute` strategy scope, as Keras does.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ import itertools
 import json
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from mtkd_tf import checkpointing, distribute
-from mtkd_tf.config import TrainingConfig
+from mtkd_tf.config import ExperimentConfig, TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.files import write_json
+from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.progress import ProgressLog, RunClock, keras_verbose
+from mtkd_tf.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -145,26 +148,8 @@ def training_data(
     (the batch size must divide by the replicas; remainders are dropped).
     """
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    if replicas > 1:
-        if config.batch_size % replicas:
-            raise ConfigError(
-                f"batch_size {config.batch_size} is not divisible by the {replicas} replicas of the strategy",
-                "batch_size",
-            )
-        drop_remainder = True
-    for data in splits:
-        unit = batching.group_rows(data) * replicas
-        if config.batch_size % unit:
-            raise ConfigError(
-                f"batch_size {config.batch_size} must be a multiple of {unit} for ranking task {data.task.name} "
-                f"(group_size {batching.group_rows(data)} x {replicas} replica(s)): groups are never split",
-                "batch_size",
-            )
-    counts = [batching.num_batches(len(data), config.batch_size, drop_remainder) for data in splits]
-    for data, count in zip(splits, counts):
-        if count == 0:
-            raise ConfigError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size "
-                              f"{config.batch_size}", "batch_size")
+    drop_remainder = drop_remainder or replicas > 1
+    counts = _batch_counts(splits, config.batch_size, replicas, drop_remainder)
     schedule = batching.batch_schedule(
         counts, config.epochs, config.task_sampling, config.sampling_temperature, config.seed
     )
@@ -205,10 +190,40 @@ def training_data(
     if replicas == 1:
         return TrainingData(global_batches, per_epoch, counts, schedule, names, epochs)
 
+    distributed = _per_replica_batches(global_batches, strategy, config.batch_size)
+    return TrainingData(distributed, per_epoch, counts, schedule, names, epochs)
+
+
+def _batch_counts(splits: Sequence[SplitData], batch_size: int, replicas: int, drop_remainder: bool) -> list[int]:
+    """Batches per task and epoch, after checking that `batch_size` splits evenly over the
+    replicas and never splits a ranking task's question group."""
+    if replicas > 1 and batch_size % replicas:
+        raise ConfigError(f"batch_size {batch_size} is not divisible by the {replicas} replicas of the strategy",
+                          "batch_size")
+    for data in splits:
+        unit = batching.group_rows(data) * replicas
+        if batch_size % unit:
+            raise ConfigError(
+                f"batch_size {batch_size} must be a multiple of {unit} for ranking task {data.task.name} "
+                f"(group_size {batching.group_rows(data)} x {replicas} replica(s)): groups are never split",
+                "batch_size",
+            )
+    counts = [batching.num_batches(len(data), batch_size, drop_remainder) for data in splits]
+    for data, count in zip(splits, counts):
+        if count == 0:
+            raise ConfigError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size "
+                              f"{batch_size}", "batch_size")
+    return counts
+
+
+def _per_replica_batches(global_batches: Callable, strategy: tf.distribute.Strategy, batch_size: int) -> Callable:
+    """`start -> distributed dataset`: every global batch cut into equal per-replica slices."""
+    replicas = strategy.num_replicas_in_sync
+
     def per_replica(context: tf.distribute.InputContext, start: int) -> tf.data.Dataset:
         local = replicas // context.num_input_pipelines
         first = context.input_pipeline_id * local
-        size = config.batch_size // replicas
+        size = batch_size // replicas
 
         def slices(x, y):
             def cut(tensor):
@@ -219,10 +234,7 @@ def training_data(
 
         return global_batches(start).flat_map(slices).prefetch(tf.data.AUTOTUNE)
 
-    def distributed(start: int):
-        return strategy.distribute_datasets_from_function(lambda context: per_replica(context, start))
-
-    return TrainingData(distributed, per_epoch, counts, schedule, names, epochs)
+    return lambda start: strategy.distribute_datasets_from_function(lambda context: per_replica(context, start))
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -327,36 +339,77 @@ def save_trained(model_dir: str, model, encoder, config: dict | None = None):
     return model
 
 
-def train_mtdnn(
-    tasks: Sequence,
-    train: Mapping[str, SplitData],
-    encoder,
-    config: TrainingConfig,
-    model_dir: str,
-    max_seq_length: int = 128,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF,
-    label: str = "MT-DNN",
-    clock: RunClock | None = None,
-    experiment_config: dict | None = None,
-):
-    """Trains one MT-DNN on `train` (task name -> split), saves it to `model_dir` and returns it.
+class Objective(Protocol):
+    """What a training run adds to plain MT-DNN training (distillation: soft targets and a Distiller)."""
 
-    `encoder` is a `models.encoder.Encoder`; `tasks` lists every task the model serves
-    (tasks without training data, such as AX, ride on another task's head). The model is
-    built in the current `tf.distribute` strategy scope.
+    def data(self, model, encoder, splits: list[SplitData]) -> tuple[list[SplitData], dict | None]:
+        """The training splits (possibly extended) and the per-example targets of each task."""
+
+    def trainer(self, model, total_steps: int) -> keras.Model:
+        """The model that `fit` trains around `model` (it computes the losses)."""
+
+
+def train_model(
+    config: ExperimentConfig,
+    model_dir: str,
+    train: Mapping[str, SplitData],
+    *,
+    tasks: Sequence[Task] = (),
+    encoder: Encoder | None = None,
+    source_dir: str | None = None,
+    objective: Objective | None = None,
+    label: str = "MT-DNN",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    clock: RunClock | None = None,
+):
+    """Trains one MT-DNN into `model_dir` and returns it: the one set-up of teachers, student,
+    baseline and fine-tuning (seed, strategy, static shapes, preprocessor, data, resumable fit).
+
+    A new model on `encoder` serving `tasks` trains on every task of `train`; with `source_dir`,
+    the trained model there is fine-tuned on the tasks of `train` alone. `objective`
+    (`distill.student.Distillation`) adds its targets and its loss. The model is built in the
+    current `tf.distribute` strategy scope and dtype policy; `config` is saved beside it.
     """
     from mtkd_tf.models.mtdnn import MTDNN
 
+    settings = config.training
     config.validate()
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(settings.seed)
     strategy = tf.distribute.get_strategy()
-    static = static_shapes(config, strategy)
-    preprocessor = encoder_preprocessor(encoder, max_seq_length, pad_to_multiple_of, static)
-    model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
-    splits = [train[task.name] for task in model.tasks]
-    data = training_data(splits, preprocessor, config, drop_remainder=static, strategy=strategy)
-    return fit_and_save(model, model, encoder, data, config, model_dir, callbacks, label, clock, experiment_config)
+    static = static_shapes(settings, strategy)
+    task_ids = None
+    if source_dir:
+        model, encoder = _trained_model(source_dir, config.model.pad_to_multiple_of)
+        names = [task.name for task in model.tasks]
+        missing = [name for name in train if name not in names]
+        if missing:
+            raise ConfigError(f"finetune_tasks: {source_dir} has no head for task {missing[0]!r} (it has "
+                              f"{', '.join(names)})", "finetune_tasks")
+        task_ids = [names.index(name) for name in train]
+        splits = list(train.values())
+    else:
+        preprocessor = encoder_preprocessor(encoder, config.model.max_seq_length, config.model.pad_to_multiple_of, static)
+        model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
+        splits = [train[task.name] for task in model.tasks]
+    targets = None
+    if objective is not None:
+        splits, targets = objective.data(model, encoder, splits)
+    data = training_data(splits, model.preprocessor, settings, targets=targets, drop_remainder=static, strategy=strategy,
+                         task_ids=task_ids)
+    trainer = model if objective is None else objective.trainer(model, data.steps_per_epoch * settings.epochs)
+    return fit_and_save(trainer, model, encoder, data, settings, model_dir, callbacks, label, clock, config.to_dict())
+
+
+def _trained_model(source_dir: str, pad_to_multiple_of: int):
+    """The MT-DNN saved in `source_dir`, in the current dtype policy, and its encoder."""
+    from mtkd_tf import model_dir as model_dir_lib
+
+    policy = keras.mixed_precision.global_policy().name
+    model = model_dir_lib.load(source_dir, pad_to_multiple_of, policy=policy)
+    settings = model_dir_lib.settings(source_dir)
+    encoder = Encoder(model.encoder, list(model.preprocessor.tokenizer.get_vocabulary()), settings["lowercase"],
+                      settings.get("encoder", "unknown"))
+    return model, encoder
 
 
 def fit_and_save(trainer: keras.Model, model, encoder, data: TrainingData, config: TrainingConfig, model_dir: str,

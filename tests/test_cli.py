@@ -111,7 +111,7 @@ def test_failed_run_keeps_what_model_dir_had(trained, tmp_path):
         (["--mode=pipeline", "--teacher_tasks=cola"], "teacher task(s) cola are not among the trained tasks"),
         (["--mode=pipeline", "--task_alpha=cola:0.5"], "--task_alpha names task(s) cola that are not trained"),
         (["--mode=pipeline", "--student_encoder=random:layers=two"], "bad item 'layers=two'"),
-        (["--mode=pipeline", "--teacher_dropouts=0.1,1.5"], "teacher dropout must be in [0, 1), got 1.5"),
+        (["--mode=pipeline", "--teacher_dropouts=0.1,1.5"], "teacher dropout must be in [0, 0.99], got 1.5"),
         (["--mode=pipeline", "--teacher_dirs=/nonexistent/t0"], "--teacher_dirs: no trained model in /nonexistent/t0"),
     ],
 )

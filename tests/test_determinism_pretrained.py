@@ -265,45 +265,45 @@ def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
 
 
 def test_ax_joins_mnli_for_prediction_when_its_test_file_is_present(glue_dir, tmp_path):
-    from mtkd_tf import evaluation
+    from mtkd_tf import submission
     from mtkd_tf.tasks import registry, resolve_tasks
 
     known = registry()
     names = lambda tasks: [task.name for task in tasks]  # noqa: E731
     with_mnli = resolve_tasks("sst2,mnli", known)
-    assert names(evaluation.with_diagnostic_tasks(with_mnli, known)) == ["sst2", "mnli", "ax"]
-    assert names(evaluation.with_diagnostic_tasks(resolve_tasks("mnli,ax", known), known)) == ["mnli", "ax"]
-    assert names(evaluation.with_diagnostic_tasks(resolve_tasks("sst2,rte", known), known)) == ["sst2", "rte"]
+    assert names(submission.with_diagnostic_tasks(with_mnli, known)) == ["sst2", "mnli", "ax"]
+    assert names(submission.with_diagnostic_tasks(resolve_tasks("mnli,ax", known), known)) == ["mnli", "ax"]
+    assert names(submission.with_diagnostic_tasks(resolve_tasks("sst2,rte", known), known)) == ["sst2", "rte"]
 
-    assert evaluation.missing_test_data(known["ax"], glue_dir) is None  # the sample has diagnostic/diagnostic.tsv
-    tasks, skipped = evaluation.prediction_tasks(with_mnli, known, glue_dir)
+    assert submission.missing_test_data(known["ax"], glue_dir) is None  # the sample has diagnostic/diagnostic.tsv
+    tasks, skipped = submission.prediction_tasks(with_mnli, known, glue_dir)
     assert names(tasks) == ["sst2", "mnli", "ax"] and skipped == []
 
     empty = str(tmp_path / "no_diagnostic")
     missing = os.path.join(empty, "diagnostic", "diagnostic.tsv")
-    assert evaluation.missing_test_data(known["ax"], empty) == f"{missing}: no such file"
-    tasks, skipped = evaluation.prediction_tasks(with_mnli, known, empty)
+    assert submission.missing_test_data(known["ax"], empty) == f"{missing}: no such file"
+    tasks, skipped = submission.prediction_tasks(with_mnli, known, empty)
     assert names(tasks) == ["sst2", "mnli"]
     assert skipped == [f"AX skipped: {missing}: no such file"]  # one line, saying why
-    assert evaluation.prediction_tasks(with_mnli, known, None)[1] == ["AX skipped: no --data_dir to read its test file from"]
-    assert evaluation.prediction_tasks(resolve_tasks("sst2", known), known, empty) == (resolve_tasks("sst2", known), [])
+    assert submission.prediction_tasks(with_mnli, known, None)[1] == ["AX skipped: no --data_dir to read its test file from"]
+    assert submission.prediction_tasks(resolve_tasks("sst2", known), known, empty) == (resolve_tasks("sst2", known), [])
 
 
 def test_ax_predictions_use_the_mnli_head(glue_dir, tiny_encoder_factory, tmp_path):
-    from mtkd_tf import evaluation
+    from mtkd_tf import submission
     from mtkd_tf.data import readers
     from mtkd_tf.models.mtdnn import MTDNN
     from mtkd_tf.tasks import registry, resolve_tasks
     from mtkd_tf.training import encoder_preprocessor
 
     known = registry()
-    tasks, skipped = evaluation.prediction_tasks(resolve_tasks("mnli", known), known, glue_dir)
+    tasks, skipped = submission.prediction_tasks(resolve_tasks("mnli", known), known, glue_dir)
     encoder = tiny_encoder_factory(seed=0)
     model = MTDNN(encoder.backbone, tasks, preprocessor=encoder_preprocessor(encoder, 32))
     assert "ax" not in model.heads and "mnli" in model.heads
     test = {name: {split: data.take(8) for split, data in splits.items()}
             for name, splits in readers.load_splits(tasks, "test", data_dir=glue_dir).items()}
-    written = evaluation.write_predictions(model, test, str(tmp_path))
+    written = submission.write_predictions(model, test, str(tmp_path))
     assert sorted(os.path.basename(path) for path in written) == ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]
     lines = (tmp_path / "AX.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 9

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtkd_tf import evaluation
+from mtkd_tf import evaluation, submission
+from mtkd_tf.models.inference import predict_outputs
 from mtkd_tf.tasks import GLUE_TASKS
 
 
@@ -27,10 +28,10 @@ def test_task_metrics_names_and_suffixes():
     assert set(evaluation.task_metrics(mrpc, np.array([0, 1]), log_probs)) == {"f1", "accuracy"}
     assert evaluation.split_suffix(GLUE_TASKS["mnli"], "dev_mismatched") == "mismatched"
     assert evaluation.split_suffix(GLUE_TASKS["sst2"], "dev") == ""
-    assert evaluation.submission_file_name(GLUE_TASKS["mnli"], "test_matched") == "MNLI-m.tsv"
-    assert evaluation.submission_file_name(GLUE_TASKS["mnli"], "test_mismatched") == "MNLI-mm.tsv"
-    assert evaluation.submission_file_name(GLUE_TASKS["ax"], "test") == "AX.tsv"
-    assert evaluation.submission_file_name(GLUE_TASKS["stsb"], "test") == "STS-B.tsv"
+    assert submission.submission_file_name(GLUE_TASKS["mnli"], "test_matched") == "MNLI-m.tsv"
+    assert submission.submission_file_name(GLUE_TASKS["mnli"], "test_mismatched") == "MNLI-mm.tsv"
+    assert submission.submission_file_name(GLUE_TASKS["ax"], "test") == "AX.tsv"
+    assert submission.submission_file_name(GLUE_TASKS["stsb"], "test") == "STS-B.tsv"
 
 
 def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factory, glue_dir):
@@ -44,9 +45,9 @@ def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factor
     for name in ("rte", "stsb"):
         data = readers.load_split(GLUE_TASKS[name], "dev", data_dir=glue_dir)
         model.preprocessor = pre
-        sorted_outputs = evaluation.predict_outputs(model, data, batch_size=8)
-        plain = evaluation.predict_outputs(model, data, batch_size=8, by_length=False)
-        one_by_one = np.concatenate([evaluation.predict_outputs(model, data.rows(i, i + 1), 1) for i in range(5)])
+        sorted_outputs = predict_outputs(model, data, batch_size=8)
+        plain = predict_outputs(model, data, batch_size=8, by_length=False)
+        one_by_one = np.concatenate([predict_outputs(model, data.rows(i, i + 1), 1) for i in range(5)])
         assert sorted_outputs.shape == plain.shape and len(plain) == len(data)
         np.testing.assert_allclose(sorted_outputs, plain, atol=1e-5)
         np.testing.assert_allclose(sorted_outputs[:5], one_by_one, atol=1e-5)

@@ -194,7 +194,7 @@ def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeyp
     config = mt.ExperimentConfig.from_flagfile(
         os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "m"), tasks=["sst2", "stsb"], epochs=1,
         verbose=0, max_train_examples=48, max_eval_examples=16)
-    mt.Experiment(config).train()
+    mt.modes.train(mt.Experiment(config))
     here = mt.load_model(str(tmp_path / "m")).predict_texts("stsb", ["a cat sat"], ["a cat sits"])["score"]
     code = (
         "import json, sys; import mtkd_tf as mt\n"

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mtkd_tf import model_dir
-from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.data.preprocessing import DOUBLE_SEPARATOR, Preprocessor, double_separator
 from mtkd_tf.models import encoder as encoder_lib
 from mtkd_tf.models.encoder import EncoderError
 from mtkd_tf.models.families import BPE_SPECIAL, FAMILIES, family_of, learn_tokenizer, tokenizer_family
@@ -21,10 +21,19 @@ def _encoder(family, seed=0):
     return encoder_lib.load_encoder(f"tiny_{family}", training_texts=TEXTS, vocabulary_size=400, seed=seed)
 
 
+def test_the_preprocessing_layer_knows_how_every_family_packs_pairs():
+    # data/ does not import models/: the packing table lives in preprocessing, the families read it.
+    assert set(DOUBLE_SEPARATOR) == {family.tokenizer for family in FAMILIES.values()}
+    assert [name for name, family in FAMILIES.items() if family.double_separator] == ["roberta", "xlm_roberta"]
+    with pytest.raises(ValueError, match="not the tokenizer of a supported encoder family"):
+        double_separator(object())
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_packs_one_and_two_segments_its_own_way(family):
     tokenizer, _ = learn_tokenizer(FAMILIES[family], TEXTS, 400)
     assert tokenizer_family(tokenizer).name == family
+    assert double_separator(tokenizer) == FAMILIES[family].double_separator
     pre = Preprocessor(tokenizer, 24, pad_to_multiple_of=0)
     features = {k: v.numpy()[0] for k, v in pre(tf.constant(["a gripping story"]), tf.constant(["who directed it"])).items()}
     ids, segments = features["token_ids"], features["segment_ids"]
@@ -41,9 +50,9 @@ def test_each_family_packs_one_and_two_segments_its_own_way(family):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_trains_mtdnn_heads_then_saves_and_reloads_exactly(family, tmp_path, glue_dir):
-    from mtkd_tf.config import TrainingConfig
+    from mtkd_tf.config import ExperimentConfig
     from mtkd_tf.data import readers
-    from mtkd_tf.training import train_mtdnn
+    from mtkd_tf.training import train_model
 
     tasks = with_answer_modules([GLUE_TASKS["sst2"], GLUE_TASKS["rte"]], [])
     assert tasks[1].answer_module == "san"  # pair classification through the SAN answer module
@@ -52,8 +61,9 @@ def test_each_family_trains_mtdnn_heads_then_saves_and_reloads_exactly(family, t
     encoder = encoder_lib.load_encoder(f"tiny_{family}", training_texts=texts, vocabulary_size=400, seed=0)
     assert family_of(encoder.backbone).name == family
     initial = encoder.backbone.get_weights()
-    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, verbose=0, checkpoint_every_steps=0)
-    model = train_mtdnn(tasks, train, encoder, config, str(tmp_path), max_seq_length=32)  # 8 steps, both tasks
+    config = ExperimentConfig().replace(epochs=1, batch_size=16, learning_rate=1e-3, verbose=0, checkpoint_every_steps=0,
+                                        max_seq_length=32)
+    model = train_model(config, str(tmp_path), train, tasks=tasks, encoder=encoder)  # 8 steps, both tasks
     assert not all(np.array_equal(a, b) for a, b in zip(initial, model.encoder.get_weights()))
     before = model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"]
     assert before.shape == (1, 2) and np.allclose(before.sum(), 1, atol=1e-5)

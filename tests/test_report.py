@@ -9,6 +9,7 @@ from scipy import stats
 from mtkd_tf import report as report_lib
 from mtkd_tf.distill.soft_labels import statistics
 from mtkd_tf.evaluation import accuracy
+from mtkd_tf.layout import run_row
 from mtkd_tf.report import HOLDS, NOT_SIGNIFICANT, UNTESTED, Evidence
 from mtkd_tf.significance import EXAMPLE_METHOD, SEED_METHOD, holm
 
@@ -46,7 +47,7 @@ def _run(rows, student, baseline, ensemble=0.80, members=(0.74, 0.76, 0.75), spr
     found["ensemble"] = {"t": ensemble, "u": ensemble}
     for name, mean in (("baseline", baseline), ("student", student)):
         for run, offset in enumerate((-spread, 0.0, spread)):
-            found[report_lib.run_row(name, run)] = {"t": mean + offset, "u": mean + offset}
+            found[run_row(name, run)] = {"t": mean + offset, "u": mean + offset}
     return found
 
 
@@ -72,7 +73,7 @@ def test_three_seeds_give_seed_aware_claims_as_wide_as_the_seeds_spread_implies(
     beats = _claim(found, "The student beats the baseline")
     assert beats["method"] == SEED_METHOD and beats["seeds"] == [3, 3] and beats["split"] == "heldout"
     assert beats["verdict"] == HOLDS
-    runs = lambda name: [evidence.predictions[(report_lib.run_row(name, r), "t", "heldout")] for r in range(3)]  # noqa: E731
+    runs = lambda name: [evidence.predictions[(run_row(name, r), "t", "heldout")] for r in range(3)]  # noqa: E731
     labels = evidence.labels[("t", "heldout")]
     differences = [accuracy(labels, s) - accuracy(labels, b) for s, b in zip(runs("student"), runs("baseline"))]
     half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
@@ -179,7 +180,7 @@ def test_seed_rows_give_mean_and_sd_columns():
     evidence = _evidence(_run({}, student=0.8, baseline=0.7, spread=0.02))
     table = report_lib.scores(evidence, heldout=True)
     values = table["t"]["accuracy"]
-    runs = [values[report_lib.run_row("student", r)] for r in range(3)]
+    runs = [values[run_row("student", r)] for r in range(3)]
     assert values["student_mean"] == pytest.approx(np.mean(runs))
     assert values["student_sd"] == pytest.approx(np.std(runs, ddof=1))
     order = report_lib.columns(table, evidence.rows)

@@ -37,15 +37,3 @@ class _DistillationTargets(TypedDict, total=False):
 
 class Targets(_DistillationTargets):
     label: tf.Tensor
-
-
-def element_spec(width: int | None = None) -> tuple[dict, dict]:
-    """The `tf.TensorSpec`s of one batch (`width`: columns of `soft`; None: no distillation targets)."""
-    x = {name: tf.TensorSpec([None, None], tf.int32, name) for name in FEATURES}
-    x["task_id"] = tf.TensorSpec([None], tf.int32, "task_id")
-    y = {"label": tf.TensorSpec([None], tf.float32, "label")}
-    if width is not None:
-        y.update(soft=tf.TensorSpec([None, width], tf.float32, "soft"),
-                 soft_mask=tf.TensorSpec([None], tf.float32, "soft_mask"),
-                 label_mask=tf.TensorSpec([None], tf.float32, "label_mask"))
-    return x, y

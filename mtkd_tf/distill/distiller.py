@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf.config import ALPHA_SCHEDULES, SOFT_LOSSES, check_alpha
+from mtkd_tf.config import ALPHA_SCHEDULES, check_alpha, check_choice, check_temperature
 from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.losses import hard_loss, mix_weights, soft_loss, soften
+from mtkd_tf.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
 from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
@@ -80,17 +80,14 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         super().__init__(**kwargs)
         task_alpha = dict(task_alpha or {})
         check_alpha(alpha, task_alpha)
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}", "temperature")
-        if soft_loss not in SOFT_LOSSES:
-            raise ConfigError(f"soft loss {soft_loss!r} is not one of {', '.join(SOFT_LOSSES)}", "soft_loss")
+        check_temperature(temperature)
+        check_choice("soft_loss", soft_loss, SOFT_LOSSES)
         unknown = sorted(set(task_alpha) - {t.name for t in student.tasks})
         if unknown:
             raise ConfigError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}", "task_alpha")
         if hidden_weight and not teachers:
             raise ConfigError("the hidden-state loss needs online teachers", "hidden_loss_weight")
-        if alpha_schedule not in ALPHA_SCHEDULES:
-            raise ConfigError(f"alpha_schedule {alpha_schedule!r} is not one of {', '.join(ALPHA_SCHEDULES)}", "alpha_schedule")
+        check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)
         if alpha_schedule == "anneal" and not (total_steps or 0) > 0:
             raise ConfigError("alpha_schedule=anneal needs the number of training steps", "alpha_schedule")
         self.student = student
@@ -152,24 +149,47 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         """Per-example weighted hard and soft losses (and the hidden-state loss); the shared
         train step (`MultiTaskTrainStep`) does the rest."""
         features, task_id = split_features(x)
-        hidden = tf.constant(0.0)
+        outputs, teacher_outputs, hidden = self._forward(features, training)
+        target, soft_mask = self._soft_targets(features, task_id, y, teacher_outputs)
+        hard_weight, soft_weight = self._loss_weights(task_id, y, soft_mask)
+        losses = self._task_losses(outputs, target, task_id, y)
+        hard, soft = losses[0] * hard_weight, losses[1] * soft_weight
+        parts = {"loss": hard + soft + hidden, "hard": hard, "soft": soft}
         if self.hidden_weight:
-            outputs = self.student_features(features, training=training)
-            teacher_outputs = [t(features, training=False) for t in self.teacher_features]
-            projected = self.projection(outputs["pooled_output"])
-            teacher_pooled = tf.add_n([t["pooled_output"] for t in teacher_outputs]) / len(teacher_outputs)
-            hidden = self.hidden_weight * tf.reduce_mean(tf.square(projected - tf.stop_gradient(teacher_pooled)), axis=-1)
-        else:
-            outputs = self.student(features, training=training)
-            teacher_outputs = None
+            parts["hidden"] = hidden
+        return parts, task_id
+
+    def _forward(self, features, training: bool):
+        """The student's outputs, the teachers' feature outputs and the hidden-state loss
+        (with `hidden_weight`; else no teacher outputs and a loss of 0)."""
+        hidden = tf.constant(0.0)
+        if not self.hidden_weight:
+            return self.student(features, training=training), None, hidden
+        outputs = self.student_features(features, training=training)
+        teacher_outputs = [t(features, training=False) for t in self.teacher_features]
+        return outputs, teacher_outputs, self._hidden_loss(outputs, teacher_outputs)
+
+    def _hidden_loss(self, outputs, teacher_outputs) -> tf.Tensor:
+        """Weighted MSE between the projected student [CLS] vector and the teachers' mean one."""
+        projected = self.projection(outputs["pooled_output"])
+        teacher_pooled = tf.add_n([t["pooled_output"] for t in teacher_outputs]) / len(teacher_outputs)
+        return self.hidden_weight * tf.reduce_mean(tf.square(projected - tf.stop_gradient(teacher_pooled)), axis=-1)
+
+    def _soft_targets(self, features, task_id, y, teacher_outputs) -> tuple[tf.Tensor, tf.Tensor]:
+        """Soft targets and their mask: from online teachers, or cached in the batch."""
         if self.teachers:
             target = self.teacher_targets(features, task_id, teacher_outputs)
-            soft_mask = tf.fill(tf.shape(y["label"]), tf.gather(self.has_teacher, task_id))
-        else:
-            target, soft_mask = y["soft"], y["soft_mask"] * tf.gather(self.has_teacher, task_id)
+            return target, tf.fill(tf.shape(y["label"]), tf.gather(self.has_teacher, task_id))
+        return y["soft"], y["soft_mask"] * tf.gather(self.has_teacher, task_id)
+
+    def _loss_weights(self, task_id, y, soft_mask) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-example weights of the hard and soft losses (`losses.mix_weights` at this step's alpha)."""
         label_mask = y.get("label_mask", tf.ones_like(y["label"]))
         alpha = tf.fill(tf.shape(y["label"]), self.current_alpha(task_id))
-        hard_weight, soft_weight = mix_weights(alpha, label_mask, soft_mask)
+        return mix_weights(alpha, label_mask, soft_mask)
+
+    def _task_losses(self, outputs, target, task_id, y) -> tf.Tensor:
+        """`[hard, soft]` per-example losses of the batch's task, unweighted."""
 
         def both(i, task):
             output = outputs[task.name]
@@ -178,12 +198,7 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
                 [hard_loss(task, output, y["label"]), soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind)]
             )
 
-        losses = per_task(self.student.tasks, task_id, both)
-        hard, soft = losses[0] * hard_weight, losses[1] * soft_weight
-        parts = {"loss": hard + soft + hidden, "hard": hard, "soft": soft}
-        if self.hidden_weight:
-            parts["hidden"] = hidden
-        return parts, task_id
+        return per_task(self.student.tasks, task_id, both)
 
     def get_config(self):
         return {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -20,13 +21,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mtkd_tf import model_dir as model_dir_lib
+from mtkd_tf.config import TeacherConfig
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.data.batching import tokenize_all
-from mtkd_tf.evaluation import labelled_splits, predict_outputs, score_outputs
+from mtkd_tf.files import write_atomic
 from mtkd_tf.losses import soften
 from mtkd_tf.models.families import tokenizer_family
+from mtkd_tf.models.inference import labelled_splits, predict_outputs
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
@@ -46,14 +49,10 @@ class MemberSpec:
 
 
 def member_specs(num_teachers: int, seed: int, dropouts: Sequence[float], encoders: Sequence[str]) -> list[MemberSpec]:
-    if num_teachers < 1:
-        raise ConfigError(f"num_teachers must be at least 1, got {num_teachers}", "num_teachers")
-    if not dropouts or not encoders:
-        raise ConfigError("teacher_dropouts and teacher_encoders must each list at least one value",
-                          ("teacher_dropouts", "teacher_encoders"))
-    for dropout in dropouts:
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 1), got {dropout}", "teacher_dropouts")
+    """The K members' settings; `num_teachers` and `dropouts` obey `TeacherConfig`'s rules."""
+    TeacherConfig(num_teachers=num_teachers, teacher_dropouts=list(dropouts)).validate()
+    if not encoders:
+        raise ConfigError("teacher_encoders must list at least one value", "teacher_encoders")
     return [
         MemberSpec(k, seed + 1000 * (k + 1), float(dropouts[k % len(dropouts)]), encoders[k % len(encoders)])
         for k in range(num_teachers)
@@ -184,9 +183,9 @@ def _cached_member_outputs(member, data: SplitData, batch_size: int, cache_dir: 
         if part is None:
             part_tokens = None if tokens is None else tuple(segment[start:start + chunk] for segment in tokens)
             part = predict_outputs(member, rows, batch_size, tokens=part_tokens)
-            temporary = f"{path}.tmp-{os.getpid()}.npy"
-            np.save(temporary, part)
-            os.replace(temporary, path)
+            buffer = io.BytesIO()
+            np.save(buffer, part)
+            write_atomic(path, buffer.getvalue())
         else:
             reused += 1
         parts.append(part)
@@ -213,25 +212,6 @@ def member_outputs(
                        axis=0)
         averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
     return outputs, averaged
-
-
-def evaluate_members(
-    members: Sequence[MTDNN],
-    dev: Mapping[str, Mapping[str, SplitData]],
-    batch_size: int = 128,
-) -> tuple[list[dict[str, dict[str, float]]], dict[str, dict[str, float]]]:
-    """GLUE metrics of each member and of their ensemble, from `member_outputs`."""
-    outputs, averaged = member_outputs(members, dev, batch_size)
-    return [score_outputs(dev, predictions) for predictions in outputs], score_outputs(dev, averaged)
-
-
-def evaluate_ensemble(
-    members: Sequence[MTDNN],
-    dev: Mapping[str, Mapping[str, SplitData]],
-    batch_size: int = 128,
-) -> dict[str, dict[str, float]]:
-    """GLUE metrics of the averaged predictions, `{task: {metric[_suffix]: value}}`."""
-    return evaluate_members(members, dev, batch_size)[1]
 
 
 def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None,

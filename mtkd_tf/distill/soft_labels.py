@@ -15,16 +15,16 @@ student trains on, so soft labels made for other data are never used silently.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from mtkd_tf.config import check_temperature
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import write_atomic
+from mtkd_tf.errors import ConfigError, MtkdError
+from mtkd_tf.files import write_npz
 from mtkd_tf.tasks import CLASSIFICATION, Task
 
 FORMAT_VERSION = 2  # 2: ranking targets are the members' averaged group probabilities (1: scores)
@@ -77,11 +77,9 @@ def build(
 
 
 def write(path: str, soft: SoftLabels) -> None:
-    """Writes atomically (`files.write_atomic`): a reader never sees half a file."""
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=soft.ids.astype(str), targets=soft.targets, hashes=soft.hashes,
-             metadata=np.asarray(json.dumps(soft.metadata)))
-    write_atomic(path, buffer.getvalue())
+    """Writes atomically (`files.write_npz`): a reader never sees half a file."""
+    write_npz(path, {"ids": soft.ids.astype(str), "targets": soft.targets, "hashes": soft.hashes,
+                     "metadata": np.asarray(json.dumps(soft.metadata))})
 
 
 def validate(soft: SoftLabels, where: str) -> None:
@@ -111,8 +109,10 @@ def validate(soft: SoftLabels, where: str) -> None:
             raise SoftLabelError(f"{where}: probabilities of example {soft.ids[first]} do not sum to 1 ({sums[first]:.4f})")
     elif targets.ndim != 1:
         raise SoftLabelError(f"{where}: regression targets must be one score per example, got shape {targets.shape}")
-    if not meta["temperature"] > 0:
-        raise SoftLabelError(f"{where}: temperature must be > 0, got {meta['temperature']}")
+    try:
+        check_temperature(meta["temperature"])
+    except ConfigError as error:  # the file's metadata, not a setting: a file error
+        raise SoftLabelError(f"{where}: {error}") from None
 
 
 def read(path: str) -> SoftLabels:

@@ -23,7 +23,8 @@ from typing import Iterable
 import keras
 import keras_hub
 
-from mtkd_tf.models.families import FAMILIES, Family, learn_tokenizer, random_backbone
+from mtkd_tf.data.preprocessing import load_tokenizer
+from mtkd_tf.models.families import FAMILIES, Family, family_of, learn_tokenizer, random_backbone
 
 
 class EncoderError(ValueError):
@@ -103,8 +104,6 @@ class Encoder:
 
     def __post_init__(self):
         if self.tokenizer is None:
-            from mtkd_tf.data.preprocessing import load_tokenizer
-
             self.tokenizer = load_tokenizer(self.vocabulary, self.lowercase)
 
 
@@ -315,8 +314,6 @@ def keep_layers(backbone: keras.layers.Layer, layers: list[int], spec: str = "")
     """A backbone of the same family and width with only `layers` of `backbone`'s transformer
     layers (in that order), every weight copied: DistilBERT's initialisation of a smaller student
     from its teacher."""
-    from mtkd_tf.models.families import family_of
-
     family = family_of(backbone)
     if family.name == "albert":
         raise EncoderError(f"encoder {spec!r}: ALBERT shares its layers across depth, so there are no layers to pick; "

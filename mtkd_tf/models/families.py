@@ -4,8 +4,9 @@ MT-DNN needs three things from an encoder: a sequence output, one pooled vector 
 a tokenizer with its way of packing one or two segments. keras-hub's families differ in all
 three (which inputs the backbone takes, whether it has a pooled output, `[CLS] A [SEP] B [SEP]`
 or `<s> A </s></s> B </s>`, WordPiece, SentencePiece or byte-level BPE); `Family` records
-them, `encode` gives every backbone the same outputs, and `learn_tokenizer` /
-`random_backbone` build small random encoders of any family from training text, offline.
+them (the packing is the preprocessing layer's, `mtkd_tf.data.preprocessing.DOUBLE_SEPARATOR`),
+`encode` gives every backbone the same outputs, and `learn_tokenizer` / `random_backbone` build
+small random encoders of any family from training text, offline.
 
 >>> family = FAMILIES["roberta"]
 >>> family.segments, family.double_separator, family.vocabulary
@@ -23,6 +24,8 @@ from typing import Any, Iterable
 import keras
 import keras_hub
 
+from mtkd_tf.data.preprocessing import DOUBLE_SEPARATOR
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -33,8 +36,12 @@ class Family:
     tokenizer: str  # class name in keras_hub.models
     vocabulary: str  # how a random encoder's vocabulary is learned: wordpiece | sentencepiece | bpe
     segments: bool  # the backbone takes segment_ids
-    double_separator: bool = False  # pairs packed <s> A </s></s> B </s> (RoBERTa, XLM-R)
     hf_converter: bool = True  # keras-hub 0.32 converts Hugging Face checkpoints of this family
+
+    @property
+    def double_separator(self) -> bool:
+        """Pairs packed <s> A </s></s> B </s> (RoBERTa, XLM-R): the preprocessing layer's table."""
+        return DOUBLE_SEPARATOR[self.tokenizer]
 
     @property
     def backbone_class(self) -> type:
@@ -47,14 +54,13 @@ class Family:
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("bert", "BertBackbone", "BertTokenizer", "wordpiece", segments=True),
-    Family("roberta", "RobertaBackbone", "RobertaTokenizer", "bpe", segments=False, double_separator=True),
+    Family("roberta", "RobertaBackbone", "RobertaTokenizer", "bpe", segments=False),
     Family("deberta_v3", "DebertaV3Backbone", "DebertaV3Tokenizer", "sentencepiece", segments=False,
            hf_converter=False),
     Family("electra", "ElectraBackbone", "ElectraTokenizer", "wordpiece", segments=True, hf_converter=False),
     Family("albert", "AlbertBackbone", "AlbertTokenizer", "sentencepiece", segments=True),
     Family("distil_bert", "DistilBertBackbone", "DistilBertTokenizer", "wordpiece", segments=False),
-    Family("xlm_roberta", "XLMRobertaBackbone", "XLMRobertaTokenizer", "sentencepiece", segments=False,
-           double_separator=True),
+    Family("xlm_roberta", "XLMRobertaBackbone", "XLMRobertaTokenizer", "sentencepiece", segments=False),
 )}
 
 

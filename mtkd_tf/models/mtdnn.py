@@ -21,10 +21,12 @@ import numpy as np
 
 from mtkd_tf.data.batch import FEATURES
 from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.data.split import SplitData
 from mtkd_tf.distribute import MultiWorkerFit
 from mtkd_tf.losses import hard_loss
 from mtkd_tf.models.families import encode
 from mtkd_tf.models.heads import apply_head, make_head
+from mtkd_tf.models.inference import predict_outputs
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
 from mtkd_tf.tasks import CLASSIFICATION, Task, head_tasks
 
@@ -69,11 +71,6 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
                 return task
         raise KeyError(f"model has no task {name!r}; it has {', '.join(t.name for t in self.all_tasks)}")
 
-    def task_index(self, name: str) -> int:
-        task = self.task(name)
-        head = task.predict_with or task.name
-        return [t.name for t in self.tasks].index(head)
-
     def call(self, inputs, training=None, mask=None):
         # Batches also carry `task_id`; Keras may call the model on the whole dict.
         if isinstance(inputs, dict) and set(inputs) != set(FEATURES):
@@ -102,9 +99,6 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
                       batch_size: int = 128) -> dict[str, np.ndarray]:
         """Predictions for raw strings (`pairs`: the second segment of pair tasks), as the
         exported SavedModel answers: `probabilities`, `label_id`, `label`; or `score`."""
-        from mtkd_tf.data.split import SplitData
-        from mtkd_tf.evaluation import predict_outputs
-
         if self.preprocessor is None:
             raise ValueError("this MTDNN has no preprocessor: load it with mt.load_model or set model.preprocessor")
         spec = self.task(task)

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from mtkd_tf.data.batch import FEATURES
+from mtkd_tf.distribute import cross_worker_logs
 
 
 def split_features(x: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -110,7 +111,8 @@ class MultiTaskTrainStep:
 
     Subclasses implement `compute_losses(x, y, training)`, returning per-example losses
     `{"loss": total, part: ...}` and the batch's task index, and call `make_trackers`.
-    Logged: `loss`, `<part>_loss` for each part, and `<task>_loss` / `<task>_<part>` per task.
+    Logged: `loss`, `<part>_loss` for each part, and `<task>_loss` / `<task>_<part>` per task
+    (`step_logs`). Under MultiWorkerMirroredStrategy, mix in `distribute.MultiWorkerFit` too.
     """
 
     def make_trackers(self, task_names: Sequence[str], parts: Sequence[str] = (), task_parts: Sequence[str] = ()) -> None:
@@ -150,3 +152,7 @@ class MultiTaskTrainStep:
             for i, tracker in enumerate(trackers):  # weight 0 leaves the other tasks' means unchanged
                 tracker.update_state(values[kind], sample_weight=count * tf.cast(tf.equal(task_id, i), count.dtype))
         return self.step_logs()
+
+    def step_logs(self) -> dict[str, tf.Tensor]:
+        """`{metric: result}` after a train/test step, ready for Keras's cross-replica reduction."""
+        return cross_worker_logs({metric.name: metric.result() for metric in self.metrics}, self.distribute_strategy)

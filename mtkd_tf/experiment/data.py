@@ -1,0 +1,108 @@
+"""`ExperimentData`: an experiment's tasks and examples, read once and cached: training data
+(without the held-out split, cut to `max_train_examples`), the held-out split, unlabelled text,
+dev data, and the tasks that get teachers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+from mtkd_tf.config import ExperimentConfig
+from mtkd_tf.data.split import HELDOUT, SplitData, carve
+from mtkd_tf.distill.student import teacher_task_names
+from mtkd_tf.tasks import UNLABELLED, Task
+
+
+class ExperimentData:
+    """The data every stage reads, from `config.data` (see the module docstring)."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self._splits: dict[tuple, dict] = {}
+
+    @functools.cached_property
+    def known_tasks(self) -> dict[str, Task]:
+        """Every task this experiment can name: GLUE, the built-in suites, the task file's."""
+        from mtkd_tf import tasks as tasks_lib
+        from mtkd_tf.data import suites
+
+        return tasks_lib.registry(self.config.data.task_file, extra=suites.suite_tasks())
+
+    @functools.cached_property
+    def tasks(self) -> list[Task]:
+        from mtkd_tf import tasks as tasks_lib
+
+        data = self.config.data
+        return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, self.known_tasks), data.answer_module)
+
+    @functools.cached_property
+    def data_dir(self) -> str | None:
+        data = self.config.data
+        if data.suite:
+            from mtkd_tf.data import suites
+
+            return suites.suite_dir(data.suite, data.suite_size, seed=0)
+        return data.data_dir
+
+    def load(self, tasks: Sequence[Task], split: str, limit: int = 0) -> dict[str, dict[str, SplitData]]:
+        """`{task: {split name: data}}` of `split` ("train", "dev", "test" or "unlabelled"), cut to `limit`."""
+        from mtkd_tf.data import readers
+
+        data = self.config.data
+        key = (split, limit, tuple(task.name for task in tasks))
+        if key not in self._splits:
+            loaded = readers.load_splits(tasks, split, source=data.data_source, data_dir=self.data_dir,
+                                         skip_bad_rows=data.skip_bad_rows, tfds_download=data.tfds_download)
+            self._splits[key] = {task: {name: part.take(limit) for name, part in by_split.items()}
+                                 for task, by_split in loaded.items()}
+        return self._splits[key]
+
+    @property
+    def trainable(self) -> list[Task]:
+        return [task for task in self.tasks if task.trainable]
+
+    @property
+    def train(self) -> dict[str, SplitData]:
+        """Each trained task's training examples: without the held-out split, then cut to `max_train_examples`."""
+        data = self.config.data
+        if not data.heldout_examples:
+            return {name: s["train"] for name, s in self.load(self.trainable, "train", data.max_train_examples).items()}
+        return {name: rest.take(data.max_train_examples) for name, (rest, _) in self._carved.items()}
+
+    @functools.cached_property
+    def _carved(self) -> dict[str, tuple[SplitData, SplitData]]:
+        return {name: carve(s["train"], self.config.data.heldout_examples)
+                for name, s in self.load(self.trainable, "train").items()}
+
+    @property
+    def heldout(self) -> dict[str, dict[str, SplitData]]:
+        """`{task: {"heldout": data}}`: the labelled split the report tests the claims on (none
+        without `heldout_examples`); carved from each task's training data, never trained on."""
+        if not self.config.data.heldout_examples:
+            return {}
+        return {name: {HELDOUT: held} for name, (_, held) in self._carved.items()}
+
+    @property
+    def unlabelled(self) -> dict[str, SplitData]:
+        """Extra text without labels of the tasks whose sources have an unlabelled file."""
+        extra = [task for task in self.trainable if UNLABELLED in task.source.files]
+        return {name: s[UNLABELLED] for name, s in self.load(extra, UNLABELLED).items()}
+
+    @property
+    def dev(self) -> dict[str, dict[str, SplitData]]:
+        return self.load(self.tasks, "dev", self.config.data.max_eval_examples)
+
+    @property
+    def texts(self) -> list[str]:
+        """The training text (a random encoder's vocabulary is learned from it)."""
+        return [text for data in self.train.values() for text in data.text_a + (data.text_b or [])]
+
+    @property
+    def teacher_tasks(self) -> list[str]:
+        return teacher_task_names(self.tasks, self.config.teachers.teacher_tasks)
+
+    def soft_label_data(self) -> dict[str, list[SplitData]]:
+        """What the teachers label, per teacher task: its training data and its unlabelled text."""
+        unlabelled = self.unlabelled
+        return {name: [self.train[name]] + ([unlabelled[name]] if name in unlabelled else [])
+                for name in self.teacher_tasks}

@@ -1,0 +1,111 @@
+"""The single-model modes of `bin/run` beside the pipeline, as functions a Python user can call too:
+train one MT-DNN, evaluate or predict with a trained one, distil a student alone, export a model
+for TF Serving and check the export, rebuild a report.
+
+>>> experiment = mt.Experiment(mt.ExperimentConfig.from_flagfile("configs/tiny.cfg", model_dir="runs/one"))
+>>> results = mt.modes.train(experiment)                      # bin/run --mode=train
+>>> path = mt.modes.export(experiment.config.replace(export_dir="serving/one"))   # --mode=export
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mtkd_tf import distribute, evaluation
+from mtkd_tf import export as export_lib
+from mtkd_tf import model_dir as model_dir_lib
+from mtkd_tf import report as report_lib
+from mtkd_tf import submission
+from mtkd_tf.config import ExperimentConfig
+from mtkd_tf.errors import ConfigError
+from mtkd_tf.files import write_json
+from mtkd_tf.models.mtdnn import in_precision
+
+logger = logging.getLogger("mtkd_tf")
+
+
+def train(experiment) -> dict:
+    """Trains one MT-DNN in `model_dir` (always anew) and evaluates it on dev."""
+    experiment.validate()
+    config, root = experiment.config, experiment.layout.root
+    with experiment.strategy.scope():
+        experiment.announce("train", f"MT-DNN on {', '.join(experiment.train_data)} -> {root}")
+        encoder = experiment.encoder(config.model.encoder, config.model.encoder_dropout, config.training.seed)
+        dev = experiment.dev_data
+        trained = experiment.train_one(config, root, "MT-DNN", encoder=encoder)
+        results = evaluation.evaluate(in_precision(trained, "float32"), dev, config.runtime.eval_batch_size)
+    write_json(os.path.join(root, "eval_results.json"), results)
+    return results
+
+
+def evaluate_model(experiment) -> dict:
+    """Evaluates the model in `model_dir` on dev; writes eval_results.json."""
+    with experiment.strategy.scope():
+        trained = model_dir_lib.load(experiment.config.runtime.model_dir)
+        results = evaluation.evaluate(trained, experiment.dev_data, experiment.config.runtime.eval_batch_size)
+    write_json(os.path.join(experiment.layout.root, "eval_results.json"), results)
+    return results
+
+
+def predict(experiment) -> list[str]:
+    """GLUE-leaderboard files of the model in `model_dir` for every test split; with `mnli` also
+    AX.tsv (scored with the MNLI head) when the AX test file is there, else one line says why."""
+    config, data = experiment.config, experiment.data
+    with experiment.strategy.scope():
+        trained = model_dir_lib.load(config.runtime.model_dir)
+        tasks, skipped = submission.prediction_tasks(data.tasks, data.known_tasks, data.data_dir,
+                                                     config.data.data_source, config.data.tfds_download)
+        for line in skipped:
+            logger.warning("%s", line)
+        test = data.load(tasks, "test", config.data.max_eval_examples)
+        output = config.runtime.output_dir
+        output_dir = (distribute.worker_dir(output, experiment.strategy) if output
+                      else os.path.join(experiment.layout.root, "predictions"))
+        return submission.write_predictions(trained, test, output_dir, config.runtime.eval_batch_size)
+
+
+def distill(experiment) -> dict:
+    """The student alone (bin/run --mode=distill), evaluated on dev."""
+    student = experiment.student()
+    with experiment.strategy.scope():
+        results = evaluation.evaluate(student, experiment.dev_data, experiment.config.runtime.eval_batch_size)
+    write_json(os.path.join(experiment.layout.student_dir, "eval_results.json"), results)
+    return results
+
+
+def latest_export(export_dir: str) -> str:
+    """The newest version directory under a TF Serving model base path."""
+    version = export_lib.next_version(export_dir) - 1
+    if not version:
+        raise ConfigError(f"export_dir {export_dir}: no exported version in it", "export_dir")
+    return os.path.join(export_dir, str(version))
+
+
+def export(config: ExperimentConfig) -> str:
+    """Exports the model in `model_dir` as `<export_dir>/<version>` for TF Serving (a non-chief
+    worker of a multi-worker run writes to its scratch directory); returns the path."""
+    settings, runtime = config.export, config.runtime
+    if not settings.export_dir or not runtime.model_dir:
+        raise ConfigError("export needs model_dir (a trained model) and export_dir", ("model_dir", "export_dir"))
+    strategy = distribute.get_strategy(runtime.strategy, runtime.num_gpus, runtime.tpu)
+    return export_lib.export(runtime.model_dir, distribute.worker_dir(settings.export_dir, strategy),
+                             settings.export_version, settings.serving_default_task)
+
+
+def serve_check(config: ExperimentConfig) -> dict:
+    """Answers `request_file` (a TF Serving REST :predict body) with `saved_model`, or the latest
+    version under `export_dir`."""
+    settings = config.export
+    if not settings.request_file:
+        raise ConfigError("serve_check needs request_file", "request_file")
+    if not settings.saved_model and not settings.export_dir:
+        raise ConfigError("serve_check needs saved_model or export_dir", ("saved_model", "export_dir"))
+    return export_lib.serve_check(settings.saved_model or latest_export(settings.export_dir), settings.request_file)
+
+
+def report(config: ExperimentConfig) -> dict:
+    """Rebuilds a finished run's report from its saved evidence alone (no model is loaded)."""
+    if not config.runtime.model_dir:
+        raise ConfigError("report needs model_dir (a finished pipeline run)", "model_dir")
+    return report_lib.rebuild(config.runtime.model_dir)

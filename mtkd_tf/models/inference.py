@@ -1,0 +1,59 @@
+"""Inference: a model's head outputs (log-probabilities or scores) on splits, in data order.
+
+Below evaluation, soft labelling and the leaderboard files, which all score or write what
+`predict_outputs` returns; `MTDNN.predict_texts` answers raw strings with it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
+from mtkd_tf.data.split import SplitData
+from mtkd_tf.distribute import is_multi_worker
+
+if TYPE_CHECKING:  # mtdnn imports this module (predict_texts)
+    from mtkd_tf.models.mtdnn import MTDNN
+
+
+def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True,
+                    tokens: tuple[tf.RaggedTensor, ...] | None = None) -> np.ndarray:
+    """Head outputs (log-probabilities or scores) of `data`'s task, in data order, tokenised
+    by the model's own preprocessor (or given as `tokens`, e.g. shared by an ensemble).
+
+    `by_length` runs the examples sorted by length, so each batch is padded only to
+    similar lengths, and batches of short examples hold more of them (up to the cells of
+    `batch_size` full-length examples); the outputs come back in data order.
+    """
+    head = data.task.predict_with or data.task.name
+    preprocessor = model.preprocessor
+    tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
+    order = length_order(tokens) if by_length else np.arange(len(data))
+    budget = batch_size * preprocessor.sequence_length if by_length else 0
+    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
+    if is_multi_worker():
+        # Every worker needs every output (each may write): predict locally, not sharded.
+        step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
+        outputs = np.concatenate([step(x).numpy() for x in dataset])
+    else:
+        outputs = np.asarray(model.predict(dataset, verbose=0)[head])
+    restored = np.empty_like(outputs)
+    restored[order] = outputs
+    return restored
+
+
+def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]) -> Iterator[tuple[tuple[str, str], SplitData]]:
+    """`((task name, split), data)` of every labelled split, in order."""
+    for task_name, splits in dev.items():
+        for split, data in splits.items():
+            if data.labels is not None:
+                yield (task_name, split), data
+
+
+def dev_outputs(model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]],
+                batch_size: int = 128) -> dict[tuple[str, str], np.ndarray]:
+    """One model's head outputs on every labelled split: `{(task, split): outputs}`."""
+    return {key: predict_outputs(model, data, batch_size) for key, data in labelled_splits(dev)}
