@@ -79,6 +79,11 @@ class DataConfig(_Group):
     skip_bad_rows: bool = setting(False, "Skip malformed data rows with a warning instead of failing.")
     max_train_examples: int = setting(0, "Use at most this many training examples per task (0: all).", lower=0)
     max_eval_examples: int = setting(0, "Use at most this many examples per dev/test split (0: all).", lower=0)
+    labelled_fraction: float = setting(1.0, "Teacher tasks keep this fraction of their training examples labelled "
+                                       "(chosen by a hash of their ids, after the held-out split and max_train_examples); "
+                                       "the rest lose their labels and join as unlabelled text: teachers and the baseline "
+                                       "train on the labelled part, the student also learns the rest's soft labels "
+                                       "(1: all labelled).", lower=0.001, upper=1.0)
     heldout_examples: int = setting(0, "Set this many training examples per task aside (chosen by a hash of their ids, "
                                     "before max_train_examples) as the labelled held-out split on which the report "
                                     "tests the paper's claims; dev stays the split of every choice (0: none, claims "

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.tasks import Task
+from mtkd_tf.tasks import UNLABELLED, Task
 
 
 class DataError(MtkdError, ValueError):
@@ -123,20 +123,43 @@ def _label_array(labels: list, task: Task) -> np.ndarray:
 HELDOUT = "heldout"
 
 
+def _units(data: SplitData) -> tuple[list[str], list[str]]:
+    """Each example's unit (its id; ranking: its question) and the distinct units, in order."""
+    keys = [str(g) for g in data.groups] if data.groups is not None else list(data.ids)
+    return keys, list(dict.fromkeys(keys))
+
+
+def _first_by_hash(data: SplitData, count: int, salt: str) -> np.ndarray:
+    """A mask of the examples whose unit is among the `count` whose blake2b(salt + unit) sort first:
+    reproducible, and independent of row order and of how much else a run uses."""
+    keys, units = _units(data)
+    rank = {unit: hashlib.blake2b(f"{salt}\0{unit}".encode(), digest_size=8).digest() for unit in units}
+    chosen = set(sorted(units, key=rank.__getitem__)[:count])
+    return np.asarray([key in chosen for key in keys], bool)
+
+
 def carve(data: SplitData, count: int) -> tuple[SplitData, SplitData]:
     """(the rest, the held-out split): `count` examples of `data` set aside by a hash of their ids
     (ranking: of their question), so the choice is reproducible and does not depend on row order
     or on how much of the rest a run trains on. Both keep `data`'s order."""
-    keys = [str(g) for g in data.groups] if data.groups is not None else list(data.ids)
-    units = list(dict.fromkeys(keys))
+    _, units = _units(data)
     if count <= 0 or 2 * count > len(units):
         raise DataError(f"task {data.task.name}: cannot set {count} of its {len(units)} training "
                         f"{'questions' if data.groups is not None else 'examples'} aside as the held-out split "
                         "(heldout_examples may take at most half of a task's training data)")
-    rank = {unit: hashlib.blake2b(f"heldout\0{unit}".encode(), digest_size=8).digest() for unit in units}
-    chosen = set(sorted(units, key=rank.__getitem__)[:count])
-    held = np.asarray([key in chosen for key in keys])
+    held = _first_by_hash(data, count, HELDOUT)
     return data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held), HELDOUT)
+
+
+def keep_labels(data: SplitData, fraction: float) -> tuple[SplitData, SplitData]:
+    """(labelled, unlabelled): `fraction` of `data`'s examples (ranking: questions), chosen by a
+    hash of their ids, keep their labels; the rest lose them and become unlabelled text (split
+    `unlabelled`). Both keep `data`'s order."""
+    _, units = _units(data)
+    count = max(1, round(fraction * len(units)))
+    labelled = _first_by_hash(data, count, "labelled")
+    rest = data.select(np.flatnonzero(~labelled), UNLABELLED)
+    return data.select(np.flatnonzero(labelled)), dataclasses.replace(rest, labels=None)
 
 
 def ids_digest(data: SplitData) -> str:

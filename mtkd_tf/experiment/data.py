@@ -4,11 +4,12 @@ dev data, and the tasks that get teachers."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
 from mtkd_tf.config import ExperimentConfig
-from mtkd_tf.data.split import HELDOUT, SplitData, carve
+from mtkd_tf.data.split import HELDOUT, SplitData, carve, keep_labels
 from mtkd_tf.distill.student import teacher_task_names
 from mtkd_tf.tasks import UNLABELLED, Task
 
@@ -63,11 +64,23 @@ class ExperimentData:
 
     @property
     def train(self) -> dict[str, SplitData]:
-        """Each trained task's training examples: without the held-out split, then cut to `max_train_examples`."""
+        """Each trained task's labelled training examples: without the held-out split, cut to
+        `max_train_examples`, and (teacher tasks, `labelled_fraction` < 1) their labelled part."""
+        return {name: parts[0] for name, parts in self._labelled.items()}
+
+    @functools.cached_property
+    def _labelled(self) -> dict[str, tuple[SplitData, SplitData | None]]:
+        """`{task: (labelled, unlabelled rest or None)}` of the training data."""
         data = self.config.data
         if not data.heldout_examples:
-            return {name: s["train"] for name, s in self.load(self.trainable, "train", data.max_train_examples).items()}
-        return {name: rest.take(data.max_train_examples) for name, (rest, _) in self._carved.items()}
+            found = {name: s["train"] for name, s in self.load(self.trainable, "train", data.max_train_examples).items()}
+        else:
+            found = {name: rest.take(data.max_train_examples) for name, (rest, _) in self._carved.items()}
+        if data.labelled_fraction == 1:
+            return {name: (split, None) for name, split in found.items()}
+        teacher_tasks = set(self.teacher_tasks)
+        return {name: keep_labels(split, data.labelled_fraction) if name in teacher_tasks else (split, None)
+                for name, split in found.items()}
 
     @functools.cached_property
     def _carved(self) -> dict[str, tuple[SplitData, SplitData]]:
@@ -84,9 +97,14 @@ class ExperimentData:
 
     @property
     def unlabelled(self) -> dict[str, SplitData]:
-        """Extra text without labels of the tasks whose sources have an unlabelled file."""
+        """Extra text without labels: a task source's unlabelled file, and the training examples
+        that `labelled_fraction` took the labels from."""
         extra = [task for task in self.trainable if UNLABELLED in task.source.files]
-        return {name: s[UNLABELLED] for name, s in self.load(extra, UNLABELLED).items()}
+        found = {name: s[UNLABELLED] for name, s in self.load(extra, UNLABELLED).items()}
+        for name, (_, rest) in self._labelled.items():
+            if rest is not None:
+                found[name] = dataclasses.replace(found[name].concat(rest), labels=None) if name in found else rest
+        return found
 
     @property
     def dev(self) -> dict[str, dict[str, SplitData]]:
