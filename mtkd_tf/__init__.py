@@ -12,6 +12,7 @@ The building blocks (tasks and data, the MT-DNN, training, the Distiller, evalua
 strategies, export, plots) are here too, for programs of your own.
 """
 
+from mtkd_tf import onednn  # first: oneDNN on where TensorFlow leaves it off, before TensorFlow loads
 from mtkd_tf import distill  # the subpackage: mt.distill.ensemble, mt.distill.distiller, ...
 from mtkd_tf.config import (
     DataConfig,
@@ -71,6 +72,6 @@ __all__ = [
     # evaluation, export, plots, strategies
     "evaluate", "write_predictions", "export_saved_model", "load_export", "serve_check", "plot_scores",
     "plot_training_curves", "get_strategy", "set_precision", "ProgressLog", "RunClock",
-    # errors
-    "MtkdError", "ConfigError", "DataError", "SoftLabelError",
+    # errors, and the oneDNN decision made on import
+    "onednn", "MtkdError", "ConfigError", "DataError", "SoftLabelError",
 ]

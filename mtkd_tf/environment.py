@@ -1,4 +1,4 @@
-"""Where a result was computed: the CPU, accelerators, training precision and versions, as
+"""Where a result was computed: the CPU, accelerators, training precision, oneDNN and versions, as
 report.json's `environment` and the benchmarks print them."""
 
 from __future__ import annotations
@@ -22,5 +22,18 @@ def environment(precision: str) -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "gpus": str(len(tf.config.list_physical_devices("GPU"))),
-            "training_precision": precision, "tensorflow": tf.__version__, "keras": keras.__version__}
+    from mtkd_tf import onednn
+
+    found = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "gpus": str(len(tf.config.list_physical_devices("GPU"))),
+             "training_precision": precision, "tensorflow": tf.__version__, "keras": keras.__version__,
+             "onednn": f"{'on' if onednn_enabled() else 'off'}: {onednn.DECISION}"}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        found["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    return found
+
+
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow process runs oneDNN kernels (TensorFlow's own answer)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -1,0 +1,46 @@
+"""oneDNN on where TensorFlow leaves it off (x86 without AVX-512 VNNI/BF16, AVX-VNNI or AMX); the
+user's TF_ENABLE_ONEDNN_OPTS always wins; report.json's environment says what ran."""
+
+import logging
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+from mtkd_tf import onednn
+
+AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # the 2-core AMD EPYC of the speed issue
+AMX = AVX2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+def test_it_is_turned_on_only_where_tensorflow_leaves_it_off():
+    assert onednn.tensorflow_leaves_it_off(AVX2, "x86_64")
+    assert not onednn.tensorflow_leaves_it_off(AMX, "x86_64")
+    assert not onednn.tensorflow_leaves_it_off(AVX2 | {"avx_vnni"}, "x86_64")
+    assert not onednn.tensorflow_leaves_it_off(AVX2, "aarch64") and not onednn.tensorflow_leaves_it_off(None, "x86_64")
+    environ = {}
+    assert "set by mtkd_tf" in onednn.enable(environ, AVX2, "x86_64", tensorflow_imported=False)
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    environ = {}
+    assert "default" in onednn.enable(environ, AMX, "x86_64", tensorflow_imported=False) and environ == {}
+
+
+def test_the_users_setting_wins_and_a_late_import_says_how_to_get_the_speed(caplog):
+    environ = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert "the user's setting" in onednn.enable(environ, AVX2, "x86_64", tensorflow_imported=False)
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    environ = {}
+    with caplog.at_level(logging.WARNING, logger="mtkd_tf"):
+        decision = onednn.enable(environ, AVX2, "x86_64", tensorflow_imported=True)
+    assert decision.startswith("off") and environ == {}
+    assert "set TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow" in caplog.text
+
+
+def test_import_mtkd_tf_records_what_tensorflow_runs_in_the_environment():
+    code = ("import os, mtkd_tf\nfrom mtkd_tf.environment import environment\n"
+            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])")
+    for setting, expected in (("0", "0 | off: TF_ENABLE_ONEDNN_OPTS=0 (the user's setting)"),
+                              ("1", "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (the user's setting)")):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "PYTHONPATH": ROOT}
+        found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert found.stdout.strip().splitlines()[-1] == expected, found.stderr[-2000:]
