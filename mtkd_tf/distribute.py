@@ -138,12 +138,28 @@ def fast_bfloat16() -> bool:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))) >= (8, 0)
+    if not onednn_allows_bfloat16(os.environ):
+        return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             flags = handle.read()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+# oneDNN's ONEDNN_MAX_CPU_ISA values with native bfloat16 dot products (oneDNN's docs, "CPU ISA hints").
+BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                 "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+
+
+def onednn_allows_bfloat16(environ) -> bool:
+    """False where oneDNN is off (Eigen emulates bfloat16) or `ONEDNN_MAX_CPU_ISA` caps it below
+    bfloat16 kernels (the AVX2 emulation of docs/performance.md), so `auto` picks float32 there."""
+    if environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    isa = environ.get("ONEDNN_MAX_CPU_ISA", environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
+    return not isa or isa in BFLOAT16_ISAS
 
 
 def inference_policy(precision: str) -> str:

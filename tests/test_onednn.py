@@ -44,3 +44,14 @@ def test_import_mtkd_tf_records_what_tensorflow_runs_in_the_environment():
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "PYTHONPATH": ROOT}
         found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
         assert found.stdout.strip().splitlines()[-1] == expected, found.stderr[-2000:]
+
+
+def test_bfloat16_counts_as_native_only_where_onednn_may_use_its_kernels():
+    from mtkd_tf.distribute import onednn_allows_bfloat16
+
+    assert onednn_allows_bfloat16({}) and onednn_allows_bfloat16({"TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert onednn_allows_bfloat16({"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"})
+    # The AVX2 emulation and oneDNN off: bfloat16 would be emulated, so `auto` must pick float32.
+    assert not onednn_allows_bfloat16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not onednn_allows_bfloat16({"DNNL_MAX_CPU_ISA": "AVX512_CORE"})
+    assert not onednn_allows_bfloat16({"TF_ENABLE_ONEDNN_OPTS": "0"})
