@@ -7,8 +7,9 @@ Each side gets its best CPU settings. Ours: dynamic padding, length bucketing, t
 (`adamax_fused`, as the quickstart), the training precision `auto` picks (mixed_bfloat16 where
 bfloat16 is native and faster, else float32). The peer: `DataCollatorWithPadding`, `group_by_length` (transformers' `LengthGroupedSampler`), AdamW
 with global-norm clipping 1.0, `torch.set_num_threads(<cores>)`, and bfloat16 autocast where
-bfloat16 is native (the peer's equivalent of our `auto`). Both sides report examples/s of
-steady-state steps (after warm-up steps that trace / allocate).
+bfloat16 is native (the peer's equivalent of our `auto`), eager and also under `torch.compile`
+(inductor, `dynamic=True`: one graph for every padded length). Every side reports examples/s of
+steady-state steps (after warm-up steps that trace / compile / allocate).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Ours:
 class Peer:
     """transformers' BertForSequenceClassification on the same checkpoint and sentences."""
 
-    def __init__(self, texts, labels, batch: int, seq: int, bfloat16: bool, seed: int = 0):
+    def __init__(self, texts, labels, batch: int, seq: int, bfloat16: bool, seed: int = 0, compiled: bool = False):
         os.environ.setdefault("USE_TF", "0")
         import torch
         from transformers import BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding
@@ -92,6 +93,7 @@ class Peer:
         self.tokenizer = BertTokenizerFast.from_pretrained(path)
         self.model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
         self.model.train()
+        self.forward = torch.compile(self.model, dynamic=True) if compiled else self.model
         encoded = self.tokenizer(list(texts), truncation=True, max_length=seq)
         self.features = [{"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": int(label)}
                          for ids, types, mask, label in zip(encoded["input_ids"], encoded["token_type_ids"],
@@ -121,7 +123,7 @@ class Peer:
         for _ in range(count):
             batch = self._next_batch()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
-                loss = self.model(**batch).loss
+                loss = self.forward(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
@@ -140,14 +142,26 @@ def peer_ratio(batch: int = 32, seq: int = 128, steps: int = 8, rounds: int = 3,
 
     texts, labels = rt_polarity_sentences(examples)
     ours = Ours(texts, labels, batch, seq, "auto")
-    peer = Peer(texts, labels, batch, seq, bfloat16=ours.policy == "mixed_bfloat16")
-    ours.steps(warmup)
-    peer.steps(warmup)
-    times = {"ours": [], "peer": []}
+    bfloat16 = ours.policy == "mixed_bfloat16"
+    sides = {"ours": ours, "peer": Peer(texts, labels, batch, seq, bfloat16=bfloat16)}
+    found = {}
+    try:
+        compiled = Peer(texts, labels, batch, seq, bfloat16=bfloat16, compiled=True)
+        compiled.steps(warmup)
+        sides["peer_compiled"] = compiled
+    except Exception as error:  # inductor needs a C++ compiler; say why the figure is missing
+        found["peer_compiled_missing"] = f"torch.compile failed: {type(error).__name__}: {str(error)[:200]}"
+    for side in sides.values():
+        side.steps(warmup)
+    times = {name: [] for name in sides}
     for _ in range(rounds):
-        times["ours"].append(ours.steps(steps) / steps)
-        times["peer"].append(peer.steps(steps) / steps)
-    ours_rate = batch / statistics.median(times["ours"])
-    peer_rate = batch / statistics.median(times["peer"])
-    return {"ours_examples_per_s": ours_rate, "peer_examples_per_s": peer_rate, "peer_ratio": ours_rate / peer_rate,
-            "ours_bfloat16": float(ours.policy == "mixed_bfloat16"), "fast_bfloat16": float(distribute.fast_bfloat16())}
+        for name, side in sides.items():
+            times[name].append(side.steps(steps) / steps)
+    rates = {name: batch / statistics.median(values) for name, values in times.items()}
+    found |= {"ours_examples_per_s": rates["ours"], "peer_examples_per_s": rates["peer"],
+              "peer_ratio": rates["ours"] / rates["peer"], "ours_bfloat16": float(bfloat16),
+              "fast_bfloat16": float(distribute.fast_bfloat16())}
+    if "peer_compiled" in rates:
+        found |= {"peer_compiled_examples_per_s": rates["peer_compiled"],
+                  "peer_compiled_ratio": rates["ours"] / rates["peer_compiled"]}
+    return found
