@@ -489,3 +489,30 @@ def test_annealed_alpha_goes_from_one_at_the_first_step_to_zero_at_the_last(tiny
     with pytest.raises(ConfigError, match="alpha_schedule=anneal needs the number of training steps"):
         Distiller(student, alpha_schedule="anneal")
     assert Distiller.from_config(distiller.get_config()).total_steps == 11
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["mtdnn", "distiller"])
+def test_training_traces_the_step_once_over_every_width_and_epoch(tiny_student, splits, tmp_path, distilled):
+    """`training.fit` builds the optimizer before the first trace: Keras would otherwise create its
+    slots inside that trace and tf.function would trace the whole step a second time."""
+    from mtkd_tf import training
+
+    config = TrainingConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=0)
+    student, pre = tiny_student(seed=5)
+    targets = None
+    trainer = student
+    if distilled:
+        teacher, _ = tiny_student(seed=6)
+        targets = _cached_targets([_member(teacher, pre, "t")], splits)
+    data = training_data(splits, pre, config, targets=targets)
+    if distilled:
+        trainer = Distiller(student, alpha=0.5)
+    widths = {int(x["token_ids"].shape[1]) for x, _ in data.starting_at(0).take(data.steps_per_epoch)}
+    assert len(widths) > 1  # the batches are padded to different widths
+    trainer.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
+    traces = []
+    step = trainer.train_step
+    trainer.train_step = lambda batch: (traces.append(1), step(batch))[1]
+    training.fit(trainer, data, config, str(tmp_path))
+    assert trainer.optimizer.iterations.numpy() == data.steps_per_epoch * config.epochs
+    assert len(traces) == 1
