@@ -165,7 +165,25 @@ def test_a_glue_task_missing_on_disk_loads_from_the_datasets_cache_with_the_hub_
         tsv = _glue(glue_dir, "sst2", "dev")
         assert data.text_a == tsv.text_a and data.labels.tolist() == tsv.labels.tolist()
         assert data.source == "Hugging Face dataset nyu-mll/glue (config sst2) (cached) split 'validation'"
+    # a task file's task names its hub dataset, config and split mapping itself
+    mine = load_task_file(_task_file(hf_cache.parent, "text_columns: [sentence]\n    hf_name: nyu-mll/glue\n"
+                                     "    hf_config: sst2\n    hf_splits: {dev: train}"))["mine"]
+    data = readers.load_split(mine, "dev", source="hf", data_dir=None)
+    assert data.task.labels == tuple(SST2_NAMES) and data.text_a == _glue(glue_dir, "sst2", "train").text_a
     assert no_network == [] and datasets.config.HF_HUB_OFFLINE == offline_before  # the hub's setting restored
+
+
+def test_bin_run_reads_data_source_hf_and_reports_a_missing_dataset(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("--flagfile=configs/tiny.cfg", "--suite=", "--data_source=hf", f"--data_dir={tmp_path}",
+                     "--tasks=sst2", "--mode=train", f"--model_dir={tmp_path / 'm'}",
+                     env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"},
+                     timeout=300)
+    assert result.returncode != 0
+    assert f"task 'sst2': no dataset at {tmp_path}/sst2, and the Hugging Face dataset nyu-mll/glue (config sst2) " \
+           "is not in the datasets cache" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_a_dataset_neither_on_disk_nor_in_the_cache_fails_at_once_without_the_network(tmp_path, hf_cache, no_network):
