@@ -1,6 +1,7 @@
 """data_source=hf: Hugging Face datasets that the tests write themselves (save_to_disk, Parquet,
 JSON Lines, CSV, the local datasets cache), read and trained on with the hub turned off."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -268,12 +269,12 @@ def test_an_empty_split_is_refused(tmp_path, hf_cache):
 
 def test_a_split_that_does_not_exist_lists_the_splits_there(tmp_path, hf_cache):
     _parquet(tmp_path / "sst2", "train", {"sentence": ["a fine film"], "label": [1]})
-    with pytest.raises(DataError, match=rf"{tmp_path}/sst2: no split 'validation' \(task 'sst2''s split 'dev'\); "
+    with pytest.raises(DataError, match=rf"{tmp_path}/sst2: no split 'validation' \(split 'dev' of task 'sst2'\); "
                                         r"its splits: train"):
         readers.load_split(GLUE_TASKS["sst2"], "dev", source="hf", data_dir=str(tmp_path))
     _parquet(tmp_path / "mine", "train", {"text": ["a"], "label": ["a"]})
     task = load_task_file(_task_file(tmp_path, "labels: [a, b]\n    text_columns: [text]"))["mine"]
-    with pytest.raises(DataError, match=r"no split 'validation' or 'dev' \(task 'mine''s split 'dev'\); its splits: train"):
+    with pytest.raises(DataError, match=r"no split 'validation' or 'dev' \(split 'dev' of task 'mine'\); its splits: train"):
         readers.load_split(task, "dev", source="hf", data_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"task 'sst2' has no split 'validation'; its splits: train, dev, test"):
         readers.load_split(GLUE_TASKS["sst2"], "validation", source="hf", data_dir=str(tmp_path))
@@ -287,6 +288,11 @@ def test_what_is_not_a_dataset_and_labels_without_a_classlabel(tmp_path, glue_di
     _sst2(glue_dir, "dev").save_to_disk(str(tmp_path / "rte"))
     with pytest.raises(DataError, match=r"rte: a single Dataset saved with save_to_disk, without split names"):
         readers.load_split(GLUE_TASKS["rte"], "train", source="hf", data_dir=str(tmp_path))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "train.jsonl").write_text('{"text": "fine", "label": "a"}\n{"text": "broken\n')
+    notes = load_task_file(_task_file(tmp_path, "labels: [a, b]\n    text_columns: [text]"))["mine"]
+    with pytest.raises(DataError, match=r"notes/train.jsonl: cannot read as json: "):
+        readers.load_split(dataclasses.replace(notes, name="notes"), "train", source="hf", data_dir=str(tmp_path))
     _parquet(tmp_path / "mine", "train", {"text": ["a"], "label": ["a"]})
     task = load_task_file(_task_file(tmp_path, "text_columns: [text]"))["mine"]
     with pytest.raises(TaskError, match=r"task 'mine' lists no labels, and its label column 'label' in .* is "
@@ -308,7 +314,7 @@ def test_the_pipeline_runs_on_hugging_face_datasets(hf_dir, tmp_path, monkeypatc
         os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), suite=None, data_source="hf",
         data_dir=hf_dir, task_file=os.path.join(hf_dir, "tasks.yaml"), tasks=["sst2", "stsb", "reviews"],
         num_teachers=1, train_baseline=False, epochs=1, teacher_tasks=["sst2", "reviews"], verbose=0,
-        max_train_examples=32, max_eval_examples=16,
+        max_train_examples=32, max_eval_examples=16, max_seq_length=32,
     )
     report = mt.Experiment(config).run()
     assert set(report["results"]) == {"sst2", "stsb", "reviews"}

@@ -119,9 +119,9 @@ def _no_rows(builder: str, paths: Sequence[str]) -> bool:
             return False
     for path in paths:
         with open(path, "rb") as handle:
-            lines = [line for line in handle if line.strip()]
-        if len(lines) > (builder == "csv"):
-            return False
+            rows = (line for line in handle if line.strip())
+            if next(rows, None) is not None and (builder != "csv" or next(rows, None) is not None):
+                return False
     return True
 
 
@@ -211,7 +211,7 @@ def _split(found: _Found, task: Task, split: str) -> tuple[str, Any]:
         if name in found.splits:
             return name, found.load(name)
     names = " or ".join(repr(name) for name in hf_split_names(task, split))
-    raise DataError(f"{found.where}: no split {names} (task {task.name!r}'s split {split!r}); its splits: "
+    raise DataError(f"{found.where}: no split {names} (split {split!r} of task {task.name!r}); its splits: "
                     f"{', '.join(found.splits)}")
 
 
@@ -295,8 +295,8 @@ def read_hf(task: Task, split: str, data_dir: str | None, skip_bad_rows: bool = 
         raise DataError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(task.source.files)}")
     task = with_label_names([task], data_dir)[0]
     found = find_dataset(task, data_dir)
-    name, dataset = _split(found, task, split)
-    where = f"{found.where} split {name!r}"
+    hf_split, dataset = _split(found, task, split)
+    where = f"{found.where} split {hf_split!r}"
     texts = _column(task, "text")
     _check_columns(dataset, texts, "text", where)
     for column in texts:
@@ -318,7 +318,7 @@ def read_hf(task: Task, split: str, data_dir: str | None, skip_bad_rows: bool = 
     ids, text, labels = [], [[] for _ in texts], []
     for row in range(len(dataset)):
         values = [column[row] for column in columns]
-        empty = [name for name, value in zip(texts, values) if value is None]
+        empty = [column for column, value in zip(texts, values) if value is None]
         if empty:
             rows.bad_row(row, f"no text (null) in column {empty[0]!r}")
             continue
