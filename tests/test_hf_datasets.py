@@ -327,3 +327,21 @@ def test_the_pipeline_runs_on_hugging_face_datasets(hf_dir, tmp_path, monkeypatc
     assert {task.name: task.labels for task in student.tasks}["reviews"] == ("bad", "good")
     assert student.predict_texts("reviews", ["the old film shows a dog ."])["label"][0] in ("bad", "good")
     assert no_network == []
+
+
+def test_ax_joins_mnli_for_prediction_when_its_hf_test_split_is_there(tmp_path, hf_cache, no_network):
+    from mtkd_tf import submission
+    from mtkd_tf.tasks import registry, resolve_tasks
+
+    known = registry()
+    mnli = resolve_tasks("mnli", known)
+    tasks, skipped = submission.prediction_tasks(mnli, known, str(tmp_path), source="hf")
+    assert tasks == mnli and len(skipped) == 1
+    assert skipped[0].startswith(f"AX skipped: task 'ax': no dataset at {tmp_path}/ax, and the Hugging Face dataset "
+                                 "nyu-mll/glue (config ax) is not in the datasets cache")
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+        {"premise": ["a dog runs"], "hypothesis": ["an animal moves"], "label": [-1], "idx": [0]})}).save_to_disk(
+        str(tmp_path / "ax"))
+    tasks, skipped = submission.prediction_tasks(mnli, known, str(tmp_path), source="hf")
+    assert [task.name for task in tasks] == ["mnli", "ax"] and skipped == []
+    assert no_network == []
