@@ -26,5 +26,8 @@ setup(
         "pyyaml>=6",
         "matplotlib>=3.8",  # report plots
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]},
+    extras_require={
+        "hf": ["datasets>=3.0"],  # --data_source=hf: Hugging Face datasets on disk or in the local cache
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "datasets>=3.0"],
+    },
 )

@@ -69,9 +69,11 @@ class DataConfig(_Group):
     task_file: str | None = setting(None, "YAML/JSON file defining custom tasks.")
     answer_module: list[str] = setting([], "Pair-classification head: san or linear for all, or task=san|linear items "
                                        "(default: SAN for mnli, rte, wnli, qqp, mrpc as in the paper).", factory=True)
-    data_source: str = setting("tsv", "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets.",
-                               choices=("tsv", "tfds"))
-    data_dir: str | None = setting(None, "Directory of the TSV data, or the TFDS data_dir.")
+    data_source: str = setting("tsv", "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets; "
+                               "hf: Hugging Face datasets, <data_dir>/<task> on disk or the task's hub dataset from "
+                               "the local cache (pip install mtkd_tf[hf]).", choices=("tsv", "tfds", "hf"))
+    data_dir: str | None = setting(None, "Directory of the TSV data, the TFDS data_dir, or the directory of one Hugging "
+                                   "Face dataset per task.")
     suite: str | None = setting(None, "A built-in offline suite (moviesuite: real data from PyPI packages; "
                                 "glue_sample: synthetic GLUE) to use as data_dir.")
     suite_size: int = setting(400, "Training examples per task of a generated suite.", lower=8)

@@ -73,8 +73,9 @@ def missing_test_data(
 
     TSV: every test file must exist under `data_dir` (AX: `<data_dir>/diagnostic/diagnostic.tsv`).
     TFDS (`source="tfds"` and a task with a TFDS name): the dataset is loaded, unless
-    `tfds_download` is on. A file that exists but is malformed is not "missing": reading it
-    fails later with the file and line, as for any other task.
+    `tfds_download` is on; Hugging Face datasets (`source="hf"`): the test split is loaded. A
+    file that exists but is malformed is not "missing": reading it fails later with the file
+    and line, as for any other task.
     """
     where = task.source
     if where is None:
@@ -82,8 +83,8 @@ def missing_test_data(
     splits = list(where.test_splits)
     if not splits:
         return f"task {task.name} has no test split"
-    if source == readers.TFDS and where.tfds_name:
-        if tfds_download:
+    if source == readers.HF or source == readers.TFDS and where.tfds_name:
+        if tfds_download and source == readers.TFDS:
             return None
         try:
             for split in splits:

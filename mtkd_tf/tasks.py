@@ -2,7 +2,7 @@
 
 `Task` is the model-facing spec (name, type, labels, metrics, head settings) that models,
 losses and evaluation use and `model.keras` stores; `TaskSource` is the data source (files,
-delimiter, quoting, TFDS names, leaderboard names) that readers use. GLUE and a user's own
+delimiter, quoting, TFDS and Hugging Face names, leaderboard names) that readers use. GLUE and a user's own
 TSV/CSV data are described the same way: GLUE by the registry below, custom data by a YAML
 or JSON task file (`load_task_file`), both in one flat form that `define_task` splits.
 """
@@ -55,7 +55,10 @@ class TaskSource:
     Readers and prediction files use it; models never store it. `files` maps split names to
     file names under `<data_dir>/<directory>` (an `unlabelled` split holds extra text the
     teachers label for distillation); `test_layout` describes test files when they differ
-    from train/dev (GLUE test files have an index column and no label).
+    from train/dev (GLUE test files have an index column and no label). The `hf_*` fields
+    serve `data_source=hf` (`mtkd_tf.data.hf_datasets`): the hub dataset and config looked up
+    in the local cache, and column and split names where they differ from `text_columns`,
+    `label_column` and the default mapping (dev -> validation, dev_x -> validation_x).
     """
 
     text_columns: tuple[Column, ...]
@@ -74,6 +77,11 @@ class TaskSource:
     tfds_name: str | None = None
     tfds_text_features: tuple[str, ...] = ()
     tfds_splits: dict[str, str] = dataclasses.field(default_factory=dict)
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_text_columns: tuple[str, ...] = ()
+    hf_label_column: str | None = None
+    hf_splits: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def layout(self, split: str) -> FileLayout:
         if split in self.test_splits and self.test_layout is not None:
@@ -168,7 +176,8 @@ def _check_task(task: Task) -> None:
         raise TaskError(f"{where}: text_columns must name 1 or 2 columns")
     if task.source is not None and len(task.source.text_columns) != task.segments:
         raise TaskError(f"{where}: {task.segments} segment(s) but {len(task.source.text_columns)} text column(s)")
-    if task.type == CLASSIFICATION and len(task.labels) < 2:
+    if task.type == CLASSIFICATION and len(task.labels) < 2 and (task.labels or task.source is None):
+        # no labels at all: a task file's task whose Hugging Face ClassLabel column names them
         raise TaskError(f"{where}: a classification task needs at least 2 labels")
     if task.type == RANKING:
         if task.segments != 2 or task.group_size < 2:
@@ -201,14 +210,17 @@ def define_task(**fields: Any) -> Task:
 
 
 # ---------------------------------------------------------------------------------------
-# GLUE, in the official directory layout (download_glue_data.py) and in TFDS.
-# Label order follows TFDS's ClassLabel order, so TSV strings and TFDS ints agree.
+# GLUE, in the official directory layout (download_glue_data.py), in TFDS and in Hugging Face
+# `datasets` (nyu-mll/glue: the same column and split names as TFDS). Label order follows the
+# ClassLabel order of both, so TSV strings and TFDS / HF ints agree.
 
 
 def _glue(**kwargs: Any) -> Task:
     tfds_splits = {"train": "train", "dev": "validation", "test": "test"}
     tfds_splits.update(kwargs.pop("tfds_splits", {}))
-    return define_task(tfds_splits=tfds_splits, **kwargs)
+    hf = dict(hf_name="nyu-mll/glue", hf_config=kwargs["name"], hf_text_columns=kwargs["tfds_text_features"],
+              hf_label_column="label", hf_splits=tfds_splits)
+    return define_task(tfds_splits=tfds_splits, **hf, **kwargs)
 
 
 GLUE_TASKS: dict[str, Task] = {
@@ -314,7 +326,8 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     if unknown:
         raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values = dict(entry)
-    for key in ("text_columns", "labels", "metrics", "dev_splits", "test_splits", "tfds_text_features"):
+    for key in ("text_columns", "labels", "metrics", "dev_splits", "test_splits", "tfds_text_features",
+                "hf_text_columns"):
         if key in values:
             if isinstance(values[key], (str, int)):
                 values[key] = [values[key]]
@@ -325,8 +338,9 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
         layout = dict(values["test_layout"])
         layout["text_columns"] = tuple(layout["text_columns"])
         values["test_layout"] = FileLayout(**layout)
-    if "files" in values and not isinstance(values["files"], dict):
-        raise TaskError(f"{where}: files must map split names to file names")
+    for key in ("files", "hf_splits"):
+        if key in values and not isinstance(values[key], dict):
+            raise TaskError(f"{where}: {key} must map split names to {'file' if key == 'files' else 'split'} names")
     if values.get("type") == REGRESSION:
         values.setdefault("metrics", ("pearson", "spearman"))
     if "metrics" not in values and values.get("type") == CLASSIFICATION and len(values.get("labels", ())) == 2:

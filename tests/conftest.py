@@ -12,6 +12,41 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def in_ci() -> bool:
+    """Whether this is a CI run (`CI=true`, as .ci/run and CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing_module(report) -> str | None:
+    """The reason of a skip that `pytest.importorskip` raised for a module that is not installed."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+    reason = reason.removeprefix("Skipped: ")
+    return reason if reason.startswith("could not import ") or " has __version__ " in reason else None
+
+
+def _fail_in_ci(report) -> None:
+    """In CI a test skipped for a missing module fails: CI installs the test extra and the
+    transformers peer (benchmarks/requirements-peer.txt), and a skipped parity test cannot fail."""
+    reason = _missing_module(report) if report.skipped and in_ci() else None
+    if reason:
+        report.outcome = "failed"
+        report.longrepr = (f"{reason}: CI installs every module the tests import (.ci/run: the test extra and "
+                           "benchmarks/requirements-peer.txt), so this skip is a failure here")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
+
+
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory):
     """Synthetic GLUE in the official layout (every task, 64 training rows each)."""

@@ -220,8 +220,8 @@ def test_a_hugging_face_roberta_directory_loads_with_its_own_tokenizer_and_weigh
 
 
 def test_a_hugging_face_roberta_directory_computes_what_transformers_computes(tmp_path):
-    """Parity with Hugging Face's own model, where transformers and torch are installed
-    (benchmarks/requirements-peer.txt); CI's test install has neither and skips it."""
+    """Parity with Hugging Face's own model (transformers and torch: benchmarks/requirements-peer.txt,
+    which CI installs; there a missing peer fails this test instead of skipping it, tests/conftest.py)."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     directory = str(tmp_path / "roberta")

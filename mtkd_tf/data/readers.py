@@ -1,4 +1,5 @@
-"""Readers: GLUE TSV layouts, custom TSV/CSV files and TFDS, all into `SplitData` columns.
+"""Readers: GLUE TSV layouts, custom TSV/CSV files, TFDS and Hugging Face `datasets`
+(`mtkd_tf.data.hf_datasets`), all into `SplitData` columns.
 
 Every example keeps a stable id `<task>/<split>/<row>` (the row's position in its split),
 the key soft labels are attached by. Bad rows raise `DataError` naming file, line and
@@ -24,19 +25,22 @@ logger = logging.getLogger(__name__)
 
 TSV = "tsv"
 TFDS = "tfds"
-SOURCES = (TSV, TFDS)
+HF = "hf"
+SOURCES = (TSV, TFDS, HF)
 
 
 class _Rows:
-    """Collects bad rows: raises on the first, or with skip_bad_rows counts and samples them."""
+    """Collects bad rows: raises on the first, or with skip_bad_rows counts and samples them.
+    `place` spells a row's position (a file's `path:line`; a dataset's `where, row n`)."""
 
-    def __init__(self, path: str, skip_bad_rows: bool):
+    def __init__(self, path: str, skip_bad_rows: bool, place: str = "{path}:{line}"):
         self.path = path
         self.skip = skip_bad_rows
+        self.place = place
         self.bad: list[str] = []
 
     def bad_row(self, line: int, problem: str) -> None:
-        message = f"{self.path}:{line}: {problem}"
+        message = f"{self.place.format(path=self.path, line=line)}: {problem}"
         if not self.skip:
             raise DataError(message + " (fix the row, or set skip_bad_rows to skip bad rows with a warning)", "skip_bad_rows")
         self.bad.append(message)
@@ -225,7 +229,14 @@ def load_split(
     if task.source is None:
         raise DataError(f"task {task.name!r} has no data source (a task read back from a model); "
                         "take it from the task registry or a task file")
-    if source == TFDS and task.source.tfds_name:
+    if task.type == CLASSIFICATION and not task.labels and source != HF:
+        raise DataError(f"task {task.name!r} lists no labels: list them in its task file (only data_source hf "
+                        "takes them from a ClassLabel column)", "data_source")
+    if source == HF:
+        from mtkd_tf.data import hf_datasets
+
+        data = hf_datasets.read_hf(task, split, data_dir, skip_bad_rows)
+    elif source == TFDS and task.source.tfds_name:
         data = read_tfds(task, split, data_dir, download=tfds_download)
     elif source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")

@@ -34,7 +34,12 @@ class ExperimentData:
         from mtkd_tf import tasks as tasks_lib
 
         data = self.config.data
-        return tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, self.known_tasks), data.answer_module)
+        tasks = tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, self.known_tasks), data.answer_module)
+        if data.data_source == "hf":  # a task file's task without labels takes its ClassLabel's names
+            from mtkd_tf.data import hf_datasets
+
+            tasks = hf_datasets.with_label_names(tasks, self.data_dir)
+        return tasks
 
     @functools.cached_property
     def data_dir(self) -> str | None:
