@@ -1,6 +1,7 @@
 """Small model directories of any encoder family, for the export tests: built, not trained
-(an export must reproduce whatever weights the model holds), with heads whose outputs are far
-from uniform, so that a wrong head mapping cannot hide behind probabilities near 1/K."""
+(an export must reproduce whatever weights the model holds), with weights whose
+outputs are far from uniform and vary with the input, so that a wrong head mapping cannot hide
+behind probabilities near 1/K."""
 
 import os
 
@@ -42,6 +43,12 @@ def build_model_dir(directory: str, encoder_spec: str, tasks: list, texts: list[
     backbone = with_activation(encoder.backbone, "gelu") if exact_gelu else encoder.backbone
     model = MTDNN(backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, max_seq_length))
     rng = np.random.default_rng(seed)
+    # At keras-hub's initialisation (kernels ~ N(0, 0.02^2)) attention barely moves the [CLS] vector away from
+    # its own embedding, so every input gets nearly the same pooled vector; kernels of a trained model's scale
+    # make it depend on the text.
+    for weight in backbone.weights:
+        if weight.path.endswith("kernel"):
+            weight.assign(rng.normal(0.0, 1.0 / np.sqrt(backbone.hidden_dim), weight.shape).astype("float32"))
     for head in model.heads.values():
         if hasattr(head, "dense"):
             kernel, bias = head.dense.get_weights()

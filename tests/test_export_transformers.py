@@ -1,0 +1,234 @@
+"""The student in transformers' format: loaded by transformers in a fresh process and by keras-hub's
+own Hugging Face converter, each computing what the Keras model computes; heads without a
+transformers equivalent refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mtkd_tf as mt
+from conftest import run_cli
+from model_dirs import build_model_dir, moviesuite_sample, moviesuite_texts, wordpiece_vocabulary
+from mtkd_tf.data import moviesuite
+from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.export import ExportError
+from mtkd_tf.models.families import encode
+from mtkd_tf.tasks import GLUE_TASKS, define_task
+
+TASKS = ("rt_polarity", "trec", "movie_rating", "lee_pairs")  # 2 and 6 classes; single and pair regression
+MODELS = {  # name: (encoder spec, exact GELU)
+    "bert": ("tiny", False),
+    "roberta": ("tiny_roberta", False),
+    "bert_student": ("tiny:layers=1", True),  # a layer-subset student with exact GELU, as from MiniLM
+}
+
+FRESH = r"""
+import json, os, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import numpy as np
+import torch
+import transformers
+
+job = json.load(open(sys.argv[1]))
+arrays, result = {}, {}
+for name, entry in job["exports"].items():
+    path, texts = entry["path"], entry["texts"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    auto = transformers.AutoModelForSequenceClassification if entry["task"] else transformers.AutoModel
+    model = auto.from_pretrained(path).eval()
+    features = np.load(entry["features"])
+    inputs = {"input_ids": torch.tensor(features["token_ids"]), "attention_mask": torch.tensor(features["padding_mask"])}
+    if model.config.model_type == "bert":
+        inputs["token_type_ids"] = torch.tensor(features["segment_ids"])
+    own = tokenizer(*texts, padding=True, truncation=True, return_tensors="pt")  # max_length: model_max_length
+    with torch.no_grad():
+        if entry["task"]:
+            arrays[f"{name}/logits"] = model(**inputs).logits.numpy()
+            arrays[f"{name}/own_logits"] = model(**own).logits.numpy()
+        else:
+            arrays[f"{name}/hidden"] = model(**inputs).last_hidden_state.numpy()
+    arrays[f"{name}/own_ids"] = own["input_ids"].numpy()
+    arrays[f"{name}/own_mask"] = own["attention_mask"].numpy()
+    result[name] = {"model": type(model).__name__, "tokenizer": type(tokenizer).__name__,
+                    "problem_type": model.config.problem_type, "labels": [model.config.id2label[i] for i in
+                                                                          range(model.config.num_labels)]}
+np.savez(job["arrays"], **arrays)
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return moviesuite_sample("dev", 16)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    training = moviesuite_texts(400)
+    vocab_file = wordpiece_vocabulary(training, str(root))
+    tasks = [moviesuite.TASKS[name] for name in TASKS]
+    return {name: build_model_dir(str(root / name), spec, tasks, texts=training, exact_gelu=exact,
+                                  vocab_file=None if name == "roberta" else vocab_file)
+            for name, (spec, exact) in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def exports(model_dirs, tmp_path_factory):
+    """Each model's encoder alone and with each task's head; one of them through bin/run."""
+    root = tmp_path_factory.mktemp("hf")
+    paths = {}
+    for name, directory in model_dirs.items():
+        for task in (None, *TASKS):
+            key = f"{name}/{task or 'encoder'}"
+            target = str(root / name / (task or "encoder"))
+            if key == "bert/trec":
+                result = run_cli("--mode=export_transformers", f"--model_dir={directory}", f"--export_dir={target}",
+                                 "--export_task=trec")
+                assert result.returncode == 0, result.stderr[-2000:]
+                paths[key] = target
+            else:
+                paths[key] = mt.export_transformers(directory, target, task=task)
+    return paths
+
+
+def _texts(sample, task: str | None) -> list[list[str]]:
+    first, second = sample[task or "rt_polarity"]
+    return [first] if second is None else [first, second]
+
+
+def _features(model, texts) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in model.preprocessor(*[tf.constant(t) for t in texts]).items()}
+
+
+def _rows(ids) -> list[list[int]]:
+    return ids.to_list() if hasattr(ids, "to_list") else [[int(i) for i in row] for row in ids]
+
+
+def _unpadded(ids, mask) -> list[list[int]]:
+    return [[int(i) for i, m in zip(row, row_mask) if m] for row, row_mask in zip(ids, mask)]
+
+
+@pytest.mark.download  # real moviesuite sentences (cached after the first fetch)
+def test_transformers_computes_what_the_keras_model_computes(model_dirs, exports, sample, tmp_path):
+    pytest.importorskip("transformers")  # benchmarks/requirements-peer.txt
+    pytest.importorskip("torch")
+    job, expected = {"exports": {}, "arrays": str(tmp_path / "arrays.npz")}, {}
+    for key, path in exports.items():
+        name, task = key.split("/")
+        task = None if task == "encoder" else task
+        model = mt.load_model(model_dirs[name])
+        texts = _texts(sample, task)
+        features = _features(model, texts)
+        np.savez(tmp_path / f"{name}_{task}.npz", **features)
+        job["exports"][key] = {"path": path, "task": task, "texts": texts, "features": str(tmp_path / f"{name}_{task}.npz")}
+        inputs = {k: tf.constant(v) for k, v in features.items()}
+        expected[key] = {"features": features, "task": task and model.task(task),
+                         "hidden": encode(model.encoder, inputs)["sequence_output"].numpy(),
+                         "outputs": model(inputs, training=False)[task].numpy() if task else None}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    result = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "job.json")], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded, arrays = json.loads(result.stdout.strip().splitlines()[-1]), np.load(tmp_path / "arrays.npz")
+    tokenized = agreed = 0
+    for key, reference in expected.items():
+        name, task, entry = key.split("/")[0], reference["task"], loaded[key]
+        family = "Roberta" if name == "roberta" else "Bert"
+        assert entry["tokenizer"] == f"{family}Tokenizer", key
+        mask = reference["features"]["padding_mask"].astype(bool)
+        if task is None:
+            assert entry["model"] == f"{family}Model", key
+            np.testing.assert_allclose(arrays[f"{key}/hidden"][mask], reference["hidden"][mask], atol=1e-4, rtol=0,
+                                       err_msg=key)
+            continue
+        assert entry["model"] == f"{family}ForSequenceClassification", key
+        logits, ours = arrays[f"{key}/logits"], reference["outputs"]
+        if task.type == "classification":
+            assert entry["problem_type"] == "single_label_classification" and entry["labels"] == list(task.labels)
+            probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+            probabilities /= probabilities.sum(-1, keepdims=True)
+            np.testing.assert_allclose(probabilities, np.exp(ours), atol=1e-4, rtol=0, err_msg=key)
+            # far from uniform and varying with the input: a wrong mapping could not pass
+            assert np.exp(ours).max() > 0.6 and ours.std(0).max() > 0.1, key  # log-probabilities vary
+        else:
+            assert entry["problem_type"] == "regression" and logits.shape == (len(ours), 1)
+            np.testing.assert_allclose(logits[:, 0], ours, atol=1e-4, rtol=0, err_msg=key)
+            assert ours.std() > 0.1, key
+        # transformers' own tokenizer from the exported files: the same ids, hence outputs, except where
+        # keras-hub tokenises differently (counted below; 181 of 192 agreed when written): it case-folds
+        # with NFKC ("…" -> "..."), splits " 's" as " " + "'s" (GPT-2's regex: " '" + "s"), and cuts long
+        # pairs round-robin (the odd token to the first text; transformers' longest_first: to the second)
+        own = _unpadded(arrays[f"{key}/own_ids"], arrays[f"{key}/own_mask"])
+        same = [row == ids for row, ids in zip(own, _unpadded(reference["features"]["token_ids"], mask))]
+        tokenized, agreed = tokenized + len(same), agreed + sum(same)
+        own_logits = arrays[f"{key}/own_logits"]
+        np.testing.assert_allclose(own_logits[same], logits[same], atol=1e-4, rtol=0, err_msg=key)
+    assert agreed >= 0.9 * tokenized, (agreed, tokenized)
+
+
+@pytest.mark.download
+def test_keras_hub_reads_the_export_back_with_its_own_converter(model_dirs, exports, sample):
+    import keras_hub
+
+    texts = sample["rt_polarity"][0] + sample["trec"][0]
+    for name, directory in model_dirs.items():
+        model = mt.load_model(directory)
+        features = _features(model, [texts])
+        inputs = {k: tf.constant(v) for k, v in features.items()}
+        expected = encode(model.encoder, inputs)["sequence_output"].numpy()
+        for task in ("encoder", "trec"):
+            path = exports[f"{name}/{task}"]
+            tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(path)
+            assert _rows(tokenizer(tf.constant(texts))) == _rows(model.preprocessor.tokenizer(tf.constant(texts)))
+            # keras-hub's converter reads no hidden_act (tanh GELU for BERT); mt.load_encoder does
+            backbone = (mt.load_encoder(path).backbone if name == "bert_student"
+                        else keras_hub.models.Backbone.from_preset(path))
+            assert backbone.num_layers == model.encoder.num_layers
+            found = encode(backbone, inputs)["sequence_output"].numpy()
+            np.testing.assert_allclose(found, expected, atol=1e-5, rtol=0, err_msg=f"{name} {task}")
+
+
+@pytest.fixture(scope="module")
+def glue_model_dir(tiny_encoder_factory, tmp_path_factory):
+    """GLUE's SAN pair classification (rte, mnli -> ax), a ranking task and a linear pair task."""
+    ranking = define_task(name="qa_rank", type="ranking", text_columns=("question", "candidate"),
+                          labels=("answer", "other"), positive_label="answer", group_size=4)
+    tasks = [GLUE_TASKS[name] for name in ("rte", "mnli", "ax", "qnli")] + [ranking]
+    return build_model_dir(str(tmp_path_factory.mktemp("glue") / "model"), "tiny", tasks,
+                           vocab_file=tiny_encoder_factory.vocab_file)
+
+
+@pytest.mark.parametrize("task, message", [
+    ("rte", r"export_task 'rte': its head is the SAN answer module .* no class for"),
+    ("ax", r"export_task 'ax': its head is the SAN answer module"),  # AX is predicted with MNLI's head
+    ("qa_rank", r"export_task 'qa_rank': a ranking task; its score only orders one question's candidates"),
+    ("sst2", r"export_task 'sst2': model .* has no such task; its tasks: rte, mnli, ax, qnli, qa_rank"),
+])
+def test_heads_without_a_transformers_class_are_refused(glue_model_dir, tmp_path, task, message):
+    target = tmp_path / "hf"
+    with pytest.raises(ExportError, match=message):
+        mt.export_transformers(glue_model_dir, str(target), task=task)
+    assert not target.exists()
+
+
+def test_a_linear_pair_head_exports_and_other_families_are_refused(glue_model_dir, tmp_path):
+    path = mt.export_transformers(glue_model_dir, str(tmp_path / "qnli"), task="qnli")
+    with open(os.path.join(path, "config.json")) as handle:
+        config = json.load(handle)
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "entailment", "1": "not_entailment"} and config["hidden_act"] == "gelu_new"
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                        "tokenizer_config.json", "vocab.txt"]
+    with pytest.raises(ExportError, match="not empty"):
+        mt.export_transformers(glue_model_dir, path)
+    deberta = build_model_dir(str(tmp_path / "deberta"), "tiny_deberta_v3", [GLUE_TASKS["sst2"]],
+                              texts=["a film about a dog", "the old story was great"] * 20)
+    with pytest.raises(ExportError, match="its encoder is deberta_v3; export_transformers writes bert and roberta"):
+        mt.export_transformers(deberta, str(tmp_path / "deberta_hf"))
+    assert not (tmp_path / "deberta_hf").exists()
