@@ -37,8 +37,9 @@ def moviesuite_sample(split: str = "dev", count: int = 12) -> dict[str, list]:
 
 def build_model_dir(directory: str, encoder_spec: str, tasks: list, texts: list[str] | None = None,
                     vocab_file: str | None = None, max_seq_length: int = 64, exact_gelu: bool = False,
-                    seed: int = 0) -> str:
-    """Writes an MT-DNN of `encoder_spec` with `tasks` to `directory`, as training would save it."""
+                    rescale: bool = True, seed: int = 0) -> str:
+    """Writes an MT-DNN of `encoder_spec` with `tasks` to `directory`, as training would save it
+    (`rescale`: a random encoder's kernels redrawn at a trained model's scale)."""
     encoder = load_encoder(encoder_spec, vocab_file=vocab_file, training_texts=texts, vocabulary_size=400, seed=seed)
     backbone = with_activation(encoder.backbone, "gelu") if exact_gelu else encoder.backbone
     model = MTDNN(backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, max_seq_length))
@@ -46,7 +47,7 @@ def build_model_dir(directory: str, encoder_spec: str, tasks: list, texts: list[
     # At keras-hub's initialisation (kernels ~ N(0, 0.02^2)) attention barely moves the [CLS] vector away from
     # its own embedding, so every input gets nearly the same pooled vector; kernels of a trained model's scale
     # make it depend on the text.
-    for weight in backbone.weights:
+    for weight in backbone.weights if rescale else ():
         if weight.path.endswith("kernel"):
             weight.assign(rng.normal(0.0, 1.0 / np.sqrt(backbone.hidden_dim), weight.shape).astype("float32"))
     for head in model.heads.values():
