@@ -4,6 +4,7 @@ transformers equivalent refused."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import mtkd_tf as mt
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from model_dirs import build_model_dir, moviesuite_sample, moviesuite_texts, wordpiece_vocabulary
 from mtkd_tf.data import moviesuite
 from mtkd_tf.export import ExportError
@@ -261,3 +262,25 @@ def test_a_linear_pair_head_exports_and_other_families_are_refused(glue_model_di
     with pytest.raises(ExportError, match="its encoder is deberta_v3; export_transformers writes bert and roberta"):
         mt.export_transformers(deberta, str(tmp_path / "deberta_hf"))
     assert not (tmp_path / "deberta_hf").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_doors_run_as_written(tiny_encoder_factory, tmp_path):
+    """README's "Doors" commands and code, on a small exact-GELU BERT student in runs/quickstart/student."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    section = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split("\n## Doors\n", 1)[1].split("\n## ")[0]
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
+    assert [language for language, _ in blocks] == ["bash", "python", "bash", "python"]
+    build_model_dir(str(tmp_path / "runs" / "quickstart" / "student"), "tiny", [moviesuite.TASKS["rt_polarity"]],
+                    vocab_file=tiny_encoder_factory.vocab_file, exact_gelu=True)
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HF_HUB_OFFLINE="1")
+    commands = [[sys.executable, os.path.join(ROOT, "bin", "run"), *code.split()[1:]] for language, code in blocks
+                if language == "bash"]
+    commands.append([sys.executable, "-c", "\n".join(code for language, code in blocks if language == "python")])
+    for command in commands:  # the two exports, then both Python examples in one process
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment)
+        assert result.returncode == 0, (command[-1], result.stderr[-2000:])
+    printed = result.stdout.strip().splitlines()
+    assert printed[0] == "(1, 64, 64)", printed  # the preset's packing (max_seq_length 64) and the encoder's width
+    assert printed[-1].startswith("{'rotten': ") and "'fresh': " in printed[-1], printed
