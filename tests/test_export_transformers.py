@@ -247,6 +247,26 @@ def test_heads_without_a_transformers_class_are_refused(glue_model_dir, tmp_path
     assert not target.exists()
 
 
+WITHOUT_TRANSFORMERS = r"""
+import importlib.abc, sys
+class Forbid(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("transformers", "torch"):
+            raise ImportError(f"{name} must not be needed to write the export")
+sys.meta_path.insert(0, Forbid())
+import mtkd_tf as mt
+print(mt.export_transformers(sys.argv[1], sys.argv[2], task="qnli"))
+"""
+
+
+def test_the_checkpoint_is_written_without_transformers(glue_model_dir, tmp_path):
+    target = str(tmp_path / "hf")
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TRANSFORMERS, glue_model_dir, target], capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == target and os.path.isfile(os.path.join(target, "model.safetensors"))
+
+
 def test_a_linear_pair_head_exports_and_other_families_are_refused(glue_model_dir, tmp_path):
     path = mt.export_transformers(glue_model_dir, str(tmp_path / "qnli"), task="qnli")
     with open(os.path.join(path, "config.json")) as handle:
