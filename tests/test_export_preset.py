@@ -152,6 +152,12 @@ def test_every_family_reloads_in_a_fresh_process_through_keras_hub(model_dirs, t
         for kind, output in reference["outputs"].items():
             np.testing.assert_allclose(arrays[f"{name}/{kind}/sequence_output"], output, atol=1e-5, rtol=0,
                                        err_msg=f"{name} {kind}")
+    for name, reference in expected.items():  # and the preset is an --encoder for further mtkd_tf runs
+        encoder = mt.load_encoder(presets[name])
+        features = {k: tf.constant(v) for k, v in reference["features"]["single"].items()}
+        np.testing.assert_allclose(encode(encoder.backbone, features)["sequence_output"].numpy(),
+                                   reference["outputs"]["single"], atol=1e-5, rtol=0, err_msg=name)
+        assert _rows(encoder.tokenizer(tf.constant(texts["single"]))) == reference["tokens"], name
     assert "mtkd_tf>BertEncoderBackbone" in loaded["bert_exact_gelu_without_mtkd_tf"]
     assert loaded["bert"]["classifier"] == ["BertTextClassifier", [2, 3]]
     assert loaded["bert_exact_gelu"]["classifier"] == ["BertEncoderTextClassifier", [2, 3]]
