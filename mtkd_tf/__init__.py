@@ -9,7 +9,8 @@ The product is the Python API: an `ExperimentConfig` (every setting, by concern)
 >>> student.predict_texts("rt_polarity", ["a gripping film"])["label"]
 
 The building blocks (tasks and data, the MT-DNN, training, the Distiller, evaluation,
-strategies, export, plots) are here too, for programs of your own.
+strategies, export, plots) are here too, for programs of your own; `export_preset` and
+`export_transformers` take a trained student out to keras-hub and Hugging Face transformers.
 """
 
 from mtkd_tf import onednn  # first: oneDNN on where TensorFlow leaves it off, before TensorFlow loads
@@ -39,6 +40,8 @@ from mtkd_tf.evaluation import evaluate
 from mtkd_tf.experiment import Experiment, ExperimentLayout, modes
 from mtkd_tf.export import export as export_saved_model
 from mtkd_tf.export import load_export, serve_check
+from mtkd_tf.export_preset import export_preset
+from mtkd_tf.export_transformers import export_transformers
 from mtkd_tf.finetune import finetune, finetune_seed
 from mtkd_tf.model_dir import load as load_model
 from mtkd_tf.models.encoder import Encoder, load_encoder
@@ -70,7 +73,8 @@ __all__ = [
     "Distillation", "Distiller", "distillation_targets", "distill", "member_specs", "ensemble_targets",
     "make_soft_labels", "SoftLabels",
     # evaluation, export, plots, strategies
-    "evaluate", "write_predictions", "export_saved_model", "load_export", "serve_check", "plot_scores",
+    "evaluate", "write_predictions", "export_saved_model", "load_export", "serve_check", "export_preset",
+    "export_transformers", "plot_scores",
     "plot_training_curves", "get_strategy", "set_precision", "ProgressLog", "RunClock",
     # errors, and the oneDNN decision made on import
     "onednn", "MtkdError", "ConfigError", "DataError", "SoftLabelError",

@@ -29,7 +29,8 @@ def _report(config: ExperimentConfig) -> None:
 
 # mode -> what it runs: a function of the config, or one of the Experiment (created first: it makes
 # the strategy before any other TF op).
-CONFIG_MODES = {"report": _report, "export": "export", "serve_check": "serve_check"}
+CONFIG_MODES = {"report": _report, "export": "export", "serve_check": "serve_check", "export_preset": "export_preset",
+                "export_transformers": "export_transformers"}
 EXPERIMENT_MODES = {"train": "train", "evaluate": "evaluate_model", "predict": "predict", "distill": "distill",
                     "train_teachers": None, "soft_labels": None, "pipeline": None}
 

@@ -24,7 +24,7 @@ from mtkd_tf.errors import ConfigError
 from mtkd_tf.losses import SOFT_LOSSES
 
 MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "report", "export",
-         "serve_check")
+         "serve_check", "export_preset", "export_transformers")
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
 ALPHA_SCHEDULES = ("constant", "anneal")
 
@@ -269,13 +269,17 @@ class RuntimeConfig(_Group):
 class ExportConfig(_Group):
     """SavedModel export for TF Serving, and a server-less check of a request."""
 
-    export_dir: str | None = setting(None, "export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>.")
+    export_dir: str | None = setting(None, "export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>. "
+                                     "export_preset / export_transformers: the new directory to write.")
     export_version: int | None = setting(None, "Version directory to write (default: the next integer; never overwritten).",
                                          lower=1)
     serving_default_task: str | None = setting(None, "Task behind the serving_default signature (default: the first task).")
     request_file: str | None = setting(None, "serve_check: a TF Serving REST :predict JSON body to answer with "
                                        "export_dir's latest version (or saved_model).")
     saved_model: str | None = setting(None, "serve_check: the SavedModel directory (default: latest version under export_dir).")
+    export_task: str | None = setting(None, "export_transformers: the task whose head goes with the encoder, as "
+                                      "...ForSequenceClassification (classification or regression, linear head); "
+                                      "default: the encoder alone.")
 
 
 GROUPS = {

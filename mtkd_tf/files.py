@@ -1,4 +1,4 @@
-"""File helpers every module shares: atomic writes (text, bytes, JSON, .npz), SHA-256.
+"""File helpers every module shares: atomic writes (text, bytes, JSON, .npz, whole directories), SHA-256.
 
 Every output is written under a temporary name in its directory and renamed, so a crash
 never leaves a half-written file that a later stage would accept.
@@ -6,12 +6,15 @@ never leaves a half-written file that a later stage would accept.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Mapping
+import uuid
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -56,3 +59,33 @@ def sha256(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_empty_target(path: str) -> bool:
+    """Whether `path` can receive a new directory: it does not exist, or is an empty directory."""
+    return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
+@contextlib.contextmanager
+def new_directory(target: str) -> Iterator[str]:
+    """Writes a whole directory at once: yields a temporary sibling of `target` to fill, renamed
+    to `target` when the block ends without error (removed otherwise), so a crash never leaves a
+    half-written `target`. `target` must not exist or be empty: nothing already written is replaced.
+
+    >>> with new_directory("exports/preset") as staging:
+    ...     write_json(os.path.join(staging, "config.json"), {})
+    """
+    if not is_empty_target(target):
+        raise FileExistsError(f"{target} exists and is not empty")
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(target))}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(staging)  # (not mkdtemp: the directory gets the user's usual permissions)
+    try:
+        yield staging
+        if os.path.isdir(target):
+            os.rmdir(target)  # empty (checked above)
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)

@@ -1,10 +1,11 @@
 """The single-model modes of `bin/run` beside the pipeline, as functions a Python user can call too:
 train one MT-DNN, evaluate or predict with a trained one, distil a student alone, export a model
-for TF Serving and check the export, rebuild a report.
+for TF Serving and check the export, export it to keras-hub or transformers, rebuild a report.
 
 >>> experiment = mt.Experiment(mt.ExperimentConfig.from_flagfile("configs/tiny.cfg", model_dir="runs/one"))
 >>> results = mt.modes.train(experiment)                      # bin/run --mode=train
 >>> path = mt.modes.export(experiment.config.replace(export_dir="serving/one"))   # --mode=export
+>>> path = mt.modes.export_transformers(experiment.config.replace(export_dir="hf/one", export_task="sst2"))
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 
 from mtkd_tf import distribute, evaluation
 from mtkd_tf import export as export_lib
+from mtkd_tf import export_preset as export_preset_lib
+from mtkd_tf import export_transformers as export_transformers_lib
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf import report as report_lib
 from mtkd_tf import submission
@@ -102,6 +105,26 @@ def serve_check(config: ExperimentConfig) -> dict:
     if not settings.saved_model and not settings.export_dir:
         raise ConfigError("serve_check needs saved_model or export_dir", ("saved_model", "export_dir"))
     return export_lib.serve_check(settings.saved_model or latest_export(settings.export_dir), settings.request_file)
+
+
+def _export_paths(config: ExperimentConfig, mode: str) -> tuple[str, str]:
+    if not config.runtime.model_dir or not config.export.export_dir:
+        raise ConfigError(f"{mode} needs model_dir (a trained model) and export_dir (a new directory)",
+                          ("model_dir", "export_dir"))
+    return config.runtime.model_dir, config.export.export_dir
+
+
+def export_preset(config: ExperimentConfig) -> str:
+    """Writes the shared encoder of the model in `model_dir` and its tokenizer as a keras-hub
+    preset in `export_dir`; returns the directory."""
+    return export_preset_lib.export_preset(*_export_paths(config, "export_preset"))
+
+
+def export_transformers(config: ExperimentConfig) -> str:
+    """Writes the model in `model_dir` as a transformers checkpoint in `export_dir`: the encoder,
+    with `export_task`'s head when given; returns the directory."""
+    return export_transformers_lib.export_transformers(*_export_paths(config, "export_transformers"),
+                                                       task=config.export.export_task)
 
 
 def report(config: ExperimentConfig) -> dict:
