@@ -126,24 +126,31 @@ def _checked_inputs(names: list[str], texts: tuple) -> list:
 
     The signatures declare `[None]` strings, but a SavedModel does not check shapes: a nested list
     was flattened into extra rows, bytes that are not UTF-8 got a prediction of nothing, and a
-    pair whose sentence1 had more rows than sentence2 aborted the process in the packer."""
+    pair of unequal lengths made the packer read past the shorter one (an aborted process, or
+    garbage token ids). The rank is read from a serialized copy, whose static shape is unknown:
+    grappler folds shape ops on the declared `[None]` (a reshape to `[-1]`, a `PlaceholderWithDefault`
+    vanished). Each check waits for the one before it, so the first problem is the one reported."""
     import tensorflow as tf
 
-    checks, rows, flat = [], [], []
+    checked, rows = [], []
     for name, text in zip(names, texts):
-        count = tf.concat([tf.shape(text), [-1]], 0)[0]  # a scalar: -1, never its size 1
-        checks.append(tf.debugging.Assert(tf.equal(tf.size(text), count), [
-            f"{name} must be a list of strings, one per example; got a tensor of shape", tf.shape(text)]))
-        flat.append(tf.reshape(text, [-1]))
-        valid = tf.equal(tf.strings.unicode_transcode(flat[-1], "UTF-8", "UTF-8", errors="replace"), flat[-1])
-        checks.append(tf.debugging.Assert(tf.reduce_all(valid), [
-            f"{name} holds bytes that are not UTF-8 in row(s)", tf.where(tf.logical_not(valid))[:, 0]], summarize=10))
-        rows.append(count)
+        unknown = tf.io.parse_tensor(tf.io.serialize_tensor(text), tf.string)
+        rank = tf.debugging.Assert(tf.equal(tf.rank(unknown), 1), [
+            f"{name} must be a list of strings, one per example; got a tensor of shape", tf.shape(unknown)])
+        with tf.control_dependencies([rank]):
+            text = tf.identity(text)
+        valid = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"), text)
+        utf8 = tf.debugging.Assert(tf.reduce_all(valid), [
+            f"{name} holds bytes that are not UTF-8 in row(s)", tf.where(tf.logical_not(valid))[:, 0]], summarize=10)
+        with tf.control_dependencies([utf8]):
+            checked.append(tf.identity(text))
+        rows.append(tf.shape(text)[0])
     if len(rows) == 2:
-        checks.append(tf.debugging.Assert(tf.equal(rows[0], rows[1]), [
-            f"{names[0]} and {names[1]} must have as many rows; they have", tf.stack(rows)]))
-    with tf.control_dependencies(checks):
-        return [tf.identity(text) for text in flat]
+        same = tf.debugging.Assert(tf.equal(rows[0], rows[1]), [
+            f"{names[0]} and {names[1]} must have as many rows; they have", tf.stack(rows)])
+        with tf.control_dependencies([same]):
+            checked = [tf.identity(text) for text in checked]
+    return checked
 
 
 def _refusal(error) -> str:

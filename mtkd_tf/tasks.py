@@ -385,8 +385,10 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
         _check_types(layout, FileLayout, f"{where}, test_layout")
         try:
             values["test_layout"] = FileLayout(**layout)
-        except TypeError as error:  # a missing or unknown field
-            raise TaskError(f"{where}: test_layout: {error}") from None
+        except TypeError:  # a missing or unknown field
+            fields = ", ".join(field.name for field in dataclasses.fields(FileLayout))
+            raise TaskError(f"{where}: test_layout needs text_columns and takes only {fields}; "
+                            f"got {', '.join(map(str, layout)) or 'no field'}") from None
     for key in ("files", "hf_splits"):
         if key in values and not isinstance(values[key], dict):
             raise TaskError(f"{where}: {key} must map split names to {'file' if key == 'files' else 'split'} names")

@@ -15,7 +15,7 @@ import string
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -274,8 +274,21 @@ def task_files(draw) -> tuple[str, bytes]:
     return suffix, raw
 
 
+def one_task(**changes) -> tuple[str, bytes]:
+    return ".json", json.dumps({"tasks": [{**VALID_ENTRY, **changes}]}).encode()
+
+
 @FUZZ
 @given(task_files())
+@example((".yaml", b"\xff\xfetasks: []\n"))  # found: UnicodeDecodeError
+@example((".yaml", b"tasks:\n- {name: a, type: regression, text_columns: [t], 1: x}\n"))  # TypeError in the message
+@example(one_task(labels=None))  # found: TypeError
+@example(one_task(score_range=["a", 1]))  # ValueError
+@example(one_task(test_layout={}))  # KeyError
+@example(one_task(files={"train": 3}))  # loaded; TypeError in the reader
+@example(one_task(delimiter="ab"))  # loaded; TypeError in the reader
+@example(one_task(header="false"))  # loaded as a header, silently
+@example(one_task(type="regression"))  # loaded; its labels read as class ids of a regression task
 def test_task_files_load_or_name_file_and_field(tmp_path_factory, task_file):
     suffix, raw = task_file
     directory = tmp_path_factory.getbasetemp()
@@ -295,6 +308,8 @@ def test_task_files_load_or_name_file_and_field(tmp_path_factory, task_file):
         with open(sample, "w", encoding="utf-8") as handle:
             handle.write("text,other,stars\nhello,there,pos\n")
         for task in tasks.values():
+            assert {type(task.source.header), type(task.source.quoting)} == {bool}
+            assert task.type != REGRESSION or not task.labels
             for split in task.source.files:
                 assert isinstance(readers.split_path(task, split, str(directory)), str)
                 try:
@@ -364,8 +379,21 @@ def soft_label_files(draw) -> bytes:
     return raw
 
 
+def soft_label_file(metadata: dict | None = None, **arrays) -> bytes:
+    import io
+
+    members = {**valid_soft_arrays(), **arrays}
+    members["metadata"] = np.asarray(json.dumps(members["metadata"] if metadata is None else metadata))
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    return buffer.getvalue()
+
+
 @FUZZ
 @given(soft_label_files())
+@example(soft_label_file(metadata=[]))  # found: AttributeError
+@example(soft_label_file(targets=np.float32(1.0)))  # TypeError: len() of unsized object
+@example(soft_label_file(metadata={**valid_soft_arrays()["metadata"], "temperature": 2.0}))  # align: no file named
 def test_soft_label_files_read_or_name_file_and_field(tmp_path_factory, raw):
     path = str(tmp_path_factory.getbasetemp() / "fuzz_sst2.npz")
     with open(path, "wb") as handle:
@@ -394,9 +422,13 @@ FLAG_VALUE = st.one_of(
 )
 
 
+SELF = "@SELF@"  # stands for the flagfile's own path
+
+
 @st.composite
-def flag_lines(draw, path: str) -> list[str]:
-    """Lines of a flagfile: flags with likely and unlikely values, comments, junk, nested flagfiles."""
+def flagfiles(draw) -> tuple[bytes, int]:
+    """(bytes, argv form) of a flagfile: flags with likely and unlikely values, comments, junk,
+    nested flagfiles (itself, a missing one), sometimes a byte that is not UTF-8."""
     lines = []
     for _ in range(draw(st.integers(0, 8), label="lines")):
         name = draw(st.sampled_from(FLAG_NAMES + ["no_such_flag"]), label="flag")
@@ -405,9 +437,13 @@ def flag_lines(draw, path: str) -> list[str]:
         value = draw(FLAG_VALUE, label="value")
         lines.append({"value": f"--{name}={value}", "bare": f"--{name}", "no": f"--no{name}",
                       "single dash": f"-{name}={value}", "no dash": f"{name}={value}", "comment": f"# --{name}={value}",
-                      "junk": value, "self": f"--flagfile={path}", "missing file": "--flagfile=/nonexistent/x.cfg",
+                      "junk": value, "self": f"--flagfile={SELF}", "missing file": "--flagfile=/nonexistent/x.cfg",
                       "empty flagfile": "--flagfile="}[kind])
-    return lines
+    raw = "\n".join(lines).encode("utf-8")
+    if draw(st.integers(0, 7), label="bad bytes") == 0:
+        at = draw(st.integers(0, len(raw)), label="at")
+        raw = raw[:at] + b"\xff" + raw[at:]
+    return raw, draw(st.integers(0, 2), label="argv form")
 
 
 def parse_like_bin_run(argv: list[str]):
@@ -426,16 +462,15 @@ def parse_like_bin_run(argv: list[str]):
 
 
 @FUZZ
-@given(st.data())
-def test_flagfiles_parse_or_name_file_and_flag(tmp_path_factory, data):
+@given(flagfiles())
+@example((b"--epochs=2\n--tasks=sst2,r\xe9te", 1))  # absl: UnicodeDecodeError
+@example((b"--teacher_pool=2\n--num_teachers=3", 0))  # an error of the config that did not name the flagfile
+def test_flagfiles_parse_or_name_file_and_flag(tmp_path_factory, flagfile):
     from absl import flags
 
     path = str(tmp_path_factory.getbasetemp() / "fuzz.cfg")
-    lines = data.draw(flag_lines(path), label="flagfile")
-    raw = "\n".join(lines).encode("utf-8")
-    if data.draw(st.integers(0, 7), label="bad bytes") == 0:
-        at = data.draw(st.integers(0, len(raw)), label="at")
-        raw = raw[:at] + b"\xff" + raw[at:]
+    raw, form = flagfile
+    raw = raw.replace(SELF.encode(), path.encode())
     with open(path, "wb") as handle:
         handle.write(raw)
     with time_limit():
@@ -446,8 +481,9 @@ def test_flagfiles_parse_or_name_file_and_flag(tmp_path_factory, data):
         except ConfigError as error:
             assert str(error).startswith(f"flagfile {path}"), str(error)
             event("refused")
-        # bin/run: the same lines as arguments, and the file itself
-        argv = data.draw(st.sampled_from([lines, [f"--flagfile={path}"], ["--flagfile", path] + lines[:2]]), label="argv")
+        # bin/run: the file, or its lines as arguments
+        lines = [line.strip() for line in raw.decode("utf-8", "replace").splitlines()]
+        argv = [lines, [f"--flagfile={path}"], ["--flagfile", path] + lines[:2]][form]
         try:
             parse_like_bin_run(argv)
         except (flags.Error, ConfigError) as error:
@@ -527,6 +563,16 @@ def served(tiny_export):
 
 @FUZZ
 @given(request_bodies())
+@example(["a film"])  # found: AttributeError
+@example({"instances": {"sentence1": "a"}})  # KeyError
+@example({"signature_name": "sst2", "instances": [1]})  # TypeError
+@example({"signature_name": "sst2", "instances": [None]})  # ValueError
+@example({"signature_name": "sst2", "instances": ["\ud800"]})  # ValueError
+@example({"signature_name": "sst2", "instances": [["a", "b"]]})  # answered as two texts
+@example({"signature_name": "rte", "instances": [{"sentence1": "a"}]})  # KeyError
+@example({"signature_name": "rte", "inputs": {"sentence1": ["a", "b"], "sentence2": ["c"]}})  # the process aborted
+@example({"signature_name": "sst2", "instances": [{"b64": base64.b64encode(b"caf\xc3").decode()}]})  # ValueError
+@example({"signature_name": ["sst2"], "instances": ["a"]})  # TypeError: unhashable
 def test_rest_bodies_answer_or_name_the_field(served, body):
     with time_limit():
         try:
@@ -545,19 +591,27 @@ def test_rest_bodies_answer_or_name_the_field(served, body):
         assert values and np.all(np.isfinite(np.asarray(values, dtype=np.float64)))
 
 
-@FUZZ
-@given(st.data())
-def test_request_files_read_or_name_file_and_line(tmp_path_factory, data):
-    body = data.draw(request_bodies(), label="body")
-    raw = json.dumps(body, ensure_ascii=data.draw(st.booleans())).encode("utf-8", "surrogatepass")
-    edit = data.draw(st.sampled_from(["none", "cut", "insert", "nest"]), label="edit")
-    at = data.draw(st.integers(0, len(raw)), label="at")
+@st.composite
+def request_files(draw) -> bytes:
+    """A request body's JSON, cut, with a byte inserted (not UTF-8, or breaking the JSON), or nested deep."""
+    body = draw(request_bodies(), label="body")
+    raw = json.dumps(body, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    edit = draw(st.sampled_from(["none", "cut", "insert", "nest"]), label="edit")
+    at = draw(st.integers(0, len(raw)), label="at")
     if edit == "cut":
-        raw = raw[:at]
-    elif edit == "insert":
-        raw = raw[:at] + data.draw(st.sampled_from([b"\xff", b"\xc3", b"\n", b",", b"}", b"NaN", b"\x00"])) + raw[at:]
-    elif edit == "nest":
-        raw = b"[" * 100_000 + raw + b"]" * 100_000
+        return raw[:at]
+    if edit == "insert":
+        return raw[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\n", b",", b"}", b"NaN", b"\x00"])) + raw[at:]
+    if edit == "nest":
+        return b"[" * 100_000 + raw + b"]" * 100_000
+    return raw
+
+
+@FUZZ
+@given(request_files())
+@example(b'{"instances":\n ["caf\xe9"]}')  # UnicodeDecodeError
+@example(b'{"instances": ["a"]')  # JSONDecodeError
+def test_request_files_read_or_name_file_and_line(tmp_path_factory, raw):
     path = str(tmp_path_factory.getbasetemp() / "fuzz_request.json")
     with open(path, "wb") as handle:
         handle.write(raw)
@@ -566,6 +620,7 @@ def test_request_files_read_or_name_file_and_line(tmp_path_factory, data):
             export.read_request(path)
         except export.ExportError as error:
             assert_names_place(str(error), path, raw)
+            assert re.search(re.escape(path) + r"(:\d+)*: ", str(error)), str(error)
             event("refused")
             return
     event("read")

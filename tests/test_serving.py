@@ -50,6 +50,7 @@ MALFORMED = [  # (signature, inputs, the error's message): refused inside the gr
     ("sst2", {"sentence1": [b"fine", b"caf\xc3"]}, r"sentence1 holds bytes that are not UTF-8 in row\(s\)\] \[1\]"),
     ("rte", {"sentence1": ["a", "b"], "sentence2": ["c"]}, r"sentence1 and sentence2 must have as many rows"),
     ("sst2", {"sentence1": [["a", "b"], ["c", "d"]]}, r"sentence1 must be a list of strings, one per example"),
+    ("rte", {"sentence1": [["a"], ["b"]], "sentence2": ["c", "d"]}, r"sentence1 must be a list of strings, one per"),
     ("stsb", {"sentence1": "a", "sentence2": "b"}, r"must be a list of strings, one per example"),
     ("sst2", {"sentence1": [1.5]}, r"expected to be a string tensor but is a float tensor"),
 ]
