@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import string
 
 import numpy as np
 import pytest
@@ -58,7 +57,7 @@ def line_count(data: bytes) -> int:
 
 
 def assert_names_place(message: str, path: str, data: bytes | None = None) -> None:
-    """The message starts with the file (and, when it names one, a line of that file)."""
+    """The message names the file (and, when it names a line, one that the file has)."""
     assert path in message, message
     found = re.search(re.escape(path) + r":(\d+)", message)
     if found and data is not None:
@@ -496,7 +495,7 @@ def test_bin_run_names_a_flagfile_that_is_not_utf8(tmp_path):
     (tmp_path / "outer.cfg").write_text(f"# settings\n--flagfile={tmp_path}/inner.cfg\n")
     result = run_cli(f"--flagfile={tmp_path}/outer.cfg", "--mode=report", timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"inner.cfg:2: bytes that are not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    assert "inner.cfg:2: bytes that are not UTF-8" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- REST request bodies for serve_check -------------------------------------------------------
