@@ -71,6 +71,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, after checking that every flagfile is UTF-8 text (exit status 2 if not)."""
+    from mtkd_tf.config import check_flagfiles
+    from mtkd_tf.errors import MtkdError
+
+    try:
+        check_flagfiles(argv[1:])
+    except MtkdError as error:
+        print(f"error: {error.for_command_line()}", file=sys.stderr)
+        sys.exit(2)
+    return app.parse_flags_with_usage(argv)
+
+
 def run() -> None:
     """Entry point of bin/run."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -368,14 +368,46 @@ class ExperimentConfig:
 
         flag_values = flags.FlagValues()
         define_flags(flag_values)
+        check_flagfiles([f"--flagfile={path}"])
         try:
             flag_values(["mtkd_tf", f"--flagfile={path}"])
         except flags.Error as error:
             raise ConfigError(f"flagfile {path}: {error}") from None
-        return cls.from_flags(flag_values).replace(**overrides)
+        try:
+            config = cls.from_flags(flag_values)
+        except ConfigError as error:
+            raise ConfigError(f"flagfile {path}: {error}", error.setting) from None
+        return config.replace(**overrides)
 
 
 # --- flags ----------------------------------------------------------------------------------
+
+
+def check_flagfiles(args: Sequence[str], seen: set[str] | None = None) -> None:
+    """Every flagfile `args` name (`--flagfile=x`, `--flagfile x`, and those nested in them) is
+    UTF-8 text, or a ConfigError names it and the line: absl would raise a bare UnicodeDecodeError.
+    Files that cannot be opened are left to absl, which reports them."""
+    import os
+
+    seen = set() if seen is None else seen
+    args = list(args)
+    for at, arg in enumerate(args):
+        name = arg.split("=", 1)[1] if arg.startswith(("--flagfile=", "-flagfile=")) else None
+        if arg in ("--flagfile", "-flagfile") and at + 1 < len(args):
+            name = args[at + 1]
+        path = os.path.expanduser(name) if name else None
+        if not path or path in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise ConfigError(f"flagfile {name}:{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
+                              "re-encode the file as UTF-8", "flagfile") from None
+        check_flagfiles([line.strip() for line in text.splitlines()], seen)
 
 
 def _base_type(field: dataclasses.Field) -> Any:

@@ -7,7 +7,9 @@ inside the graph with the training settings, so clients send strings: `sentence1
 pair tasks, `sentence2`. Each task gets a signature named after it (`serving_default` is
 the first task or `serving_default_task`): `probabilities`, `label_id`, `label` for
 classification, `score` for regression and ranking. `assets.extra/tf_serving_warmup_requests`
-holds a few `PredictionLog` requests per signature.
+holds a few `PredictionLog` requests per signature. The graph refuses, with a message naming the
+input, texts that are not UTF-8, inputs that are not one string per example and pairs of unequal
+lengths; an empty string is a valid text, and a long one is truncated to the training length.
 
 `serve_check` answers a TF-Serving-style JSON body from the export with only TensorFlow and
 tensorflow-text: what a server would do, without a server.
@@ -15,8 +17,11 @@ tensorflow-text: what a server would do, without a server.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -84,7 +89,7 @@ def export(
         inputs = _signature_inputs(task)
 
         def predict(*texts):
-            features = preprocessor(*texts)
+            features = preprocessor(*_checked_inputs(inputs, texts))
             output = model(features, training=False)[head]
             if source.type != CLASSIFICATION:
                 return {"score": tf.cast(output, tf.float32)}
@@ -115,6 +120,48 @@ def export(
     return path
 
 
+def _checked_inputs(names: list[str], texts: tuple) -> list:
+    """In the serving graph: each input is a vector of UTF-8 strings, all of one length, or the
+    call fails with an `InvalidArgumentError` naming the input, before any text is tokenised.
+
+    The signatures declare `[None]` strings, but a SavedModel does not check shapes: a nested list
+    was flattened into extra rows, bytes that are not UTF-8 got a prediction of nothing, and a
+    pair of unequal lengths made the packer read past the shorter one (an aborted process, or
+    garbage token ids). The rank is read from a serialized copy, whose static shape is unknown:
+    grappler folds shape ops on the declared `[None]` (a reshape to `[-1]`, a `PlaceholderWithDefault`
+    vanished). Each check waits for the one before it, so the first problem is the one reported."""
+    import tensorflow as tf
+
+    checked, rows = [], []
+    for name, text in zip(names, texts):
+        unknown = tf.io.parse_tensor(tf.io.serialize_tensor(text), tf.string)
+        rank = tf.debugging.Assert(tf.equal(tf.rank(unknown), 1), [
+            f"{name} must be a list of strings, one per example; got a tensor of shape", tf.shape(unknown)])
+        with tf.control_dependencies([rank]):
+            text = tf.identity(text)
+        valid = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"), text)
+        utf8 = tf.debugging.Assert(tf.reduce_all(valid), [
+            f"{name} holds bytes that are not UTF-8 in row(s)", tf.where(tf.logical_not(valid))[:, 0]], summarize=10)
+        with tf.control_dependencies([utf8]):
+            checked.append(tf.identity(text))
+        rows.append(tf.shape(text)[0])
+    if len(rows) == 2:
+        same = tf.debugging.Assert(tf.equal(rows[0], rows[1]), [
+            f"{names[0]} and {names[1]} must have as many rows; they have", tf.stack(rows)])
+        with tf.control_dependencies([same]):
+            checked = [tf.identity(text) for text in checked]
+    return checked
+
+
+def _refusal(error) -> str:
+    """The message of a check in the serving graph (`_checked_inputs`), without TF's node names."""
+    found = re.search(r"assertion failed: (.*)", error.message)
+    if not found:
+        return error.message.strip().splitlines()[-1]
+    first, *data = re.findall(r"\[([^\[\]]*)\]", found.group(1))
+    return " ".join([first] + [f"[{item}]" for item in data])
+
+
 def write_warmup(export_path: str, signatures: dict[str, list[str]], model_name: str = "model") -> str:
     """`assets.extra/tf_serving_warmup_requests`: PredictionLog records, a few per signature."""
     import tensorflow as tf
@@ -141,37 +188,107 @@ def load_export(path: str):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the graph uses
 
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ExportError(f"{path}: not a SavedModel (no saved_model.pb in it)", "saved_model")
     return tf.saved_model.load(path)
 
 
-def answer(loaded, body: dict[str, Any]) -> dict[str, Any]:
+def answer(loaded, body: Any) -> dict[str, Any]:
     """A TF Serving REST `:predict` body -> its response (`instances` -> `predictions`,
-    `inputs` -> `outputs`), for one signature (`signature_name`, default serving_default)."""
+    `inputs` -> `outputs`), for one signature (`signature_name`, default serving_default).
+
+    A malformed body raises `ExportError` naming the field (`instances[2].sentence1 must be a
+    string ...`); texts are strings or TF Serving's `{"b64": ...}` bytes. An empty string is a
+    valid text (it gets the prediction of `[CLS] [SEP]`); an empty list gets no predictions."""
     import tensorflow as tf
 
+    if not isinstance(body, dict):
+        raise ExportError(f"the request body must be a JSON object, got {_kind(body)}")
     name = body.get("signature_name", "serving_default")
-    if name not in loaded.signatures:
+    if not isinstance(name, str) or name not in loaded.signatures:
         raise ExportError(f"no signature {name!r}; the export has {', '.join(sorted(loaded.signatures))}")
     function = loaded.signatures[name]
     keys = sorted(function.structured_input_signature[1])
+    if ("instances" in body) == ("inputs" in body):
+        raise ExportError("the request body needs one of 'instances' (row format) or 'inputs' (columnar format), not both")
     if "instances" in body:
-        rows = body["instances"]
-        if keys == ["sentence1"] and rows and not isinstance(rows[0], dict):
-            rows = [{"sentence1": row} for row in rows]
-        columns = {key: [row[key] for row in rows] for key in keys}
-    elif "inputs" in body:
-        columns = {key: body["inputs"][key] for key in keys}
+        columns = _row_columns(body["instances"], keys, name)
     else:
-        raise ExportError("the request body needs 'instances' (row format) or 'inputs' (columnar format)")
-    missing = [key for key in keys if key not in columns]
-    if missing:
-        raise ExportError(f"signature {name!r} needs input(s) {', '.join(missing)}")
-    outputs = function(**{key: tf.constant(values, tf.string) for key, values in columns.items()})
+        columns = _columnar(body["inputs"], keys, name)
+    try:
+        outputs = function(**{key: tf.constant(values, tf.string) for key, values in columns.items()})
+    except tf.errors.InvalidArgumentError as error:  # the graph's own checks (`_checked_inputs`)
+        raise ExportError(f"signature {name!r} refused the request: {_refusal(error)}") from None
     plain = {key: _to_json(value.numpy()) for key, value in outputs.items()}
     if "instances" in body:
         count = len(next(iter(columns.values())))
         return {"predictions": [{key: value[i] for key, value in plain.items()} for i in range(count)]}
     return {"outputs": plain}
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type as the request's author wrote it."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _text(value: Any, where: str) -> bytes:
+    """One text of a request: a string, or TF Serving's `{"b64": "<base64 bytes>"}`."""
+    if isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as error:
+            raise ExportError(f"{where}: 'b64' is not base64 ({error})") from None
+    if not isinstance(value, str):
+        raise ExportError(f'{where} must be a string (or {{"b64": ...}}), got {_kind(value)}')
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate, e.g. "\ud800" in the JSON
+        raise ExportError(f"{where} is not valid Unicode text ({error.reason} at character {error.start})") from None
+
+
+def _check_keys(given: dict, keys: list[str], where: str, name: str) -> None:
+    missing = [key for key in keys if key not in given]
+    unknown = sorted(str(key) for key in given if key not in keys)
+    if missing or unknown:
+        problem = f"lacks {', '.join(missing)}" if missing else f"has input(s) {', '.join(unknown)} it does not take"
+        raise ExportError(f"{where}: signature {name!r} takes {', '.join(keys)}; this request {problem}")
+
+
+def _row_columns(rows: Any, keys: list[str], name: str) -> dict[str, list[bytes]]:
+    """The row format: a list of objects (a list of texts for a single-input signature)."""
+    if not isinstance(rows, list):
+        raise ExportError(f"'instances' must be a list of examples, got {_kind(rows)}")
+    columns: dict[str, list[bytes]] = {key: [] for key in keys}
+    for number, row in enumerate(rows):
+        where = f"instances[{number}]"
+        if len(keys) == 1 and not (isinstance(row, dict) and list(row) != ["b64"]):
+            row = {keys[0]: row}
+        if not isinstance(row, dict):
+            raise ExportError(f"{where} must be an object with {', '.join(keys)}, got {_kind(row)}")
+        _check_keys(row, keys, where, name)
+        for key in keys:
+            columns[key].append(_text(row[key], f"{where}.{key}"))
+    return columns
+
+
+def _columnar(inputs: Any, keys: list[str], name: str) -> dict[str, list[bytes]]:
+    """The columnar format: an object of equally long lists (a bare list for a single input)."""
+    if isinstance(inputs, list) and len(keys) == 1:
+        inputs = {keys[0]: inputs}
+    if not isinstance(inputs, dict):
+        raise ExportError(f"'inputs' must be an object with {', '.join(keys)}, got {_kind(inputs)}")
+    _check_keys(inputs, keys, "inputs", name)
+    columns = {}
+    for key in keys:
+        if not isinstance(inputs[key], list):
+            raise ExportError(f"inputs.{key} must be a list of texts, one per example, got {_kind(inputs[key])}")
+        columns[key] = [_text(value, f"inputs.{key}[{row}]") for row, value in enumerate(inputs[key])]
+    lengths = {key: len(values) for key, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ExportError(f"inputs: {' and '.join(f'{key} has {count} rows' for key, count in lengths.items())}; "
+                          "every input needs one row per example")
+    return columns
 
 
 def _to_json(array: np.ndarray):
@@ -180,8 +297,30 @@ def _to_json(array: np.ndarray):
     return array.tolist()
 
 
+def read_request(request_file: str) -> Any:
+    """The JSON body in `request_file`; a file that is not UTF-8 JSON is an ExportError naming its line."""
+    try:
+        with open(request_file, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ExportError(f"request_file {request_file}: cannot read ({error.strerror})", "request_file") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ExportError(f"request_file {request_file}:{line}: bytes that are not UTF-8 ({error.reason} at byte "
+                          f"{error.start}); JSON is UTF-8 text", "request_file") from None
+    except json.JSONDecodeError as error:
+        raise ExportError(f"request_file {request_file}:{error.lineno}:{error.colno}: not JSON ({error.msg})",
+                          "request_file") from None
+    except RecursionError:
+        raise ExportError(f"request_file {request_file}: JSON nested too deeply to read", "request_file") from None
+
+
 def serve_check(path: str, request_file: str) -> dict[str, Any]:
     """Answers the JSON request body in `request_file` with the export at `path`."""
-    with open(request_file, encoding="utf-8") as handle:
-        body = json.load(handle)
-    return answer(load_export(path), body)
+    body, loaded = read_request(request_file), load_export(path)
+    try:
+        return answer(loaded, body)
+    except ExportError as error:
+        raise ExportError(f"request_file {request_file}: {error}", error.setting or "request_file") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
 from typing import Any, Iterable, Sequence
 
 from mtkd_tf.errors import MtkdError
@@ -179,6 +181,8 @@ def _check_task(task: Task) -> None:
     if task.type == CLASSIFICATION and len(task.labels) < 2 and (task.labels or task.source is None):
         # no labels at all: a task file's task whose Hugging Face ClassLabel column names them
         raise TaskError(f"{where}: a classification task needs at least 2 labels")
+    if task.type == REGRESSION and task.labels:  # the readers would take its labels for classes, not scores
+        raise TaskError(f"{where}: a regression task reads scores and takes no labels, got labels {list(task.labels)}")
     if task.type == RANKING:
         if task.segments != 2 or task.group_size < 2:
             raise TaskError(f"{where}: a ranking task needs 2 text columns (question, candidate) and group_size >= 2")
@@ -314,6 +318,41 @@ for _name, _task in list(GLUE_TASKS.items()):
 _REQUIRED = ("name", "type", "text_columns")
 
 
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a task-file value has a field's annotated type (`tuple[str | int, ...]`, `float | None`);
+    a number may be an int where a float is asked, never a bool."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_a(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_is_a(item, arg) for item, arg in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(values: dict[str, Any], cls: type, where: str) -> None:
+    """Every value has its field's type in `cls`, or a TaskError names the field (YAML and JSON
+    give any type: `header: "false"` would be true, `files: {train: 3}` fail in a reader)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _is_a(value, hints[key]):
+            hint = hints[key]
+            shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("mtkd_tf.tasks.", "")
+            raise TaskError(f"{where}: field {key!r} must be {shown}, got {value!r}")
+    delimiter = values.get("delimiter")
+    if isinstance(delimiter, str) and (len(delimiter) != 1 or delimiter in "\r\n"):
+        raise TaskError(f"{where}: field 'delimiter' must be one character (not a line end), got {delimiter!r}")
+
+
 def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     """Builds a Task from a task-file entry; errors name `where` and the field."""
     if not isinstance(entry, dict):
@@ -322,7 +361,7 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     if missing:
         raise TaskError(f"{where}: missing field(s) {', '.join(missing)}")
     known = (set(MODEL_FIELDS) | set(SOURCE_FIELDS)) - {"segments"}
-    unknown = sorted(set(entry) - known)
+    unknown = sorted(repr(key) if not isinstance(key, str) else key for key in entry if key not in known)
     if unknown:
         raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values = dict(entry)
@@ -331,16 +370,30 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
         if key in values:
             if isinstance(values[key], (str, int)):
                 values[key] = [values[key]]
+            if not isinstance(values[key], (list, tuple)):
+                raise TaskError(f"{where}: field {key!r} must be a list, got {values[key]!r}")
             values[key] = tuple(str(v) if key == "labels" else v for v in values[key])
     if "score_range" in values and values["score_range"] is not None:
-        values["score_range"] = tuple(float(v) for v in values["score_range"])
+        try:
+            values["score_range"] = tuple(float(v) for v in values["score_range"])
+        except (TypeError, ValueError):
+            raise TaskError(f"{where}: field 'score_range' must be [low, high], got {values['score_range']!r}") from None
     if isinstance(values.get("test_layout"), dict):
         layout = dict(values["test_layout"])
-        layout["text_columns"] = tuple(layout["text_columns"])
-        values["test_layout"] = FileLayout(**layout)
+        if isinstance(layout.get("text_columns"), (list, tuple)):
+            layout["text_columns"] = tuple(layout["text_columns"])
+        _check_types(layout, FileLayout, f"{where}, test_layout")
+        try:
+            values["test_layout"] = FileLayout(**layout)
+        except TypeError:  # a missing or unknown field
+            fields = ", ".join(field.name for field in dataclasses.fields(FileLayout))
+            raise TaskError(f"{where}: test_layout needs text_columns and takes only {fields}; "
+                            f"got {', '.join(map(str, layout)) or 'no field'}") from None
     for key in ("files", "hf_splits"):
         if key in values and not isinstance(values[key], dict):
             raise TaskError(f"{where}: {key} must map split names to {'file' if key == 'files' else 'split'} names")
+    _check_types(values, Task, where)
+    _check_types(values, TaskSource, where)
     if values.get("type") == REGRESSION:
         values.setdefault("metrics", ("pearson", "spearman"))
     if "metrics" not in values and values.get("type") == CLASSIFICATION and len(values.get("labels", ())) == 2:
@@ -383,8 +436,14 @@ def load_task_file(path: str) -> dict[str, Task]:
     """
     if not os.path.isfile(path):
         raise TaskError(f"task file {path}: no such file")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise TaskError(f"task file {path}:{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
+                        "re-encode the file as UTF-8") from None
     try:
         document = json.loads(text, object_pairs_hook=_unique_keys) if path.endswith(".json") else _load_yaml(text)
     except TaskError as error:

@@ -88,3 +88,24 @@ def run_cli(*args, env=None, timeout=600):
         [sys.executable, os.path.join(ROOT, "bin", "run"), *args],
         capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """One SavedModel export (TF Serving layout) of an untrained tiny MT-DNN, built once per session:
+    sst2 (one sentence), rte (a pair, SAN head), stsb (a pair, regression; max_seq_length 64)."""
+    from mtkd_tf import export, model_dir as model_dir_lib
+    from mtkd_tf.data.preprocessing import Preprocessor
+    from mtkd_tf.models.encoder import load_encoder
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
+
+    texts = ["the old film shows a dog and was great", "a dog", "perhaps the story", "bad acting, dull plot",
+             "Ünïcödé — ça marche? 🎬", "日本語のテキスト"] * 8
+    encoder = load_encoder("tiny", training_texts=texts, vocabulary_size=200, seed=0)
+    tasks = with_answer_modules([GLUE_TASKS[name] for name in ("sst2", "rte", "stsb")], [])
+    model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 64))
+    directory = str(tmp_path_factory.mktemp("tiny_export"))
+    model_dir_lib.save(os.path.join(directory, "model"), model, encoder.tokenizer, encoder.lowercase, 64,
+                       encoder=encoder.spec)
+    return export.export(os.path.join(directory, "model"), os.path.join(directory, "serving"))

@@ -40,6 +40,7 @@ class SoftLabels:
     targets: np.ndarray
     metadata: dict[str, Any]
     hashes: np.ndarray | None = None
+    source: str = ""  # the file it was read from: errors name it
 
     @property
     def task(self) -> str:
@@ -85,9 +86,7 @@ def write(path: str, soft: SoftLabels) -> None:
 def validate(soft: SoftLabels, where: str) -> None:
     """Structure checks: shapes, finite values, probabilities that sum to 1, unique ids."""
     meta, targets = soft.metadata, soft.targets
-    for key in ("task", "type", "labels", "teachers", "num_teachers", "temperature", "fingerprints"):
-        if key not in meta:
-            raise SoftLabelError(f"{where}: metadata lacks {key!r}")
+    _check_types(soft, where)
     if soft.hashes is None or len(soft.hashes) != len(soft.ids):
         raise SoftLabelError(f"{where}: lacks one text hash per example")
     if len(soft.ids) != len(targets):
@@ -115,15 +114,46 @@ def validate(soft: SoftLabels, where: str) -> None:
         raise SoftLabelError(f"{where}: {error}") from None
 
 
+_METADATA_TYPES = {"task": str, "type": str, "labels": list, "teachers": list, "num_teachers": int,
+                   "temperature": (int, float), "fingerprints": dict}
+
+
+def _check_types(soft: SoftLabels, where: str) -> None:
+    """Each member and metadata field has the type `write` gives it, so the checks after it (and
+    `align`) never meet a 0-d array, a string of numbers or metadata that is not an object."""
+    if not isinstance(soft.metadata, dict):
+        raise SoftLabelError(f"{where}: metadata must be a JSON object, got {type(soft.metadata).__name__}")
+    for key, kind in _METADATA_TYPES.items():
+        if key not in soft.metadata:
+            raise SoftLabelError(f"{where}: metadata lacks {key!r}")
+        value = soft.metadata[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise SoftLabelError(f"{where}: metadata field {key!r} has the wrong type ({type(value).__name__}: {value!r:.60})")
+    if not all(isinstance(label, str) for label in soft.metadata["labels"]):
+        raise SoftLabelError(f"{where}: metadata field 'labels' must list label names")
+    members = {"ids": (soft.ids, "U", "strings"), "targets": (soft.targets, "f", "floats"),
+               "hashes": (soft.hashes, "ui", "integers")}
+    for name, (array, kinds, spelled) in members.items():
+        if array is None:
+            continue
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.ndim not in ((1, 2) if name == "targets" else (1,)):
+            shape, dtype = getattr(array, "shape", "?"), getattr(array, "dtype", type(array).__name__)
+            raise SoftLabelError(f"{where}: member {name!r} must be a vector of {spelled}"
+                                 f"{' (or [N, classes])' if name == 'targets' else ''}, got shape {shape} of {dtype}")
+
+
 def read(path: str) -> SoftLabels:
     """Reads and validates one soft-label file; a truncated or corrupt file is an error."""
     if not os.path.isfile(path):
         raise SoftLabelError(f"soft labels {path}: no such file (make them first: the soft_labels stage)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"])
+            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"],
+                              source=path)
     except Exception as error:  # zipfile, KeyError, ValueError, JSON errors
         raise SoftLabelError(f"soft labels {path}: unreadable or corrupt ({type(error).__name__}: {error})") from None
+    if not isinstance(soft.metadata, dict):
+        raise SoftLabelError(f"soft labels {path}: metadata must be a JSON object, got {type(soft.metadata).__name__}")
     if soft.metadata.get("format_version") != FORMAT_VERSION:
         raise SoftLabelError(f"soft labels {path}: format version {soft.metadata.get('format_version')}, expected {FORMAT_VERSION}")
     validate(soft, f"soft labels {path}")
@@ -132,7 +162,7 @@ def read(path: str) -> SoftLabels:
 
 def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | None = None, where: str = "") -> np.ndarray:
     """The targets of `data`'s examples, in data order, after checking that they belong to it."""
-    where = where or f"soft labels of {soft.task}"
+    where = where or (f"soft labels {soft.source}" if soft.source else f"soft labels of {soft.task}")
     meta = soft.metadata
     if meta["task"] != task.name:
         raise SoftLabelError(f"{where}: made for task {meta['task']!r}, not {task.name!r}")
