@@ -132,12 +132,23 @@ def _deadline(number: int, grace: float) -> None:
     os._exit(128 + number)
 
 
+def reclaim() -> None:
+    """Installs the handlers again if `stop_on_signals` is active. TensorFlow's multi-worker runtime
+    (its coordination service's preemption notifier) replaces the SIGTERM handler when
+    MultiWorkerMirroredStrategy starts, and then only records the signal for its own
+    `PreemptionCheckpointHandler`: call this after creating a strategy."""
+    if _requests.depth and threading.current_thread() is threading.main_thread():
+        for number in _requests.previous:
+            signal.signal(number, _handle)
+
+
 @contextlib.contextmanager
 def stop_on_signals(grace_seconds: float = 25.0) -> Iterator[None]:
     """While active, SIGTERM and SIGINT request a stop instead of ending the process (see the
     module docstring). Nested uses share the outer one; outside the main thread it does nothing."""
     if _requests.depth:
         _requests.depth += 1
+        reclaim()
         try:
             yield
         finally:

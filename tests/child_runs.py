@@ -26,7 +26,7 @@ class Child:
     child must not hit its log)."""
 
     def __init__(self, args, env=None):
-        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.process = subprocess.Popen([sys.executable, BIN, *map(str, args)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT,
                                         preexec_fn=_child_setup)

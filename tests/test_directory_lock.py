@@ -103,6 +103,7 @@ def test_a_lock_written_on_another_host_is_refused_with_what_to_do(tmp_path):
 def test_a_second_bin_run_on_a_model_dir_in_use_stops_at_once_naming_the_first(tmp_path):
     first = Child([*TINY, f"--model_dir={tmp_path}", "--progress_seconds=0.001"])
     first.wait_for(lambda: first.logged("MT-DNN: step 2/"))
+    first.send(signal.SIGSTOP)  # paused mid-training (still holding the lock) while the second one starts
     try:
         status, err = run([*TINY, f"--model_dir={tmp_path}"])
         assert status == 2, err[-3000:]
@@ -113,6 +114,7 @@ def test_a_second_bin_run_on_a_model_dir_in_use_stops_at_once_naming_the_first(t
         assert "Epoch 1/" not in err and "train: MT-DNN" not in err  # stopped before any work
         assert first.process.poll() is None  # the first run goes on
     finally:
+        first.send(signal.SIGCONT)
         first.send(signal.SIGTERM)
         assert first.finish() == 143, first.stderr[-3000:]
     assert not (tmp_path / directory_lock.LOCK_FILE).exists()

@@ -184,6 +184,16 @@ def test_damaged_model_directory_is_rejected_and_retrained(make_model, tmp_path,
     with pytest.raises(model_dir.ModelDirError, match="model.keras is corrupt"):
         model_dir.load(str(tmp_path))
     assert not model_dir.complete(str(tmp_path))  # a pipeline re-run trains it again
+    (tmp_path / model_dir.MODEL_FILE).write_bytes(b"")
+    with pytest.raises(model_dir.ModelDirError, match=r"model.keras is corrupt \(its SHA-256 differs from manifest.json; "
+                       r"empty\)"):
+        model_dir.load(str(tmp_path))
+    manifest = tmp_path / model_dir.MANIFEST_FILE
+    manifest.write_text(manifest.read_text()[:20])  # truncated: an error naming it, not a JSON traceback
+    with pytest.raises(model_dir.ModelDirError, match=rf"model directory {re.escape(str(tmp_path))}: manifest.json is "
+                       r"unreadable \(JSONDecodeError"):
+        model_dir.load(str(tmp_path))
+    assert not model_dir.complete(str(tmp_path))
     os.remove(tmp_path / model_dir.MANIFEST_FILE)  # a save that never finished
     assert not model_dir.exists(str(tmp_path))
 

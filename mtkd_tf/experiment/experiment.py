@@ -65,6 +65,7 @@ class Experiment:
         if not runtime.model_dir:
             raise ConfigError("model_dir is required", "model_dir")
         self.strategy = strategy or distribute.get_strategy(runtime.strategy, runtime.num_gpus, runtime.tpu)
+        preemption.reclaim()  # multi-worker: TensorFlow took SIGTERM over (see there)
         if runtime.deterministic:
             import tensorflow as tf
 
