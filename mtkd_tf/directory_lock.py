@@ -74,16 +74,29 @@ def describe(holder: dict) -> str:
             + (f" ({command})" if command else ""))
 
 
+def _missing_top(directory: str) -> str | None:
+    """The outermost ancestor of `directory` (or itself) that does not exist yet, or None."""
+    top = None
+    while not os.path.isdir(directory):
+        top = directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return top
+
+
 class DirectoryLock:
     """The exclusive lock of one directory for this process (re-entrant within the process)."""
 
     _held: dict[str, list] = {}  # path -> [file descriptor, count, created the directory]
     _guard = threading.Lock()
 
-    def __init__(self, directory: str, what: str = "directory"):
+    def __init__(self, directory: str, what: str = "directory", create: bool = True):
         self.directory = os.path.abspath(directory)
         self.path = os.path.join(self.directory, LOCK_FILE)
         self.what = what
+        self.create = create  # False: a directory that does not exist is not created, nor locked
 
     def __enter__(self) -> "DirectoryLock":
         self.acquire()
@@ -109,7 +122,9 @@ class DirectoryLock:
             if held is not None:
                 held[1] += 1
                 return
-            created = not os.path.isdir(self.directory)
+            if not os.path.isdir(self.directory) and not self.create:
+                return  # nothing there to protect (a reader then reports the missing directory)
+            created = _missing_top(self.directory)
             os.makedirs(self.directory, exist_ok=True)
             for _ in range(10):
                 handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -179,11 +194,16 @@ class DirectoryLock:
             except OSError:
                 pass
             os.close(handle)
-            if created:
-                try:
-                    os.rmdir(self.directory)  # nothing was written
-                except OSError:
-                    pass
+            if created:  # the directories made for the lock, if nothing was written in them
+                directory = self.directory
+                while True:
+                    try:
+                        os.rmdir(directory)
+                    except OSError:
+                        break
+                    if directory == created:
+                        break
+                    directory = os.path.dirname(directory)
 
     @classmethod
     def held(cls, directory: str) -> bool:

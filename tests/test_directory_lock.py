@@ -51,7 +51,7 @@ def test_a_directory_held_by_another_process_is_refused_naming_it(holder, tmp_pa
 
 
 def test_the_lock_is_reentrant_names_this_process_and_is_removed_on_release(tmp_path):
-    directory = tmp_path / "mine"
+    directory = tmp_path / "made" / "mine"
     with DirectoryLock(str(directory)) as lock:
         with DirectoryLock(str(directory)):  # a stage inside the run locks it again
             assert DirectoryLock.held(str(directory))
@@ -60,7 +60,9 @@ def test_the_lock_is_reentrant_names_this_process_and_is_removed_on_release(tmp_
         assert written["started"] and written["command"]
         assert lock.holder() == written
     assert not (directory / directory_lock.LOCK_FILE).exists()
-    assert not directory.exists()  # made for the lock, nothing written: removed again
+    assert not (tmp_path / "made").exists()  # made for the lock, nothing written: removed again
+    with DirectoryLock(str(directory), create=False):  # a reader's lock makes nothing
+        assert not directory.exists()
 
 
 @pytest.fixture()

@@ -146,7 +146,8 @@ class Experiment:
         """The lock of this process's experiment directory (`with experiment.lock(): ...`): a second
         process on it stops with an error naming this one (multi-worker: each worker locks the
         directory it writes, the chief `model_dir`, the others their scratch directory)."""
-        return DirectoryLock(self.layout.root, "model_dir")
+        reads = self.config.runtime.mode in ("evaluate", "predict")  # of a model that must exist: not made
+        return DirectoryLock(self.layout.root, "model_dir", create=not reads)
 
     def run(self) -> dict:
         """The whole pipeline: every stage in order, each skipped when already done; returns the report."""
