@@ -431,3 +431,22 @@ def test_damaged_soft_label_file_is_refused_by_readers_and_made_again_by_the_sta
                      "made again", caplog.text)
     ensemble.make_soft_labels([str(tmp_path / "member_0")], data, 1.0, out, batch_size=16)
     assert np.array_equal(soft_labels_lib.read(path).targets, expected)
+
+
+def test_soft_labels_of_a_task_finished_before_a_stop_are_kept_only_for_the_same_teachers(make_model, splits, tmp_path,
+                                                                                          tiny_encoder_factory, monkeypatch):
+    encoder = tiny_encoder_factory()
+    directories = []
+    for k in range(2):
+        member, _ = make_model(seed=10 + k)
+        directories.append(str(tmp_path / f"member_{k}"))
+        model_dir.save(directories[-1], member, encoder.vocabulary, True, 64)
+    data, out = {"rte": [splits[0]]}, str(tmp_path / "soft")
+    ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)
+    calls = []
+    real = ensemble.predict_outputs
+    monkeypatch.setattr(ensemble, "predict_outputs", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)  # a re-run after a stop in a later task
+    assert calls == []
+    ensemble.make_soft_labels(directories[1:], data, 1.0, out, batch_size=16)  # other teachers: made anew
+    assert calls and soft_labels_lib.read(os.path.join(out, "rte.npz")).metadata["teachers"] == directories[1:]

@@ -285,11 +285,12 @@ def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, S
     written, loaded = {}, {}
     for task_name, splits in data.items():
         task = splits[0].task
-        if _task_soft_labels_valid(output_dir, task_name, splits, temperature):  # written before an interruption
-            logger.info("soft labels of %s in %s are valid, skipping", task_name, output_dir)
+        dirs = tuple(by_task[task_name])
+        if _written_before(output_dir, task_name, splits, temperature, dirs, policy):  # before an interruption
+            logger.info("soft labels of %s in %s were written by an earlier run of these teachers, skipping", task_name,
+                        output_dir)
             written[task_name] = soft_labels.path_for(output_dir, task_name)
             continue
-        dirs = tuple(by_task[task_name])
         if dirs not in loaded:  # one ensemble in memory at a time, loaded once
             raw = [model_dir_lib.load(directory) for directory in dirs]
             check_compatible(raw, [s[0].task for name, s in data.items() if tuple(by_task[name]) == dirs])
@@ -310,6 +311,15 @@ def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, S
     with contextlib.suppress(OSError):
         os.rmdir(os.path.join(output_dir, ".partial"))
     return written
+
+
+def _written_before(output_dir: str, task_name: str, splits: Sequence[SplitData], temperature: float,
+                    teachers: Sequence[str], policy: str) -> bool:
+    """Whether the task's file is valid for `splits` and was made by these teachers in this precision."""
+    if not _task_soft_labels_valid(output_dir, task_name, splits, temperature):
+        return False
+    metadata = soft_labels.read(soft_labels.path_for(output_dir, task_name)).metadata
+    return metadata["teachers"] == [os.path.abspath(t) for t in teachers] and metadata.get("precision") == policy
 
 
 def soft_labels_valid(output_dir: str, data: Mapping[str, Sequence[SplitData]], temperature: float) -> bool:
