@@ -43,16 +43,18 @@ def _run_mode(config: ExperimentConfig):
         action = CONFIG_MODES[mode]
         return action(config) if callable(action) else getattr(modes, action)(config)
     experiment = Experiment(config)
-    if EXPERIMENT_MODES[mode]:
-        result = getattr(modes, EXPERIMENT_MODES[mode])(experiment)
-    else:
-        result = {"train_teachers": experiment.teachers, "soft_labels": experiment.soft_labels,
-                  "pipeline": experiment.run}[mode]()
+    with experiment.lock():  # before any work: a second run on model_dir stops here
+        if EXPERIMENT_MODES[mode]:
+            result = getattr(modes, EXPERIMENT_MODES[mode])(experiment)
+        else:
+            result = {"train_teachers": experiment.teachers, "soft_labels": experiment.soft_labels,
+                      "pipeline": experiment.run}[mode]()
     experiment.close()
     return result
 
 
 def main(argv: list[str]) -> int:
+    from mtkd_tf import files, preemption
     from mtkd_tf.errors import MtkdError
 
     if len(argv) > 1:
@@ -61,9 +63,18 @@ def main(argv: list[str]) -> int:
     started = time.time()
     try:
         config = ExperimentConfig.from_flags(FLAGS).validate()
-        result = _run_mode(config)
+        with preemption.stop_on_signals(config.runtime.stop_grace_seconds):
+            result = _run_mode(config)
+    except preemption.Preempted as error:
+        print(f"{error.for_command_line()}", file=sys.stderr)
+        return error.exit_status  # 128 + the signal: 143 (SIGTERM), 130 (SIGINT)
     except MtkdError as error:
         print(f"error: {error.for_command_line()}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a full disk anywhere else (TensorFlow's writers, a library's file)
+        if not files.disk_full(error):
+            raise
+        print(f"error: {files.no_room(getattr(error, 'filename', None) or 'a file', error)}", file=sys.stderr)
         return 2
     if result is not None and config.runtime.mode != "pipeline":
         print(json.dumps(result, indent=2))

@@ -124,6 +124,9 @@ class TrainingConfig(_Group):
     length_bucketing: bool = setting(True, "Batch training examples of similar length together (less padding, faster epochs).")
     checkpoint_every_steps: int = setting(500, "Checkpoint the training state every N steps and at epoch ends "
                                           "(0: epoch ends only); re-running the same command resumes from the latest one.", lower=0)
+    keep_checkpoints: int = setting(2, "Verified checkpoints kept per training run (the newest); an older one is deleted "
+                                    "only after a newer one is written and verified, and resume falls back to it if "
+                                    "the newest is damaged.", lower=1)
     jit_compile: bool = setting(False, "Compile train steps with XLA (implies static shapes: full batches, fixed sequence length).")
     verbose: int = setting(-1, "Keras progress output: -1 auto (a bar in a terminal; in a log, a line about every "
                            "minute), 0 silent, 1 bar, 2 a line per epoch.", lower=-1, upper=2)
@@ -263,6 +266,11 @@ class RuntimeConfig(_Group):
                                    "float32. Evaluation always runs in float32.", choices=PRECISIONS)
     deterministic: bool = setting(False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with seed, "
                                   "re-runs give bit-identical weights and metrics.")
+    stop_grace_seconds: float = setting(25.0, "On SIGTERM or SIGINT a run finishes its current step (training step, "
+                                        "soft-label chunk, evaluation of one model on one split), saves its state there "
+                                        "and exits with status 128 + the signal (143, 130); if that takes longer than "
+                                        "this, it exits at once, keeping the previous checkpoint (0: wait as long as the "
+                                        "step takes). Set it below the platform's grace period.", lower=0.0)
 
 
 @dataclasses.dataclass

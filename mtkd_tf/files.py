@@ -1,12 +1,17 @@
-"""File helpers every module shares: atomic writes (text, bytes, JSON, .npz, whole directories), SHA-256.
+"""File helpers every module shares: atomic writes (text, bytes, JSON, .npz, whole directories), SHA-256,
+and what a full disk means.
 
 Every output is written under a temporary name in its directory and renamed, so a crash
-never leaves a half-written file that a later stage would accept.
+never leaves a half-written file that a later stage would accept. A write that fails for want
+of room (ENOSPC, EDQUOT, or EFBIG past a file-size limit) raises `DiskFullError` naming the
+file: the run stops, everything written before stays, and the same command resumes once there
+is room.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -18,6 +23,45 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from mtkd_tf.errors import MtkdError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(MtkdError):
+    """A write failed for want of room; the message names the file and what was kept."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` is a write that failed for want of room (h5py and TensorFlow report
+    the errno only in their message)."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("No space left on device", "File too large", "Disk quota exceeded"))
+
+
+def no_room(path: str, error: BaseException, kept: str = "") -> DiskFullError:
+    """The `DiskFullError` of a failed write of `path` (`kept`: what stays, e.g. the last checkpoint)."""
+    reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno in DISK_FULL else str(error)[:200]
+    return DiskFullError(f"no room to write {path} ({reason}); the run stopped{'; ' + kept if kept else ''}. "
+                         "Everything written before is intact: free some space (or raise the quota or file-size "
+                         "limit) and run the same command again to resume")
+
+
+def fsync_directory(directory: str) -> None:
+    """Makes a rename in `directory` durable (a crash after it cannot undo it)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
 
 def write_atomic(path: str, text: str | bytes) -> None:
     """Writes `text` to `path` via a temporary file in the same directory and a rename."""
@@ -28,10 +72,14 @@ def write_atomic(path: str, text: str | bytes) -> None:
         binary = isinstance(text, bytes)
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.remove(temporary)
+        if disk_full(error) and not isinstance(error, DiskFullError):
+            raise no_room(path, error) from None
         raise
 
 

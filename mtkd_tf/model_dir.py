@@ -18,7 +18,7 @@ import keras
 
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor, load_tokenizer
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import sha256, write_atomic, write_json
+from mtkd_tf.files import disk_full, no_room, sha256, write_atomic, write_json
 from mtkd_tf.models.families import TOKENIZER_DIR, load_saved_tokenizer, save_tokenizer
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 
@@ -65,7 +65,15 @@ def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_
     temporary = os.path.join(model_dir, f".tmp-{os.getpid()}-{MODEL_FILE}")
     try:
         model.save(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(temporary, os.path.join(model_dir, MODEL_FILE))
+    except Exception as error:
+        if disk_full(error):
+            raise no_room(os.path.join(model_dir, MODEL_FILE), error,
+                          "the model directory stays incomplete (no manifest), so nothing uses it, and a training "
+                          "run's checkpoints are kept until its model is saved") from None
+        raise
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -98,14 +106,24 @@ def complete(model_dir: str) -> bool:
 
 
 def verify(model_dir: str) -> None:
-    """Checks every file against the manifest: a truncated or altered model is never used."""
-    with open(os.path.join(model_dir, MANIFEST_FILE), encoding="utf-8") as handle:
-        expected = json.load(handle)["sha256"]
+    """Checks every file against the manifest: a truncated, empty or altered model is never used."""
+    manifest = os.path.join(model_dir, MANIFEST_FILE)
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            expected = dict(json.load(handle)["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelDirError(f"model directory {model_dir}: {MANIFEST_FILE} is unreadable ({type(error).__name__}: "
+                            f"{error}); retrain the model (delete the directory and re-run)") from None
     for name, digest in expected.items():
-        if sha256(os.path.join(model_dir, name)) != digest:
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            raise ModelDirError(f"model directory {model_dir}: {name} is missing (listed in {MANIFEST_FILE}); "
+                                "retrain the model (delete the directory and re-run)")
+        if sha256(path) != digest:
+            size = os.path.getsize(path)
             raise ModelDirError(
-                f"model directory {model_dir}: {name} is corrupt (its SHA-256 differs from {MANIFEST_FILE}); "
-                "retrain the model (delete the directory and re-run)"
+                f"model directory {model_dir}: {name} is corrupt (its SHA-256 differs from {MANIFEST_FILE}; "
+                f"{'empty' if not size else f'{size} bytes'}); retrain the model (delete the directory and re-run)"
             )
 
 

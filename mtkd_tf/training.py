@@ -32,6 +32,7 @@ from mtkd_tf.config import ExperimentConfig, TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.directory_lock import DirectoryLock
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.files import write_json
 from mtkd_tf.models.encoder import Encoder
@@ -266,18 +267,26 @@ def fit(
     history, progress lines and the caller's Keras `callbacks`.
 
     The training state is checkpointed every `config.checkpoint_every_steps` steps and at
-    epoch ends (`checkpointing`); a re-run restores the latest checkpoint and continues at
-    that exact batch: the rest of the interrupted epoch first, then the remaining epochs.
+    epoch ends (`checkpointing`); a re-run restores the latest valid checkpoint and continues at
+    that exact batch: the rest of the interrupted epoch first, then the remaining epochs. On
+    SIGTERM or SIGINT (within `preemption.stop_on_signals`) the current step is checkpointed and
+    `preemption.Preempted` raised. `work_dir` is locked for this process (`DirectoryLock`).
     Returns the state, whose checkpoints `save_trained` removes once the model is saved.
     `label` names the run in progress lines; `clock` times the whole experiment's steps.
     """
-    os.makedirs(work_dir, exist_ok=True)
+    with DirectoryLock(work_dir, "model directory"):
+        return _fit(model, data, config, work_dir, callbacks, label, clock)
+
+
+def _fit(model, data: TrainingData, config: TrainingConfig, work_dir: str,
+         callbacks: Sequence[keras.callbacks.Callback], label: str, clock: RunClock | None) -> checkpointing.TrainingState:
     per_epoch = data.steps_per_epoch
     total = per_epoch * config.epochs
     state = checkpointing.TrainingState(
         os.path.join(work_dir, "backup"),
         {"steps_per_epoch": per_epoch, "epochs": config.epochs, "total_steps": total,
          "batch_size": config.batch_size, "seed": config.seed, "length_bucketing": config.length_bucketing},
+        keep=config.keep_checkpoints,
     )
     start = state.restore(model)
     if model.optimizer is not None and not model.optimizer.built:
@@ -295,6 +304,7 @@ def fit(
         HistoryFile(os.path.join(work_dir, "history.json")),  # before the epoch-end checkpoint (see StepCheckpoint)
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), update_freq="epoch"),
         saver,
+        checkpointing.StopOnRequest(saver, label),  # after the saver: a stop saves the step it ends
         progress,
     ]
     step = start
@@ -422,7 +432,8 @@ def fit_and_save(trainer: keras.Model, model, encoder, data: TrainingData, confi
     """Compiles `trainer` (the MT-DNN itself, or a Distiller around it), trains it resumably,
     saves `model` to `model_dir` and removes the checkpoints; returns the saved model."""
     trainer.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
-    state = fit(trainer, data, config, model_dir, callbacks, label, clock)
-    trained = save_trained(model_dir, model, encoder, experiment_config)
-    state.remove()
+    with DirectoryLock(model_dir, "model directory"):
+        state = fit(trainer, data, config, model_dir, callbacks, label, clock)
+        trained = save_trained(model_dir, model, encoder, experiment_config)
+        state.remove()
     return trained

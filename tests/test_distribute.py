@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -153,3 +154,53 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
         assert model.encoder.compute_dtype == "float16" and model.heads["sst2"].compute_dtype == "float32"
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+TINY_TRAIN = ["--flagfile=configs/tiny.cfg", "--tasks=sst2,stsb", "--epochs=2", "--max_train_examples=48",
+              "--max_eval_examples=16", "--batch_size=8", "--verbose=0", "--checkpoint_every_steps=100",
+              "--strategy=multi_worker", "--deterministic", "--progress_seconds=0.001"]
+
+
+def _workers(model_dir):
+    """Two `bin/run` workers of one MultiWorkerMirroredStrategy cluster on loopback."""
+    from child_runs import Child
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    return [Child([*TINY_TRAIN, f"--model_dir={model_dir}"],
+                  {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+            for index in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_all_resume_from_it(tmp_path):
+    """Pre-empting one worker: the workers agree after every step, so both checkpoint the same step
+    and exit 143; restarted with the same command, both resume from it and end with equal weights."""
+    from mtkd_tf.data import suites
+
+    suites.suite_dir("glue_sample", 200, seed=0)  # written once, before the workers start
+    model_dir = tmp_path / "mw"
+    chief, worker = _workers(model_dir)
+    try:
+        worker.wait_for(lambda: worker.logged("MT-DNN: step 4/24"))
+        worker.send(signal.SIGTERM)
+        statuses = [worker.finish(), chief.finish()]
+    finally:
+        for child in (chief, worker):
+            child.process.kill()
+    assert statuses == [143, 143], chief.stderr[-2000:] + worker.stderr[-2000:]
+    here = re.search(r"stopped by SIGTERM at global step (\d+) of MT-DNN", worker.stderr)
+    there = re.search(r"stopped by SIGTERM sent to another worker of this run, at global step (\d+) of MT-DNN",
+                      chief.stderr)
+    assert here and there, chief.stderr[-2000:] + worker.stderr[-2000:]
+    step = int(here.group(1))
+    assert int(there.group(1)) == step and 4 < step < 24
+    backups = [model_dir / "backup", model_dir / ".workers" / "worker_1" / "backup"]
+    assert all((backup / f"ckpt-{step}").is_dir() for backup in backups)
+    resumed = _workers(model_dir)
+    statuses = [child.finish() for child in resumed]
+    assert statuses == [0, 0], resumed[0].stderr[-2000:] + resumed[1].stderr[-2000:]
+    for child, backup in zip(resumed, backups):
+        assert f"resuming from {backup}/ckpt-{step}" in child.stderr
+    digests = [re.findall(r"worker_\d: weights digest (\w+)", child.stderr) for child in resumed]
+    assert len(digests[0]) == 1 and digests[0] == digests[1]
+    assert (model_dir / "model.keras").is_file() and not (model_dir / ".workers").exists()

@@ -4,6 +4,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from child_runs import Child
 from conftest import ROOT
 from mtkd_tf import checkpointing, model_dir, training
 from mtkd_tf.config import TrainingConfig
@@ -21,6 +23,7 @@ from mtkd_tf.checkpointing import CheckpointError, NumericalError, TrainingState
 from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.distill import ensemble
+from mtkd_tf.distill import soft_labels as soft_labels_lib
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.tasks import GLUE_TASKS
@@ -85,7 +88,7 @@ def test_resumed_training_equals_uninterrupted(make_model, splits, tmp_path, dis
     per_epoch = data.steps_per_epoch  # 12: a crash at step 18 is mid-way through epoch 2
     with pytest.raises(Crash):
         _train(make_model, splits, tmp_path / "run", callbacks=[CrashAt(18)], distill=distill)
-    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "run" / "backup"))] == [16]
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "run" / "backup"))] == [12, 16]  # the newest two
     assert 16 % per_epoch != 0
     resumed, _ = _train(make_model, splits, tmp_path / "run", distill=distill)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
@@ -111,7 +114,7 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_the_last_good_checkpoint(
     assert "the training loss became nan at global step 10 (epoch 1, batch 10)" in message
     assert f"a batch of task {task};" in message
     assert f"the last good checkpoint {tmp_path}/backup/ckpt-8 (step 8) is kept" in message
-    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [8]
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [4, 8]
     fresh, _ = make_model(seed=5)
     fresh.compile(optimizer=training.make_optimizer(CONFIG, data.steps_per_epoch * CONFIG.epochs))
     state = TrainingState(str(tmp_path / "backup"), {})
@@ -181,6 +184,16 @@ def test_damaged_model_directory_is_rejected_and_retrained(make_model, tmp_path,
     with pytest.raises(model_dir.ModelDirError, match="model.keras is corrupt"):
         model_dir.load(str(tmp_path))
     assert not model_dir.complete(str(tmp_path))  # a pipeline re-run trains it again
+    (tmp_path / model_dir.MODEL_FILE).write_bytes(b"")
+    with pytest.raises(model_dir.ModelDirError, match=r"model.keras is corrupt \(its SHA-256 differs from manifest.json; "
+                       r"empty\)"):
+        model_dir.load(str(tmp_path))
+    manifest = tmp_path / model_dir.MANIFEST_FILE
+    manifest.write_text(manifest.read_text()[:20])  # truncated: an error naming it, not a JSON traceback
+    with pytest.raises(model_dir.ModelDirError, match=rf"model directory {re.escape(str(tmp_path))}: manifest.json is "
+                       r"unreadable \(JSONDecodeError"):
+        model_dir.load(str(tmp_path))
+    assert not model_dir.complete(str(tmp_path))
     os.remove(tmp_path / model_dir.MANIFEST_FILE)  # a save that never finished
     assert not model_dir.exists(str(tmp_path))
 
@@ -296,3 +309,144 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(uninterrupted, tmp_pa
     _same_run(uninterrupted, tmp_path)
     assert not os.path.exists(backup)  # removed once the model is saved
     assert len(json.loads((tmp_path / "history.json").read_text())) == len(history)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_that_step_exits_143_and_the_rerun_equals_uninterrupted(uninterrupted, tmp_path,
+                                                                                               cli_env):
+    backup = tmp_path / "backup"
+    child = Child([*ARGS, f"--model_dir={tmp_path}", "--progress_seconds=0.001"], cli_env)
+    child.wait_for(lambda: child.logged("MT-DNN: step 22/36"))  # mid-way through epoch 2 (18 steps each)
+    child.send(signal.SIGTERM)
+    assert child.finish() == 143, child.stderr[-3000:]
+    stopped = re.search(r"stopped by SIGTERM at global step (\d+) of MT-DNN \(epoch 2, batch (\d+) of 18\), after saving "
+                        rf"checkpoint {re.escape(str(backup))}/ckpt-(\d+); run the same command again to resume",
+                        child.stderr)
+    assert stopped, child.stderr[-3000:]
+    step = int(stopped.group(1))
+    assert 22 < step < 36 and int(stopped.group(3)) == step and int(stopped.group(2)) == step - 18
+    assert checkpointing.checkpoints(str(backup))[-1][0] == step  # that step, not the last periodic one
+    assert not model_dir.exists(str(tmp_path)) and not (tmp_path / ".lock").exists()
+    result = _run(tmp_path, cli_env)
+    assert f"resuming from {backup}/ckpt-{step}" in result.stderr
+    _same_run(uninterrupted, tmp_path)
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2
+
+
+# --- damaged checkpoints: never used, never silently dropped; resume falls back ----------------
+
+@pytest.fixture(scope="module")
+def two_checkpoints(make_model, splits, tmp_path_factory):
+    """A run killed at step 10: checkpoints 4 and 8 (the newest two are kept)."""
+    work_dir = tmp_path_factory.mktemp("two")
+    with pytest.raises(Crash):
+        _train(make_model, splits, work_dir, callbacks=[CrashAt(10)])
+    assert [step for step, _ in checkpointing.checkpoints(str(work_dir / "backup"))] == [4, 8]
+    return work_dir
+
+
+def _damage(path, how):
+    if how == "truncated":
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+    elif how == "empty":
+        open(path, "wb").close()
+    else:  # one flipped bit
+        with open(path, "r+b") as handle:
+            handle.seek(os.path.getsize(path) // 2)
+            byte = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(make_model, splits, tmp_path_factory):
+    return _train(make_model, splits, tmp_path_factory.mktemp("reference"))[0].get_weights()
+
+
+@pytest.mark.parametrize("file, how", [(checkpointing.WEIGHTS, "truncated"), (checkpointing.RNG, "flipped bit"),
+                                       (checkpointing.STATE, "empty")])
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one_with_a_warning_and_resumes_bit_identical(
+        two_checkpoints, uninterrupted_weights, make_model, splits, tmp_path, caplog, file, how):
+    shutil.copytree(two_checkpoints, tmp_path / "run")
+    backup = tmp_path / "run" / "backup"
+    _damage(backup / "ckpt-8" / file, how)
+    with caplog.at_level(logging.WARNING):
+        resumed, _ = _train(make_model, splits, tmp_path / "run")
+    assert re.search(rf"checkpoint {re.escape(str(backup))}/ckpt-8: {re.escape(file)} is (corrupt|unreadable).*; it is not "
+                     rf"used: moved aside to {re.escape(str(backup))}/damaged-ckpt-8, resuming from the older "
+                     rf"{re.escape(str(backup))}/ckpt-4 \(step 4\)", caplog.text), caplog.text
+    for a, b in zip(uninterrupted_weights, resumed.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_every_checkpoint_damaged_stops_with_an_error_naming_each_and_moves_nothing(two_checkpoints, tmp_path, make_model,
+                                                                                   splits):
+    shutil.copytree(two_checkpoints / "backup", tmp_path / "backup")
+    _damage(tmp_path / "backup" / "ckpt-8" / checkpointing.WEIGHTS, "empty")
+    _damage(tmp_path / "backup" / "ckpt-4" / checkpointing.WEIGHTS, "flipped bit")
+    model, _ = make_model(seed=5)
+    model.compile(optimizer=training.make_optimizer(CONFIG, 24))
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint to resume from in .*backup: checkpoint .*ckpt-8: "
+                       r"weights.weights.h5 is corrupt \(SHA-256 differs from when it was written; empty\); checkpoint "
+                       r".*ckpt-4: weights.weights.h5 is corrupt .*; delete .*backup to start this training over"):
+        TrainingState(str(tmp_path / "backup"), {}).restore(model)
+    assert sorted(os.listdir(tmp_path / "backup")) == ["ckpt-4", "ckpt-8"]
+
+
+def test_an_older_checkpoint_is_deleted_only_after_the_newer_one_is_verified(two_checkpoints, tmp_path, make_model,
+                                                                            monkeypatch):
+    shutil.copytree(two_checkpoints / "backup", tmp_path / "backup")
+    model, _ = make_model(seed=5)
+    state = TrainingState(str(tmp_path / "backup"), {}, keep=1)
+    real = checkpointing.sha256
+    monkeypatch.setattr(checkpointing, "sha256", lambda path: real(path) if ".tmp-" in path else "0" * 64)
+    with pytest.raises(CheckpointError, match=r"ckpt-12: weights.weights.h5 is corrupt .*: it failed its check right "
+                       r"after it was written; the previous checkpoint .*ckpt-8 \(step 8\) is intact"):
+        state.save(model, 12)  # what reached the disk differs from what was written
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [4, 8, 12]
+    monkeypatch.setattr(checkpointing, "sha256", real)
+    state.save(model, 16)  # verified: now only the newest is kept (keep=1)
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [16]
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "flipped bit"])
+def test_damaged_soft_label_file_is_refused_by_readers_and_made_again_by_the_stage_with_a_warning(
+        make_model, splits, tmp_path, tiny_encoder_factory, caplog, how):
+    encoder = tiny_encoder_factory()
+    member, _ = make_model(seed=10)
+    model_dir.save(str(tmp_path / "member_0"), member, encoder.vocabulary, True, 64)
+    data = {"rte": [splits[0]]}
+    out = str(tmp_path / "soft")
+    ensemble.make_soft_labels([str(tmp_path / "member_0")], data, 1.0, out, batch_size=16)
+    path = os.path.join(out, "rte.npz")
+    with np.load(path) as archive:
+        expected = archive["targets"]
+    _damage(path, how)
+    with pytest.raises(soft_labels_lib.SoftLabelError, match=rf"soft labels {re.escape(path)}: unreadable or corrupt"):
+        soft_labels_lib.read(path)
+    with caplog.at_level(logging.WARNING):
+        assert not ensemble.soft_labels_valid(out, data, 1.0)
+    assert re.search(rf"soft labels {re.escape(path)}: unreadable or corrupt .*it is not used: the soft labels will be "
+                     "made again", caplog.text)
+    ensemble.make_soft_labels([str(tmp_path / "member_0")], data, 1.0, out, batch_size=16)
+    assert np.array_equal(soft_labels_lib.read(path).targets, expected)
+
+
+def test_soft_labels_of_a_task_finished_before_a_stop_are_kept_only_for_the_same_teachers(make_model, splits, tmp_path,
+                                                                                          tiny_encoder_factory, monkeypatch):
+    encoder = tiny_encoder_factory()
+    directories = []
+    for k in range(2):
+        member, _ = make_model(seed=10 + k)
+        directories.append(str(tmp_path / f"member_{k}"))
+        model_dir.save(directories[-1], member, encoder.vocabulary, True, 64)
+    data, out = {"rte": [splits[0]]}, str(tmp_path / "soft")
+    ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)
+    calls = []
+    real = ensemble.predict_outputs
+    monkeypatch.setattr(ensemble, "predict_outputs", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)  # a re-run after a stop in a later task
+    assert calls == []
+    ensemble.make_soft_labels(directories[1:], data, 1.0, out, batch_size=16)  # other teachers: made anew
+    assert calls and soft_labels_lib.read(os.path.join(out, "rte.npz")).metadata["teachers"] == directories[1:]

@@ -21,8 +21,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mtkd_tf import model_dir as model_dir_lib
+from mtkd_tf import preemption
 from mtkd_tf.config import TeacherConfig
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.directory_lock import DirectoryLock
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.data.batching import tokenize_all
@@ -186,6 +188,8 @@ def _cached_member_outputs(member, data: SplitData, batch_size: int, cache_dir: 
             buffer = io.BytesIO()
             np.save(buffer, part)
             write_atomic(path, buffer.getvalue())
+            preemption.check(f"after saving soft-label chunk {path} (examples {start}-{start + len(rows)} of "
+                             f"{len(data)} of {data.task.name}/{data.split})")
         else:
             reused += 1
         parts.append(part)
@@ -203,15 +207,23 @@ def member_outputs(
     probabilities as log-probabilities, or averaged scores), `{(task, split): outputs}`: one
     forward pass per member and split, one tokenisation per tokenizer."""
     outputs: list[dict[tuple[str, str], np.ndarray]] = [{} for _ in members]
-    averaged: dict[tuple[str, str], np.ndarray] = {}
     for key, data in labelled_splits(dev):
         tokenised: dict[tuple, tuple] = {}
         for member, predictions in zip(members, outputs):
             predictions[key] = predict_outputs(member, data, batch_size, tokens=_shared_tokens(tokenised, member, data))
+    return outputs, average_outputs(dev, outputs)
+
+
+def average_outputs(dev: Mapping[str, Mapping[str, SplitData]],
+                    outputs: Sequence[Mapping[tuple[str, str], np.ndarray]]) -> dict[tuple[str, str], np.ndarray]:
+    """The ensemble's outputs from its members' (`member_outputs`): averaged probabilities as
+    log-probabilities, or averaged scores."""
+    averaged: dict[tuple[str, str], np.ndarray] = {}
+    for key, data in labelled_splits(dev):
         mean = np.mean([targets_from_outputs(data.task, predictions[key], 1.0, data.groups) for predictions in outputs],
                        axis=0)
         averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
-    return outputs, averaged
+    return averaged
 
 
 def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None,
@@ -256,17 +268,29 @@ def make_soft_labels(
 
     Predictions are saved every `checkpoint_every_steps` batches under
     `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
-    removed once the task's file is written. `policy`: the teachers' encoder dtype policy
+    removed once the task's file is written. On SIGTERM or SIGINT (`preemption`) the chunk being
+    computed is finished and saved, then `Preempted` is raised. `output_dir` is locked meanwhile. `policy`: the teachers' encoder dtype policy
     (`distribute.inference_policy`); it is recorded in each file's metadata. `member_dirs` is
     one ensemble for every task, or `{task: its members}` (per-task ensembles of fine-tuned teachers).
     """
     by_task = member_dirs if isinstance(member_dirs, Mapping) else {task_name: member_dirs for task_name in data}
     if not all(by_task.get(task_name) for task_name in data):
         raise ConfigError("no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs")
+    with DirectoryLock(output_dir, "soft-label directory"):
+        return _make_soft_labels(by_task, data, temperature, output_dir, batch_size, checkpoint_every_steps, policy)
+
+
+def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, Sequence[SplitData]], temperature: float,
+                      output_dir: str, batch_size: int, checkpoint_every_steps: int, policy: str) -> dict[str, str]:
     written, loaded = {}, {}
     for task_name, splits in data.items():
         task = splits[0].task
         dirs = tuple(by_task[task_name])
+        if _written_before(output_dir, task_name, splits, temperature, dirs, policy):  # before an interruption
+            logger.info("soft labels of %s in %s were written by an earlier run of these teachers, skipping", task_name,
+                        output_dir)
+            written[task_name] = soft_labels.path_for(output_dir, task_name)
+            continue
         if dirs not in loaded:  # one ensemble in memory at a time, loaded once
             raw = [model_dir_lib.load(directory) for directory in dirs]
             check_compatible(raw, [s[0].task for name, s in data.items() if tuple(by_task[name]) == dirs])
@@ -289,14 +313,32 @@ def make_soft_labels(
     return written
 
 
+def _written_before(output_dir: str, task_name: str, splits: Sequence[SplitData], temperature: float,
+                    teachers: Sequence[str], policy: str) -> bool:
+    """Whether the task's file is valid for `splits` and was made by these teachers in this precision."""
+    if not _task_soft_labels_valid(output_dir, task_name, splits, temperature):
+        return False
+    metadata = soft_labels.read(soft_labels.path_for(output_dir, task_name)).metadata
+    return metadata["teachers"] == [os.path.abspath(t) for t in teachers] and metadata.get("precision") == policy
+
+
 def soft_labels_valid(output_dir: str, data: Mapping[str, Sequence[SplitData]], temperature: float) -> bool:
-    """Whether every task's soft-label file exists and matches the data (a re-run skips it)."""
+    """Whether every task's soft-label file exists and matches the data (a re-run skips it). A file
+    that is there but damaged (truncated, empty, failing its checksums) or made for other data is
+    never used: a warning names it, and the stage makes it again."""
+    return all(_task_soft_labels_valid(output_dir, task_name, splits, temperature) for task_name, splits in data.items())
+
+
+def _task_soft_labels_valid(output_dir: str, task_name: str, splits: Sequence[SplitData], temperature: float) -> bool:
+    path = soft_labels.path_for(output_dir, task_name)
+    if not os.path.isfile(path):
+        logger.info("soft labels need making: %s does not exist", path)
+        return False
     try:
-        for task_name, splits in data.items():
-            soft = soft_labels.read(soft_labels.path_for(output_dir, task_name))
-            for split in splits:
-                soft_labels.align(soft, split.task, split, temperature)
+        soft = soft_labels.read(path)
+        for split in splits:
+            soft_labels.align(soft, split.task, split, temperature)
     except soft_labels.SoftLabelError as error:
-        logger.info("soft labels need (re)making: %s", error)
+        logger.warning("%s; it is not used: the soft labels will be made again", error)
         return False
     return True

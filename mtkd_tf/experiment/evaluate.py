@@ -3,6 +3,7 @@ report's evidence (`report.Evidence`), and the report built from that evidence a
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from mtkd_tf.experiment.stages import Stage
 from mtkd_tf.files import read_json, write_json
 from mtkd_tf.layout import run_row
 from mtkd_tf.models import inference
+from mtkd_tf.output_cache import OutputCache
 from mtkd_tf.report import INPUTS, OUTPUTS, Evidence, write_report
 from mtkd_tf.tasks import CLASSIFICATION, RANKING
 
@@ -41,7 +43,8 @@ class Evaluate(Stage):
         self.announce("every member, the ensemble, the baseline and the student on dev"
                       + (" and the held-out split" if heldout else ""))
         splits = {task: {**by_split, **heldout.get(task, {})} for task, by_split in experiment.dev_data.items()}
-        outputs = self.outputs_of(splits)
+        cache = OutputCache(os.path.join(self.layout.root, ".partial", "evaluate"), self.config.runtime.eval_batch_size)
+        outputs = self.outputs_of(splits, cache)
         dev = experiment.dev_data
         rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
                                                {key: value for key, value in found.items() if key[1] != HELDOUT})
@@ -51,33 +54,41 @@ class Evaluate(Stage):
         for name, directory in directories.items():
             write_json(os.path.join(directory, "eval_results.json"), rows[name])
         self.evidence(splits, outputs).save(self.layout.root)
+        cache.remove()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.layout.root, ".partial"))
         return rows
 
-    def outputs_of(self, splits: dict[str, dict[str, SplitData]]) -> dict[str, dict[tuple[str, str], np.ndarray]]:
-        """`{row: {(task, split): head outputs}}` of every model of the report on `splits`."""
-        experiment, batch = self.experiment, self.config.runtime.eval_batch_size
+    def outputs_of(self, splits: dict[str, dict[str, SplitData]],
+                   cache: OutputCache | None = None) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+        """`{row: {(task, split): head outputs}}` of every model of the report on `splits`; each
+        model's outputs on each split are saved in `cache` as they are computed (a stop request
+        ends the stage there, and a re-run reads them back)."""
+        experiment = self.experiment
+        cache = cache or OutputCache(os.path.join(self.layout.root, ".partial", "evaluate"),
+                                     self.config.runtime.eval_batch_size)
         outputs: dict[str, dict] = {}
         member_dirs = experiment.teacher_dirs()
         by_members: dict[tuple, list[str]] = {}  # tasks that share one set of members
         for task, dirs in experiment.teacher_dirs_by_task(list(splits)).items():
             by_members.setdefault(tuple(dirs), []).append(task)
         for dirs, tasks in by_members.items() if member_dirs else ():
-            members = [model_dir_lib.load(directory) for directory in dirs]
-            each, averaged = ensemble.member_outputs(members, {task: splits[task] for task in tasks}, batch)
+            subset = {task: splits[task] for task in tasks}
+            each = [cache.outputs(directory, subset) for directory in dirs]
             for directory, found in zip(member_dirs, each):
                 outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
-            outputs.setdefault("ensemble", {}).update(averaged)
+            outputs.setdefault("ensemble", {}).update(ensemble.average_outputs(subset, each))
         shown = sorted(self.layout.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))
         for name, directory in shown:  # baselines first
             if model_dir_lib.exists(directory):
-                outputs[name] = inference.dev_outputs(model_dir_lib.load(directory), splits, batch)
+                outputs[name] = cache.outputs(directory, splits, name)
         seeded = sorted(self.layout.seeded_dirs().items(), key=lambda item: (item[0][0] != "baseline", item[0][1]))
         for (name, run), directory in seeded:
             copies = self.layout.finetuned_dirs(directory, experiment.finetune_tasks)
             for task, path in copies.items():
                 if model_dir_lib.exists(path):
-                    found = inference.dev_outputs(model_dir_lib.load(path), {task: splits[task]}, batch)
-                    outputs.setdefault(run_row(f"{name}_ft", run), {}).update(found)
+                    row = run_row(f"{name}_ft", run)
+                    outputs.setdefault(row, {}).update(cache.outputs(path, {task: splits[task]}, row))
         return outputs
 
     def evidence(self, splits: dict[str, dict[str, SplitData]], outputs: dict[str, dict]) -> Evidence:

@@ -27,11 +27,12 @@ from typing import Sequence
 
 import keras
 
-from mtkd_tf import distribute
+from mtkd_tf import distribute, preemption
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.directory_lock import DirectoryLock
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill.student import Distillation
 from mtkd_tf.errors import ConfigError
@@ -64,6 +65,7 @@ class Experiment:
         if not runtime.model_dir:
             raise ConfigError("model_dir is required", "model_dir")
         self.strategy = strategy or distribute.get_strategy(runtime.strategy, runtime.num_gpus, runtime.tpu)
+        preemption.reclaim()  # multi-worker: TensorFlow took SIGTERM over (see there)
         if runtime.deterministic:
             import tensorflow as tf
 
@@ -140,8 +142,19 @@ class Experiment:
             found.append(stages_lib.Finetune(self))
         return found + [Evaluate(self), Report(self)]
 
+    def lock(self) -> DirectoryLock:
+        """The lock of this process's experiment directory (`with experiment.lock(): ...`): a second
+        process on it stops with an error naming this one (multi-worker: each worker locks the
+        directory it writes, the chief `model_dir`, the others their scratch directory)."""
+        reads = self.config.runtime.mode in ("evaluate", "predict")  # of a model that must exist: not made
+        return DirectoryLock(self.layout.root, "model_dir", create=not reads)
+
     def run(self) -> dict:
         """The whole pipeline: every stage in order, each skipped when already done; returns the report."""
+        with preemption.stop_on_signals(self.config.runtime.stop_grace_seconds), self.lock():
+            return self._run()
+
+    def _run(self) -> dict:
         self.validate()
         started, stages = time.time(), self.stages()
         for stage in stages:

@@ -10,6 +10,7 @@ for TF Serving and check the export, export it to keras-hub or transformers, reb
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -24,6 +25,7 @@ from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.files import write_json
 from mtkd_tf.models.mtdnn import in_precision
+from mtkd_tf.output_cache import OutputCache
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -43,11 +45,18 @@ def train(experiment) -> dict:
 
 
 def evaluate_model(experiment) -> dict:
-    """Evaluates the model in `model_dir` on dev; writes eval_results.json."""
+    """Evaluates the model in `model_dir` on dev; writes eval_results.json. Its outputs on each
+    split are saved as they are computed (`OutputCache`): a stopped evaluation resumes."""
+    config, root = experiment.config, experiment.layout.root
+    cache = OutputCache(os.path.join(root, ".partial", "evaluate"), config.runtime.eval_batch_size)
     with experiment.strategy.scope():
-        trained = model_dir_lib.load(experiment.config.runtime.model_dir)
-        results = evaluation.evaluate(trained, experiment.dev_data, experiment.config.runtime.eval_batch_size)
-    write_json(os.path.join(experiment.layout.root, "eval_results.json"), results)
+        trained = model_dir_lib.load(config.runtime.model_dir)
+        dev = experiment.dev_data
+        results = evaluation.score_outputs(dev, cache.outputs(config.runtime.model_dir, dev, model=trained))
+    write_json(os.path.join(root, "eval_results.json"), results)
+    cache.remove()
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(root, ".partial"))
     return results
 
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from mtkd_tf import distribute, evaluation
+from mtkd_tf import distribute, evaluation, preemption
 from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.distill import ensemble
 from mtkd_tf.environment import environment
@@ -56,10 +56,13 @@ class Stage:
         raise NotImplementedError
 
     def __call__(self):
-        """Runs the stage inside the experiment's strategy scope, after its checks."""
-        self.experiment.validate()
-        with self.experiment.strategy.scope():
-            return self.run()
+        """Runs the stage inside the experiment's strategy scope, after its checks, with the
+        experiment directory locked and SIGTERM/SIGINT stopping it at its next save point."""
+        with preemption.stop_on_signals(self.config.runtime.stop_grace_seconds), self.experiment.lock():
+            preemption.check(f"before stage {self.name} started")
+            self.experiment.validate()
+            with self.experiment.strategy.scope():
+                return self.run()
 
     def announce(self, text: str) -> None:
         self.experiment.announce(self.name, text)

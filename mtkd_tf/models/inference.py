@@ -27,6 +27,12 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
     `by_length` runs the examples sorted by length, so each batch is padded only to
     similar lengths, and batches of short examples hold more of them (up to the cells of
     `batch_size` full-length examples); the outputs come back in data order.
+
+    Every call traces its own predict function: Keras's is traced with `reduce_retracing`,
+    so which batch shapes earlier calls saw would decide whether a batch runs a static-shape
+    or a relaxed-shape graph, and oneDNN's kernels for the two round differently (bfloat16
+    most). The outputs of `data` then depend on `data` alone, and a resumed soft-label or
+    evaluation run, which skips the calls it saved, gives the uninterrupted run's bits.
     """
     head = data.task.predict_with or data.task.name
     preprocessor = model.preprocessor
@@ -39,6 +45,7 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
         step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
         outputs = np.concatenate([step(x).numpy() for x in dataset])
     else:
+        model.predict_function = None  # a fresh trace (see above)
         outputs = np.asarray(model.predict(dataset, verbose=0)[head])
     restored = np.empty_like(outputs)
     restored[order] = outputs
