@@ -110,6 +110,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             self.student_features = student.features_model()
             self.teacher_features = [teacher.features_model() for teacher in self.teachers]
             self.projection = keras.layers.Dense(self.teachers[0].encoder.hidden_dim, name="hidden_projection")
+            # built now, so every variable exists before the first trace (training.fit builds the optimizer then)
+            self.projection.build((None, student.encoder.hidden_dim))
         parts = ("hard", "soft", "hidden") if hidden_weight else ("hard", "soft")
         self.make_trackers(names, parts, task_parts=("hard", "soft"))
         self.built = True  # the student (and teachers) are built; checkpoint restore needs this
