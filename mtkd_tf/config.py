@@ -412,9 +412,9 @@ def check_flagfiles(args: Sequence[str], seen: set[str] | None = None) -> None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            line = data[: error.start].count(b"\n") + 1
-            raise ConfigError(f"flagfile {name}:{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
-                              "re-encode the file as UTF-8", "flagfile") from None
+            from mtkd_tf.files import not_utf8
+
+            raise ConfigError(f"flagfile {name}:{not_utf8(data, error)}", "flagfile") from None
         check_flagfiles([line.strip() for line in text.splitlines()], seen)
 
 

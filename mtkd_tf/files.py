@@ -137,3 +137,10 @@ def new_directory(target: str) -> Iterator[str]:
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
+
+
+def not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
+    """`<line>: bytes that are not UTF-8 (...); re-encode ...`: where a text file stops decoding, for messages."""
+    line = data[: error.start].count(b"\n") + 1
+    return (f"{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
+            "re-encode the file as UTF-8")

@@ -441,9 +441,9 @@ def load_task_file(path: str) -> dict[str, Task]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise TaskError(f"task file {path}:{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
-                        "re-encode the file as UTF-8") from None
+        from mtkd_tf.files import not_utf8
+
+        raise TaskError(f"task file {path}:{not_utf8(data, error)}") from None
     try:
         document = json.loads(text, object_pairs_hook=_unique_keys) if path.endswith(".json") else _load_yaml(text)
     except TaskError as error:
