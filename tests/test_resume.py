@@ -198,13 +198,18 @@ def test_damaged_model_directory_is_rejected_and_retrained(make_model, tmp_path,
     assert not model_dir.exists(str(tmp_path))
 
 
-def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch, caplog):
-    encoder = tiny_encoder_factory()
+def _saved_members(make_model, encoder, tmp_path, count: int = 2) -> list[str]:
+    """`count` tiny teacher models saved as model directories member_0.. under `tmp_path`."""
     directories = []
-    for k in range(2):
+    for k in range(count):
         member, _ = make_model(seed=10 + k)
         directories.append(str(tmp_path / f"member_{k}"))
         model_dir.save(directories[-1], member, encoder.vocabulary, True, 64)
+    return directories
+
+
+def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch, caplog):
+    directories = _saved_members(make_model, tiny_encoder_factory(), tmp_path)
     members = [model_dir.load(d) for d in directories]
     data = splits[0]
     expected = ensemble.ensemble_targets(members, data, 1.0, 16)
@@ -435,12 +440,7 @@ def test_damaged_soft_label_file_is_refused_by_readers_and_made_again_by_the_sta
 
 def test_soft_labels_of_a_task_finished_before_a_stop_are_kept_only_for_the_same_teachers(make_model, splits, tmp_path,
                                                                                           tiny_encoder_factory, monkeypatch):
-    encoder = tiny_encoder_factory()
-    directories = []
-    for k in range(2):
-        member, _ = make_model(seed=10 + k)
-        directories.append(str(tmp_path / f"member_{k}"))
-        model_dir.save(directories[-1], member, encoder.vocabulary, True, 64)
+    directories = _saved_members(make_model, tiny_encoder_factory(), tmp_path)
     data, out = {"rte": [splits[0]]}, str(tmp_path / "soft")
     ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)
     calls = []
