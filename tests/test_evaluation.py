@@ -51,3 +51,29 @@ def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factor
         assert sorted_outputs.shape == plain.shape and len(plain) == len(data)
         np.testing.assert_allclose(sorted_outputs, plain, atol=1e-5)
         np.testing.assert_allclose(sorted_outputs[:5], one_by_one, atol=1e-5)
+
+
+def test_inference_traces_once_per_model_and_outputs_do_not_depend_on_earlier_calls(tiny_encoder_factory, glue_dir):
+    """Evaluation and soft labelling call `predict_outputs` once per split: one graph for all
+    of them (no trace per call or per width), and a split's bits are the same whatever ran
+    before it (what a resumed run relies on)."""
+    from mtkd_tf.data import readers
+    from mtkd_tf.models import inference
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.training import encoder_preprocessor
+
+    def fresh_model():
+        encoder = tiny_encoder_factory(seed=5)
+        model = MTDNN(encoder.backbone, [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]])
+        model.preprocessor = encoder_preprocessor(encoder, 64)
+        return model
+
+    rte = readers.load_split(GLUE_TASKS["rte"], "dev", data_dir=glue_dir)
+    stsb = readers.load_split(GLUE_TASKS["stsb"], "dev", data_dir=glue_dir)
+    model = fresh_model()
+    predict_outputs(model, rte.rows(0, 3), batch_size=2)  # other shapes first
+    predict_outputs(model, rte, batch_size=8)
+    after_others = predict_outputs(model, stsb, batch_size=4)
+    alone = predict_outputs(fresh_model(), stsb, batch_size=4)
+    np.testing.assert_array_equal(after_others, alone)
+    assert inference._predict_step(model, {}).experimental_get_tracing_count() == 1

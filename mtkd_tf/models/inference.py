@@ -6,6 +6,7 @@ Below evaluation, soft labelling and the leaderboard files, which all score or w
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
@@ -28,11 +29,13 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
     similar lengths, and batches of short examples hold more of them (up to the cells of
     `batch_size` full-length examples); the outputs come back in data order.
 
-    Every call traces its own predict function: Keras's is traced with `reduce_retracing`,
-    so which batch shapes earlier calls saw would decide whether a batch runs a static-shape
-    or a relaxed-shape graph, and oneDNN's kernels for the two round differently (bfloat16
-    most). The outputs of `data` then depend on `data` alone, and a resumed soft-label or
-    evaluation run, which skips the calls it saved, gives the uninterrupted run's bits.
+    Every batch runs one graph per model, traced once for any batch size and width: a graph
+    traced for a batch's exact shape and a relaxed-shape one round differently in oneDNN
+    (bfloat16 most), so with one graph the outputs of `data` depend on `data` alone, and a
+    resumed soft-label or evaluation run, which skips the calls it saved, gives the
+    uninterrupted run's bits. (Keras's `predict` would trace per call or pick graphs by the
+    shapes earlier calls saw.) Under a strategy with several replicas in one worker, Keras's
+    `predict` spreads each batch over them, with a fresh trace per call for the same reason.
     """
     head = data.task.predict_with or data.task.name
     preprocessor = model.preprocessor
@@ -40,16 +43,33 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
     order = length_order(tokens) if by_length else np.arange(len(data))
     budget = batch_size * preprocessor.sequence_length if by_length else 0
     dataset = inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
-    if is_multi_worker():
-        # Every worker needs every output (each may write): predict locally, not sharded.
-        step = tf.function(lambda x: model(x, training=False)[head], reduce_retracing=True)
-        outputs = np.concatenate([step(x).numpy() for x in dataset])
-    else:
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1 and not is_multi_worker():
         model.predict_function = None  # a fresh trace (see above)
         outputs = np.asarray(model.predict(dataset, verbose=0)[head])
+    else:
+        # Also every worker of a multi-worker run: each needs every output (each may write).
+        step = _predict_step(model, dataset.element_spec)
+        outputs = np.concatenate([step(x)[head].numpy() for x in dataset])
     restored = np.empty_like(outputs)
     restored[order] = outputs
     return restored
+
+
+_PREDICT_STEPS: "weakref.WeakKeyDictionary[MTDNN, tf.types.experimental.PolymorphicFunction]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]):
+    """The model's one inference graph (every head), for batches of any size and width."""
+    step = _PREDICT_STEPS.get(model)
+    if step is None:
+        relaxed = {name: tf.TensorSpec([None] * spec.shape.rank, spec.dtype, name)
+                   for name, spec in element_spec.items()}
+        held = weakref.ref(model)  # the cache must not keep the model alive
+        step = tf.function(lambda x: held()(x, training=False), input_signature=[relaxed])
+        _PREDICT_STEPS[model] = step
+    return step
 
 
 def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]) -> Iterator[tuple[tuple[str, str], SplitData]]:
