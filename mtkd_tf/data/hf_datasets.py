@@ -34,8 +34,8 @@ import json
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-from mtkd_tf.data.readers import _parse_label, _Rows
-from mtkd_tf.data.split import DataError, SplitData, _label_array
+from mtkd_tf.data.readers import _parse_label, _Rows, build_split
+from mtkd_tf.data.split import DataError, SplitData
 from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task, TaskError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".csv": "csv"}  # file suffix -> datasets builder
@@ -332,14 +332,4 @@ def read_hf(task: Task, split: str, data_dir: str | None, skip_bad_rows: bool = 
         for kept, value in zip(text, values):
             kept.append(str(value))
     rows.report()
-    if not ids:
-        raise DataError(f"{where}: no examples in split {split!r} of task {task.name!r}")
-    return SplitData(
-        task=task,
-        split=split,
-        ids=ids,
-        text_a=text[0],
-        text_b=text[1] if len(text) > 1 else None,
-        labels=_label_array(labels, task) if labels_in is not None else None,
-        source=where,
-    )
+    return build_split(task, split, ids, text, labels if labels_in is not None else None, where)

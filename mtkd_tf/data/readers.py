@@ -124,16 +124,24 @@ def read_delimited(
     except csv.Error as error:
         raise DataError(f"{path}:{reader.line_num}: malformed row ({error}); check quoting") from None
     rows.report()
+    texts = [text_a, text_b] if len(text_at) > 1 else [text_a]
+    return build_split(task, split, ids, texts, labels if label_at is not None else None, path)
+
+
+def build_split(task: Task, split: str, ids: list[str], texts: list[list[str]], labels: list | None,
+                source: str) -> SplitData:
+    """The `SplitData` of a reader's validated rows (one or two text columns); an error that
+    names `source` if no row was kept."""
     if not ids:
-        raise DataError(f"{path}: no examples in split {split!r} of task {task.name!r}")
+        raise DataError(f"{source}: no examples in split {split!r} of task {task.name!r}")
     return SplitData(
         task=task,
         split=split,
         ids=ids,
-        text_a=text_a,
-        text_b=text_b if len(text_at) > 1 else None,
-        labels=_label_array(labels, task) if label_at is not None else None,
-        source=path,
+        text_a=texts[0],
+        text_b=texts[1] if len(texts) > 1 else None,
+        labels=_label_array(labels, task) if labels is not None else None,
+        source=source,
     )
 
 
