@@ -60,7 +60,8 @@ _PREDICT_STEPS: "weakref.WeakKeyDictionary[MTDNN, tf.types.experimental.Polymorp
     weakref.WeakKeyDictionary())
 
 
-def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]):
+def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]
+                  ) -> tf.types.experimental.PolymorphicFunction:
     """The model's one inference graph (every head), for batches of any size and width."""
     step = _PREDICT_STEPS.get(model)
     if step is None:
