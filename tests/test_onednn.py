@@ -55,3 +55,27 @@ def test_bfloat16_counts_as_native_only_where_onednn_may_use_its_kernels():
     assert not onednn_allows_bfloat16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert not onednn_allows_bfloat16({"DNNL_MAX_CPU_ISA": "AVX512_CORE"})
     assert not onednn_allows_bfloat16({"TF_ENABLE_ONEDNN_OPTS": "0"})
+
+
+def test_import_mtkd_tf_on_an_avx2_cpu_turns_onednn_on_before_tensorflow_loads():
+    """The whole path on a CPU whose /proc/cpuinfo shows AVX2 only (faked for the child process):
+    `import mtkd_tf` sets the variable before TensorFlow is imported, and TensorFlow then runs oneDNN."""
+    code = (
+        "import builtins, io\n"
+        "real_open = builtins.open\n"
+        "def fake_open(path, *args, **kwargs):\n"
+        "    if path == '/proc/cpuinfo':\n"
+        "        return io.StringIO('processor : 0\\nflags : fpu sse4_2 avx avx2 fma\\n')\n"
+        "    return real_open(path, *args, **kwargs)\n"
+        "builtins.open = fake_open\n"
+        "import mtkd_tf\n"
+        "builtins.open = real_open\n"
+        "import os\n"
+        "from mtkd_tf.environment import environment\n"
+        "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    env["PYTHONPATH"] = ROOT
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert found.stdout.strip().splitlines()[-1] == (
+        "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)"), found.stderr[-2000:]
