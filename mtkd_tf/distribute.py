@@ -42,6 +42,30 @@ def set_logical_cpus(count: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+# TensorFlow's coordination service declares a worker dead after 10 s without a heartbeat. Two
+# workers sharing 2 busy cores (CI) missed that once, and the whole run aborted; a minute still
+# finds a dead worker, and a SIGTERM is handled at once (preemption.py), not by heartbeats.
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def configure_coordination_service(heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+    """TensorFlow's own multi-worker coordination set-up (as `MultiWorkerMirroredStrategy` makes it
+    from `TF_CONFIG`), with a longer heartbeat timeout; the strategy keeps a service configured first."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker") or context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=heartbeat_timeout_s * 1000)
+
+
 def tpu_strategy(address: str | None = None) -> tf.distribute.TPUStrategy:
     """TensorFlow's recipe: resolve the TPU, connect, initialise it, then build the strategy."""
     try:
@@ -66,6 +90,7 @@ def get_strategy(name: str = "auto", num_gpus: int | None = None, tpu: str | Non
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise StrategyError("strategy multi_worker needs the cluster in the TF_CONFIG environment variable", "strategy")
+        configure_coordination_service()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu" or (name == "auto" and (tpu or any(os.environ.get(key) for key in _TPU_ENVIRONMENT))):
         return tpu_strategy(tpu)

@@ -44,6 +44,20 @@ def test_strategy_factory_names_and_errors(monkeypatch):
     assert distribute.worker_dir("/runs/x") == "/runs/x"
 
 
+def test_multi_worker_coordination_tolerates_a_minute_without_heartbeats():
+    """A worker starved of CPU for 10 s (TensorFlow's default) must not abort the cluster."""
+    code = ("from mtkd_tf import distribute\nfrom tensorflow.python.eager import context\n"
+            "distribute.configure_coordination_service()\nconfig = context.context().coordination_service\n"
+            "print(config.heartbeat_timeout_in_ms, config.service_leader, config.service_type,"
+            " [(job.name, job.num_tasks) for job in config.coordinated_job_list])")
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert found.stdout.strip().splitlines()[-1] == (
+        "60000 /job:worker/replica:0/task:0 standalone [('worker', 2)]"), found.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_two_worker_pipeline_on_loopback(tmp_path):
     """MultiWorkerMirroredStrategy over two processes: same weights on both, only the chief writes."""
