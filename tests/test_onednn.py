@@ -13,6 +13,15 @@ AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # the 2-core AMD EPYC of the spe
 AMX = AVX2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
 
 
+def _child_prints(code: str, env: dict[str, str]) -> str:
+    """The last line `code` prints in a fresh Python process (this checkout importable)."""
+    found = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": ROOT}, capture_output=True,
+                           text=True, timeout=300)
+    lines = found.stdout.strip().splitlines()
+    assert lines, found.stderr[-2000:]
+    return lines[-1]
+
+
 def test_it_is_turned_on_only_where_tensorflow_leaves_it_off():
     assert onednn.tensorflow_leaves_it_off(AVX2, "x86_64")
     assert not onednn.tensorflow_leaves_it_off(AMX, "x86_64")
@@ -41,9 +50,7 @@ def test_import_mtkd_tf_records_what_tensorflow_runs_in_the_environment():
             "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])")
     for setting, expected in (("0", "0 | off: TF_ENABLE_ONEDNN_OPTS=0 (the user's setting)"),
                               ("1", "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (the user's setting)")):
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "PYTHONPATH": ROOT}
-        found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert found.stdout.strip().splitlines()[-1] == expected, found.stderr[-2000:]
+        assert _child_prints(code, {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}) == expected
 
 
 def test_bfloat16_counts_as_native_only_where_onednn_may_use_its_kernels():
@@ -75,7 +82,5 @@ def test_import_mtkd_tf_on_an_avx2_cpu_turns_onednn_on_before_tensorflow_loads()
         "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    env["PYTHONPATH"] = ROOT
-    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert found.stdout.strip().splitlines()[-1] == (
-        "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)"), found.stderr[-2000:]
+    assert _child_prints(code, env) == (
+        "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)")
