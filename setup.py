@@ -28,6 +28,14 @@ setup(
     ],
     extras_require={
         "hf": ["datasets>=3.0"],  # --data_source=hf: Hugging Face datasets on disk or in the local cache
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "datasets>=3.0", "hypothesis>=6.100"],  # hypothesis: property-based fuzz tests of the readers and serving
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
+            "datasets>=3.0",
+            "hypothesis>=6.100",
+        ],  # hypothesis: property-based fuzz tests of the readers and serving
     },
 )

@@ -22,16 +22,17 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf import model_dir as model_dir_lib, training
 from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import GLUE_TASKS
+from mtkd_tf.training import train as training
 
 SIZES = {
     "minilm": dict(num_layers=6, hidden_dim=384, num_heads=12, intermediate_dim=1536),
@@ -56,7 +57,9 @@ class Setup:
 
 def encoder(setup: Setup, seed: int = 0) -> Encoder:
     keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(VOCABULARY), max_sequence_length=512, **SIZES[setup.size])
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCABULARY), max_sequence_length=512, **SIZES[setup.size]
+    )
     return Encoder(backbone, VOCABULARY, lowercase=True, spec=f"random:{setup.size}")
 
 
@@ -117,23 +120,30 @@ def bare_keras_hub(setup: Setup, steps_total: int) -> keras.Model:
     inputs = backbone.input
     logits = keras.layers.Dense(2)(backbone(inputs)["pooled_output"])
     model = keras.Model(inputs, logits)
-    model.compile(optimizer=training.make_optimizer(config(setup), steps_total),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=training.make_optimizer(config(setup), steps_total),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
-def mtdnn(setup: Setup, steps_total: int, tasks=TASKS, seed: int = 0, jit_compile: bool = False,
-          optimizer: str = "adamax") -> MTDNN:
+def mtdnn(
+    setup: Setup, steps_total: int, tasks=TASKS, seed: int = 0, jit_compile: bool = False, optimizer: str = "adamax"
+) -> MTDNN:
     model = MTDNN(encoder(setup, seed).backbone, tasks)
-    model.compile(optimizer=training.make_optimizer(config(setup, optimizer=optimizer), steps_total), jit_compile=jit_compile)
+    model.compile(
+        optimizer=training.make_optimizer(config(setup, optimizer=optimizer), steps_total), jit_compile=jit_compile
+    )
     return model
 
 
 def cached_targets(data: list[SplitData]) -> dict[str, dict[str, np.ndarray]]:
     width = soft_width(TASKS)
     rng = np.random.default_rng(0)
-    return {d.task.name: distillation_targets(d.task, len(d), width, rng.dirichlet(np.ones(d.task.num_classes), len(d)))
-            for d in data}
+    return {
+        d.task.name: distillation_targets(d.task, len(d), width, rng.dirichlet(np.ones(d.task.num_classes), len(d)))
+        for d in data
+    }
 
 
 # --- figure 0: the machine ------------------------------------------------------------------
@@ -176,19 +186,24 @@ def overhead(setup: Setup) -> dict[str, float]:
     plain = training.training_data(data, pre, config(setup))
     distill = training.training_data(data, pre, config(setup), targets=cached_targets(data))
     total = 10_000
-    bare_data = plain.starting_at(0).map(lambda x, y: ({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}, y["label"]))
+    bare_data = plain.starting_at(0).map(
+        lambda x, y: ({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}, y["label"])
+    )
     student_c = mtdnn(setup, total)
     distiller_c = Distiller(MTDNN(encoder(setup, 1).backbone, TASKS))
     distiller_c.compile(optimizer=training.make_optimizer(config(setup), total))
     teachers = [mtdnn(setup, total, seed=10 + k) for k in range(setup.teachers)]
     distiller_d = Distiller(MTDNN(encoder(setup, 2).backbone, TASKS), teachers=teachers)
     distiller_d.compile(optimizer=training.make_optimizer(config(setup), total))
-    times = interleaved_fit({
-        "a_bare_keras_hub": (bare_keras_hub(setup, total), bare_data),
-        "b_mtdnn": (student_c, plain.starting_at(0)),
-        "c_distiller_cached": (distiller_c, distill.starting_at(0)),
-        "d_distiller_online": (distiller_d, distill.starting_at(0)),
-    }, setup)
+    times = interleaved_fit(
+        {
+            "a_bare_keras_hub": (bare_keras_hub(setup, total), bare_data),
+            "b_mtdnn": (student_c, plain.starting_at(0)),
+            "c_distiller_cached": (distiller_c, distill.starting_at(0)),
+            "d_distiller_online": (distiller_d, distill.starting_at(0)),
+        },
+        setup,
+    )
     x, _ = next(iter(plain.starting_at(0)))
     features = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
     forward = tf.function(lambda f: teachers[0](f, training=False))
@@ -209,12 +224,16 @@ def precision_and_xla(setup: Setup) -> dict[str, float]:
     One task: XLA compiles a multi-task step's `switch_case` for minutes on CPU
     (docs/distributed.md), which says nothing about the step's speed once compiled.
     """
-    from mtkd_tf.distribute import set_precision
+    from mtkd_tf.training.distribute import set_precision
 
     data = splits(setup)[:1]
     results = {}
     variants = {}
-    for name, policy, jit in (("fp32", "float32", False), ("bf16", "mixed_bfloat16", False), ("fp32_xla", "float32", True)):
+    for name, policy, jit in (
+        ("fp32", "float32", False),
+        ("bf16", "mixed_bfloat16", False),
+        ("fp32_xla", "float32", True),
+    ):
         set_precision(policy)
         static = preprocessor(setup, fixed=True)
         stream = training.training_data(data, static, config(setup), drop_remainder=True)
@@ -251,18 +270,22 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
     """The second training epoch on moviesuite's short real sentences, padded to max_seq_length
     vs padded per batch vs per batch with length bucketing; dev accuracy after each; then
     inference over the same text in data order vs sorted by length."""
-    from mtkd_tf import evaluation
     from mtkd_tf.data import readers, suites
+    from mtkd_tf.data.tasks import registry, resolve_tasks
+    from mtkd_tf.models import evaluation
     from mtkd_tf.models.inference import predict_outputs
-    from mtkd_tf.tasks import registry, resolve_tasks
 
     root = suites.suite_dir("moviesuite")
     tasks = resolve_tasks(["rt_polarity", "trec"], registry(extra=suites.suite_tasks()))
     train = [readers.load_split(t, "train", data_dir=root).take(examples_per_task) for t in tasks]
     dev = {t.name: {"dev": readers.load_split(t, "dev", data_dir=root).take(400)} for t in tasks}
     vocabulary = pretrained(setup).vocabulary
-    lengths = np.concatenate([batching.token_lengths(batching.tokenize_all(d, Preprocessor(load_tokenizer(vocabulary), setup.seq)))
-                              for d in train])
+    lengths = np.concatenate(
+        [
+            batching.token_lengths(batching.tokenize_all(d, Preprocessor(load_tokenizer(vocabulary), setup.seq)))
+            for d in train
+        ]
+    )
     results = {"real_tokens_mean": float(np.mean(np.minimum(lengths + 3, setup.seq)))}
     for name, fixed, bucketing in (("fixed", True, False), ("dynamic", False, False), ("bucketed", False, True)):
         shared = pretrained(setup)
@@ -311,8 +334,11 @@ def input_pipeline(setup: Setup, examples_per_task: int = 2048) -> dict[str, flo
     for _ in range(count):
         next(iterator)
     seconds = time.perf_counter() - started
-    return {"pipeline_setup_s": setup_seconds, "pipeline_examples": float(len(data) * examples_per_task),
-            "pipeline_batches_per_s": count / seconds}
+    return {
+        "pipeline_setup_s": setup_seconds,
+        "pipeline_examples": float(len(data) * examples_per_task),
+        "pipeline_batches_per_s": count / seconds,
+    }
 
 
 # --- figure 5: soft labels ------------------------------------------------------------------
@@ -321,8 +347,8 @@ def input_pipeline(setup: Setup, examples_per_task: int = 2048) -> dict[str, flo
 def soft_label_inference(setup: Setup, examples: int = 512, batch_size: int = 128) -> dict[str, float]:
     """Ensemble targets of K teachers over `examples` full-length examples (batched predict), in
     float32 and in the precision `--soft_labels_precision=auto` picks on this machine."""
-    from mtkd_tf.distribute import inference_policy
     from mtkd_tf.models.mtdnn import in_precision
+    from mtkd_tf.training.distribute import inference_policy
 
     pre = preprocessor(setup)
     data = synthetic_split(TASKS[1], examples, setup.seq)
@@ -336,7 +362,9 @@ def soft_label_inference(setup: Setup, examples: int = 512, batch_size: int = 12
         ensemble.ensemble_targets(members, data.rows(0, batch_size), 1.0, batch_size)  # trace
         started = time.perf_counter()
         ensemble.ensemble_targets(members, data, 1.0, batch_size)
-        results[f"soft_labels_{name}_examples_per_s_per_teacher"] = examples * setup.teachers / (time.perf_counter() - started)
+        results[f"soft_labels_{name}_examples_per_s_per_teacher"] = (
+            examples * setup.teachers / (time.perf_counter() - started)
+        )
     results["soft_labels_auto_is_bfloat16"] = float(auto == "mixed_bfloat16")
     return results
 
@@ -346,7 +374,7 @@ def soft_label_inference(setup: Setup, examples: int = 512, batch_size: int = 12
 
 def serving(setup: Setup, calls: int = 30) -> dict[str, float]:
     """Latency of the exported SavedModel (raw strings in) vs the model on tokenised input."""
-    from mtkd_tf import export
+    from mtkd_tf.export import saved_model as export
 
     pre = preprocessor(setup)
     model = mtdnn(setup, 1)
@@ -361,8 +389,10 @@ def serving(setup: Setup, calls: int = 30) -> dict[str, float]:
         for batch in (1, 32):
             strings = tf.constant(texts[:batch])
             features = pre(strings)
-            for name, call in (("export", lambda: serve(sentence1=strings)["probabilities"]),
-                               ("raw", lambda: forward(features))):
+            for name, call in (
+                ("export", lambda: serve(sentence1=strings)["probabilities"]),
+                ("raw", lambda: forward(features)),
+            ):
                 call()
                 samples = []
                 for _ in range(calls):

@@ -45,18 +45,20 @@ class Ours:
     def __init__(self, texts, labels, batch: int, seq: int, precision: str):
         import keras
 
-        from mtkd_tf import distribute, training
         from mtkd_tf.data.moviesuite import TASKS
         from mtkd_tf.data.split import SplitData
         from mtkd_tf.models.encoder import load_encoder
         from mtkd_tf.models.mtdnn import MTDNN
+        from mtkd_tf.training import distribute
+        from mtkd_tf.training import train as training
 
         self.policy = distribute.set_precision(precision)
         task = TASKS["rt_polarity"]
         data = SplitData(task, "train", [f"rt/{i}" for i in range(len(texts))], list(texts), None, labels)
         encoder = load_encoder("minilm_l6", seed=0)
-        config = training.TrainingConfig(batch_size=batch, epochs=1000, learning_rate=5e-5, verbose=0,
-                                         optimizer="adamax_fused")
+        config = training.TrainingConfig(
+            batch_size=batch, epochs=1000, learning_rate=5e-5, verbose=0, optimizer="adamax_fused"
+        )
         preprocessor = training.encoder_preprocessor(encoder, seq)
         self.model = MTDNN(encoder.backbone, [task], preprocessor=preprocessor)
         stream = training.training_data([data], preprocessor, config)
@@ -85,7 +87,7 @@ class Peer:
         from transformers import BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        from mtkd_tf import assets
+        from mtkd_tf.runtime import assets
 
         torch.manual_seed(seed)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -95,9 +97,12 @@ class Peer:
         self.model.train()
         self.forward = torch.compile(self.model, dynamic=True) if compiled else self.model
         encoded = self.tokenizer(list(texts), truncation=True, max_length=seq)
-        self.features = [{"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": int(label)}
-                         for ids, types, mask, label in zip(encoded["input_ids"], encoded["token_type_ids"],
-                                                             encoded["attention_mask"], labels)]
+        self.features = [
+            {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": int(label)}
+            for ids, types, mask, label in zip(
+                encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"], labels
+            )
+        ]
         lengths = [len(f["input_ids"]) for f in self.features]
         generator = torch.Generator().manual_seed(seed)
         self.sampler = LengthGroupedSampler(batch, lengths=lengths, generator=generator)
@@ -132,13 +137,14 @@ class Peer:
         return time.perf_counter() - started
 
 
-def peer_ratio(batch: int = 32, seq: int = 128, steps: int = 8, rounds: int = 3, warmup: int = 4,
-               examples: int = 2048) -> dict[str, float]:
+def peer_ratio(
+    batch: int = 32, seq: int = 128, steps: int = 8, rounds: int = 3, warmup: int = 4, examples: int = 2048
+) -> dict[str, float]:
     """Our examples/s and the peer's on the same sentences, interleaved; the ratio is ours / peer's."""
     why = peer_available()
     if why:
         return {"peer_missing": why}
-    from mtkd_tf import distribute
+    from mtkd_tf.training import distribute
 
     texts, labels = rt_polarity_sentences(examples)
     ours = Ours(texts, labels, batch, seq, "auto")
@@ -158,10 +164,16 @@ def peer_ratio(batch: int = 32, seq: int = 128, steps: int = 8, rounds: int = 3,
         for name, side in sides.items():
             times[name].append(side.steps(steps) / steps)
     rates = {name: batch / statistics.median(values) for name, values in times.items()}
-    found |= {"ours_examples_per_s": rates["ours"], "peer_examples_per_s": rates["peer"],
-              "peer_ratio": rates["ours"] / rates["peer"], "ours_bfloat16": float(bfloat16),
-              "fast_bfloat16": float(distribute.fast_bfloat16())}
+    found |= {
+        "ours_examples_per_s": rates["ours"],
+        "peer_examples_per_s": rates["peer"],
+        "peer_ratio": rates["ours"] / rates["peer"],
+        "ours_bfloat16": float(bfloat16),
+        "fast_bfloat16": float(distribute.fast_bfloat16()),
+    }
     if "peer_compiled" in rates:
-        found |= {"peer_compiled_examples_per_s": rates["peer_compiled"],
-                  "peer_compiled_ratio": rates["ours"] / rates["peer_compiled"]}
+        found |= {
+            "peer_compiled_examples_per_s": rates["peer_compiled"],
+            "peer_compiled_ratio": rates["ours"] / rates["peer_compiled"],
+        }
     return found

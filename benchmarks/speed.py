@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import figures
-from mtkd_tf import distribute, training
+from mtkd_tf.training import distribute
+from mtkd_tf.training import train as training
 
 WIDTHS = (32, 64, 128)
 OPTIMIZER = "adamax_fused"  # what the quickstart and moviesuite_full.cfg train with (docs/performance.md)
@@ -60,8 +61,10 @@ def _step_times(setup: figures.Setup, policy: str, train: bool, rounds: int = 2)
             step = model.train_function
             run = lambda: float(np.asarray(step(iterator)["loss"]))  # noqa: E731
         else:
-            forward = tf.function(lambda x: model({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")},
-                                                  training=False), reduce_retracing=True)
+            forward = tf.function(
+                lambda x: model({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}, training=False),
+                reduce_retracing=True,
+            )
             run = lambda: [v.numpy() for v in forward(next(iterator)[0]).values()]  # noqa: E731
         for _ in range(3):
             run()
@@ -167,10 +170,14 @@ def full_run_estimate(setup: figures.Setup, steps: int = 12) -> dict[str, float]
     labelled = sum(len(train[name]) for name in experiment.teacher_tasks) * config.teachers.num_teachers
     evaluated = sum(len(d) for splits in dev.values() for d in splits.values()) * (models + 1)
     inference = per_example * (labelled + evaluated)
-    return {"full_run_steps": float(total_steps), "full_run_step_s": step_seconds,
-            "full_run_training_s": total_steps * step_seconds, "full_run_inference_s": inference,
-            "full_run_estimate_s": total_steps * step_seconds + inference,
-            "full_run_bfloat16": float(policy == "mixed_bfloat16")}
+    return {
+        "full_run_steps": float(total_steps),
+        "full_run_step_s": step_seconds,
+        "full_run_training_s": total_steps * step_seconds,
+        "full_run_inference_s": inference,
+        "full_run_estimate_s": total_steps * step_seconds + inference,
+        "full_run_bfloat16": float(policy == "mixed_bfloat16"),
+    }
 
 
 def speed(setup: figures.Setup) -> dict[str, float]:

@@ -17,12 +17,12 @@ def _cpu() -> str:
 
 
 def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dict:
-    from mtkd_tf import model_dir
     from mtkd_tf.distill import soft_labels
-    from mtkd_tf.evaluation import accuracy
     from mtkd_tf.experiment import Experiment
+    from mtkd_tf.experiment.significance import compare, t_interval
+    from mtkd_tf.models import model_dir
+    from mtkd_tf.models.evaluation import accuracy
     from mtkd_tf.models.inference import predict_outputs
-    from mtkd_tf.significance import compare, t_interval
 
     main = Experiment(configs["main"])
     dev = {task: main.dev_data[task]["dev"] for task in tasks}
@@ -36,8 +36,12 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
         stats = soft_labels.statistics(targets, labels)
         stats["class_order_matches_head"] = list(stored.metadata["labels"]) == list(train[task].task.labels)
         stats["mean_mass_per_class"] = dict(zip(train[task].task.labels, np.round(targets.mean(0), 4).tolist()))
-        stats["gold_share_per_class"] = dict(zip(train[task].task.labels,
-                                                 np.round(np.bincount(labels, minlength=targets.shape[1]) / len(labels), 4).tolist()))
+        stats["gold_share_per_class"] = dict(
+            zip(
+                train[task].task.labels,
+                np.round(np.bincount(labels, minlength=targets.shape[1]) / len(labels), 4).tolist(),
+            )
+        )
         found["soft_targets"][task] = stats
 
     def evaluate(name: str, directory: str) -> None:
@@ -48,11 +52,17 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
             probabilities = np.exp(outputs)
             predicted, labels = probabilities.argmax(1), np.asarray(dev[task].labels)
             names = dev[task].task.labels
-            entry[task] = {"accuracy": accuracy(labels, predicted), "mean_top_probability": float(probabilities.max(1).mean()),
-                           "per_class_accuracy": {names[c]: float(np.mean(predicted[labels == c] == c)) if np.any(labels == c)
-                                                  else None for c in range(len(names))},
-                           "predicted_share": {names[c]: float(np.mean(predicted == c)) for c in range(len(names))},
-                           "predictions": predicted.tolist(), "outputs": outputs}
+            entry[task] = {
+                "accuracy": accuracy(labels, predicted),
+                "mean_top_probability": float(probabilities.max(1).mean()),
+                "per_class_accuracy": {
+                    names[c]: float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None
+                    for c in range(len(names))
+                },
+                "predicted_share": {names[c]: float(np.mean(predicted == c)) for c in range(len(names))},
+                "predictions": predicted.tolist(),
+                "outputs": outputs,
+            }
         found["models"][name] = entry
 
     for k in range(3):
@@ -73,13 +83,20 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
             if not all(students) or not all(baselines):
                 continue
             differences = [s[task]["accuracy"] - b[task]["accuracy"] for s, b in zip(students, baselines)]
-            both = compare(accuracy, labels, [np.asarray(s[task]["predictions"]) for s in students],
-                           [np.asarray(b[task]["predictions"]) for b in baselines])
+            both = compare(
+                accuracy,
+                labels,
+                [np.asarray(s[task]["predictions"]) for s in students],
+                [np.asarray(b[task]["predictions"]) for b in baselines],
+            )
             found["probes"].setdefault(task, {})[probe] = {
-                "students": [s[task]["accuracy"] for s in students], "baselines": [b[task]["accuracy"] for b in baselines],
-                "t_interval": t_interval(differences).to_list(), "seeds_and_examples": both.to_list(),
+                "students": [s[task]["accuracy"] for s in students],
+                "baselines": [b[task]["accuracy"] for b in baselines],
+                "t_interval": t_interval(differences).to_list(),
+                "seeds_and_examples": both.to_list(),
                 "student_top_probability": float(np.mean([s[task]["mean_top_probability"] for s in students])),
-                "baseline_top_probability": float(np.mean([b[task]["mean_top_probability"] for b in baselines]))}
+                "baseline_top_probability": float(np.mean([b[task]["mean_top_probability"] for b in baselines])),
+            }
     equal = []  # alpha 0 must be the baseline
     for run in range(seeds):
         a, b = found["models"].get(f"alpha0/{RUN('student', run)}"), found["models"].get(f"main/{RUN('baseline', run)}")
@@ -99,21 +116,27 @@ def _print(found: dict, tasks: Sequence[str]) -> None:
     print(f"CPU: {found['cores']} x {found['cpu']}")
     print("\nSoft targets on the training examples:")
     for task, stats in found["soft_targets"].items():
-        print(f"- {task}: mean p(gold) {stats['gold_probability']:.3f}, agreement {100 * stats['agreement']:.1f}%, "
-              f"entropy {stats['entropy']:.3f} of {stats['max_entropy']:.3f}, class order = head's: "
-              f"{stats['class_order_matches_head']}; mass per class {stats['mean_mass_per_class']} against gold "
-              f"{stats['gold_share_per_class']}")
+        print(
+            f"- {task}: mean p(gold) {stats['gold_probability']:.3f}, agreement {100 * stats['agreement']:.1f}%, "
+            f"entropy {stats['entropy']:.3f} of {stats['max_entropy']:.3f}, class order = head's: "
+            f"{stats['class_order_matches_head']}; mass per class {stats['mean_mass_per_class']} against gold "
+            f"{stats['gold_share_per_class']}"
+        )
     for task in tasks:
-        print(f"\n{task} dev accuracy, student - baseline (x100): mean of 3 seed-paired differences [t-interval] "
-              "| [seeds + examples]")
+        print(
+            f"\n{task} dev accuracy, student - baseline (x100): mean of 3 seed-paired differences [t-interval] "
+            "| [seeds + examples]"
+        )
         print("| probe | students | baselines | difference [t] | [seeds + examples] | top p student / baseline |")
         print("|---|---|---|---|---|---|")
         for probe, row in found["probes"].get(task, {}).items():
             t, both = row["t_interval"], row["seeds_and_examples"]
-            print(f"| {probe} | {' / '.join(f'{100 * v:.1f}' for v in row['students'])} | "
-                  f"{' / '.join(f'{100 * v:.1f}' for v in row['baselines'])} | {100 * t[0]:+.1f} [{100 * t[1]:+.1f}, "
-                  f"{100 * t[2]:+.1f}] | [{100 * both[1]:+.1f}, {100 * both[2]:+.1f}] | "
-                  f"{row['student_top_probability']:.3f} / {row['baseline_top_probability']:.3f} |")
+            print(
+                f"| {probe} | {' / '.join(f'{100 * v:.1f}' for v in row['students'])} | "
+                f"{' / '.join(f'{100 * v:.1f}' for v in row['baselines'])} | {100 * t[0]:+.1f} [{100 * t[1]:+.1f}, "
+                f"{100 * t[2]:+.1f}] | [{100 * both[1]:+.1f}, {100 * both[2]:+.1f}] | "
+                f"{row['student_top_probability']:.3f} / {row['baseline_top_probability']:.3f} |"
+            )
     print("\ntrec per-class dev accuracy (x100), mean over seeds:")
     names = list(next(iter(found["models"].values()))["trec"]["per_class_accuracy"])
     print("| model | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
@@ -122,4 +145,6 @@ def _print(found: dict, tasks: Sequence[str]) -> None:
         groups.setdefault(name.split("_s")[0] if "/" in name else name, []).append(entry["trec"]["per_class_accuracy"])
     for name, entries in groups.items():
         print(f"| {name} | " + " | ".join(f"{100 * np.mean([e[c] for e in entries]):.1f}" for c in names) + " |")
-    print(f"\nalpha 0 against the baseline of the same seed, max |output difference|: {found['alpha0_max_output_difference']}")
+    print(
+        f"\nalpha 0 against the baseline of the same seed, max |output difference|: {found['alpha0_max_output_difference']}"
+    )

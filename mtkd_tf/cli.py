@@ -29,10 +29,22 @@ def _report(config: ExperimentConfig) -> None:
 
 # mode -> what it runs: a function of the config, or one of the Experiment (created first: it makes
 # the strategy before any other TF op).
-CONFIG_MODES = {"report": _report, "export": "export", "serve_check": "serve_check", "export_preset": "export_preset",
-                "export_transformers": "export_transformers"}
-EXPERIMENT_MODES = {"train": "train", "evaluate": "evaluate_model", "predict": "predict", "distill": "distill",
-                    "train_teachers": None, "soft_labels": None, "pipeline": None}
+CONFIG_MODES = {
+    "report": _report,
+    "export": "export",
+    "serve_check": "serve_check",
+    "export_preset": "export_preset",
+    "export_transformers": "export_transformers",
+}
+EXPERIMENT_MODES = {
+    "train": "train",
+    "evaluate": "evaluate_model",
+    "predict": "predict",
+    "distill": "distill",
+    "train_teachers": None,
+    "soft_labels": None,
+    "pipeline": None,
+}
 
 
 def _run_mode(config: ExperimentConfig):
@@ -47,15 +59,19 @@ def _run_mode(config: ExperimentConfig):
         if EXPERIMENT_MODES[mode]:
             result = getattr(modes, EXPERIMENT_MODES[mode])(experiment)
         else:
-            result = {"train_teachers": experiment.teachers, "soft_labels": experiment.soft_labels,
-                      "pipeline": experiment.run}[mode]()
+            result = {
+                "train_teachers": experiment.teachers,
+                "soft_labels": experiment.soft_labels,
+                "pipeline": experiment.run,
+            }[mode]()
     experiment.close()
     return result
 
 
 def main(argv: list[str]) -> int:
-    from mtkd_tf import files, preemption
     from mtkd_tf.errors import MtkdError
+    from mtkd_tf.runtime import files
+    from mtkd_tf.training import preemption
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (options are --flags)")

@@ -19,18 +19,37 @@ from typing import Any, Sequence
 
 # Choices owned (and checked for direct callers) by the modules that use them:
 from mtkd_tf.data.batching import SAMPLING
-from mtkd_tf.distribute import INFERENCE_PRECISIONS, PRECISIONS, STRATEGIES
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.losses import SOFT_LOSSES
+from mtkd_tf.models.losses import SOFT_LOSSES
+from mtkd_tf.training.distribute import INFERENCE_PRECISIONS, PRECISIONS, STRATEGIES
 
-MODES = ("train", "evaluate", "predict", "train_teachers", "soft_labels", "distill", "pipeline", "report", "export",
-         "serve_check", "export_preset", "export_transformers")
+MODES = (
+    "train",
+    "evaluate",
+    "predict",
+    "train_teachers",
+    "soft_labels",
+    "distill",
+    "pipeline",
+    "report",
+    "export",
+    "serve_check",
+    "export_preset",
+    "export_transformers",
+)
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
 ALPHA_SCHEDULES = ("constant", "anneal")
 
 
-def setting(default: Any, help: str, *, choices: tuple | None = None, lower: float | None = None,
-            upper: float | None = None, factory: bool = False) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    lower: float | None = None,
+    upper: float | None = None,
+    factory: bool = False,
+) -> Any:
     """A config field with its documentation and bounds (what the generated flag checks too)."""
     metadata = {"help": help, "choices": choices, "lower": lower, "upper": upper}
     if factory:
@@ -65,44 +84,70 @@ class _Group:
 class DataConfig(_Group):
     """Which tasks, and where their examples come from."""
 
-    tasks: list[str] = setting(["sst2", "rte", "stsb"], "Task names (GLUE, built-in suites or task_file).", factory=True)
+    tasks: list[str] = setting(
+        ["sst2", "rte", "stsb"], "Task names (GLUE, built-in suites or task_file).", factory=True
+    )
     task_file: str | None = setting(None, "YAML/JSON file defining custom tasks.")
-    answer_module: list[str] = setting([], "Pair-classification head: san or linear for all, or task=san|linear items "
-                                       "(default: SAN for mnli, rte, wnli, qqp, mrpc as in the paper).", factory=True)
-    data_source: str = setting("tsv", "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets; "
-                               "hf: Hugging Face datasets, <data_dir>/<task> on disk or the task's hub dataset from "
-                               "the local cache (pip install mtkd_tf[hf]).", choices=("tsv", "tfds", "hf"))
-    data_dir: str | None = setting(None, "Directory of the TSV data, the TFDS data_dir, or the directory of one Hugging "
-                                   "Face dataset per task.")
-    suite: str | None = setting(None, "A built-in offline suite (moviesuite: real data from PyPI packages; "
-                                "glue_sample: synthetic GLUE) to use as data_dir.")
+    answer_module: list[str] = setting(
+        [],
+        "Pair-classification head: san or linear for all, or task=san|linear items "
+        "(default: SAN for mnli, rte, wnli, qqp, mrpc as in the paper).",
+        factory=True,
+    )
+    data_source: str = setting(
+        "tsv",
+        "tsv: files in the GLUE directory layout (or a task file's); tfds: tensorflow_datasets; "
+        "hf: Hugging Face datasets, <data_dir>/<task> on disk or the task's hub dataset from "
+        "the local cache (pip install mtkd_tf[hf]).",
+        choices=("tsv", "tfds", "hf"),
+    )
+    data_dir: str | None = setting(
+        None, "Directory of the TSV data, the TFDS data_dir, or the directory of one Hugging Face dataset per task."
+    )
+    suite: str | None = setting(
+        None,
+        "A built-in offline suite (moviesuite: real data from PyPI packages; "
+        "glue_sample: synthetic GLUE) to use as data_dir.",
+    )
     suite_size: int = setting(400, "Training examples per task of a generated suite.", lower=8)
     tfds_download: bool = setting(False, "Let tfds.load download missing datasets (off: fail fast offline).")
     skip_bad_rows: bool = setting(False, "Skip malformed data rows with a warning instead of failing.")
     max_train_examples: int = setting(0, "Use at most this many training examples per task (0: all).", lower=0)
     max_eval_examples: int = setting(0, "Use at most this many examples per dev/test split (0: all).", lower=0)
-    labelled_fraction: float = setting(1.0, "Teacher tasks keep this fraction of their training examples labelled "
-                                       "(chosen by a hash of their ids, after the held-out split and max_train_examples); "
-                                       "the rest lose their labels and join as unlabelled text: teachers and the baseline "
-                                       "train on the labelled part, the student also learns the rest's soft labels "
-                                       "(1: all labelled).", lower=0.001, upper=1.0)
-    heldout_examples: int = setting(0, "Set this many training examples per task aside (chosen by a hash of their ids, "
-                                    "before max_train_examples) as the labelled held-out split on which the report "
-                                    "tests the paper's claims; dev stays the split of every choice (0: none, claims "
-                                    "on dev).", lower=0)
+    labelled_fraction: float = setting(
+        1.0,
+        "Teacher tasks keep this fraction of their training examples labelled "
+        "(chosen by a hash of their ids, after the held-out split and max_train_examples); "
+        "the rest lose their labels and join as unlabelled text: teachers and the baseline "
+        "train on the labelled part, the student also learns the rest's soft labels "
+        "(1: all labelled).",
+        lower=0.001,
+        upper=1.0,
+    )
+    heldout_examples: int = setting(
+        0,
+        "Set this many training examples per task aside (chosen by a hash of their ids, "
+        "before max_train_examples) as the labelled held-out split on which the report "
+        "tests the paper's claims; dev stays the split of every choice (0: none, claims "
+        "on dev).",
+        lower=0,
+    )
 
 
 @dataclasses.dataclass
 class ModelConfig(_Group):
     """The shared encoder and the input length."""
 
-    encoder: str = setting("tiny", "Encoder: keras-hub preset, local directory, alias (tiny, minilm_l6) or random:layers=..,hidden=..")
+    encoder: str = setting(
+        "tiny", "Encoder: keras-hub preset, local directory, alias (tiny, minilm_l6) or random:layers=..,hidden=.."
+    )
     vocab_file: str | None = setting(None, "vocab.txt for a random encoder (default: learned from the training text).")
     vocab_size: int = setting(2000, "Size of a learned vocabulary for random encoders.", lower=100)
     encoder_dropout: float | None = setting(None, "Override the shared layers' dropout.", lower=0.0, upper=0.99)
     max_seq_length: int = setting(128, "Tokens per example after packing (pairs truncated round-robin).", lower=8)
-    pad_to_multiple_of: int = setting(8, "Pad each batch to its longest example rounded up to this (0: always to "
-                                      "max_seq_length).", lower=0)
+    pad_to_multiple_of: int = setting(
+        8, "Pad each batch to its longest example rounded up to this (0: always to max_seq_length).", lower=0
+    )
 
 
 @dataclasses.dataclass
@@ -112,26 +157,54 @@ class TrainingConfig(_Group):
     batch_size: int = setting(32, "Global batch size.", lower=1)
     epochs: int = setting(5, "Training epochs.", lower=1)
     learning_rate: float = setting(5e-5, "Peak learning rate.", lower=0.0)
-    optimizer: str = setting("adamax", "Optimizer (paper: adamax; adamax_fused: the same update in TensorFlow's fused "
-                             "ApplyAdaMax kernel, rounded differently in the last bits).", choices=OPTIMIZERS)
+    optimizer: str = setting(
+        "adamax",
+        "Optimizer (paper: adamax; adamax_fused: the same update in TensorFlow's fused "
+        "ApplyAdaMax kernel, rounded differently in the last bits).",
+        choices=OPTIMIZERS,
+    )
     warmup_fraction: float = setting(0.1, "Fraction of steps of linear warm-up.", lower=0.0, upper=0.99)
     clipnorm: float = setting(1.0, "Global gradient-norm clip (0: off).", lower=0.0)
-    weight_decay: float = setting(0.01, "Decoupled weight decay, w -= lr * weight_decay * w every step, on every "
-                                  "weight (adamax, adamax_fused, adamw; the reference MT-DNN's Adamax does this).", lower=0.0)
+    weight_decay: float = setting(
+        0.01,
+        "Decoupled weight decay, w -= lr * weight_decay * w every step, on every "
+        "weight (adamax, adamax_fused, adamw; the reference MT-DNN's Adamax does this).",
+        lower=0.0,
+    )
     task_sampling: str = setting("proportional", "How batches of tasks are mixed.", choices=SAMPLING)
     sampling_temperature: float = setting(1.0, "tau of temperature sampling, p ~ |D|^tau.", lower=0.0)
     seed: int = setting(0, "Random seed.")
-    length_bucketing: bool = setting(True, "Batch training examples of similar length together (less padding, faster epochs).")
-    checkpoint_every_steps: int = setting(500, "Checkpoint the training state every N steps and at epoch ends "
-                                          "(0: epoch ends only); re-running the same command resumes from the latest one.", lower=0)
-    keep_checkpoints: int = setting(2, "Verified checkpoints kept per training run (the newest); an older one is deleted "
-                                    "only after a newer one is written and verified, and resume falls back to it if "
-                                    "the newest is damaged.", lower=1)
-    jit_compile: bool = setting(False, "Compile train steps with XLA (implies static shapes: full batches, fixed sequence length).")
-    verbose: int = setting(-1, "Keras progress output: -1 auto (a bar in a terminal; in a log, a line about every "
-                           "minute), 0 silent, 1 bar, 2 a line per epoch.", lower=-1, upper=2)
-    progress_seconds: float = setting(60.0, "In a log (not a terminal): seconds between progress lines (step, examples/s, "
-                                      "loss, time left); 0: off.", lower=0.0)
+    length_bucketing: bool = setting(
+        True, "Batch training examples of similar length together (less padding, faster epochs)."
+    )
+    checkpoint_every_steps: int = setting(
+        500,
+        "Checkpoint the training state every N steps and at epoch ends "
+        "(0: epoch ends only); re-running the same command resumes from the latest one.",
+        lower=0,
+    )
+    keep_checkpoints: int = setting(
+        2,
+        "Verified checkpoints kept per training run (the newest); an older one is deleted "
+        "only after a newer one is written and verified, and resume falls back to it if "
+        "the newest is damaged.",
+        lower=1,
+    )
+    jit_compile: bool = setting(
+        False, "Compile train steps with XLA (implies static shapes: full batches, fixed sequence length)."
+    )
+    verbose: int = setting(
+        -1,
+        "Keras progress output: -1 auto (a bar in a terminal; in a log, a line about every "
+        "minute), 0 silent, 1 bar, 2 a line per epoch.",
+        lower=-1,
+        upper=2,
+    )
+    progress_seconds: float = setting(
+        60.0,
+        "In a log (not a terminal): seconds between progress lines (step, examples/s, loss, time left); 0: off.",
+        lower=0.0,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -144,48 +217,74 @@ class TeacherConfig(_Group):
     """The teacher ensemble: K MT-DNNs that differ in seed, dropout and encoder."""
 
     num_teachers: int = setting(3, "Members of the teacher ensemble (K).", lower=1)
-    teacher_pool: int = setting(0, "Candidates to train and choose the K members from by dev score (0: K, no "
-                                "selection; paper: 6 -> 3).", lower=0)
-    teacher_selection_tasks: list[str] = setting([], "Tasks whose dev scores (first metric, averaged) rank the pool "
-                                                 "(default: the teacher tasks; paper: mnli,rte).", factory=True)
-    teacher_dropouts: list[float] = setting([0.1, 0.2, 0.3], "Shared-layer dropout of member k: item k mod len.", factory=True)
+    teacher_pool: int = setting(
+        0,
+        "Candidates to train and choose the K members from by dev score (0: K, no selection; paper: 6 -> 3).",
+        lower=0,
+    )
+    teacher_selection_tasks: list[str] = setting(
+        [],
+        "Tasks whose dev scores (first metric, averaged) rank the pool (default: the teacher tasks; paper: mnli,rte).",
+        factory=True,
+    )
+    teacher_dropouts: list[float] = setting(
+        [0.1, 0.2, 0.3], "Shared-layer dropout of member k: item k mod len.", factory=True
+    )
     teacher_encoders: list[str] = setting([], "Encoder of member k: item k mod len (default: encoder).", factory=True)
-    teacher_tasks: list[str] = setting([], "Tasks that get teachers (default: every trained task; paper: mnli,qqp,rte,qnli).",
-                                       factory=True)
+    teacher_tasks: list[str] = setting(
+        [], "Tasks that get teachers (default: every trained task; paper: mnli,qqp,rte,qnli).", factory=True
+    )
     teacher_epochs: int | None = setting(None, "Epochs for teachers (default: epochs).", lower=1)
     teacher_dir: str | None = setting(None, "Where members are trained (default: <model_dir>/teachers).")
-    teacher_dirs: list[str] = setting([], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).",
-                                      factory=True)
-    gate_margin: float | None = setting(None, "Pipeline gate (points x100): after the teachers and baseline run 0, the "
-                                        "selected ensemble must beat that baseline on dev by more than this (each teacher "
-                                        "task's first metric, averaged), or the pipeline stops and the report says the "
-                                        "paper's claims are untestable (default: no gate).")
+    teacher_dirs: list[str] = setting(
+        [], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).", factory=True
+    )
+    gate_margin: float | None = setting(
+        None,
+        "Pipeline gate (points x100): after the teachers and baseline run 0, the "
+        "selected ensemble must beat that baseline on dev by more than this (each teacher "
+        "task's first metric, averaged), or the pipeline stops and the report says the "
+        "paper's claims are untestable (default: no gate).",
+    )
 
     def validate(self) -> None:
         super().validate()
         for dropout in self.teacher_dropouts:
             if not 0 <= dropout <= 0.99:  # each member's encoder_dropout (whose bound this is)
-                raise ConfigError(f"teacher_dropouts: a teacher dropout must be in [0, 0.99], got {dropout}",
-                                  "teacher_dropouts")
+                raise ConfigError(
+                    f"teacher_dropouts: a teacher dropout must be in [0, 0.99], got {dropout}", "teacher_dropouts"
+                )
         if not self.teacher_dropouts:
             raise ConfigError("teacher_dropouts must list at least one value", "teacher_dropouts")
         if self.teacher_pool and self.teacher_pool < self.num_teachers:
-            raise ConfigError(f"teacher_pool {self.teacher_pool} is smaller than num_teachers {self.num_teachers}: "
-                              "the pool must hold at least the members kept", ("teacher_pool", "num_teachers"))
+            raise ConfigError(
+                f"teacher_pool {self.teacher_pool} is smaller than num_teachers {self.num_teachers}: "
+                "the pool must hold at least the members kept",
+                ("teacher_pool", "num_teachers"),
+            )
 
 
 @dataclasses.dataclass
 class FinetuneConfig(_Group):
     """MT-DNN's second stage: fine-tuning trained multi-task models on each task alone."""
 
-    finetune_epochs: int = setting(0, "Epochs of per-task fine-tuning after multi-task training (0: none). Teachers: "
-                                   "each member is fine-tuned on each teacher task, one ensemble per task.", lower=0)
-    finetune_learning_rate: float | None = setting(None, "Fine-tuning's peak learning rate (default: learning_rate).",
-                                                   lower=0.0)
-    finetune_student: bool = setting(True, "With finetune_epochs: also fine-tune the student and the baseline and "
-                                     "report both forms (the multi-task student stays the exported model).")
-    finetune_tasks: list[str] = setting([], "Tasks the student and baseline are fine-tuned on (default: every "
-                                        "trained task).", factory=True)
+    finetune_epochs: int = setting(
+        0,
+        "Epochs of per-task fine-tuning after multi-task training (0: none). Teachers: "
+        "each member is fine-tuned on each teacher task, one ensemble per task.",
+        lower=0,
+    )
+    finetune_learning_rate: float | None = setting(
+        None, "Fine-tuning's peak learning rate (default: learning_rate).", lower=0.0
+    )
+    finetune_student: bool = setting(
+        True,
+        "With finetune_epochs: also fine-tune the student and the baseline and "
+        "report both forms (the multi-task student stays the exported model).",
+    )
+    finetune_tasks: list[str] = setting(
+        [], "Tasks the student and baseline are fine-tuned on (default: every trained task).", factory=True
+    )
 
 
 @dataclasses.dataclass
@@ -194,42 +293,65 @@ class DistillationConfig(_Group):
 
     alpha: float = setting(0.5, "Weight of the soft loss for tasks with a teacher: (1 - a) hard + a soft.")
     task_alpha: dict[str, float] = dataclasses.field(
-        default_factory=dict, metadata={"help": "Per-task alpha overrides, task:alpha items."})
-    alpha_schedule: str = setting("constant", "constant: alpha throughout (paper); anneal: the soft weight goes "
-                                  "linearly from 1 at the first step to 0 at the last, so the student ends on the gold "
-                                  "labels (teacher annealing, Clark et al. 2019; overrides alpha and task_alpha).",
-                                  choices=ALPHA_SCHEDULES)
+        default_factory=dict, metadata={"help": "Per-task alpha overrides, task:alpha items."}
+    )
+    alpha_schedule: str = setting(
+        "constant",
+        "constant: alpha throughout (paper); anneal: the soft weight goes "
+        "linearly from 1 at the first step to 0 at the last, so the student ends on the gold "
+        "labels (teacher annealing, Clark et al. 2019; overrides alpha and task_alpha).",
+        choices=ALPHA_SCHEDULES,
+    )
     temperature: float = setting(1.0, "Distillation temperature T (paper: 1).")
-    soft_loss: str = setting("ce", "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.", choices=SOFT_LOSSES)
+    soft_loss: str = setting(
+        "ce", "Soft loss: cross-entropy (paper), KL, or MSE on log-probabilities.", choices=SOFT_LOSSES
+    )
     online_teachers: bool = setting(False, "Run frozen teachers inside the train step instead of cached soft labels.")
     hidden_loss_weight: float = setting(0.0, "Weight of the [CLS] hidden-state loss (online teachers).", lower=0.0)
     student_encoder: str | None = setting(None, "Student encoder (default: encoder), e.g. a smaller size spec.")
-    soft_labels_precision: str = setting("auto", "Teachers' encoder precision when writing soft labels (auto: bfloat16 on "
-                                         "GPUs and on CPUs with AVX512-BF16/AMX; evaluation stays float32).",
-                                         choices=INFERENCE_PRECISIONS)
+    soft_labels_precision: str = setting(
+        "auto",
+        "Teachers' encoder precision when writing soft labels (auto: bfloat16 on "
+        "GPUs and on CPUs with AVX512-BF16/AMX; evaluation stays float32).",
+        choices=INFERENCE_PRECISIONS,
+    )
     soft_labels_dir: str | None = setting(None, "Soft-label files (default: <model_dir>/soft_labels).")
     student_dir: str | None = setting(None, "The distilled student (default: <model_dir>/student).")
     train_baseline: bool = setting(True, "Pipeline: also train the plain MT-DNN baseline with the same settings.")
-    seeds: int = setting(1, "Train the student and the baseline this many times, with seeds seed, seed+1, ... (teachers "
-                         "are trained once); the report gives mean +/- sd and the interval of the mean difference.",
-                         lower=1)
-    compare_anneal: bool = setting(False, "Also train a student with alpha_schedule=anneal (<student_dir>_anneal) on the "
-                                   "same soft labels and report it beside the student.")
-    self_distill_rounds: int = setting(0, "Self-distillation (born-again) rounds after the student: round r's student "
-                                       "(<student_dir>_r<r>) learns from the soft labels of round r-1's student alone "
-                                       "(round 0: the distilled student), with the same settings; each is a report row.",
-                                       lower=0)
+    seeds: int = setting(
+        1,
+        "Train the student and the baseline this many times, with seeds seed, seed+1, ... (teachers "
+        "are trained once); the report gives mean +/- sd and the interval of the mean difference.",
+        lower=1,
+    )
+    compare_anneal: bool = setting(
+        False,
+        "Also train a student with alpha_schedule=anneal (<student_dir>_anneal) on the "
+        "same soft labels and report it beside the student.",
+    )
+    self_distill_rounds: int = setting(
+        0,
+        "Self-distillation (born-again) rounds after the student: round r's student "
+        "(<student_dir>_r<r>) learns from the soft labels of round r-1's student alone "
+        "(round 0: the distilled student), with the same settings; each is a report row.",
+        lower=0,
+    )
 
     def validate(self) -> None:
         super().validate()
         check_alpha(self.alpha, self.task_alpha)
         check_temperature(self.temperature)
         if self.compare_anneal and self.alpha_schedule == "anneal":
-            raise ConfigError("compare_anneal trains an annealed student beside the constant-alpha one, but "
-                              "alpha_schedule is already anneal", ("compare_anneal", "alpha_schedule"))
+            raise ConfigError(
+                "compare_anneal trains an annealed student beside the constant-alpha one, but "
+                "alpha_schedule is already anneal",
+                ("compare_anneal", "alpha_schedule"),
+            )
         if self.hidden_loss_weight and not self.online_teachers:
-            raise ConfigError("hidden_loss_weight needs online_teachers (the hidden-state loss compares live [CLS] "
-                              "vectors)", ("hidden_loss_weight", "online_teachers"))
+            raise ConfigError(
+                "hidden_loss_weight needs online_teachers (the hidden-state loss compares live [CLS] vectors)",
+                ("hidden_loss_weight", "online_teachers"),
+            )
 
 
 def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
@@ -251,48 +373,86 @@ def check_temperature(temperature: float) -> None:
 class RuntimeConfig(_Group):
     """Where outputs go and how the process runs: strategy, precision, determinism."""
 
-    mode: str = setting("train", "What bin/run does: one stage, or the whole pipeline "
-                        "(Experiment.run() always runs the pipeline).", choices=MODES)
+    mode: str = setting(
+        "train",
+        "What bin/run does: one stage, or the whole pipeline (Experiment.run() always runs the pipeline).",
+        choices=MODES,
+    )
     model_dir: str | None = setting(None, "Where models, checkpoints, logs and results go (the experiment root).")
     output_dir: str | None = setting(None, "Where predict writes submission files (default: <model_dir>/predictions).")
     eval_batch_size: int = setting(128, "Batch size for evaluation and inference.", lower=1)
-    strategy: str = setting("auto", "tf.distribute strategy (auto: TPU if configured, mirrored over >1 GPU, else default); "
-                            "multi_worker reads TF_CONFIG.", choices=STRATEGIES)
+    strategy: str = setting(
+        "auto",
+        "tf.distribute strategy (auto: TPU if configured, mirrored over >1 GPU, else default); "
+        "multi_worker reads TF_CONFIG.",
+        choices=STRATEGIES,
+    )
     tpu: str | None = setting(None, "TPU address for strategy tpu|auto (empty on Colab/Cloud TPU VMs).")
     num_gpus: int | None = setting(None, "Use at most this many GPUs.", lower=0)
-    mixed_precision: str = setting("float32", "Training precision, a Keras dtype policy (mixed_float16 adds dynamic loss "
-                                   "scaling; heads and losses stay float32); auto: mixed_bfloat16 where bfloat16 is native "
-                                   "and measured faster (AMX/AVX512-BF16 CPUs, GPUs of compute capability 8+), else "
-                                   "float32. Evaluation always runs in float32.", choices=PRECISIONS)
-    deterministic: bool = setting(False, "Deterministic ops (tf.config.experimental.enable_op_determinism): with seed, "
-                                  "re-runs give bit-identical weights and metrics.")
-    stop_grace_seconds: float = setting(25.0, "On SIGTERM or SIGINT a run finishes its current step (training step, "
-                                        "soft-label chunk, evaluation of one model on one split), saves its state there "
-                                        "and exits with status 128 + the signal (143, 130); if that takes longer than "
-                                        "this, it exits at once, keeping the previous checkpoint (0: wait as long as the "
-                                        "step takes). Set it below the platform's grace period.", lower=0.0)
+    mixed_precision: str = setting(
+        "float32",
+        "Training precision, a Keras dtype policy (mixed_float16 adds dynamic loss "
+        "scaling; heads and losses stay float32); auto: mixed_bfloat16 where bfloat16 is native "
+        "and measured faster (AMX/AVX512-BF16 CPUs, GPUs of compute capability 8+), else "
+        "float32. Evaluation always runs in float32.",
+        choices=PRECISIONS,
+    )
+    deterministic: bool = setting(
+        False,
+        "Deterministic ops (tf.config.experimental.enable_op_determinism): with seed, "
+        "re-runs give bit-identical weights and metrics.",
+    )
+    stop_grace_seconds: float = setting(
+        25.0,
+        "On SIGTERM or SIGINT a run finishes its current step (training step, "
+        "soft-label chunk, evaluation of one model on one split), saves its state there "
+        "and exits with status 128 + the signal (143, 130); if that takes longer than "
+        "this, it exits at once, keeping the previous checkpoint (0: wait as long as the "
+        "step takes). Set it below the platform's grace period.",
+        lower=0.0,
+    )
 
 
 @dataclasses.dataclass
 class ExportConfig(_Group):
     """SavedModel export for TF Serving, and a server-less check of a request."""
 
-    export_dir: str | None = setting(None, "export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>. "
-                                     "export_preset / export_transformers: the new directory to write.")
-    export_version: int | None = setting(None, "Version directory to write (default: the next integer; never overwritten).",
-                                         lower=1)
-    serving_default_task: str | None = setting(None, "Task behind the serving_default signature (default: the first task).")
-    request_file: str | None = setting(None, "serve_check: a TF Serving REST :predict JSON body to answer with "
-                                       "export_dir's latest version (or saved_model).")
-    saved_model: str | None = setting(None, "serve_check: the SavedModel directory (default: latest version under export_dir).")
-    export_task: str | None = setting(None, "export_transformers: the task whose head goes with the encoder, as "
-                                      "...ForSequenceClassification (classification or regression, linear head); "
-                                      "default: the encoder alone.")
+    export_dir: str | None = setting(
+        None,
+        "export: TF Serving model base path; the SavedModel goes to <export_dir>/<version>. "
+        "export_preset / export_transformers: the new directory to write.",
+    )
+    export_version: int | None = setting(
+        None, "Version directory to write (default: the next integer; never overwritten).", lower=1
+    )
+    serving_default_task: str | None = setting(
+        None, "Task behind the serving_default signature (default: the first task)."
+    )
+    request_file: str | None = setting(
+        None,
+        "serve_check: a TF Serving REST :predict JSON body to answer with "
+        "export_dir's latest version (or saved_model).",
+    )
+    saved_model: str | None = setting(
+        None, "serve_check: the SavedModel directory (default: latest version under export_dir)."
+    )
+    export_task: str | None = setting(
+        None,
+        "export_transformers: the task whose head goes with the encoder, as "
+        "...ForSequenceClassification (classification or regression, linear head); "
+        "default: the encoder alone.",
+    )
 
 
 GROUPS = {
-    "data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "teachers": TeacherConfig,
-    "finetune": FinetuneConfig, "distillation": DistillationConfig, "runtime": RuntimeConfig, "export": ExportConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "teachers": TeacherConfig,
+    "finetune": FinetuneConfig,
+    "distillation": DistillationConfig,
+    "runtime": RuntimeConfig,
+    "export": ExportConfig,
 }
 
 
@@ -315,8 +475,10 @@ class ExperimentConfig:
         for group in GROUPS:
             getattr(self, group).validate()
         if self.teachers.gate_margin is not None and not self.distillation.train_baseline:
-            raise ConfigError("gate_margin compares the ensemble with the baseline: it needs train_baseline",
-                              ("gate_margin", "train_baseline"))
+            raise ConfigError(
+                "gate_margin compares the ensemble with the baseline: it needs train_baseline",
+                ("gate_margin", "train_baseline"),
+            )
         return self
 
     # --- access by field name ------------------------------------------------------------
@@ -412,7 +574,7 @@ def check_flagfiles(args: Sequence[str], seen: set[str] | None = None) -> None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            from mtkd_tf.files import not_utf8
+            from mtkd_tf.runtime.files import not_utf8
 
             raise ConfigError(f"flagfile {name}:{not_utf8(data, error)}", "flagfile") from None
         check_flagfiles([line.strip() for line in text.splitlines()], seen)
@@ -444,9 +606,13 @@ def define_flags(flag_values) -> None:
             elif meta.get("choices"):
                 flags.DEFINE_enum(default=default, enum_values=list(meta["choices"]), **common)
             elif kind is int:
-                flags.DEFINE_integer(default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common)
+                flags.DEFINE_integer(
+                    default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common
+                )
             elif kind is float:
-                flags.DEFINE_float(default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common)
+                flags.DEFINE_float(
+                    default=default, lower_bound=meta.get("lower"), upper_bound=meta.get("upper"), **common
+                )
             else:
                 flags.DEFINE_string(default=default, **common)
 
@@ -475,4 +641,6 @@ def from_flag_value(field: dataclasses.Field, value: Any) -> Any:
 
 
 GROUP_OF_FIELD = {field.name: cls for cls in GROUPS.values() for field in dataclasses.fields(cls)}
-assert len(GROUP_OF_FIELD) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "setting names must be unique"
+assert len(GROUP_OF_FIELD) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), (
+    "setting names must be unique"
+)

@@ -27,9 +27,15 @@ class Child:
 
     def __init__(self, args, env=None):
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-        self.process = subprocess.Popen([sys.executable, BIN, *map(str, args)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT,
-                                        preexec_fn=_child_setup)
+        self.process = subprocess.Popen(
+            [sys.executable, BIN, *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+            cwd=ROOT,
+            preexec_fn=_child_setup,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,8 +59,10 @@ class Child:
             if condition():
                 return
             if self.process.poll() is not None:
-                raise AssertionError(f"the run ended (status {self.process.returncode}) before the awaited point:\n"
-                                     + self.stderr[-3000:])
+                raise AssertionError(
+                    f"the run ended (status {self.process.returncode}) before the awaited point:\n"
+                    + self.stderr[-3000:]
+                )
             time.sleep(0.02)
         raise AssertionError("timed out waiting:\n" + self.stderr[-3000:])
 

@@ -31,8 +31,10 @@ def _fail_in_ci(report) -> None:
     reason = _missing_module(report) if report.skipped and in_ci() else None
     if reason:
         report.outcome = "failed"
-        report.longrepr = (f"{reason}: CI installs every module the tests import (.ci/run: the test extra and "
-                           "benchmarks/requirements-peer.txt), so this skip is a failure here")
+        report.longrepr = (
+            f"{reason}: CI installs every module the tests import (.ci/run: the test extra and "
+            "benchmarks/requirements-peer.txt), so this skip is a failure here"
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -59,9 +61,9 @@ def glue_dir(tmp_path_factory):
 def tiny_encoder_factory(glue_dir):
     """Builds fresh tiny encoders (2 layers, hidden 64) with a vocabulary learned from the sample."""
     from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import GLUE_TASKS
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.models.families import learn_wordpiece_vocabulary
-    from mtkd_tf.tasks import GLUE_TASKS
 
     texts = []
     for name in ("sst2", "rte", "stsb", "mnli"):
@@ -86,7 +88,11 @@ def run_cli(*args, env=None, timeout=600):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "bin", "run"), *args],
-        capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=ROOT,
     )
 
 
@@ -94,18 +100,26 @@ def run_cli(*args, env=None, timeout=600):
 def tiny_export(tmp_path_factory):
     """One SavedModel export (TF Serving layout) of an untrained tiny MT-DNN, built once per session:
     sst2 (one sentence), rte (a pair, SAN head), stsb (a pair, regression; max_seq_length 64)."""
-    from mtkd_tf import export, model_dir as model_dir_lib
     from mtkd_tf.data.preprocessing import Preprocessor
+    from mtkd_tf.data.tasks import GLUE_TASKS, with_answer_modules
+    from mtkd_tf.export import saved_model as export
+    from mtkd_tf.models import model_dir as model_dir_lib
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
 
-    texts = ["the old film shows a dog and was great", "a dog", "perhaps the story", "bad acting, dull plot",
-             "Ünïcödé — ça marche? 🎬", "日本語のテキスト"] * 8
+    texts = [
+        "the old film shows a dog and was great",
+        "a dog",
+        "perhaps the story",
+        "bad acting, dull plot",
+        "Ünïcödé — ça marche? 🎬",
+        "日本語のテキスト",
+    ] * 8
     encoder = load_encoder("tiny", training_texts=texts, vocabulary_size=200, seed=0)
     tasks = with_answer_modules([GLUE_TASKS[name] for name in ("sst2", "rte", "stsb")], [])
     model = MTDNN(encoder.backbone, tasks, preprocessor=Preprocessor(encoder.tokenizer, 64))
     directory = str(tmp_path_factory.mktemp("tiny_export"))
-    model_dir_lib.save(os.path.join(directory, "model"), model, encoder.tokenizer, encoder.lowercase, 64,
-                       encoder=encoder.spec)
+    model_dir_lib.save(
+        os.path.join(directory, "model"), model, encoder.tokenizer, encoder.lowercase, 64, encoder=encoder.spec
+    )
     return export.export(os.path.join(directory, "model"), os.path.join(directory, "serving"))

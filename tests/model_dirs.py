@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.data.preprocessing import Preprocessor
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.encoder import load_encoder, with_activation
 from mtkd_tf.models.mtdnn import MTDNN
 
@@ -35,9 +35,17 @@ def moviesuite_sample(split: str = "dev", count: int = 12) -> dict[str, list]:
     return sample
 
 
-def build_model_dir(directory: str, encoder_spec: str, tasks: list, texts: list[str] | None = None,
-                    vocab_file: str | None = None, max_seq_length: int = 64, exact_gelu: bool = False,
-                    rescale: bool = True, seed: int = 0) -> str:
+def build_model_dir(
+    directory: str,
+    encoder_spec: str,
+    tasks: list,
+    texts: list[str] | None = None,
+    vocab_file: str | None = None,
+    max_seq_length: int = 64,
+    exact_gelu: bool = False,
+    rescale: bool = True,
+    seed: int = 0,
+) -> str:
     """Writes an MT-DNN of `encoder_spec` with `tasks` to `directory`, as training would save it
     (`rescale`: a random encoder's kernels redrawn at a trained model's scale)."""
     encoder = load_encoder(encoder_spec, vocab_file=vocab_file, training_texts=texts, vocabulary_size=400, seed=seed)
@@ -53,8 +61,12 @@ def build_model_dir(directory: str, encoder_spec: str, tasks: list, texts: list[
     for head in model.heads.values():
         if hasattr(head, "dense"):
             kernel, bias = head.dense.get_weights()
-            head.dense.set_weights([rng.normal(0.0, HEAD_SCALE / np.sqrt(kernel.shape[0]), kernel.shape).astype("float32"),
-                                    rng.normal(0.0, 0.5, bias.shape).astype("float32")])
+            head.dense.set_weights(
+                [
+                    rng.normal(0.0, HEAD_SCALE / np.sqrt(kernel.shape[0]), kernel.shape).astype("float32"),
+                    rng.normal(0.0, 0.5, bias.shape).astype("float32"),
+                ]
+            )
     model_dir_lib.save(directory, model, encoder.tokenizer, encoder.lowercase, max_seq_length, encoder=encoder_spec)
     return directory
 

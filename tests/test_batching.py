@@ -6,7 +6,7 @@ import pytest
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.readers import SplitData
-from mtkd_tf.tasks import GLUE_TASKS
+from mtkd_tf.data.tasks import GLUE_TASKS
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(50)]
 
@@ -15,8 +15,14 @@ def _split(name, size):
     task = GLUE_TASKS[name]
     rng = np.random.default_rng(len(name))
     texts = [" ".join(f"w{j}" for j in rng.integers(0, 50, rng.integers(2, 9))) for _ in range(size)]
-    labels = rng.integers(0, task.num_classes, size).astype(np.int32) if task.labels else rng.uniform(0, 5, size).astype(np.float32)
-    return SplitData(task, "train", [f"{name}/train/{i}" for i in range(size)], texts, texts if task.is_pair else None, labels)
+    labels = (
+        rng.integers(0, task.num_classes, size).astype(np.int32)
+        if task.labels
+        else rng.uniform(0, 5, size).astype(np.float32)
+    )
+    return SplitData(
+        task, "train", [f"{name}/train/{i}" for i in range(size)], texts, texts if task.is_pair else None, labels
+    )
 
 
 def test_schedule_proportional_sees_every_batch_once_per_epoch():
@@ -31,7 +37,7 @@ def test_schedule_temperature_and_uniform_proportions():
     counts = [90, 10]
     hot = batching.batch_schedule(counts, epochs=50, sampling="temperature", temperature=0.5, seed=0)
     share = np.mean(hot == 1)
-    expected = 10 ** 0.5 / (90 ** 0.5 + 10 ** 0.5)
+    expected = 10**0.5 / (90**0.5 + 10**0.5)
     assert abs(share - expected) < 0.02
     uniform = batching.batch_schedule(counts, epochs=50, sampling="uniform", seed=0)
     assert abs(np.mean(uniform == 1) - 0.5) < 0.02
@@ -94,8 +100,14 @@ def test_length_bucketing_pads_less_and_covers_every_example():
     pre = Preprocessor(load_tokenizer(VOCAB), 64, pad_to_multiple_of=4)
     rng = np.random.default_rng(1)
     texts = [" ".join(f"w{j}" for j in rng.integers(0, 50, n)) for n in rng.integers(1, 60, 96)]
-    split = SplitData(GLUE_TASKS["sst2"], "train", [f"sst2/train/{i}" for i in range(96)], texts, None,
-                      rng.integers(0, 2, 96).astype(np.int32))
+    split = SplitData(
+        GLUE_TASKS["sst2"],
+        "train",
+        [f"sst2/train/{i}" for i in range(96)],
+        texts,
+        None,
+        rng.integers(0, 2, 96).astype(np.int32),
+    )
 
     def padded_tokens(bucketing):
         batches = list(batching.task_dataset(split, 0, pre, 8, seed=2, length_bucketing=bucketing).take(12))
@@ -138,7 +150,7 @@ def test_token_budget_batches_grow_for_short_texts_and_respect_the_budget():
     assert sizes[0] > 32  # short texts: more than batch_size per batch (16-wide -> up to 256)
     start = 0
     for size in sizes:
-        width = -(-min(int(lengths[start:start + size].max()) + 3, 128) // 16) * 16
+        width = -(-min(int(lengths[start : start + size].max()) + 3, 128) // 16) * 16
         assert size <= 32 or size * width <= 32 * 128  # beyond batch_size only within the budget
         start += size
     assert sizes[-1] <= 32  # the batch with full-length examples: at most batch_size

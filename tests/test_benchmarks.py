@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -17,16 +16,30 @@ from conftest import ROOT
 def test_benchmark_smoke_run_prints_every_overhead_figure(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "run"), "--size=tiny", "--steps=2", "--rounds=1",
-         "--figures=overhead,input_pipeline", f"--output={output}"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "run"),
+            "--size=tiny",
+            "--steps=2",
+            "--rounds=1",
+            "--figures=overhead,input_pipeline",
+            f"--output={output}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| kd_overhead (c/b step time) |" in result.stdout
     report = json.loads(output.read_text())
     names = [figure["name"] for figure in report["figures"]]
-    for name in ("matmul_peak_fp32", "mtdnn_overhead (b/a step time)", "flops_efficiency (b, fp32)",
-                 "input_pipeline / train step rate"):
+    for name in (
+        "matmul_peak_fp32",
+        "mtdnn_overhead (b/a step time)",
+        "flops_efficiency (b, fp32)",
+        "input_pipeline / train step rate",
+    ):
         assert name in names
     raw = report["raw"]
     assert raw["b_mtdnn"] > 0 and raw["flops_per_step"] > 0 and raw["d_distiller_online"] > raw["teacher_forward"] > 0
@@ -36,9 +49,18 @@ def test_benchmark_smoke_run_prints_every_overhead_figure(tmp_path):
 def test_benchmark_runs_each_figure_with_onednn_on_and_off_and_prints_the_ratio(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "run"), "--size=tiny", "--figures=input_pipeline",
-         "--onednn=both", f"--output={output}"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "run"),
+            "--size=tiny",
+            "--figures=input_pipeline",
+            "--onednn=both",
+            f"--output={output}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())

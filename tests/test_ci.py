@@ -36,9 +36,31 @@ def _pytest(tmp_path, ci):
     (tmp_path / "test_peer_module.py").write_text(MISSING_AT_MODULE_LEVEL)
     env = dict(os.environ, CI=ci, PYTHONPATH=os.path.join(ROOT, "tests"))
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-n", "0", "-p", "no:cacheprovider", "-p", "conftest",
-         "-c", os.devnull, "--continue-on-collection-errors", "--rootdir", str(tmp_path), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "conftest",
+            "-c",
+            os.devnull,
+            "--continue-on-collection-errors",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
 
 
 def test_in_ci_a_test_skipped_for_a_missing_module_fails(tmp_path):

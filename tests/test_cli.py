@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli
 
 TASKS = "sst2,mnli,stsb,ax"
@@ -21,7 +20,9 @@ def trained(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
     model_dir = str(tmp_path_factory.mktemp("model"))
     env = {"MTKD_CACHE": cache}
-    result = run_cli("--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--epochs=7", env=env)
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--epochs=7", env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, env, result
 
@@ -52,14 +53,18 @@ def test_evaluate_and_predict_from_the_model_dir(trained):
     model_dir, env, _ = trained
     with open(os.path.join(model_dir, "eval_results.json")) as handle:
         before = json.load(handle)
-    result = run_cli("--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--mode=evaluate", env=env)
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--mode=evaluate", env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(model_dir, "eval_results.json")) as handle:
         after = json.load(handle)
     for task, metrics in before.items():
         for name, value in metrics.items():
             assert after[task][name] == pytest.approx(value, abs=1e-6)
-    result = run_cli("--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--mode=predict", env=env)
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg", f"--tasks={TASKS}", f"--model_dir={model_dir}", "--mode=predict", env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = os.path.join(model_dir, "predictions")
     assert sorted(os.listdir(out)) == ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "SST-2.tsv", "STS-B.tsv"]
@@ -72,8 +77,14 @@ def test_evaluate_and_predict_from_the_model_dir(trained):
     assert all(0.0 <= s <= 5.0 for s in scores)
     # With mnli among the tasks, AX (scored with the MNLI head) is written too, unasked.
     other = os.path.join(model_dir, "predictions_no_ax")
-    result = run_cli("--flagfile=configs/tiny.cfg", "--tasks=sst2,mnli,stsb", f"--model_dir={model_dir}", "--mode=predict",
-                     f"--output_dir={other}", env=env)
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg",
+        "--tasks=sst2,mnli,stsb",
+        f"--model_dir={model_dir}",
+        "--mode=predict",
+        f"--output_dir={other}",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "AX.tsv" in os.listdir(other)
 
@@ -85,8 +96,14 @@ def test_failed_run_keeps_what_model_dir_had(trained, tmp_path):
     bad = tmp_path / "SST-2"
     bad.mkdir()
     (bad / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t5\n")
-    result = run_cli("--flagfile=configs/tiny.cfg", "--suite=", f"--data_dir={tmp_path}", "--tasks=sst2",
-                     f"--model_dir={model_dir}", env=env)
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg",
+        "--suite=",
+        f"--data_dir={tmp_path}",
+        "--tasks=sst2",
+        f"--model_dir={model_dir}",
+        env=env,
+    )
     assert result.returncode == 2
     assert "train.tsv:3: label '5' is not one of task sst2's labels" in result.stderr
     assert before == {name: _md5(os.path.join(model_dir, name)) for name in before}
@@ -116,7 +133,9 @@ def test_failed_run_keeps_what_model_dir_had(trained, tmp_path):
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(args, message, tmp_path):
-    result = run_cli("--flagfile=configs/tiny.cfg", f"--model_dir={tmp_path}/m", *args, env={"MTKD_CACHE": str(tmp_path)})
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg", f"--model_dir={tmp_path}/m", *args, env={"MTKD_CACHE": str(tmp_path)}
+    )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "== " not in result.stderr and not os.path.exists(f"{tmp_path}/m/teachers")  # no stage started

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from mtkd_tf import report as report_lib
+from mtkd_tf.experiment import report as report_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "results")
 RUNS = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(ROOT, "*", report_lib.INPUTS)))

@@ -21,15 +21,24 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
 
 STEPS_PER_EPOCH = 12  # 3 tasks x 16 examples / batch 4
 EVERY = 6  # --checkpoint_every_steps: checkpoints 6, 12 (epoch 1 ends), 18, 24
 MINILM = [
-    "--suite=glue_sample", "--suite_size=64", "--tasks=sst2,mrpc,stsb", "--encoder=minilm_l6",
-    "--max_train_examples=16", "--max_eval_examples=16", "--max_seq_length=32", "--batch_size=4",
-    "--epochs=2", "--learning_rate=1e-4", "--seed=1", "--deterministic", f"--checkpoint_every_steps={EVERY}",
+    "--suite=glue_sample",
+    "--suite_size=64",
+    "--tasks=sst2,mrpc,stsb",
+    "--encoder=minilm_l6",
+    "--max_train_examples=16",
+    "--max_eval_examples=16",
+    "--max_seq_length=32",
+    "--batch_size=4",
+    "--epochs=2",
+    "--learning_rate=1e-4",
+    "--seed=1",
+    "--deterministic",
+    f"--checkpoint_every_steps={EVERY}",
     "--verbose=0",
 ]
 TRAIN = [*MINILM, "--mode=train"]
@@ -179,8 +188,17 @@ def test_two_deterministic_minilm_distillations_are_bit_identical(reference, sof
     stream on resume is covered with tiny encoders in test_resume.py.)"""
     root = soft_labels[0]
     students = [tmp_path / "a", tmp_path / "b"]
-    args = [[*DISTILL, "--mode=distill", f"--model_dir={root}", f"--teacher_dirs={reference}",
-             f"--student_dir={student}", *(["--online_teachers"] if online else [])] for student in students]
+    args = [
+        [
+            *DISTILL,
+            "--mode=distill",
+            f"--model_dir={root}",
+            f"--teacher_dirs={reference}",
+            f"--student_dir={student}",
+            *(["--online_teachers"] if online else []),
+        ]
+        for student in students
+    ]
     _ok(run_cli(*args[0]))
     if online:
         backup, _ = _kill_after_checkpoint(args[1], students[1], EVERY)  # 6 of the epoch's 12 steps
@@ -205,9 +223,9 @@ def test_seeded_minilm_starts_from_identical_weights_and_dropout_seeds():
     Python's global `random` state was before (Keras draws unseeded SeedGenerator seeds from it)."""
     import keras
 
+    from mtkd_tf.data.tasks import registry, resolve_tasks
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.tasks import registry, resolve_tasks
 
     tasks = resolve_tasks("sst2,mrpc,stsb", registry())
 
@@ -236,11 +254,11 @@ def test_seeded_minilm_starts_from_identical_weights_and_dropout_seeds():
 def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
     import tensorflow as tf
 
-    from mtkd_tf import training
     from mtkd_tf.config import TrainingConfig
     from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import registry, resolve_tasks
     from mtkd_tf.models.encoder import load_encoder
-    from mtkd_tf.tasks import registry, resolve_tasks
+    from mtkd_tf.training import train as training
 
     tasks = resolve_tasks("sst2,mrpc,stsb", registry())
     splits = [readers.load_split(task, "train", data_dir=glue_dir).take(16) for task in tasks]
@@ -258,15 +276,16 @@ def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
     assert len(flat) == len(flat_again) and all(np.array_equal(x, y) for x, y in zip(flat, flat_again))
     other_schedule, other_batches = stream(4)
     assert not np.array_equal(schedule, other_schedule) or not all(
-        np.array_equal(x, y) for x, y in zip(flat, tf.nest.flatten(other_batches)))
+        np.array_equal(x, y) for x, y in zip(flat, tf.nest.flatten(other_batches))
+    )
 
 
 # --- AX (issue 16, item 4): scored with the MNLI head when its test file is present -----------
 
 
 def test_ax_joins_mnli_for_prediction_when_its_test_file_is_present(glue_dir, tmp_path):
-    from mtkd_tf import submission
-    from mtkd_tf.tasks import registry, resolve_tasks
+    from mtkd_tf.data.tasks import registry, resolve_tasks
+    from mtkd_tf.export import submission
 
     known = registry()
     names = lambda tasks: [task.name for task in tasks]  # noqa: E731
@@ -285,24 +304,28 @@ def test_ax_joins_mnli_for_prediction_when_its_test_file_is_present(glue_dir, tm
     tasks, skipped = submission.prediction_tasks(with_mnli, known, empty)
     assert names(tasks) == ["sst2", "mnli"]
     assert skipped == [f"AX skipped: {missing}: no such file"]  # one line, saying why
-    assert submission.prediction_tasks(with_mnli, known, None)[1] == ["AX skipped: no --data_dir to read its test file from"]
+    assert submission.prediction_tasks(with_mnli, known, None)[1] == [
+        "AX skipped: no --data_dir to read its test file from"
+    ]
     assert submission.prediction_tasks(resolve_tasks("sst2", known), known, empty) == (resolve_tasks("sst2", known), [])
 
 
 def test_ax_predictions_use_the_mnli_head(glue_dir, tiny_encoder_factory, tmp_path):
-    from mtkd_tf import submission
     from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import registry, resolve_tasks
+    from mtkd_tf.export import submission
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.tasks import registry, resolve_tasks
-    from mtkd_tf.training import encoder_preprocessor
+    from mtkd_tf.training.train import encoder_preprocessor
 
     known = registry()
     tasks, skipped = submission.prediction_tasks(resolve_tasks("mnli", known), known, glue_dir)
     encoder = tiny_encoder_factory(seed=0)
     model = MTDNN(encoder.backbone, tasks, preprocessor=encoder_preprocessor(encoder, 32))
     assert "ax" not in model.heads and "mnli" in model.heads
-    test = {name: {split: data.take(8) for split, data in splits.items()}
-            for name, splits in readers.load_splits(tasks, "test", data_dir=glue_dir).items()}
+    test = {
+        name: {split: data.take(8) for split, data in splits.items()}
+        for name, splits in readers.load_splits(tasks, "test", data_dir=glue_dir).items()
+    }
     written = submission.write_predictions(model, test, str(tmp_path))
     assert sorted(os.path.basename(path) for path in written) == ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]
     lines = (tmp_path / "AX.tsv").read_text().splitlines()

@@ -10,10 +10,11 @@ import sys
 import textwrap
 
 import pytest
-
 from child_runs import Child, run
-from mtkd_tf import directory_lock, training
-from mtkd_tf.directory_lock import DirectoryLock, LockError
+
+from mtkd_tf.runtime import directory_lock
+from mtkd_tf.runtime.directory_lock import DirectoryLock, LockError
+from mtkd_tf.training import train as training
 
 TINY = ["--flagfile=configs/tiny.cfg", "--suite_size=96", "--epochs=2", "--seed=7", "--checkpoint_every_steps=5"]
 
@@ -41,9 +42,12 @@ def holder(tmp_path):
 
 def test_a_directory_held_by_another_process_is_refused_naming_it(holder, tmp_path):
     directory, pid = holder
-    with pytest.raises(LockError, match=rf"model_dir {re.escape(str(directory))} is in use by pid {pid} on host "
-                       rf"{re.escape(socket.gethostname())}, started 2026-12-03T08:00:00\+00:00 \(bin/run --mode=train\); "
-                       rf"wait for it to end, or stop it \(kill -TERM {pid} saves a checkpoint and exits\)"):
+    with pytest.raises(
+        LockError,
+        match=rf"model_dir {re.escape(str(directory))} is in use by pid {pid} on host "
+        rf"{re.escape(socket.gethostname())}, started 2026-12-03T08:00:00\+00:00 \(bin/run --mode=train\); "
+        rf"wait for it to end, or stop it \(kill -TERM {pid} saves a checkpoint and exits\)",
+    ):
         DirectoryLock(str(directory), "model_dir").acquire()
     # training a model there (a stage directory in use) is refused the same way, before any step
     with pytest.raises(LockError, match=rf"model directory {re.escape(str(directory))} is in use by pid {pid}"):
@@ -79,8 +83,10 @@ def test_a_stale_lock_on_this_host_is_taken_over_with_a_warning(tmp_path, dead_p
     (directory / directory_lock.LOCK_FILE).write_text(json.dumps(record))
     with DirectoryLock(str(directory)):
         assert json.loads((directory / directory_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
-    assert (f"taking over the lock of {directory} left by pid {dead_pid} on host {socket.gethostname()}, started "
-            "2026-12-01T10:00:00+00:00 (x): that process is gone") in caplog.text
+    assert (
+        f"taking over the lock of {directory} left by pid {dead_pid} on host {socket.gethostname()}, started "
+        "2026-12-01T10:00:00+00:00 (x): that process is gone"
+    ) in caplog.text
     # a pid reused by another program (its start time differs) is gone too
     record.update(pid=os.getppid(), process_start="1")
     (directory / directory_lock.LOCK_FILE).write_text(json.dumps(record))
@@ -94,9 +100,12 @@ def test_a_lock_written_on_another_host_is_refused_with_what_to_do(tmp_path):
     directory.mkdir()
     record = {"pid": 4242, "host": "other-machine", "started": "2026-12-01T10:00:00+00:00"}
     (directory / directory_lock.LOCK_FILE).write_text(json.dumps(record))
-    with pytest.raises(LockError, match=rf"may be in use by pid 4242 on host other-machine, started .*another machine "
-                       rf"whose process cannot be checked from here; if that run is gone, delete "
-                       rf"{re.escape(str(directory / directory_lock.LOCK_FILE))} and run again"):
+    with pytest.raises(
+        LockError,
+        match=rf"may be in use by pid 4242 on host other-machine, started .*another machine "
+        rf"whose process cannot be checked from here; if that run is gone, delete "
+        rf"{re.escape(str(directory / directory_lock.LOCK_FILE))} and run again",
+    ):
         DirectoryLock(str(directory)).acquire()
     assert json.loads((directory / directory_lock.LOCK_FILE).read_text()) == record  # untouched
 
@@ -109,10 +118,12 @@ def test_a_second_bin_run_on_a_model_dir_in_use_stops_at_once_naming_the_first(t
     try:
         status, err = run([*TINY, f"--model_dir={tmp_path}"])
         assert status == 2, err[-3000:]
-        assert re.search(rf"error: model_dir {re.escape(str(tmp_path))} is in use by pid {first.pid} on host "
-                         rf"{re.escape(socket.gethostname())}, started \S+ \(\S*bin/run --flagfile=configs/tiny.cfg .*\); "
-                         rf"wait for it to end, or stop it \(kill -TERM {first.pid} saves a checkpoint and exits\)", err), \
-            err[-3000:]
+        assert re.search(
+            rf"error: model_dir {re.escape(str(tmp_path))} is in use by pid {first.pid} on host "
+            rf"{re.escape(socket.gethostname())}, started \S+ \(\S*bin/run --flagfile=configs/tiny.cfg .*\); "
+            rf"wait for it to end, or stop it \(kill -TERM {first.pid} saves a checkpoint and exits\)",
+            err,
+        ), err[-3000:]
         assert "Epoch 1/" not in err and "train: MT-DNN" not in err  # stopped before any work
         assert first.process.poll() is None  # the first run goes on
     finally:

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtkd_tf import losses
-from mtkd_tf.data import batching, readers
+from mtkd_tf.config import TrainingConfig
+from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.distill.soft_labels import SoftLabelError
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.models import losses
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import GLUE_TASKS
-from mtkd_tf.config import TrainingConfig
-from mtkd_tf.training import make_optimizer, training_data
+from mtkd_tf.training.train import make_optimizer, training_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,13 @@ Q = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
 
 def _soft(kind, temperature, task="mnli", output=None, target=None):
     output = np.log(P) if output is None else output
-    return losses.soft_loss(GLUE_TASKS[task], tf.constant(output, tf.float32), tf.constant(Q if target is None else target, tf.float32), temperature, kind).numpy()
+    return losses.soft_loss(
+        GLUE_TASKS[task],
+        tf.constant(output, tf.float32),
+        tf.constant(Q if target is None else target, tf.float32),
+        temperature,
+        kind,
+    ).numpy()
 
 
 def test_soft_cross_entropy_matches_hand_value():
@@ -68,16 +74,22 @@ def test_mse_on_log_probabilities_both_at_temperature():
 
 
 def test_ranking_soft_targets_average_the_members_group_probabilities():
-    task = dataclasses.replace(GLUE_TASKS["qnli"], type="ranking", labels=("entailment", "not_entailment"), group_size=2,
-                               positive_label="entailment")
+    task = dataclasses.replace(
+        GLUE_TASKS["qnli"],
+        type="ranking",
+        labels=("entailment", "not_entailment"),
+        group_size=2,
+        positive_label="entailment",
+    )
     groups = np.array([0, 0])
     members = [np.array([4.0, 0.0]), np.array([0.0, 1.0])]
     averaged = np.mean([ensemble.targets_from_outputs(task, m, 1.0, groups) for m in members], axis=0)
     np.testing.assert_allclose(averaged, [0.625, 0.375], atol=1e-3)  # averaged scores would give [0.818, 0.182]
     # any group sizes and orders
     uneven = ensemble.group_softmax(np.array([1.0, 5.0, 0.0, 2.0, 2.0]), np.array([1, 0, 1, 0, 7]))
-    np.testing.assert_allclose(uneven, [np.e / (np.e + 1), 1 / (1 + np.exp(-3)), 1 / (np.e + 1), 1 / (1 + np.exp(3)), 1.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        uneven, [np.e / (np.e + 1), 1 / (1 + np.exp(-3)), 1 / (np.e + 1), 1 / (1 + np.exp(3)), 1.0], rtol=1e-6
+    )
     # the loss takes them as the teacher's distribution over the candidates
     loss = losses.soft_loss(task, tf.constant([0.0, 0.0]), tf.constant(averaged, tf.float32)).numpy()
     np.testing.assert_allclose(loss, [-np.log(0.5)] * 2, rtol=1e-5)
@@ -148,7 +160,9 @@ def _first_batch(dataset):
 def _cached_targets(teachers, splits, temperature=1.0):
     width = soft_width(TASKS)
     return {
-        data.task.name: distillation_targets(data.task, len(data), width, ensemble.ensemble_targets(teachers, data, temperature))
+        data.task.name: distillation_targets(
+            data.task, len(data), width, ensemble.ensemble_targets(teachers, data, temperature)
+        )
         for data in splits
     }
 
@@ -194,7 +208,9 @@ def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
     distiller.fit(distill_data.starting_at(0), epochs=1, steps_per_epoch=steps, verbose=0)
     for a, b in zip(plain.get_weights(), student.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights()))
+    assert any(
+        not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights())
+    )
 
 
 @pytest.mark.parametrize("kind, temperature", [("ce", 1.0), ("kl", 2.0), ("mse", 1.0)])
@@ -218,10 +234,14 @@ def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_e
     from mtkd_tf.models.encoder import load_encoder
 
     teacher, pre = tiny_student(seed=2)
-    small = load_encoder("random:layers=1,hidden=32,heads=2,intermediate=64", vocab_file=tiny_encoder_factory.vocab_file, seed=0)
+    small = load_encoder(
+        "random:layers=1,hidden=32,heads=2,intermediate=64", vocab_file=tiny_encoder_factory.vocab_file, seed=0
+    )
     student = MTDNN(small.backbone, TASKS)
     config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3, verbose=0)
-    data = training_data(splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits})
+    data = training_data(
+        splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits}
+    )
     distiller = Distiller(student, teachers=[teacher], hidden_weight=1.0)
     distiller.compile(optimizer=make_optimizer(config, 12))
     history = distiller.fit(data.starting_at(0), epochs=2, steps_per_epoch=6, verbose=0).history
@@ -230,8 +250,8 @@ def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_e
 
 
 def test_bfloat16_teachers_give_float32_targets_within_bfloat16_precision(tiny_student, splits):
-    from mtkd_tf.distribute import StrategyError, fast_bfloat16, inference_policy
     from mtkd_tf.models.mtdnn import in_precision
+    from mtkd_tf.training.distribute import StrategyError, fast_bfloat16, inference_policy
 
     model, pre = tiny_student(seed=2)
     clone = in_precision(model, "mixed_bfloat16")
@@ -276,7 +296,13 @@ def test_soft_label_file_round_trips(soft_file):
 def _rewrite(path, soft, **changes):
     soft = dataclasses.replace(soft, **changes)
     with open(path, "wb") as handle:
-        np.savez(handle, ids=soft.ids, targets=soft.targets, hashes=soft.hashes, metadata=np.asarray(__import__("json").dumps(soft.metadata)))
+        np.savez(
+            handle,
+            ids=soft.ids,
+            targets=soft.targets,
+            hashes=soft.hashes,
+            metadata=np.asarray(__import__("json").dumps(soft.metadata)),
+        )
 
 
 def test_corrupt_soft_labels_are_rejected(soft_file, splits):
@@ -336,7 +362,7 @@ def test_ensemble_average_is_mean_of_member_probabilities(tiny_student, splits):
 MIRRORED_SCRIPT = r"""
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
-from mtkd_tf.distribute import set_logical_cpus, get_strategy
+from mtkd_tf.training.distribute import set_logical_cpus, get_strategy
 set_logical_cpus(2)
 import keras, tensorflow as tf
 from mtkd_tf.data import readers
@@ -344,12 +370,12 @@ from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.distill.distiller import Distiller, distillation_targets
 from mtkd_tf.models.encoder import load_encoder
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import GLUE_TASKS
+from mtkd_tf.data.tasks import GLUE_TASKS
 import dataclasses
 from mtkd_tf.config import TrainingConfig
-from mtkd_tf.training import make_optimizer, training_data
+from mtkd_tf.training.train import make_optimizer, training_data
 from mtkd_tf.data.suites import write_ranking_sample
-from mtkd_tf.tasks import load_task_file
+from mtkd_tf.data.tasks import load_task_file
 rank = load_task_file(write_ranking_sample(sys.argv[4], questions=16, candidates=2))["qa_rank"]
 # rte uses the SAN answer module (step dropout off: replicas draw their own masks), qa_rank
 # the pairwise ranking head (per-replica slices of 4 rows keep groups of 2 whole).
@@ -394,12 +420,18 @@ def test_mirrored_training_and_distillation_match_single_device(tiny_encoder_fac
     script.write_text(MIRRORED_SCRIPT)
     result = subprocess.run(
         [sys.executable, str(script), ROOT, glue_dir, tiny_encoder_factory.vocab_file, str(tmp_path / "rank")],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {tuple(line.split()[:2]): line.split()[2:] for line in result.stdout.splitlines() if line.strip()}
     assert "error 7 batch_size 7 is not divisible by the 2 replicas of the strategy" in result.stdout
-    assert "error 6 batch_size 6 must be a multiple of 4 for ranking task qa_rank (group_size 2 x 2 replica(s))" in result.stdout
+    assert (
+        "error 6 batch_size 6 must be a multiple of 4 for ranking task qa_rank (group_size 2 x 2 replica(s))"
+        in result.stdout
+    )
     for kind in ("mtdnn", "distiller"):
         assert lines[(kind, "mirrored")][0] == "2"
         assert float(lines[(kind, "default")][1]) == pytest.approx(float(lines[(kind, "mirrored")][1]), rel=1e-4)
@@ -420,7 +452,7 @@ def test_an_ensemble_tokenises_once_per_tokenizer(tiny_student, splits, monkeypa
 
 
 def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student, splits, monkeypatch):
-    from mtkd_tf import evaluation
+    from mtkd_tf.models import evaluation
 
     _, pre = tiny_student(seed=0)
     members = [_member(tiny_student(seed=s)[0], pre, f"m{s}") for s in (7, 8)]
@@ -431,7 +463,10 @@ def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student,
     real = ensemble.predict_outputs
     monkeypatch.setattr(ensemble, "predict_outputs", lambda *a, **k: passes.append(1) or real(*a, **k))
     outputs, averaged = ensemble.member_outputs(members, dev)
-    rows, together = [evaluation.score_outputs(dev, found) for found in outputs], evaluation.score_outputs(dev, averaged)
+    rows, together = (
+        [evaluation.score_outputs(dev, found) for found in outputs],
+        evaluation.score_outputs(dev, averaged),
+    )
     assert len(passes) == len(members) * len(dev)  # the ensemble row reuses the members' passes
     for row, single in zip(rows, alone):
         assert row.keys() == single.keys()
@@ -460,7 +495,7 @@ def _ensemble_metrics(members, data):
 def test_training_precision_auto_picks_bfloat16_only_where_native_and_faster(monkeypatch):
     import keras
 
-    from mtkd_tf import distribute
+    from mtkd_tf.training import distribute
 
     try:
         monkeypatch.setattr(distribute, "fast_bfloat16", lambda: False)
@@ -495,7 +530,7 @@ def test_annealed_alpha_goes_from_one_at_the_first_step_to_zero_at_the_last(tiny
 def test_training_traces_the_step_once_over_every_width_and_epoch(tiny_student, splits, tmp_path, distilled):
     """`training.fit` builds the optimizer before the first trace: Keras would otherwise create its
     slots inside that trace and tf.function would trace the whole step a second time."""
-    from mtkd_tf import training
+    from mtkd_tf.training import train as training
 
     config = TrainingConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=0)
     student, pre = tiny_student(seed=5)

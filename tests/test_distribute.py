@@ -9,14 +9,21 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
-from mtkd_tf import distribute
+
+from mtkd_tf.training import distribute
 
 TINY_PIPELINE = [
-    "--flagfile=configs/tiny.cfg", "--mode=pipeline", "--tasks=sst2,stsb", "--num_teachers=1",
-    "--epochs=1", "--max_train_examples=48", "--max_eval_examples=16", "--batch_size=8",
-    "--train_baseline=false", "--verbose=0",
+    "--flagfile=configs/tiny.cfg",
+    "--mode=pipeline",
+    "--tasks=sst2,stsb",
+    "--num_teachers=1",
+    "--epochs=1",
+    "--max_train_examples=48",
+    "--max_eval_examples=16",
+    "--batch_size=8",
+    "--train_baseline=false",
+    "--verbose=0",
 ]
 
 
@@ -46,16 +53,23 @@ def test_strategy_factory_names_and_errors(monkeypatch):
 
 def test_multi_worker_coordination_tolerates_a_minute_without_heartbeats():
     """A worker starved of CPU for 10 s (TensorFlow's default) must not abort the cluster."""
-    code = ("from mtkd_tf import distribute\nfrom tensorflow.python.eager import context\n"
-            "distribute.configure_coordination_service()\nconfig = context.context().coordination_service\n"
-            "print(config.heartbeat_timeout_in_ms, config.service_leader, config.service_type,"
-            " [(job.name, job.num_tasks) for job in config.coordinated_job_list])")
+    code = (
+        "from mtkd_tf import distribute\nfrom tensorflow.python.eager import context\n"
+        "distribute.configure_coordination_service()\nconfig = context.context().coordination_service\n"
+        "print(config.heartbeat_timeout_in_ms, config.service_leader, config.service_type,"
+        " [(job.name, job.num_tasks) for job in config.coordinated_job_list])"
+    )
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}),
+    )
     found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert found.stdout.strip().splitlines()[-1] == (
-        "60000 /job:worker/replica:0/task:0 standalone [('worker', 2)]"), found.stderr[-2000:]
+    assert found.stdout.strip().splitlines()[-1] == ("60000 /job:worker/replica:0/task:0 standalone [('worker', 2)]"), (
+        found.stderr[-2000:]
+    )
 
 
 @pytest.mark.slow
@@ -69,13 +83,27 @@ def test_two_worker_pipeline_on_loopback(tmp_path):
     model_dir = tmp_path / "mw"
     processes = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "bin", "run"), *TINY_PIPELINE, "--strategy=multi_worker",
-             f"--model_dir={model_dir}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-        ))
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "bin", "run"),
+                    *TINY_PIPELINE,
+                    "--strategy=multi_worker",
+                    f"--model_dir={model_dir}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
     outputs = []
     try:
         for process in processes:
@@ -112,7 +140,11 @@ def test_mixed_bfloat16_pipeline_on_cpu(tmp_path):
     single = run_cli(*TINY_PIPELINE, "--mode=evaluate", f"--model_dir={tmp_path / 'bf16' / 'student'}")
     assert single.returncode == 0, single.stderr[-2000:]
     results = json.loads((tmp_path / "bf16" / "student" / "eval_results.json").read_text())
-    assert {(t, m) for t in results for m in results[t]} == {("sst2", "accuracy"), ("stsb", "pearson"), ("stsb", "spearman")}
+    assert {(t, m) for t in results for m in results[t]} == {
+        ("sst2", "accuracy"),
+        ("stsb", "pearson"),
+        ("stsb", "spearman"),
+    }
     for task, metrics in results.items():
         for metric, value in metrics.items():
             assert report["results"][task][metric]["student"] == pytest.approx(value, abs=1e-6)
@@ -127,10 +159,10 @@ def test_mixed_bfloat16_pipeline_on_cpu(tmp_path):
 
 def test_static_shapes_for_xla_and_tpu(glue_dir, tiny_encoder_factory):
     """--jit_compile (and TPUs): full batches, every one padded to the full sequence length."""
-    from mtkd_tf.data import readers
-    from mtkd_tf.tasks import GLUE_TASKS
     from mtkd_tf.config import TrainingConfig
-    from mtkd_tf.training import encoder_preprocessor, static_shapes, training_data
+    from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import GLUE_TASKS
+    from mtkd_tf.training.train import encoder_preprocessor, static_shapes, training_data
 
     config = TrainingConfig(batch_size=8, epochs=1, jit_compile=True)
     assert static_shapes(config, None) and not static_shapes(TrainingConfig(), None)
@@ -145,11 +177,11 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
     import keras
     import numpy as np
 
-    from mtkd_tf.data import readers
-    from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.tasks import GLUE_TASKS
     from mtkd_tf.config import TrainingConfig
-    from mtkd_tf.training import encoder_preprocessor, make_optimizer, training_data
+    from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import GLUE_TASKS
+    from mtkd_tf.models.mtdnn import MTDNN
+    from mtkd_tf.training.train import encoder_preprocessor, make_optimizer, training_data
 
     previous = keras.config.dtype_policy()
     distribute.set_precision("mixed_float16")
@@ -170,9 +202,19 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
         keras.config.set_dtype_policy(previous)
 
 
-TINY_TRAIN = ["--flagfile=configs/tiny.cfg", "--tasks=sst2,stsb", "--epochs=2", "--max_train_examples=48",
-              "--max_eval_examples=16", "--batch_size=8", "--verbose=0", "--checkpoint_every_steps=100",
-              "--strategy=multi_worker", "--deterministic", "--progress_seconds=0.001"]
+TINY_TRAIN = [
+    "--flagfile=configs/tiny.cfg",
+    "--tasks=sst2,stsb",
+    "--epochs=2",
+    "--max_train_examples=48",
+    "--max_eval_examples=16",
+    "--batch_size=8",
+    "--verbose=0",
+    "--checkpoint_every_steps=100",
+    "--strategy=multi_worker",
+    "--deterministic",
+    "--progress_seconds=0.001",
+]
 
 
 def _workers(model_dir):
@@ -180,9 +222,13 @@ def _workers(model_dir):
     from child_runs import Child
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    return [Child([*TINY_TRAIN, f"--model_dir={model_dir}"],
-                  {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
-            for index in range(2)]
+    return [
+        Child(
+            [*TINY_TRAIN, f"--model_dir={model_dir}"],
+            {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+        )
+        for index in range(2)
+    ]
 
 
 @pytest.mark.slow
@@ -203,8 +249,9 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_all_resum
             child.process.kill()
     assert statuses == [143, 143], chief.stderr[-2000:] + worker.stderr[-2000:]
     here = re.search(r"stopped by SIGTERM at global step (\d+) of MT-DNN", worker.stderr)
-    there = re.search(r"stopped by SIGTERM sent to another worker of this run, at global step (\d+) of MT-DNN",
-                      chief.stderr)
+    there = re.search(
+        r"stopped by SIGTERM sent to another worker of this run, at global step (\d+) of MT-DNN", chief.stderr
+    )
     assert here and there, chief.stderr[-2000:] + worker.stderr[-2000:]
     step = int(here.group(1))
     assert int(there.group(1)) == step and 4 < step < 24

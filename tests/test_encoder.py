@@ -50,7 +50,12 @@ def test_real_minilm_loads_offline_from_the_cache():
 
     encoder = encoder_lib.load_encoder("minilm_l6")
     backbone = encoder.backbone
-    assert (backbone.num_layers, backbone.hidden_dim, backbone.num_heads, backbone.vocabulary_size) == (6, 384, 12, 30522)
+    assert (backbone.num_layers, backbone.hidden_dim, backbone.num_heads, backbone.vocabulary_size) == (
+        6,
+        384,
+        12,
+        30522,
+    )
     assert encoder.lowercase and encoder.vocabulary[:1] == ["[PAD]"]
     pre = Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), 32)
     sentences = ["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell sharply today."]
@@ -82,12 +87,15 @@ def test_minilm_matches_reference_hidden_states_with_exact_gelu(tmp_path):
     reference = np.load(REFERENCE)
     approximate = encoder_lib.with_activation(encoder.backbone, "gelu_approximate")
     pre = Preprocessor(load_tokenizer(encoder.vocabulary, encoder.lowercase), 32, pad_to_multiple_of=0)
-    for name, texts in (("single", ([
-        "A three-hour cinema master class.", "How did serfdom develop in and then leave Russia ?"],)),
-            ("pair", (["The film is a charming delight."], ["Nobody liked the movie at all."]))):
+    for name, texts in (
+        ("single", (["A three-hour cinema master class.", "How did serfdom develop in and then leave Russia ?"],)),
+        ("pair", (["The film is a charming delight."], ["Nobody liked the movie at all."])),
+    ):
         features = {k: reference[f"{name}_{k}"] for k in ("token_ids", "segment_ids", "padding_mask")}
         ours = pre(*(tf.constant(t) for t in texts))
-        np.testing.assert_array_equal(ours["token_ids"].numpy()[:, : features["token_ids"].shape[1]], features["token_ids"])
+        np.testing.assert_array_equal(
+            ours["token_ids"].numpy()[:, : features["token_ids"].shape[1]], features["token_ids"]
+        )
         mask = features["padding_mask"].astype(bool)
         expected = reference[f"{name}_hidden"][mask]
         exact = encoder.backbone(features)["sequence_output"].numpy()[mask]
@@ -99,4 +107,6 @@ def test_minilm_matches_reference_hidden_states_with_exact_gelu(tmp_path):
     loaded = keras.saving.load_model(path, compile=False)
     features = {k: reference[f"pair_{k}"] for k in ("token_ids", "segment_ids", "padding_mask")}
     assert loaded.hidden_activation == "gelu"
-    np.testing.assert_allclose(loaded(features)["sequence_output"].numpy(), encoder.backbone(features)["sequence_output"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded(features)["sequence_output"].numpy(), encoder.backbone(features)["sequence_output"].numpy(), atol=1e-6
+    )

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtkd_tf import evaluation, submission
+from mtkd_tf.data.tasks import GLUE_TASKS
+from mtkd_tf.export import submission
+from mtkd_tf.models import evaluation
 from mtkd_tf.models.inference import predict_outputs
-from mtkd_tf.tasks import GLUE_TASKS
 
 
 def test_metrics_against_hand_computed_values():
@@ -37,7 +38,7 @@ def test_task_metrics_names_and_suffixes():
 def test_predictions_in_length_order_come_back_in_data_order(tiny_encoder_factory, glue_dir):
     from mtkd_tf.data import readers
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.training import encoder_preprocessor
+    from mtkd_tf.training.train import encoder_preprocessor
 
     encoder = tiny_encoder_factory(seed=3)
     model = MTDNN(encoder.backbone, [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]])
@@ -60,7 +61,7 @@ def test_inference_traces_once_per_model_and_outputs_do_not_depend_on_earlier_ca
     from mtkd_tf.data import readers
     from mtkd_tf.models import inference
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.training import encoder_preprocessor
+    from mtkd_tf.training.train import encoder_preprocessor
 
     def fresh_model():
         encoder = tiny_encoder_factory(seed=5)

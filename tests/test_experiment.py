@@ -10,11 +10,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import mtkd_tf as mt
-from conftest import ROOT
 from mtkd_tf.config import GROUPS, define_flags
-
 
 # --- the config -----------------------------------------------------------------------------
 
@@ -37,15 +36,18 @@ def test_every_flag_is_a_config_field_of_the_same_name():
 
 
 def test_flagfile_round_trip_and_overrides(tmp_path):
-    config = mt.ExperimentConfig.from_flagfile(os.path.join(ROOT, "configs/quickstart.cfg"), epochs=1, alpha=0.25,
-                                               teacher_dropouts=[0.1])
+    config = mt.ExperimentConfig.from_flagfile(
+        os.path.join(ROOT, "configs/quickstart.cfg"), epochs=1, alpha=0.25, teacher_dropouts=[0.1]
+    )
     assert config.data.suite == "moviesuite" and config.model.encoder == "minilm_l6"
     assert config.training.epochs == 1 and config.distillation.alpha == 0.25 and config.runtime.mode == "pipeline"
     assert config.teachers.teacher_dropouts == [0.1]
     assert mt.ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     # Flags after the flagfile beat it; typed lists and task:alpha items become Python values.
     flagfile = tmp_path / "x.cfg"
-    flagfile.write_text(f"--flagfile={ROOT}/configs/tiny.cfg\n--task_alpha=rte:0.7,sst2:0\n--teacher_dropouts=0.05,0.15\n")
+    flagfile.write_text(
+        f"--flagfile={ROOT}/configs/tiny.cfg\n--task_alpha=rte:0.7,sst2:0\n--teacher_dropouts=0.05,0.15\n"
+    )
     config = mt.ExperimentConfig.from_flagfile(str(flagfile))
     assert config.distillation.task_alpha == {"rte": 0.7, "sst2": 0.0}
     assert config.teachers.teacher_dropouts == [0.05, 0.15] and config.data.tasks == ["sst2", "rte", "stsb"]
@@ -71,7 +73,9 @@ def test_config_errors_name_the_setting_and_the_command_line_spells_it_as_a_flag
 
 
 def test_library_code_reads_no_flags_and_distill_is_the_subpackage():
-    listed = subprocess.run(["git", "grep", "-n", "FLAGS", "--", "mtkd_tf/"], capture_output=True, text=True, cwd=ROOT).stdout
+    listed = subprocess.run(
+        ["git", "grep", "-n", "FLAGS", "--", "mtkd_tf/"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
     assert [line for line in listed.splitlines() if not line.startswith("mtkd_tf/cli.py")] == []
     assert mt.distill.ensemble.member_specs and mt.distill.distiller.Distiller is mt.Distiller
 
@@ -122,8 +126,9 @@ def test_progress_lines_in_a_log(caplog):
 
     clock = mt.RunClock()
     clock.plan(20)
-    progress = mt.ProgressLog("student", total_steps=10, start_step=0, batch_size=4, every_seconds=1e-9, clock=clock,
-                              lines=True)
+    progress = mt.ProgressLog(
+        "student", total_steps=10, start_step=0, batch_size=4, every_seconds=1e-9, clock=clock, lines=True
+    )
     with caplog.at_level(logging.INFO, logger="mtkd_tf"):
         progress.on_train_begin()
         for step in range(5):
@@ -131,16 +136,30 @@ def test_progress_lines_in_a_log(caplog):
             progress.on_train_batch_end(step, {"loss": 0.5})
         progress.on_epoch_end(0)
     lines = [r.getMessage() for r in caplog.records]
-    assert any("student: step 5/10" in line and "examples/s, loss 0.5000" in line and "left in this stage" in line
-               for line in lines), lines
+    assert any(
+        "student: step 5/10" in line and "examples/s, loss 0.5000" in line and "left in this stage" in line
+        for line in lines
+    ), lines
     assert "student: epoch 1 done (step 5/10" in lines[-1] and "left for the run" in lines[-1]
     assert clock.done == 5 and clock.time_left() > 0
 
 
 def test_models_saved_before_the_task_split_still_load():
-    old = {"name": "rte", "type": "classification", "text_columns": ["sentence1", "sentence2"], "labels": ["a", "b"],
-           "label_column": "label", "metrics": ["accuracy"], "directory": "RTE", "files": {"train": "train.tsv"},
-           "header": True, "delimiter": "\t", "quoting": False, "tfds_name": "glue/rte", "answer_module": "san"}
+    old = {
+        "name": "rte",
+        "type": "classification",
+        "text_columns": ["sentence1", "sentence2"],
+        "labels": ["a", "b"],
+        "label_column": "label",
+        "metrics": ["accuracy"],
+        "directory": "RTE",
+        "files": {"train": "train.tsv"},
+        "header": True,
+        "delimiter": "\t",
+        "quoting": False,
+        "tfds_name": "glue/rte",
+        "answer_module": "san",
+    }
     task = mt.Task.from_config(old)
     assert task.is_pair and task.answer_module == "san" and task.source is None
     assert "delimiter" not in task.to_config() and "tfds_name" not in task.to_config()
@@ -153,8 +172,15 @@ def test_models_saved_before_the_task_split_still_load():
 def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = mt.ExperimentConfig.from_flagfile(
-        os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), tasks=["sst2", "stsb"],
-        num_teachers=2, epochs=2, teacher_tasks=["sst2"], verbose=0, max_train_examples=64, max_eval_examples=32,
+        os.path.join(ROOT, "configs/tiny.cfg"),
+        model_dir=str(tmp_path / "kd"),
+        tasks=["sst2", "stsb"],
+        num_teachers=2,
+        epochs=2,
+        teacher_tasks=["sst2"],
+        verbose=0,
+        max_train_examples=64,
+        max_eval_examples=32,
     )
     report = mt.Experiment(config).run()
     assert set(report["results"]) == {"sst2", "stsb"}
@@ -164,10 +190,22 @@ def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, mo
     stored = json.load(open(tmp_path / "kd" / "student" / "experiment.json"))
     assert mt.ExperimentConfig.from_dict(stored) == config  # each model directory records its config
     err = capfd.readouterr().err
-    for stage in ("[1/6] teachers", "[2/6] soft_labels", "[3/6] student", "[4/6] baseline", "[5/6] evaluate", "[6/6] report"):
+    for stage in (
+        "[1/6] teachers",
+        "[2/6] soft_labels",
+        "[3/6] student",
+        "[4/6] baseline",
+        "[5/6] evaluate",
+        "[6/6] report",
+    ):
         assert stage in err, err[-3000:]
-    files = ["teachers/member_0/model.keras", "teachers/member_1/model.keras", "soft_labels/sst2.npz",
-             "student/model.keras", "baseline/model.keras"]
+    files = [
+        "teachers/member_0/model.keras",
+        "teachers/member_1/model.keras",
+        "soft_labels/sst2.npz",
+        "student/model.keras",
+        "baseline/model.keras",
+    ]
     before = [os.path.getmtime(tmp_path / "kd" / name) for name in files]
     import logging
 
@@ -183,8 +221,13 @@ def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, mo
     assert again == report
     assert [os.path.getmtime(tmp_path / "kd" / name) for name in files] == before
     skipped = " | ".join(records)
-    for message in ("member_0 exists, skipping", "member_1 exists, skipping", "soft labels in", "student exists, skipping",
-                    "baseline exists, skipping"):
+    for message in (
+        "member_0 exists, skipping",
+        "member_1 exists, skipping",
+        "soft labels in",
+        "student exists, skipping",
+        "baseline exists, skipping",
+    ):
         assert message in skipped, skipped
 
 
@@ -192,8 +235,14 @@ def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, mo
 def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = mt.ExperimentConfig.from_flagfile(
-        os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "m"), tasks=["sst2", "stsb"], epochs=1,
-        verbose=0, max_train_examples=48, max_eval_examples=16)
+        os.path.join(ROOT, "configs/tiny.cfg"),
+        model_dir=str(tmp_path / "m"),
+        tasks=["sst2", "stsb"],
+        epochs=1,
+        verbose=0,
+        max_train_examples=48,
+        max_eval_examples=16,
+    )
     mt.modes.train(mt.Experiment(config))
     here = mt.load_model(str(tmp_path / "m")).predict_texts("stsb", ["a cat sat"], ["a cat sits"])["score"]
     code = (
@@ -203,8 +252,14 @@ def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeyp
         "score = model.predict_texts('stsb', ['a cat sat'], ['a cat sits'])['score']\n"
         "print(json.dumps({'labels': out['label'].tolist(), 'p': out['probabilities'].tolist(), 's': score.tolist()}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(answer["labels"]) <= {"0", "1"} and len(answer["labels"]) == 2
@@ -215,7 +270,7 @@ def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeyp
 def test_fused_adamax_makes_keras_adamax_updates():
     import tensorflow as tf
 
-    from mtkd_tf.training import FusedAdamax
+    from mtkd_tf.training.train import FusedAdamax
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(30, 4)).astype("float32")

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_cli
-from mtkd_tf import export, model_dir as model_dir_lib
+
+from mtkd_tf.export import saved_model as export
+from mtkd_tf.models import model_dir as model_dir_lib
 
 TEXTS = {
     "sentence1": ["the old film shows a dog and was great", "", "Ünïcödé — ça marche? 🎬 " + "long " * 700],
@@ -52,8 +53,15 @@ print(json.dumps(result))
 def trained_dir(tmp_path_factory):
     """A tiny trained MT-DNN: single-sentence and SAN pair classification, regression, AX via MNLI."""
     directory = str(tmp_path_factory.mktemp("exp") / "model")
-    result = run_cli("--flagfile=configs/tiny.cfg", "--tasks=sst2,rte,stsb,mnli,ax", "--epochs=1",
-                     "--max_train_examples=64", "--max_eval_examples=16", "--verbose=0", f"--model_dir={directory}")
+    result = run_cli(
+        "--flagfile=configs/tiny.cfg",
+        "--tasks=sst2,rte,stsb,mnli,ax",
+        "--epochs=1",
+        "--max_train_examples=64",
+        "--max_eval_examples=16",
+        "--verbose=0",
+        f"--model_dir={directory}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return directory
 
@@ -76,12 +84,24 @@ def test_versions_are_never_overwritten(trained_dir, exported):
 
 def test_fresh_process_serves_every_signature_like_keras(trained_dir, exported):
     _, path = exported
-    result = subprocess.run([sys.executable, "-c", FRESH, path, json.dumps(TEXTS)], capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH, path, json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
     assert served["_modules"] == []
-    assert sorted(k for k in served if not k.startswith("_")) == ["ax", "mnli", "rte", "serving_default", "sst2", "stsb"]
+    assert sorted(k for k in served if not k.startswith("_")) == [
+        "ax",
+        "mnli",
+        "rte",
+        "serving_default",
+        "sst2",
+        "stsb",
+    ]
     assert served["_replayed"] == 6 * 3  # 3 warm-up requests per signature
     trained = model_dir_lib.load(trained_dir)
     for name in ("sst2", "rte", "stsb", "mnli", "ax"):
@@ -110,11 +130,17 @@ def test_saved_model_cli_lists_string_signatures(exported):
 def test_serve_check_answers_a_rest_body(exported, tmp_path):
     base, _ = exported
     request = tmp_path / "request.json"
-    request.write_text(json.dumps({"signature_name": "stsb", "instances": [
-        {"sentence1": "a film", "sentence2": "a movie"}, {"sentence1": "", "sentence2": "ça"}]}))
+    request.write_text(
+        json.dumps(
+            {
+                "signature_name": "stsb",
+                "instances": [{"sentence1": "a film", "sentence2": "a movie"}, {"sentence1": "", "sentence2": "ça"}],
+            }
+        )
+    )
     result = run_cli("--mode=serve_check", f"--export_dir={base}", f"--request_file={request}")
     assert result.returncode == 0, result.stderr[-2000:]
-    body = json.loads(result.stdout[result.stdout.index("{"):])
+    body = json.loads(result.stdout[result.stdout.index("{") :])
     assert len(body["predictions"]) == 2 and all(np.isfinite(p["score"]) for p in body["predictions"])
     request.write_text(json.dumps({"signature_name": "nope", "instances": ["x"]}))
     bad = run_cli("--mode=serve_check", f"--export_dir={base}", f"--request_file={request}")
@@ -128,9 +154,9 @@ def test_other_families_export_with_their_own_in_graph_tokenizer(family, tmp_pat
     shifted) and WordPiece without segment ids (DistilBERT) tokenise inside the SavedModel; a
     process with only TensorFlow and tensorflow-text serves what Keras computes."""
     from mtkd_tf.data.preprocessing import Preprocessor
+    from mtkd_tf.data.tasks import GLUE_TASKS, with_answer_modules
     from mtkd_tf.models.encoder import load_encoder
     from mtkd_tf.models.mtdnn import MTDNN
-    from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
 
     texts = TEXTS["sentence1"][:2] + TEXTS["sentence2"] * 20
     encoder = load_encoder(f"tiny_{family}", training_texts=texts, vocabulary_size=300, seed=0)
@@ -139,8 +165,13 @@ def test_other_families_export_with_their_own_in_graph_tokenizer(family, tmp_pat
     directory = str(tmp_path / "model")
     model_dir_lib.save(directory, model, encoder.tokenizer, encoder.lowercase, 64, encoder=encoder.spec)
     path = export.export(directory, str(tmp_path / "serving"))
-    result = subprocess.run([sys.executable, "-c", FRESH, path, json.dumps(TEXTS)], capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH, path, json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
     trained = model_dir_lib.load(directory)

@@ -8,15 +8,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import mtkd_tf as mt
 from conftest import run_cli
 from model_dirs import build_model_dir, moviesuite_sample, moviesuite_texts, wordpiece_vocabulary
+
+import mtkd_tf as mt
 from mtkd_tf.data import moviesuite
 from mtkd_tf.data.preprocessing import Preprocessor
-from mtkd_tf.export import ExportError
-from mtkd_tf.model_dir import ModelDirError
+from mtkd_tf.export.saved_model import ExportError
 from mtkd_tf.models.families import FAMILIES, encode
+from mtkd_tf.models.model_dir import ModelDirError
 
 # Every family, a layer-subset student, and a BERT with exact GELU (as converted from Hugging Face).
 ENCODERS = {**{name: f"tiny_{name}" for name in FAMILIES}, "bert_layers": "tiny:layers=1", "bert_exact_gelu": "tiny"}
@@ -98,8 +98,14 @@ def model_dirs(tmp_path_factory):
     dirs = {}
     for name, spec in ENCODERS.items():
         family = FAMILIES.get(name, FAMILIES["bert"])
-        dirs[name] = build_model_dir(str(root / name), spec, tasks, texts=training, exact_gelu=name == "bert_exact_gelu",
-                                     vocab_file=vocab_file if family.vocabulary == "wordpiece" else None)
+        dirs[name] = build_model_dir(
+            str(root / name),
+            spec,
+            tasks,
+            texts=training,
+            exact_gelu=name == "bert_exact_gelu",
+            vocab_file=vocab_file if family.vocabulary == "wordpiece" else None,
+        )
     return dirs
 
 
@@ -110,8 +116,10 @@ def _rows(ids) -> list[list[int]]:
 def _features(model, texts) -> dict[str, dict[str, np.ndarray]]:
     """The model's own packing, padded to max_seq_length (as keras-hub's preprocessor pads)."""
     packer = Preprocessor(model.preprocessor.tokenizer, model.preprocessor.sequence_length, pad_to_multiple_of=0)
-    return {"single": {k: v.numpy() for k, v in packer(tf.constant(texts["single"])).items()},
-            "pair": {k: v.numpy() for k, v in packer(tf.constant(texts["first"]), tf.constant(texts["second"])).items()}}
+    return {
+        "single": {k: v.numpy() for k, v in packer(tf.constant(texts["single"])).items()},
+        "pair": {k: v.numpy() for k, v in packer(tf.constant(texts["first"]), tf.constant(texts["second"])).items()},
+    }
 
 
 @pytest.mark.download  # real moviesuite sentences (cached after the first fetch)
@@ -123,16 +131,35 @@ def test_every_family_reloads_in_a_fresh_process_through_keras_hub(model_dirs, t
         features = _features(model, texts)
         feature_files[name] = str(tmp_path / f"{name}_features.npz")
         np.savez(feature_files[name], **{f"{kind}/{k}": v for kind, f in features.items() for k, v in f.items()})
-        expected[name] = {"model": model, "features": features,
-                          "tokens": _rows(model.preprocessor.tokenizer(tf.constant(texts["single"]))),
-                          "outputs": {kind: encode(model.encoder, {k: tf.constant(v) for k, v in f.items()})
-                                      ["sequence_output"].numpy() for kind, f in features.items()}}
+        expected[name] = {
+            "model": model,
+            "features": features,
+            "tokens": _rows(model.preprocessor.tokenizer(tf.constant(texts["single"]))),
+            "outputs": {
+                kind: encode(model.encoder, {k: tf.constant(v) for k, v in f.items()})["sequence_output"].numpy()
+                for kind, f in features.items()
+            },
+        }
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"presets": presets, "features": feature_files, "needs_mtkd_tf": ["bert_exact_gelu"],
-                               "classifiers": ["bert", "bert_exact_gelu"],
-                               "arrays": str(tmp_path / "arrays.npz"), **texts}))
-    result = subprocess.run([sys.executable, "-c", FRESH, str(job)], capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    job.write_text(
+        json.dumps(
+            {
+                "presets": presets,
+                "features": feature_files,
+                "needs_mtkd_tf": ["bert_exact_gelu"],
+                "classifiers": ["bert", "bert_exact_gelu"],
+                "arrays": str(tmp_path / "arrays.npz"),
+                **texts,
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     arrays = np.load(tmp_path / "arrays.npz")
@@ -150,13 +177,19 @@ def test_every_family_reloads_in_a_fresh_process_through_keras_hub(model_dirs, t
                 if family.segments:
                     np.testing.assert_array_equal(arrays[f"{name}/{kind}/packed/segment_ids"], features["segment_ids"])
         for kind, output in reference["outputs"].items():
-            np.testing.assert_allclose(arrays[f"{name}/{kind}/sequence_output"], output, atol=1e-5, rtol=0,
-                                       err_msg=f"{name} {kind}")
+            np.testing.assert_allclose(
+                arrays[f"{name}/{kind}/sequence_output"], output, atol=1e-5, rtol=0, err_msg=f"{name} {kind}"
+            )
     for name, reference in expected.items():  # and the preset is an --encoder for further mtkd_tf runs
         encoder = mt.load_encoder(presets[name])
         features = {k: tf.constant(v) for k, v in reference["features"]["single"].items()}
-        np.testing.assert_allclose(encode(encoder.backbone, features)["sequence_output"].numpy(),
-                                   reference["outputs"]["single"], atol=1e-5, rtol=0, err_msg=name)
+        np.testing.assert_allclose(
+            encode(encoder.backbone, features)["sequence_output"].numpy(),
+            reference["outputs"]["single"],
+            atol=1e-5,
+            rtol=0,
+            err_msg=name,
+        )
         assert _rows(encoder.tokenizer(tf.constant(texts["single"]))) == reference["tokens"], name
     assert "mtkd_tf>BertEncoderBackbone" in loaded["bert_exact_gelu_without_mtkd_tf"]
     assert loaded["bert"]["classifier"] == ["BertTextClassifier", [2, 3]]
@@ -170,8 +203,9 @@ def test_bin_run_writes_a_preset_and_never_over_an_existing_directory(model_dirs
     target = tmp_path / "preset"
     result = run_cli("--mode=export_preset", f"--model_dir={model_dirs['roberta']}", f"--export_dir={target}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {"config.json", "model.weights.h5", "metadata.json", "tokenizer.json", "preprocessor.json",
-            "assets"} <= set(os.listdir(target))
+    assert {"config.json", "model.weights.h5", "metadata.json", "tokenizer.json", "preprocessor.json", "assets"} <= set(
+        os.listdir(target)
+    )
     again = run_cli("--mode=export_preset", f"--model_dir={model_dirs['roberta']}", f"--export_dir={target}")
     assert again.returncode == 2 and "--export_dir" in again.stderr and "not empty" in again.stderr
     with pytest.raises(mt.ConfigError, match="export_preset needs model_dir"):

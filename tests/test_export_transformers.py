@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import mtkd_tf as mt
 from conftest import ROOT, run_cli
 from model_dirs import build_model_dir, moviesuite_sample, moviesuite_texts, wordpiece_vocabulary
+
+import mtkd_tf as mt
 from mtkd_tf.data import moviesuite
-from mtkd_tf.export import ExportError
+from mtkd_tf.data.tasks import GLUE_TASKS, define_task
+from mtkd_tf.export.saved_model import ExportError
 from mtkd_tf.models.families import encode
-from mtkd_tf.tasks import GLUE_TASKS, define_task
 
 TASKS = ("rt_polarity", "trec", "movie_rating", "lee_pairs")  # 2 and 6 classes; single and pair regression
 MODELS = {  # name: (encoder spec, exact GELU)
@@ -73,9 +73,17 @@ def model_dirs(tmp_path_factory):
     training = moviesuite_texts(400)
     vocab_file = wordpiece_vocabulary(training, str(root))
     tasks = [moviesuite.TASKS[name] for name in TASKS]
-    return {name: build_model_dir(str(root / name), spec, tasks, texts=training, exact_gelu=exact,
-                                  vocab_file=None if name == "roberta" else vocab_file)
-            for name, (spec, exact) in MODELS.items()}
+    return {
+        name: build_model_dir(
+            str(root / name),
+            spec,
+            tasks,
+            texts=training,
+            exact_gelu=exact,
+            vocab_file=None if name == "roberta" else vocab_file,
+        )
+        for name, (spec, exact) in MODELS.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +96,12 @@ def exports(model_dirs, tmp_path_factory):
             key = f"{name}/{task or 'encoder'}"
             target = str(root / name / (task or "encoder"))
             if key == "bert/trec":
-                result = run_cli("--mode=export_transformers", f"--model_dir={directory}", f"--export_dir={target}",
-                                 "--export_task=trec")
+                result = run_cli(
+                    "--mode=export_transformers",
+                    f"--model_dir={directory}",
+                    f"--export_dir={target}",
+                    "--export_task=trec",
+                )
                 assert result.returncode == 0, result.stderr[-2000:]
                 paths[key] = target
             else:
@@ -114,8 +126,9 @@ def _unpadded(ids, mask) -> list[list[int]]:
     return [[int(i) for i, m in zip(row, row_mask) if m] for row, row_mask in zip(ids, mask)]
 
 
-def check_in_transformers(exports: dict[str, tuple[str, str, str | None]], sample, tmp_path,
-                          varied: bool = True) -> tuple[int, int]:
+def check_in_transformers(
+    exports: dict[str, tuple[str, str, str | None]], sample, tmp_path, varied: bool = True
+) -> tuple[int, int]:
     """Loads each export (`key: (export dir, model dir, task)`) in a fresh transformers process and
     checks it against the Keras model on `sample` (`varied`: and that the head's outputs vary with
     the input, so that the check can tell heads apart); returns how many texts transformers' own
@@ -126,15 +139,28 @@ def check_in_transformers(exports: dict[str, tuple[str, str, str | None]], sampl
         texts = _texts(sample, task)
         features = _features(model, texts)
         np.savez(tmp_path / f"features_{index}.npz", **features)
-        job["exports"][key] = {"path": path, "task": task, "texts": texts, "features": str(tmp_path / f"features_{index}.npz")}
+        job["exports"][key] = {
+            "path": path,
+            "task": task,
+            "texts": texts,
+            "features": str(tmp_path / f"features_{index}.npz"),
+        }
         inputs = {k: tf.constant(v) for k, v in features.items()}
-        expected[key] = {"features": features, "task": task and model.task(task),
-                         "family": "Roberta" if type(model.encoder).__name__ == "RobertaBackbone" else "Bert",
-                         "hidden": encode(model.encoder, inputs)["sequence_output"].numpy(),
-                         "outputs": model(inputs, training=False)[task].numpy() if task else None}
+        expected[key] = {
+            "features": features,
+            "task": task and model.task(task),
+            "family": "Roberta" if type(model.encoder).__name__ == "RobertaBackbone" else "Bert",
+            "hidden": encode(model.encoder, inputs)["sequence_output"].numpy(),
+            "outputs": model(inputs, training=False)[task].numpy() if task else None,
+        }
     (tmp_path / "job.json").write_text(json.dumps(job))
-    result = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "job.json")], capture_output=True, text=True,
-                            timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH, str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded, arrays = json.loads(result.stdout.strip().splitlines()[-1]), np.load(tmp_path / "arrays.npz")
     tokenized = agreed = 0
@@ -144,8 +170,9 @@ def check_in_transformers(exports: dict[str, tuple[str, str, str | None]], sampl
         mask = reference["features"]["padding_mask"].astype(bool)
         if task is None:
             assert entry["model"] == f"{family}Model", key
-            np.testing.assert_allclose(arrays[f"{key}/hidden"][mask], reference["hidden"][mask], atol=1e-4, rtol=0,
-                                       err_msg=key)
+            np.testing.assert_allclose(
+                arrays[f"{key}/hidden"][mask], reference["hidden"][mask], atol=1e-4, rtol=0, err_msg=key
+            )
             continue
         assert entry["model"] == f"{family}ForSequenceClassification", key
         logits, ours = arrays[f"{key}/logits"], reference["outputs"]
@@ -176,8 +203,10 @@ def check_in_transformers(exports: dict[str, tuple[str, str, str | None]], sampl
 def test_transformers_computes_what_the_keras_model_computes(model_dirs, exports, sample, tmp_path):
     pytest.importorskip("transformers")  # benchmarks/requirements-peer.txt
     pytest.importorskip("torch")
-    jobs = {key: (path, model_dirs[key.split("/")[0]], None if key.endswith("/encoder") else key.split("/")[1])
-            for key, path in exports.items()}
+    jobs = {
+        key: (path, model_dirs[key.split("/")[0]], None if key.endswith("/encoder") else key.split("/")[1])
+        for key, path in exports.items()
+    }
     agreed, tokenized = check_in_transformers(jobs, sample, tmp_path)
     assert agreed >= 0.9 * tokenized, (agreed, tokenized)  # 181 of 192 when written
 
@@ -189,10 +218,17 @@ def test_the_pretrained_minilm_student_in_transformers(sample, tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("torch")
     tasks = [moviesuite.TASKS[name] for name in ("rt_polarity", "lee_pairs")]
-    directory = build_model_dir(str(tmp_path / "minilm"), "minilm_l6:layers=0,2,4", tasks, max_seq_length=128,
-                                rescale=False)
-    jobs = {f"minilm/{task or 'encoder'}": (mt.export_transformers(directory, str(tmp_path / f"hf_{task}"), task=task),
-                                             directory, task) for task in (None, "rt_polarity", "lee_pairs")}
+    directory = build_model_dir(
+        str(tmp_path / "minilm"), "minilm_l6:layers=0,2,4", tasks, max_seq_length=128, rescale=False
+    )
+    jobs = {
+        f"minilm/{task or 'encoder'}": (
+            mt.export_transformers(directory, str(tmp_path / f"hf_{task}"), task=task),
+            directory,
+            task,
+        )
+        for task in (None, "rt_polarity", "lee_pairs")
+    }
     with open(os.path.join(jobs["minilm/encoder"][0], "config.json")) as handle:
         config = json.load(handle)
     assert (config["hidden_act"], config["num_hidden_layers"], config["vocab_size"]) == ("gelu", 3, 30522)
@@ -217,8 +253,11 @@ def test_keras_hub_reads_the_export_back_with_its_own_converter(model_dirs, expo
             tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(path)
             assert _rows(tokenizer(tf.constant(texts))) == _rows(model.preprocessor.tokenizer(tf.constant(texts)))
             # keras-hub's converter reads no hidden_act (tanh GELU for BERT); mt.load_encoder does
-            backbone = (mt.load_encoder(path).backbone if name == "bert_student"
-                        else keras_hub.models.Backbone.from_preset(path))
+            backbone = (
+                mt.load_encoder(path).backbone
+                if name == "bert_student"
+                else keras_hub.models.Backbone.from_preset(path)
+            )
             assert backbone.num_layers == model.encoder.num_layers
             found = encode(backbone, inputs)["sequence_output"].numpy()
             np.testing.assert_allclose(found, expected, atol=1e-5, rtol=0, err_msg=f"{name} {task}")
@@ -227,19 +266,29 @@ def test_keras_hub_reads_the_export_back_with_its_own_converter(model_dirs, expo
 @pytest.fixture(scope="module")
 def glue_model_dir(tiny_encoder_factory, tmp_path_factory):
     """GLUE's SAN pair classification (rte, mnli -> ax), a ranking task and a linear pair task."""
-    ranking = define_task(name="qa_rank", type="ranking", text_columns=("question", "candidate"),
-                          labels=("answer", "other"), positive_label="answer", group_size=4)
+    ranking = define_task(
+        name="qa_rank",
+        type="ranking",
+        text_columns=("question", "candidate"),
+        labels=("answer", "other"),
+        positive_label="answer",
+        group_size=4,
+    )
     tasks = [GLUE_TASKS[name] for name in ("rte", "mnli", "ax", "qnli")] + [ranking]
-    return build_model_dir(str(tmp_path_factory.mktemp("glue") / "model"), "tiny", tasks,
-                           vocab_file=tiny_encoder_factory.vocab_file)
+    return build_model_dir(
+        str(tmp_path_factory.mktemp("glue") / "model"), "tiny", tasks, vocab_file=tiny_encoder_factory.vocab_file
+    )
 
 
-@pytest.mark.parametrize("task, message", [
-    ("rte", r"export_task 'rte': its head is the SAN answer module .* no class for"),
-    ("ax", r"export_task 'ax': its head is the SAN answer module"),  # AX is predicted with MNLI's head
-    ("qa_rank", r"export_task 'qa_rank': a ranking task; its score only orders one question's candidates"),
-    ("sst2", r"export_task 'sst2': model .* has no such task; its tasks: rte, mnli, ax, qnli, qa_rank"),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("rte", r"export_task 'rte': its head is the SAN answer module .* no class for"),
+        ("ax", r"export_task 'ax': its head is the SAN answer module"),  # AX is predicted with MNLI's head
+        ("qa_rank", r"export_task 'qa_rank': a ranking task; its score only orders one question's candidates"),
+        ("sst2", r"export_task 'sst2': model .* has no such task; its tasks: rte, mnli, ax, qnli, qa_rank"),
+    ],
+)
 def test_heads_without_a_transformers_class_are_refused(glue_model_dir, tmp_path, task, message):
     target = tmp_path / "hf"
     with pytest.raises(ExportError, match=message):
@@ -261,10 +310,17 @@ print(mt.export_transformers(sys.argv[1], sys.argv[2], task="qnli"))
 
 def test_the_checkpoint_is_written_without_transformers(glue_model_dir, tmp_path):
     target = str(tmp_path / "hf")
-    result = subprocess.run([sys.executable, "-c", WITHOUT_TRANSFORMERS, glue_model_dir, target], capture_output=True,
-                            text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRANSFORMERS, glue_model_dir, target],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == target and os.path.isfile(os.path.join(target, "model.safetensors"))
+    assert result.stdout.strip().splitlines()[-1] == target and os.path.isfile(
+        os.path.join(target, "model.safetensors")
+    )
 
 
 def test_a_linear_pair_head_exports_and_other_families_are_refused(glue_model_dir, tmp_path):
@@ -273,12 +329,21 @@ def test_a_linear_pair_head_exports_and_other_families_are_refused(glue_model_di
         config = json.load(handle)
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert config["id2label"] == {"0": "entailment", "1": "not_entailment"} and config["hidden_act"] == "gelu_new"
-    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                        "tokenizer_config.json", "vocab.txt"]
+    assert sorted(os.listdir(path)) == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
     with pytest.raises(ExportError, match="not empty"):
         mt.export_transformers(glue_model_dir, path)
-    deberta = build_model_dir(str(tmp_path / "deberta"), "tiny_deberta_v3", [GLUE_TASKS["sst2"]],
-                              texts=["a film about a dog", "the old story was great"] * 20)
+    deberta = build_model_dir(
+        str(tmp_path / "deberta"),
+        "tiny_deberta_v3",
+        [GLUE_TASKS["sst2"]],
+        texts=["a film about a dog", "the old story was great"] * 20,
+    )
     with pytest.raises(ExportError, match="its encoder is deberta_v3; export_transformers writes bert and roberta"):
         mt.export_transformers(deberta, str(tmp_path / "deberta_hf"))
     assert not (tmp_path / "deberta_hf").exists()
@@ -289,14 +354,24 @@ def test_the_readme_doors_run_as_written(tiny_encoder_factory, tmp_path):
     """README's "Doors" commands and code, on a small exact-GELU BERT student in runs/quickstart/student."""
     pytest.importorskip("transformers")
     pytest.importorskip("torch")
-    section = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split("\n## Doors\n", 1)[1].split("\n## ")[0]
+    section = (
+        open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split("\n## Doors\n", 1)[1].split("\n## ")[0]
+    )
     blocks = re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
     assert [language for language, _ in blocks] == ["bash", "python", "bash", "python"]
-    build_model_dir(str(tmp_path / "runs" / "quickstart" / "student"), "tiny", [moviesuite.TASKS["rt_polarity"]],
-                    vocab_file=tiny_encoder_factory.vocab_file, exact_gelu=True)
+    build_model_dir(
+        str(tmp_path / "runs" / "quickstart" / "student"),
+        "tiny",
+        [moviesuite.TASKS["rt_polarity"]],
+        vocab_file=tiny_encoder_factory.vocab_file,
+        exact_gelu=True,
+    )
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HF_HUB_OFFLINE="1")
-    commands = [[sys.executable, os.path.join(ROOT, "bin", "run"), *code.split()[1:]] for language, code in blocks
-                if language == "bash"]
+    commands = [
+        [sys.executable, os.path.join(ROOT, "bin", "run"), *code.split()[1:]]
+        for language, code in blocks
+        if language == "bash"
+    ]
     commands.append([sys.executable, "-c", "\n".join(code for language, code in blocks if language == "python")])
     for command in commands:  # the two exports, then both Python examples in one process
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment)

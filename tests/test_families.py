@@ -5,16 +5,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtkd_tf import model_dir
 from mtkd_tf.data.preprocessing import DOUBLE_SEPARATOR, Preprocessor, double_separator
+from mtkd_tf.data.tasks import GLUE_TASKS, with_answer_modules
 from mtkd_tf.models import encoder as encoder_lib
+from mtkd_tf.models import model_dir
 from mtkd_tf.models.encoder import EncoderError
 from mtkd_tf.models.families import BPE_SPECIAL, FAMILIES, family_of, learn_tokenizer, tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import GLUE_TASKS, with_answer_modules
 
 TEXTS = [f"the film number {i} was {'good' if i % 3 else 'dull'} and rather long" for i in range(120)] + [
-    "A gripping story, told well.", "Who directed it?"] * 5
+    "A gripping story, told well.",
+    "Who directed it?",
+] * 5
 
 
 def _encoder(family, seed=0):
@@ -35,7 +37,9 @@ def test_each_family_packs_one_and_two_segments_its_own_way(family):
     assert tokenizer_family(tokenizer).name == family
     assert double_separator(tokenizer) == FAMILIES[family].double_separator
     pre = Preprocessor(tokenizer, 24, pad_to_multiple_of=0)
-    features = {k: v.numpy()[0] for k, v in pre(tf.constant(["a gripping story"]), tf.constant(["who directed it"])).items()}
+    features = {
+        k: v.numpy()[0] for k, v in pre(tf.constant(["a gripping story"]), tf.constant(["who directed it"])).items()
+    }
     ids, segments = features["token_ids"], features["segment_ids"]
     length = int(features["padding_mask"].sum())
     start, end = tokenizer.start_token_id, tokenizer.end_token_id
@@ -52,7 +56,7 @@ def test_each_family_packs_one_and_two_segments_its_own_way(family):
 def test_each_family_trains_mtdnn_heads_then_saves_and_reloads_exactly(family, tmp_path, glue_dir):
     from mtkd_tf.config import ExperimentConfig
     from mtkd_tf.data import readers
-    from mtkd_tf.training import train_model
+    from mtkd_tf.training.train import train_model
 
     tasks = with_answer_modules([GLUE_TASKS["sst2"], GLUE_TASKS["rte"]], [])
     assert tasks[1].answer_module == "san"  # pair classification through the SAN answer module
@@ -61,18 +65,23 @@ def test_each_family_trains_mtdnn_heads_then_saves_and_reloads_exactly(family, t
     encoder = encoder_lib.load_encoder(f"tiny_{family}", training_texts=texts, vocabulary_size=400, seed=0)
     assert family_of(encoder.backbone).name == family
     initial = encoder.backbone.get_weights()
-    config = ExperimentConfig().replace(epochs=1, batch_size=16, learning_rate=1e-3, verbose=0, checkpoint_every_steps=0,
-                                        max_seq_length=32)
+    config = ExperimentConfig().replace(
+        epochs=1, batch_size=16, learning_rate=1e-3, verbose=0, checkpoint_every_steps=0, max_seq_length=32
+    )
     model = train_model(config, str(tmp_path), train, tasks=tasks, encoder=encoder)  # 8 steps, both tasks
     assert not all(np.array_equal(a, b) for a, b in zip(initial, model.encoder.get_weights()))
     before = model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"]
     assert before.shape == (1, 2) and np.allclose(before.sum(), 1, atol=1e-5)
     loaded = model_dir.load(str(tmp_path))
     assert type(loaded.preprocessor.tokenizer) is type(encoder.tokenizer)
-    np.testing.assert_allclose(loaded.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"],
-                               before, atol=1e-6)
-    np.testing.assert_allclose(loaded.predict_texts("sst2", ["a gripping story"])["probabilities"],
-                               model.predict_texts("sst2", ["a gripping story"])["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"], before, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        loaded.predict_texts("sst2", ["a gripping story"])["probabilities"],
+        model.predict_texts("sst2", ["a gripping story"])["probabilities"],
+        atol=1e-6,
+    )
 
 
 def test_bad_family_specs_name_the_problem(tmp_path):
@@ -96,15 +105,23 @@ def test_a_mixed_family_ensemble_teaches_a_bert_student_through_cached_soft_labe
     by example id. Online teachers, which would read the student's ids, are refused."""
     import os
 
-    import mtkd_tf as mt
     from conftest import ROOT
+
+    import mtkd_tf as mt
     from mtkd_tf.distill import ensemble, soft_labels
 
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
     config = mt.ExperimentConfig.from_flagfile(
-        os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), tasks=["sst2", "rte"], num_teachers=2,
-        teacher_encoders=["tiny_roberta", "tiny_deberta_v3"], epochs=1, verbose=0, max_train_examples=24,
-        soft_labels_precision="float32")
+        os.path.join(ROOT, "configs/tiny.cfg"),
+        model_dir=str(tmp_path / "kd"),
+        tasks=["sst2", "rte"],
+        num_teachers=2,
+        teacher_encoders=["tiny_roberta", "tiny_deberta_v3"],
+        epochs=1,
+        verbose=0,
+        max_train_examples=24,
+        soft_labels_precision="float32",
+    )
     experiment = mt.Experiment(config)
     experiment.teachers(), experiment.soft_labels(), experiment.student()
     members = [model_dir.load(d) for d in experiment.teacher_dirs()]
@@ -165,8 +182,7 @@ def _hugging_face_roberta(directory: str) -> dict[str, np.ndarray]:
 
     os.makedirs(directory)
     trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(TEXTS, vocab_size=400, special_tokens=BPE_SPECIAL,
-                                show_progress=False)
+    trainer.train_from_iterator(TEXTS, vocab_size=400, special_tokens=BPE_SPECIAL, show_progress=False)
     trainer.save_model(directory)
     vocabulary = len(json.load(open(os.path.join(directory, "vocab.json"))))
     hidden, intermediate, positions = 32, 64, 66
@@ -175,25 +191,45 @@ def _hugging_face_roberta(directory: str) -> dict[str, np.ndarray]:
     def weight(*shape):
         return rng.normal(0.0, 0.2, shape).astype("float32")
 
-    tensors = {"roberta.embeddings.word_embeddings.weight": weight(vocabulary, hidden),
-               "roberta.embeddings.position_embeddings.weight": weight(positions, hidden),
-               "roberta.embeddings.token_type_embeddings.weight": np.zeros((1, hidden), "float32")}
+    tensors = {
+        "roberta.embeddings.word_embeddings.weight": weight(vocabulary, hidden),
+        "roberta.embeddings.position_embeddings.weight": weight(positions, hidden),
+        "roberta.embeddings.token_type_embeddings.weight": np.zeros((1, hidden), "float32"),
+    }
     norms = ["roberta.embeddings.LayerNorm"]
     for layer in range(2):
         prefix = f"roberta.encoder.layer.{layer}"
-        for name, shape in {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
-                            "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
-                            "intermediate.dense": (intermediate, hidden), "output.dense": (hidden, intermediate)}.items():
+        for name, shape in {
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (intermediate, hidden),
+            "output.dense": (hidden, intermediate),
+        }.items():
             tensors[f"{prefix}.{name}.weight"], tensors[f"{prefix}.{name}.bias"] = weight(*shape), weight(shape[0])
         norms += [f"{prefix}.attention.output.LayerNorm", f"{prefix}.output.LayerNorm"]
     for norm in norms:
         tensors[f"{norm}.weight"], tensors[f"{norm}.bias"] = 1.0 + weight(hidden), weight(hidden)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    config = {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", "vocab_size": vocabulary,
-              "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": intermediate,
-              "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-              "max_position_embeddings": positions, "type_vocab_size": 1, "layer_norm_eps": 1e-5,
-              "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+    config = {
+        "architectures": ["RobertaForMaskedLM"],
+        "model_type": "roberta",
+        "vocab_size": vocabulary,
+        "hidden_size": hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": intermediate,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": positions,
+        "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    }
     with open(os.path.join(directory, "config.json"), "w") as handle:
         json.dump(config, handle)
     return tensors
@@ -210,12 +246,17 @@ def test_a_hugging_face_roberta_directory_loads_with_its_own_tokenizer_and_weigh
     for text in ["a gripping story, told well", "Who directed the film?"]:
         assert list(encoder.tokenizer([text])[0]) == reference.encode(text).ids
     backbone = encoder.backbone
-    np.testing.assert_array_equal(backbone.token_embedding.embeddings.numpy(),
-                                  tensors["roberta.embeddings.word_embeddings.weight"])
-    np.testing.assert_array_equal(backbone.embeddings.position_embedding.position_embeddings.numpy(),
-                                  tensors["roberta.embeddings.position_embeddings.weight"][2:])
+    np.testing.assert_array_equal(
+        backbone.token_embedding.embeddings.numpy(), tensors["roberta.embeddings.word_embeddings.weight"]
+    )
+    np.testing.assert_array_equal(
+        backbone.embeddings.position_embedding.position_embeddings.numpy(),
+        tensors["roberta.embeddings.position_embeddings.weight"][2:],
+    )
     # MT-DNN heads (SAN included) read it and predict from raw text, pairs packed RoBERTa's way
-    model = MTDNN(backbone, with_answer_modules([GLUE_TASKS["rte"]], []), preprocessor=Preprocessor(encoder.tokenizer, 32))
+    model = MTDNN(
+        backbone, with_answer_modules([GLUE_TASKS["rte"]], []), preprocessor=Preprocessor(encoder.tokenizer, 32)
+    )
     assert model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"].shape == (1, 2)
 
 

@@ -11,15 +11,27 @@ import signal
 
 import numpy as np
 import pytest
-
 from child_runs import Child, run
-from mtkd_tf import checkpointing, model_dir
-from mtkd_tf.files import sha256
+
+from mtkd_tf.models import model_dir
+from mtkd_tf.runtime.files import sha256
+from mtkd_tf.training import checkpointing
 
 PIPELINE = [
-    "--flagfile=configs/tiny.cfg", "--mode=pipeline", "--tasks=sst2,stsb", "--num_teachers=1", "--epochs=1",
-    "--max_train_examples=32", "--max_eval_examples=16", "--batch_size=8", "--train_baseline=false", "--verbose=0",
-    "--deterministic", "--seed=3", "--checkpoint_every_steps=2", "--eval_batch_size=8",
+    "--flagfile=configs/tiny.cfg",
+    "--mode=pipeline",
+    "--tasks=sst2,stsb",
+    "--num_teachers=1",
+    "--epochs=1",
+    "--max_train_examples=32",
+    "--max_eval_examples=16",
+    "--batch_size=8",
+    "--train_baseline=false",
+    "--verbose=0",
+    "--deterministic",
+    "--seed=3",
+    "--checkpoint_every_steps=2",
+    "--eval_batch_size=8",
 ]
 
 
@@ -57,12 +69,15 @@ def _same_evidence(a, b):
         assert sorted(x.files) == sorted(y.files)
         for name in x.files:
             assert np.array_equal(x[name], y[name]), name
-    assert json.loads((a / "report.json").read_text())["results"] == json.loads((b / "report.json").read_text())["results"]
+    assert (
+        json.loads((a / "report.json").read_text())["results"] == json.loads((b / "report.json").read_text())["results"]
+    )
 
 
 @pytest.mark.slow
-def test_sigint_mid_soft_label_chunks_saves_the_chunk_and_the_rerun_gives_identical_soft_labels(reference, tmp_path,
-                                                                                                   cache_env):
+def test_sigint_mid_soft_label_chunks_saves_the_chunk_and_the_rerun_gives_identical_soft_labels(
+    reference, tmp_path, cache_env
+):
     root = tmp_path / "run"
     shutil.copytree(reference / "teachers", root / "teachers")
     chunks = lambda: glob.glob(str(root / "soft_labels" / ".partial" / "*" / "*" / "*.npy"))  # noqa: E731
@@ -70,8 +85,11 @@ def test_sigint_mid_soft_label_chunks_saves_the_chunk_and_the_rerun_gives_identi
     child.wait_for(lambda: len(chunks()) >= 1)
     child.send(signal.SIGINT)
     assert child.finish() == 130, child.stderr[-3000:]
-    stopped = re.search(r"stopped by SIGINT after saving soft-label chunk (\S+\.npy) \(examples \d+-\d+ of 32 of "
-                        r"(sst2|stsb)/\w+\); run the same command again to resume", child.stderr)
+    stopped = re.search(
+        r"stopped by SIGINT after saving soft-label chunk (\S+\.npy) \(examples \d+-\d+ of 32 of "
+        r"(sst2|stsb)/\w+\); run the same command again to resume",
+        child.stderr,
+    )
     assert stopped, child.stderr[-3000:]
     assert os.path.isfile(stopped.group(1))
     assert not all((root / "soft_labels" / f"{task}.npz").exists() for task in ("sst2", "stsb"))
@@ -84,8 +102,9 @@ def test_sigint_mid_soft_label_chunks_saves_the_chunk_and_the_rerun_gives_identi
 
 
 @pytest.mark.slow
-def test_sigterm_mid_evaluation_saves_the_outputs_so_far_and_the_rerun_gives_identical_evidence(reference, tmp_path,
-                                                                                                 cache_env):
+def test_sigterm_mid_evaluation_saves_the_outputs_so_far_and_the_rerun_gives_identical_evidence(
+    reference, tmp_path, cache_env
+):
     root = tmp_path / "run"
     shutil.copytree(reference, root, ignore=shutil.ignore_patterns("report*", "eval_results.json", "*.png"))
     saved = lambda: glob.glob(str(root / ".partial" / "evaluate" / "*.npy"))  # noqa: E731
@@ -93,8 +112,11 @@ def test_sigterm_mid_evaluation_saves_the_outputs_so_far_and_the_rerun_gives_ide
     child.wait_for(lambda: len(saved()) >= 1)
     child.send(signal.SIGTERM)
     assert child.finish() == 143, child.stderr[-3000:]
-    assert re.search(r"stopped by SIGTERM after saving the outputs of \S+ on (sst2|stsb)/\w+ \(\S+\.npy\); run the "
-                     r"same command again to resume", child.stderr), child.stderr[-3000:]
+    assert re.search(
+        r"stopped by SIGTERM after saving the outputs of \S+ on (sst2|stsb)/\w+ \(\S+\.npy\); run the "
+        r"same command again to resume",
+        child.stderr,
+    ), child.stderr[-3000:]
     kept = len(saved())
     assert 1 <= kept < 4  # the teacher and the student, on 2 dev splits
     assert not (root / "report_outputs.npz").exists()
@@ -110,7 +132,8 @@ def _digests(paths):
 
 @pytest.mark.slow
 def test_full_disk_while_the_student_trains_stops_keeps_every_finished_stage_and_the_checkpoint_and_resumes(
-        reference, tmp_path, cache_env):
+    reference, tmp_path, cache_env
+):
     root = tmp_path / "run"
     shutil.copytree(reference, root, ignore=shutil.ignore_patterns("student", "report*", "eval_results.json", "*.png"))
     finished = _digests([p for p in root.rglob("*") if p.is_file()])  # the teachers and the soft labels
@@ -119,9 +142,12 @@ def test_full_disk_while_the_student_trains_stops_keeps_every_finished_stage_and
     child.wait_for(lambda: any(step >= 2 for step, _ in checkpointing.checkpoints(str(backup))))
     child.limit_file_size(4096)  # every checkpoint's weights file is larger
     assert child.finish() == 2, child.stderr[-3000:]
-    failed = re.search(r"error: no room to write checkpoint \S+/ckpt-(\d+) \(File too large\); the run stopped; the "
-                       r"previous checkpoint (\S+) \(step (\d+)\) is intact\. Everything written before is intact: "
-                       r"free some space .* and run the same command again to resume", child.stderr)
+    failed = re.search(
+        r"error: no room to write checkpoint \S+/ckpt-(\d+) \(File too large\); the run stopped; the "
+        r"previous checkpoint (\S+) \(step (\d+)\) is intact\. Everything written before is intact: "
+        r"free some space .* and run the same command again to resume",
+        child.stderr,
+    )
     assert failed, child.stderr[-3000:]
     kept = int(failed.group(3))
     assert kept >= 2 and int(failed.group(1)) > kept and failed.group(2) == str(backup / f"ckpt-{kept}")
@@ -134,10 +160,13 @@ def test_full_disk_while_the_student_trains_stops_keeps_every_finished_stage_and
     status, err = run(_arguments(root, "--mode=distill"), cache_env)  # room again
     assert status == 0, err[-3000:]
     assert f"resuming from {backup}/ckpt-{kept}" in err
-    for a, b in zip(model_dir.load(str(reference / "student")).get_weights(),
-                    model_dir.load(str(root / "student")).get_weights()):
+    for a, b in zip(
+        model_dir.load(str(reference / "student")).get_weights(), model_dir.load(str(root / "student")).get_weights()
+    ):
         assert np.array_equal(a, b)
-    assert (root / "student" / "eval_results.json").read_bytes() == (reference / "student" / "eval_results.json").read_bytes()
+    assert (root / "student" / "eval_results.json").read_bytes() == (
+        reference / "student" / "eval_results.json"
+    ).read_bytes()
 
 
 @pytest.mark.slow
@@ -149,16 +178,20 @@ def test_soft_label_file_failing_its_checksum_is_never_used_nor_silently_replace
     with np.load(path) as archive:
         targets = archive["targets"].tobytes()
     offset = data.index(targets) + len(targets) // 2  # one bit inside the targets: only the archive's CRC-32 tells
-    path.write_bytes(data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1:])
+    path.write_bytes(data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :])
     # the student alone refuses it, naming the file
     status, err = run(_arguments(root, "--mode=distill"), cache_env)
     assert status == 2, err[-3000:]
-    assert re.search(rf"error: soft labels {re.escape(str(path))}: unreadable or corrupt \(BadZipFile: Bad CRC-32", err), \
-        err[-3000:]
+    assert re.search(
+        rf"error: soft labels {re.escape(str(path))}: unreadable or corrupt \(BadZipFile: Bad CRC-32", err
+    ), err[-3000:]
     assert not model_dir.exists(str(root / "student"))
     # the soft-label stage warns, names it and makes it again: the reference's soft labels
     status, err = run(_arguments(root, "--mode=soft_labels"), cache_env)
     assert status == 0, err[-3000:]
-    assert re.search(rf"soft labels {re.escape(str(path))}: unreadable or corrupt .*; it is not used: the soft labels "
-                     r"will be made again", err), err[-3000:]
+    assert re.search(
+        rf"soft labels {re.escape(str(path))}: unreadable or corrupt .*; it is not used: the soft labels "
+        r"will be made again",
+        err,
+    ), err[-3000:]
     _same_soft_labels(reference, root)

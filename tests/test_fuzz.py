@@ -14,31 +14,36 @@ import signal
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import run_cli
-from mtkd_tf import export
 from mtkd_tf.config import GROUP_OF_FIELD, ConfigError, ExperimentConfig, define_flags
 from mtkd_tf.data import readers
 from mtkd_tf.data.readers import DataError
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import GLUE_TASKS, REGRESSION, TaskError, load_task_file
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.distill.soft_labels import SoftLabelError
-from mtkd_tf.tasks import GLUE_TASKS, REGRESSION, TaskError, load_task_file
+from mtkd_tf.export import saved_model as export
 
 # MTKD_FUZZ_EXAMPLES=5000 searches longer, with fresh random examples each run.
 EXAMPLES = int(os.environ.get("MTKD_FUZZ_EXAMPLES", 0))
-FUZZ = settings(max_examples=EXAMPLES or 80, derandomize=not EXAMPLES, database=None, deadline=10_000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES or 80,
+    derandomize=not EXAMPLES,
+    database=None,
+    deadline=10_000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 EXAMPLE_SECONDS = 20  # a hang fails the example instead of stalling the run
 
 
 @contextlib.contextmanager
 def time_limit(seconds: int = EXAMPLE_SECONDS):
     """Raises TimeoutError in the test if its body runs longer than `seconds` (SIGALRM)."""
+
     def expire(signum, frame):
         raise TimeoutError(f"no answer within {seconds} s: the input made the reader hang")
 
@@ -66,8 +71,36 @@ def assert_names_place(message: str, path: str, data: bytes | None = None) -> No
 
 # --- delimited data files: the GLUE TSV layouts and a custom quoted CSV ------------------------
 
-ODD = ["", " ", "0", "1", "2.5", "5", "-1", "nan", "inf", "1e999", "1_0", '"', '""', "'", '"a\tb"', "\\", "\x00",
-       "\ufeff", "\u2028", "é", "🎬", "\t", ",", "\r", "\n", "entailment", "neutral", "contradiction"]
+ODD = [
+    "",
+    " ",
+    "0",
+    "1",
+    "2.5",
+    "5",
+    "-1",
+    "nan",
+    "inf",
+    "1e999",
+    "1_0",
+    '"',
+    '""',
+    "'",
+    '"a\tb"',
+    "\\",
+    "\x00",
+    "\ufeff",
+    "\u2028",
+    "é",
+    "🎬",
+    "\t",
+    ",",
+    "\r",
+    "\n",
+    "entailment",
+    "neutral",
+    "contradiction",
+]
 CELL = st.one_of(st.sampled_from(ODD), st.text(max_size=10))
 
 
@@ -77,9 +110,16 @@ def glue_lines(tmp_path_factory):
     from mtkd_tf.data.suites import write_glue_sample
 
     root = write_glue_sample(str(tmp_path_factory.mktemp("glue")), examples_per_task=6, seed=0)
-    files = {name: readers.split_path(GLUE_TASKS[name], split, root)
-             for name, split in [("sst2", "train"), ("cola", "train"), ("stsb", "train"), ("mrpc", "dev"),
-                                 ("mnli", "test_matched")]}
+    files = {
+        name: readers.split_path(GLUE_TASKS[name], split, root)
+        for name, split in [
+            ("sst2", "train"),
+            ("cola", "train"),
+            ("stsb", "train"),
+            ("mrpc", "dev"),
+            ("mnli", "test_matched"),
+        ]
+    }
     return {name: open(path, encoding="utf-8").read().splitlines() for name, path in files.items()}
 
 
@@ -189,8 +229,11 @@ def test_quoted_csv_files_parse_or_name_file_and_line(tmp_path_factory, data):
 # --- task files (YAML and JSON) -------------------------------------------------------------
 
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-3, 400), st.floats(allow_nan=True), st.text(max_size=8))
-JSON_VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                              max_size=3), max_leaves=6)
+JSON_VALUE = st.recursive(
+    SCALAR,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 COLUMN = st.sampled_from(["text", "other", "stars", 0, 1, 2, -1, 7])
 LIKELY = {  # per field: values a user might write (right and wrong); any JSON value is tried too
     "name": st.sampled_from(["reviews", "rev-2", "bad name", "", "x/y"]),
@@ -201,8 +244,11 @@ LIKELY = {  # per field: values a user might write (right and wrong); any JSON v
     "header": st.booleans(),
     "delimiter": st.sampled_from([",", "\t", ";", "", "ab", '"', "\n", " "]),
     "quoting": st.booleans(),
-    "files": st.dictionaries(st.sampled_from(["train", "dev", "test", "unlabelled"]),
-                             st.sampled_from(["train.csv", "dev.tsv", "../x.csv"]), max_size=3),
+    "files": st.dictionaries(
+        st.sampled_from(["train", "dev", "test", "unlabelled"]),
+        st.sampled_from(["train.csv", "dev.tsv", "../x.csv"]),
+        max_size=3,
+    ),
     "directory": st.sampled_from(["reviews", "", "sub/dir"]),
     "score_range": st.lists(st.floats(-10, 10), max_size=3),
     "metrics": st.lists(st.sampled_from(["accuracy", "f1", "pearson", "bogus"]), max_size=2),
@@ -214,10 +260,17 @@ LIKELY = {  # per field: values a user might write (right and wrong); any JSON v
     "positive_label": st.sampled_from(["answer", "pos", "none"]),
     "dev_splits": st.lists(st.sampled_from(["dev", "dev_x"]), max_size=2),
     "test_splits": st.lists(st.sampled_from(["test"]), max_size=1),
-    "test_layout": st.fixed_dictionaries({}, optional={"text_columns": st.lists(COLUMN, max_size=3),
-                                                       "label_column": COLUMN, "header": st.booleans(),
-                                                       "delimiter": st.sampled_from([",", "ab"]),
-                                                       "quoting": st.booleans(), "bogus": st.just(1)}),
+    "test_layout": st.fixed_dictionaries(
+        {},
+        optional={
+            "text_columns": st.lists(COLUMN, max_size=3),
+            "label_column": COLUMN,
+            "header": st.booleans(),
+            "delimiter": st.sampled_from([",", "ab"]),
+            "quoting": st.booleans(),
+            "bogus": st.just(1),
+        },
+    ),
     "predict_with": st.sampled_from(["reviews", "mnli"]),
     "submission_name": st.sampled_from(["R"]),
     "hf_name": st.sampled_from(["user/data"]),
@@ -225,8 +278,15 @@ LIKELY = {  # per field: values a user might write (right and wrong); any JSON v
     "tfds_splits": st.dictionaries(st.sampled_from(["train"]), st.sampled_from(["train"])),
     "unknown_field": st.just(1),
 }
-VALID_ENTRY = {"name": "reviews", "type": "classification", "labels": ["neg", "pos"], "text_columns": ["text"],
-               "label_column": "stars", "delimiter": ",", "files": {"train": "train.csv"}}
+VALID_ENTRY = {
+    "name": "reviews",
+    "type": "classification",
+    "labels": ["neg", "pos"],
+    "text_columns": ["text"],
+    "label_column": "stars",
+    "delimiter": ",",
+    "files": {"train": "train.csv"},
+}
 
 
 @st.composite
@@ -250,8 +310,9 @@ def task_entries(draw):
 @st.composite
 def task_files(draw) -> tuple[str, bytes]:
     """(suffix, bytes): a YAML or JSON task file, well formed or not."""
-    entries = draw(st.lists(task_entries(), min_size=int(draw(st.integers(0, 9)) > 0), max_size=2, unique_by=str),
-                   label="entries")
+    entries = draw(
+        st.lists(task_entries(), min_size=int(draw(st.integers(0, 9)) > 0), max_size=2, unique_by=str), label="entries"
+    )
     document = draw(st.sampled_from([{"tasks": entries}] * 8 + [entries, {"other": entries}]), label="document")
     if not draw(st.integers(0, 19), label="any document"):
         document = draw(JSON_VALUE, label="document value")
@@ -266,8 +327,25 @@ def task_files(draw) -> tuple[str, bytes]:
     if edit == "cut":
         raw = raw[:at]
     elif edit == "insert":
-        raw = raw[:at] + draw(st.sampled_from([b":", b"- ", b"{", b"&a ", b"*a", b"!!python/object:os.system ",
-                                               b"\t", b"name: twice\nname: again\n"]), label="inserted") + raw[at:]
+        raw = (
+            raw[:at]
+            + draw(
+                st.sampled_from(
+                    [
+                        b":",
+                        b"- ",
+                        b"{",
+                        b"&a ",
+                        b"*a",
+                        b"!!python/object:os.system ",
+                        b"\t",
+                        b"name: twice\nname: again\n",
+                    ]
+                ),
+                label="inserted",
+            )
+            + raw[at:]
+        )
     elif edit == "bytes":
         raw = raw[:at] + b"\xff\xfe" + raw[at:]
     return suffix, raw
@@ -323,7 +401,9 @@ def test_task_files_load_or_name_file_and_field(tmp_path_factory, task_file):
 def sst2_split() -> SplitData:
     task = GLUE_TASKS["sst2"]
     texts = ["a fine film", "dull", "", "ünïcödé 🎬"]
-    return SplitData(task, "train", [f"sst2/train/{i}" for i in range(4)], texts, labels=np.asarray([1, 0, 0, 1], np.int32))
+    return SplitData(
+        task, "train", [f"sst2/train/{i}" for i in range(4)], texts, labels=np.asarray([1, 0, 0, 1], np.int32)
+    )
 
 
 def valid_soft_arrays() -> dict:
@@ -350,7 +430,9 @@ def soft_label_files(draw) -> bytes:
     for _ in range(draw(st.integers(0, 2), label="changes")):
         what = draw(st.sampled_from(["array", "drop", "metadata field", "drop field", "metadata"]), label="change")
         if what == "array":
-            arrays[draw(st.sampled_from(["ids", "targets", "hashes", "extra"]), label="member")] = draw(ARRAYS, label="array")
+            arrays[draw(st.sampled_from(["ids", "targets", "hashes", "extra"]), label="member")] = draw(
+                ARRAYS, label="array"
+            )
         elif what == "drop":
             arrays.pop(draw(st.sampled_from(["ids", "targets", "hashes"]), label="dropped"), None)
         elif not isinstance(metadata, dict):
@@ -364,8 +446,11 @@ def soft_label_files(draw) -> bytes:
             metadata = draw(JSON_VALUE, label="metadata")
     members = dict(arrays)
     if draw(st.integers(0, 5), label="keep metadata"):
-        members["metadata"] = np.asarray(json.dumps(metadata) if draw(st.integers(0, 5), label="as JSON")
-                                         else draw(st.text(max_size=20), label="metadata text"))
+        members["metadata"] = np.asarray(
+            json.dumps(metadata)
+            if draw(st.integers(0, 5), label="as JSON")
+            else draw(st.text(max_size=20), label="metadata text")
+        )
     buffer = io.BytesIO()
     np.savez(buffer, **members)
     raw = buffer.getvalue()
@@ -374,7 +459,7 @@ def soft_label_files(draw) -> bytes:
     if edit == "cut":
         raw = raw[:at]
     elif edit == "flip":
-        raw = raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:]
+        raw = raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :]
     return raw
 
 
@@ -414,9 +499,40 @@ def test_soft_label_files_read_or_name_file_and_field(tmp_path_factory, raw):
 
 FLAG_NAMES = sorted(GROUP_OF_FIELD)
 FLAG_VALUE = st.one_of(
-    st.sampled_from(["", "0", "1", "-1", "2", "1e9", "0.5", "1.5", "nan", "inf", "-inf", "x", "true", "false", "none",
-                     "sst2", "sst2,rte", "sst2,,rte", "rte:0.5", "rte:x", "a:b:c", "0.1,x", "tiny", "train", "pipeline",
-                     "runs/x", "glue_sample", "random:layers=x", "~", "é🎬"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "-1",
+            "2",
+            "1e9",
+            "0.5",
+            "1.5",
+            "nan",
+            "inf",
+            "-inf",
+            "x",
+            "true",
+            "false",
+            "none",
+            "sst2",
+            "sst2,rte",
+            "sst2,,rte",
+            "rte:0.5",
+            "rte:x",
+            "a:b:c",
+            "0.1,x",
+            "tiny",
+            "train",
+            "pipeline",
+            "runs/x",
+            "glue_sample",
+            "random:layers=x",
+            "~",
+            "é🎬",
+        ]
+    ),
     st.text(st.characters(blacklist_categories=["Cc", "Cs", "Zl", "Zp"]), max_size=8),
 )
 
@@ -431,13 +547,28 @@ def flagfiles(draw) -> tuple[bytes, int]:
     lines = []
     for _ in range(draw(st.integers(0, 8), label="lines")):
         name = draw(st.sampled_from(FLAG_NAMES + ["no_such_flag"]), label="flag")
-        kind = draw(st.sampled_from(["value"] * 6 + ["bare", "no", "single dash", "no dash", "comment", "junk",
-                                     "self", "missing file", "empty flagfile"]), label="line")
+        kind = draw(
+            st.sampled_from(
+                ["value"] * 6
+                + ["bare", "no", "single dash", "no dash", "comment", "junk", "self", "missing file", "empty flagfile"]
+            ),
+            label="line",
+        )
         value = draw(FLAG_VALUE, label="value")
-        lines.append({"value": f"--{name}={value}", "bare": f"--{name}", "no": f"--no{name}",
-                      "single dash": f"-{name}={value}", "no dash": f"{name}={value}", "comment": f"# --{name}={value}",
-                      "junk": value, "self": f"--flagfile={SELF}", "missing file": "--flagfile=/nonexistent/x.cfg",
-                      "empty flagfile": "--flagfile="}[kind])
+        lines.append(
+            {
+                "value": f"--{name}={value}",
+                "bare": f"--{name}",
+                "no": f"--no{name}",
+                "single dash": f"-{name}={value}",
+                "no dash": f"{name}={value}",
+                "comment": f"# --{name}={value}",
+                "junk": value,
+                "self": f"--flagfile={SELF}",
+                "missing file": "--flagfile=/nonexistent/x.cfg",
+                "empty flagfile": "--flagfile=",
+            }[kind]
+        )
     raw = "\n".join(lines).encode("utf-8")
     if draw(st.integers(0, 7), label="bad bytes") == 0:
         at = draw(st.integers(0, len(raw)), label="at")
@@ -511,10 +642,17 @@ ROW = st.one_of(TEXT, st.dictionaries(st.sampled_from(["sentence1", "sentence2",
 SIGNATURES = st.one_of(st.sampled_from(["sst2", "rte", "stsb", "serving_default", "nope", ""]), JSON_VALUE)
 
 
-PLAIN_TEXT = st.one_of(st.text(max_size=30), st.sampled_from(["", "a film", "🎬" * 50, "word " * 300]),
-                     st.binary(max_size=12).map(lambda raw: {"b64": base64.b64encode(raw).decode()}))
-INPUTS = {"sst2": ["sentence1"], "serving_default": ["sentence1"], "rte": ["sentence1", "sentence2"],
-          "stsb": ["sentence1", "sentence2"]}
+PLAIN_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", "a film", "🎬" * 50, "word " * 300]),
+    st.binary(max_size=12).map(lambda raw: {"b64": base64.b64encode(raw).decode()}),
+)
+INPUTS = {
+    "sst2": ["sentence1"],
+    "serving_default": ["sentence1"],
+    "rte": ["sentence1", "sentence2"],
+    "stsb": ["sentence1", "sentence2"],
+}
 
 
 @st.composite
@@ -547,8 +685,11 @@ def request_bodies(draw):
     if form in ("instances", "both"):
         body["instances"] = draw(st.one_of(st.lists(ROW, max_size=4), JSON_VALUE), label="instances")
     if form in ("inputs", "both"):
-        columns = st.dictionaries(st.sampled_from(["sentence1", "sentence2", "extra"]),
-                                  st.one_of(st.lists(TEXT, max_size=3), TEXT), max_size=3)
+        columns = st.dictionaries(
+            st.sampled_from(["sentence1", "sentence2", "extra"]),
+            st.one_of(st.lists(TEXT, max_size=3), TEXT),
+            max_size=3,
+        )
         body["inputs"] = draw(st.one_of(columns, st.lists(TEXT, max_size=3), JSON_VALUE), label="inputs")
     if form == "any":
         return draw(JSON_VALUE, label="body")

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data import ranking, readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.suites import write_ranking_sample
-from mtkd_tf.evaluation import evaluate
-from mtkd_tf.losses import hard_loss, ranking_loss, soft_loss
+from mtkd_tf.data.tasks import GLUE_TASKS, TaskError, load_task_file, with_answer_modules
+from mtkd_tf.models.evaluation import evaluate
+from mtkd_tf.models.losses import hard_loss, ranking_loss, soft_loss
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.models.san import SANAnswerModule
-from mtkd_tf.tasks import GLUE_TASKS, TaskError, load_task_file, with_answer_modules
-from mtkd_tf.config import TrainingConfig
-from mtkd_tf.training import make_optimizer, training_data
+from mtkd_tf.training.train import make_optimizer, training_data
 
 # --- SAN ------------------------------------------------------------------------------
 
@@ -136,6 +136,7 @@ def test_model_with_san_ignores_padded_tokens(tiny_encoder_factory):
 
 # --- ranking --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rank_task_file(tmp_path_factory):
     return write_ranking_sample(str(tmp_path_factory.mktemp("rank")), questions=48, candidates=4, seed=0)
@@ -208,7 +209,15 @@ def test_ranking_predictions_map_back_to_pairs(rank_task):
     scores = np.array([0.1, 0.9, 0.3, 2.0, -1.0, 0.5, 0.5])
     groups = np.array([0, 0, 0, 1, 1, 2, 2])
     answer, other = rank_task.positive_index, 1 - rank_task.positive_index
-    assert ranking.top_candidates(rank_task, scores, groups).tolist() == [other, answer, other, answer, other, answer, other]
+    assert ranking.top_candidates(rank_task, scores, groups).tolist() == [
+        other,
+        answer,
+        other,
+        answer,
+        other,
+        answer,
+        other,
+    ]
 
 
 def test_ranking_batches_keep_groups_whole(rank_task_file, rank_task, tiny_encoder_factory):
@@ -245,7 +254,9 @@ def test_san_and_ranking_tasks_train_together(san_and_ranking, tmp_path):
     config = TrainingConfig(batch_size=16, epochs=10, learning_rate=5e-3, seed=0)
     data = training_data(splits, pre, config)
     model.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs))
-    history = model.fit(data.starting_at(0), epochs=config.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0).history
+    history = model.fit(
+        data.starting_at(0), epochs=config.epochs, steps_per_epoch=data.steps_per_epoch, verbose=0
+    ).history
     for task in ("rte", "qa_rank"):
         losses = history[f"{task}_loss"]
         assert np.mean(losses[-2:]) < 0.85 * losses[0], (task, losses)

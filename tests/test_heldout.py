@@ -4,17 +4,23 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import mtkd_tf as mt
-from conftest import ROOT
 from mtkd_tf.data.split import HELDOUT, DataError, SplitData, carve, keep_labels
-from mtkd_tf.tasks import Task
+from mtkd_tf.data.tasks import Task
 
 
 def _data(count, groups=None):
     task = Task("t", "classification", labels=("a", "b"))
-    return SplitData(task, "train", [f"t/train/{i}" for i in range(count)], [f"text {i}" for i in range(count)],
-                     labels=np.arange(count) % 2, groups=groups)
+    return SplitData(
+        task,
+        "train",
+        [f"t/train/{i}" for i in range(count)],
+        [f"text {i}" for i in range(count)],
+        labels=np.arange(count) % 2,
+        groups=groups,
+    )
 
 
 def test_the_heldout_split_is_chosen_by_id_whatever_the_order():
@@ -39,8 +45,12 @@ def test_ranking_questions_stay_whole_and_a_too_large_heldout_split_is_refused()
 
 def test_an_experiment_trains_without_its_heldout_examples(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
-    config = mt.ExperimentConfig.from_flagfile(os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"), heldout_examples=30,
-                                               max_train_examples=100)
+    config = mt.ExperimentConfig.from_flagfile(
+        os.path.join(ROOT, "configs/tiny.cfg"),
+        model_dir=str(tmp_path / "kd"),
+        heldout_examples=30,
+        max_train_examples=100,
+    )
     experiment = mt.Experiment(config)
     for task, data in experiment.train_data.items():
         held = experiment.heldout_data[task][HELDOUT]
@@ -65,9 +75,14 @@ def test_a_labelled_fraction_keeps_labels_by_id_and_the_rest_become_unlabelled_t
 
 def test_an_experiment_with_a_labelled_fraction_labels_only_the_teacher_tasks_part(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
-    config = mt.ExperimentConfig.from_flagfile(os.path.join(ROOT, "configs/tiny.cfg"), model_dir=str(tmp_path / "kd"),
-                                               heldout_examples=20, max_train_examples=100, labelled_fraction=0.25,
-                                               teacher_tasks=["sst2"])
+    config = mt.ExperimentConfig.from_flagfile(
+        os.path.join(ROOT, "configs/tiny.cfg"),
+        model_dir=str(tmp_path / "kd"),
+        heldout_examples=20,
+        max_train_examples=100,
+        labelled_fraction=0.25,
+        teacher_tasks=["sst2"],
+    )
     experiment = mt.Experiment(config)
     train, unlabelled = experiment.train_data, experiment.unlabelled_data
     assert len(train["sst2"]) == 25 and len(unlabelled["sst2"]) == 75 and unlabelled["sst2"].labels is None

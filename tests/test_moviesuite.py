@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mtkd_tf import assets
 from mtkd_tf.data import moviesuite, readers, suites
-from mtkd_tf.tasks import load_task_file
+from mtkd_tf.data.tasks import load_task_file
+from mtkd_tf.runtime import assets
 
 pytestmark = pytest.mark.download
 
@@ -51,8 +51,10 @@ def test_tasks_have_expected_sizes_labels_and_ranges(suite):
     # The real data, not a stand-in: a known snippet and rating.
     rating = loaded["movie_rating"]
     texts = {t: float(v) for split in rating.values() for t, v in zip(split.text_a, split.labels)}
-    assert texts["The Rock is destined to be the 21st Century's new ''Conan'' and that he's going to make a splash even "
-                 "greater than Arnold Schwarzenegger, Jean Claud Van Damme or Steven Segal."] == pytest.approx(2.2667, abs=1e-4)
+    assert texts[
+        "The Rock is destined to be the 21st Century's new ''Conan'' and that he's going to make a splash even "
+        "greater than Arnold Schwarzenegger, Jean Claud Van Damme or Steven Segal."
+    ] == pytest.approx(2.2667, abs=1e-4)
     # lee_pairs uses the upper triangle: no pair scored 0 by the zero lower triangle.
     lee = np.concatenate([data.labels for data in loaded["lee_pairs"].values()])
     assert lee.min() > 0.0
@@ -81,7 +83,11 @@ def test_task_file_matches_registered_tasks(suite):
     for name, task in moviesuite.TASKS.items():
         theirs = from_file[name]
         assert (theirs.type, theirs.labels, theirs.source.text_columns, theirs.score_range) == (
-            task.type, task.labels, task.source.text_columns, task.score_range)
+            task.type,
+            task.labels,
+            task.source.text_columns,
+            task.score_range,
+        )
 
 
 def test_corrupted_cached_file_is_detected_and_refetched(suite):

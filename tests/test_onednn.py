@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from mtkd_tf import onednn
+
+from mtkd_tf.runtime import onednn
 
 AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # the 2-core AMD EPYC of the speed issue
 AMX = AVX2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -15,8 +16,9 @@ AMX = AVX2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
 
 def _child_prints(code: str, env: dict[str, str]) -> str:
     """The last line `code` prints in a fresh Python process (this checkout importable)."""
-    found = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": ROOT}, capture_output=True,
-                           text=True, timeout=300)
+    found = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300
+    )
     lines = found.stdout.strip().splitlines()
     assert lines, found.stderr[-2000:]
     return lines[-1]
@@ -46,15 +48,19 @@ def test_the_users_setting_wins_and_a_late_import_says_how_to_get_the_speed(capl
 
 
 def test_import_mtkd_tf_records_what_tensorflow_runs_in_the_environment():
-    code = ("import os, mtkd_tf\nfrom mtkd_tf.environment import environment\n"
-            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])")
-    for setting, expected in (("0", "0 | off: TF_ENABLE_ONEDNN_OPTS=0 (the user's setting)"),
-                              ("1", "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (the user's setting)")):
+    code = (
+        "import os, mtkd_tf\nfrom mtkd_tf.runtime.environment import environment\n"
+        "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])"
+    )
+    for setting, expected in (
+        ("0", "0 | off: TF_ENABLE_ONEDNN_OPTS=0 (the user's setting)"),
+        ("1", "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (the user's setting)"),
+    ):
         assert _child_prints(code, {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}) == expected
 
 
 def test_bfloat16_counts_as_native_only_where_onednn_may_use_its_kernels():
-    from mtkd_tf.distribute import onednn_allows_bfloat16
+    from mtkd_tf.training.distribute import onednn_allows_bfloat16
 
     assert onednn_allows_bfloat16({}) and onednn_allows_bfloat16({"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert onednn_allows_bfloat16({"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"})
@@ -78,9 +84,10 @@ def test_import_mtkd_tf_on_an_avx2_cpu_turns_onednn_on_before_tensorflow_loads()
         "import mtkd_tf\n"
         "builtins.open = real_open\n"
         "import os\n"
-        "from mtkd_tf.environment import environment\n"
+        "from mtkd_tf.runtime.environment import environment\n"
         "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), '|', environment('float32')['onednn'])\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     assert _child_prints(code, env) == (
-        "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)")
+        "1 | on: TF_ENABLE_ONEDNN_OPTS=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)"
+    )

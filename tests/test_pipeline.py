@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 COMMON = ["--flagfile=configs/tiny.cfg", "--tasks=sst2,rte,stsb", "--num_teachers=2", "--epochs=3", "--verbose=0"]
@@ -34,7 +33,9 @@ def test_pipeline_writes_report_with_every_row(experiment):
             assert set(report["rows"]) <= set(values)
             assert all(np.isfinite(values[row]) for row in report["rows"])
     table = open(os.path.join(root, "report.md")).read()
-    assert table.startswith("Dev scores (x100):\n\n| task | metric | member_0 | member_1 | ensemble | baseline | student |")
+    assert table.startswith(
+        "Dev scores (x100):\n\n| task | metric | member_0 | member_1 | ensemble | baseline | student |"
+    )
     # one seed: no verdict on the student, only "untested"
     for claim in report["claims"]:
         if "student" in claim["claim"]:
@@ -51,7 +52,10 @@ def test_pipeline_writes_report_with_every_row(experiment):
 @pytest.mark.slow
 def test_pipeline_rerun_skips_finished_stages(experiment):
     root, env, _ = experiment
-    files = [os.path.join(root, p) for p in ("teachers/member_0/model.keras", "soft_labels/rte.npz", "student/model.keras", "baseline/model.keras")]
+    files = [
+        os.path.join(root, p)
+        for p in ("teachers/member_0/model.keras", "soft_labels/rte.npz", "student/model.keras", "baseline/model.keras")
+    ]
     before = [os.path.getmtime(f) for f in files]
     result = run_cli(*COMMON, "--mode=pipeline", f"--model_dir={root}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -81,9 +85,16 @@ def test_separate_modes_with_online_teachers_and_a_smaller_student(experiment, t
     root, env, _ = experiment
     student = str(tmp_path / "small")
     result = run_cli(
-        *COMMON, "--mode=distill", f"--model_dir={root}", f"--student_dir={student}", "--online_teachers",
-        "--student_encoder=random:layers=1,hidden=32,heads=2,intermediate=64", "--hidden_loss_weight=0.5",
-        "--teacher_tasks=rte,stsb", "--task_alpha=rte:0.7", env=env,
+        *COMMON,
+        "--mode=distill",
+        f"--model_dir={root}",
+        f"--student_dir={student}",
+        "--online_teachers",
+        "--student_encoder=random:layers=1,hidden=32,heads=2,intermediate=64",
+        "--hidden_loss_weight=0.5",
+        "--teacher_tasks=rte,stsb",
+        "--task_alpha=rte:0.7",
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.load(open(os.path.join(student, "eval_results.json")))
@@ -97,8 +108,14 @@ def test_separate_modes_with_online_teachers_and_a_smaller_student(experiment, t
 def test_self_distillation_from_an_earlier_student(experiment, tmp_path):
     root, env, _ = experiment
     other = str(tmp_path / "self")
-    result = run_cli(*COMMON, "--mode=soft_labels", f"--model_dir={other}", f"--teacher_dirs={root}/student",
-                     "--soft_labels_precision=bfloat16", env=env)
+    result = run_cli(
+        *COMMON,
+        "--mode=soft_labels",
+        f"--model_dir={other}",
+        f"--teacher_dirs={root}/student",
+        "--soft_labels_precision=bfloat16",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads(str(np.load(os.path.join(other, "soft_labels", "rte.npz"))["metadata"]))
     assert meta["num_teachers"] == 1 and meta["teachers"] == [os.path.join(root, "student")]
@@ -127,8 +144,15 @@ def test_bad_distillation_input_fails_before_training(experiment, tmp_path, args
 @pytest.mark.slow
 def test_soft_labels_for_other_data_are_rejected(experiment, tmp_path):
     root, env, _ = experiment
-    result = run_cli(*COMMON, "--mode=distill", f"--model_dir={root}", f"--student_dir={tmp_path}/s", "--seed=0",
-                     "--suite_size=100", env=env)
+    result = run_cli(
+        *COMMON,
+        "--mode=distill",
+        f"--model_dir={root}",
+        f"--student_dir={tmp_path}/s",
+        "--seed=0",
+        "--suite_size=100",
+        env=env,
+    )
     # a different (smaller, regenerated) sample: same ids exist but the data changed
     assert result.returncode == 2
     assert "made for different" in result.stderr or "are missing" in result.stderr, result.stderr[-2000:]
@@ -144,15 +168,26 @@ def test_distillation_on_unlabelled_text(tmp_path):
     rows = [(f"the film was {words[int(l)].split()[i % 3]}", int(l)) for i, l in enumerate(rng.integers(0, 2, 60))]
     (data / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
     (data / "dev.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[:20]))
-    (data / "extra.tsv").write_text("text\n" + "".join(f"a plot so {w}\n" for w in ("good", "dull", "fine", "awful") * 10))
+    (data / "extra.tsv").write_text(
+        "text\n" + "".join(f"a plot so {w}\n" for w in ("good", "dull", "fine", "awful") * 10)
+    )
     task_file = tmp_path / "tasks.yaml"
     task_file.write_text(
         "tasks:\n  - name: reviews\n    type: classification\n    labels: ['0', '1']\n    text_columns: [text]\n"
         "    files: {train: train.tsv, dev: dev.tsv, unlabelled: extra.tsv}\n"
     )
     root = str(tmp_path / "kd")
-    args = ["--flagfile=configs/tiny.cfg", "--suite=", f"--data_dir={tmp_path / 'data'}", f"--task_file={task_file}",
-            "--tasks=reviews", "--num_teachers=1", "--epochs=2", "--verbose=0", f"--model_dir={root}"]
+    args = [
+        "--flagfile=configs/tiny.cfg",
+        "--suite=",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--task_file={task_file}",
+        "--tasks=reviews",
+        "--num_teachers=1",
+        "--epochs=2",
+        "--verbose=0",
+        f"--model_dir={root}",
+    ]
     env = {"MTKD_CACHE": str(tmp_path / "cache")}
     for mode in ("train_teachers", "soft_labels", "distill"):
         result = run_cli(*args, f"--mode={mode}", env=env)

@@ -9,17 +9,17 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import ROOT
-from mtkd_tf import preemption
 
-# The child loads mtkd_tf.preemption without the package's __init__ (TensorFlow): a bare package module.
+from mtkd_tf.training import preemption
+
+# The child loads mtkd_tf.training.preemption without the package's __init__ (TensorFlow): a bare package module.
 CHILD = textwrap.dedent(f"""
     import sys, time, types
     package = types.ModuleType("mtkd_tf")
     package.__path__ = [{os.path.join(ROOT, "mtkd_tf")!r}]
     sys.modules["mtkd_tf"] = package
-    from mtkd_tf import preemption
+    from mtkd_tf.training import preemption
     with preemption.stop_on_signals(float(sys.argv[1])):
         print("ready", flush=True)
         time.sleep(60)  # a step that does not end
@@ -27,8 +27,13 @@ CHILD = textwrap.dedent(f"""
 
 
 def _child(grace):
-    process = subprocess.Popen([sys.executable, "-c", CHILD, str(grace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -41,8 +46,10 @@ def test_a_step_that_does_not_end_within_the_grace_period_exits_with_the_signal_
     assert process.returncode == 143, err
     assert time.time() - sent < 20
     assert "SIGTERM received: finishing the current step and saving a checkpoint there (within 0.5 s)" in err
-    assert ("error: stopped by SIGTERM: no step ended within stop_grace_seconds=0.5; exiting without a new checkpoint "
-            "(the previous one is kept); run the same command again to resume from it") in err
+    assert (
+        "error: stopped by SIGTERM: no step ended within stop_grace_seconds=0.5; exiting without a new checkpoint "
+        "(the previous one is kept); run the same command again to resume from it"
+    ) in err
 
 
 def test_a_second_signal_stops_at_once():
@@ -63,8 +70,9 @@ def test_a_signal_is_a_request_that_work_checks_and_handlers_are_restored():
         preemption.check("here")  # nothing requested: no-op
         os.kill(os.getpid(), signal.SIGTERM)
         assert preemption.requested() == signal.SIGTERM
-        with pytest.raises(preemption.Preempted, match="stopped by SIGTERM after step 3; run the same command again to "
-                           "resume") as stopped:
+        with pytest.raises(
+            preemption.Preempted, match="stopped by SIGTERM after step 3; run the same command again to resume"
+        ) as stopped:
             preemption.check("after step 3")
         assert stopped.value.exit_status == 143
     assert signal.getsignal(signal.SIGTERM) == before and preemption.requested() is None

@@ -6,19 +6,30 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import mtkd_tf as mt
-from mtkd_tf.finetune import finetune_seed
-from mtkd_tf.significance import SEED_METHOD
-from conftest import ROOT
-from mtkd_tf import model_dir
 from mtkd_tf.distill import ensemble, soft_labels
+from mtkd_tf.experiment.significance import SEED_METHOD
+from mtkd_tf.models import model_dir
+from mtkd_tf.training.finetune import finetune_seed
 
 
 def _config(tmp_path, **changes):
-    settings = dict(model_dir=str(tmp_path / "kd"), tasks=["sst2", "rte"], teacher_tasks=["sst2"], num_teachers=2,
-                    teacher_pool=3, teacher_selection_tasks=["rte"], finetune_epochs=1, epochs=1, verbose=0,
-                    max_train_examples=48, max_eval_examples=24, soft_labels_precision="float32")
+    settings = dict(
+        model_dir=str(tmp_path / "kd"),
+        tasks=["sst2", "rte"],
+        teacher_tasks=["sst2"],
+        num_teachers=2,
+        teacher_pool=3,
+        teacher_selection_tasks=["rte"],
+        finetune_epochs=1,
+        epochs=1,
+        verbose=0,
+        max_train_examples=48,
+        max_eval_examples=24,
+        soft_labels_precision="float32",
+    )
     settings.update(changes)
     return mt.ExperimentConfig.from_flagfile(os.path.join(ROOT, "configs/tiny.cfg"), **settings)
 
@@ -34,8 +45,15 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     assert set(scores) == {"member_0", "member_1", "member_2"} and selection["selection_tasks"] == ["rte"]
     # each candidate scored here on rte dev, independently of the selection code
     dev = experiment.dev_data["rte"]["dev"]
-    own = {name: float(np.mean(model_dir.load(str(root / "teachers" / name)).predict_texts(
-        "rte", dev.text_a, dev.text_b)["label_id"] == dev.labels)) for name in scores}
+    own = {
+        name: float(
+            np.mean(
+                model_dir.load(str(root / "teachers" / name)).predict_texts("rte", dev.text_a, dev.text_b)["label_id"]
+                == dev.labels
+            )
+        )
+        for name in scores
+    }
     assert own == pytest.approx(scores)
     best = sorted(own, key=lambda name: -own[name])[:2]
     assert sorted(selection["chosen"]) == sorted(best)  # the best K by dev score
@@ -65,8 +83,12 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     assert saved["teacher_selection"]["chosen"] == selection["chosen"]
     assert "Teacher selection on rte dev" in open(root / "report.md").read()
     for task in ("sst2", "rte"):
-        assert model_dir.exists(str(root / f"student-finetuned/{task}")) and model_dir.exists(str(root / f"baseline-finetuned/{task}"))
-    assert model_dir.load(str(root / "student-finetuned/rte")).predict_texts("rte", ["a b"], ["c d"])["label"].shape == (1,)
+        assert model_dir.exists(str(root / f"student-finetuned/{task}")) and model_dir.exists(
+            str(root / f"baseline-finetuned/{task}")
+        )
+    assert model_dir.load(str(root / "student-finetuned/rte")).predict_texts("rte", ["a b"], ["c d"])[
+        "label"
+    ].shape == (1,)
 
 
 def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
@@ -81,14 +103,33 @@ def test_bad_protocol_settings_fail_before_any_training(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path, monkeypatch):
     monkeypatch.setenv("MTKD_CACHE", str(tmp_path / "cache"))
-    config = _config(tmp_path, num_teachers=1, teacher_pool=0, finetune_epochs=0, seeds=2, compare_anneal=True,
-                     self_distill_rounds=1, teacher_epochs=2, heldout_examples=16)
+    config = _config(
+        tmp_path,
+        num_teachers=1,
+        teacher_pool=0,
+        finetune_epochs=0,
+        seeds=2,
+        compare_anneal=True,
+        self_distill_rounds=1,
+        teacher_epochs=2,
+        heldout_examples=16,
+    )
     experiment = mt.Experiment(config)
     experiment.run()
     root = tmp_path / "kd"
     saved = json.load(open(root / "report.json"))
-    assert saved["rows"] == ["member_0", "ensemble", "baseline", "baseline_s2", "baseline_mean", "student", "student_s2",
-                             "student_mean", "student_anneal", "student_r1"]
+    assert saved["rows"] == [
+        "member_0",
+        "ensemble",
+        "baseline",
+        "baseline_s2",
+        "baseline_mean",
+        "student",
+        "student_s2",
+        "student_mean",
+        "student_anneal",
+        "student_r1",
+    ]
     values = saved["results"]["rte"]["accuracy"]
     for name in ("student", "baseline"):  # two runs of each, with their mean and sd
         runs = [values[name], values[f"{name}_s2"]]
@@ -139,7 +180,10 @@ def test_the_gate_stops_before_any_student_when_the_ensemble_does_not_beat_the_b
     members = [model_dir.load(str(root / "teachers" / f"member_{k}")) for k in range(2)]
     mean = np.mean([m.predict_texts("sst2", dev.text_a)["probabilities"] for m in members], axis=0)
     baseline = model_dir.load(str(root / "baseline")).predict_texts("sst2", dev.text_a)["label_id"]
-    expected = {"ensemble": 100 * np.mean(mean.argmax(-1) == dev.labels), "baseline": 100 * np.mean(baseline == dev.labels)}
+    expected = {
+        "ensemble": 100 * np.mean(mean.argmax(-1) == dev.labels),
+        "baseline": 100 * np.mean(baseline == dev.labels),
+    }
     assert gate["scores"]["sst2"] == pytest.approx(expected)
     assert gate["gain"] == pytest.approx(expected["ensemble"] - expected["baseline"])
     # a margin the ensemble clears opens the gate: the run resumes (teachers and baseline reused)

@@ -5,7 +5,7 @@ import pytest
 
 from mtkd_tf.data import readers
 from mtkd_tf.data.readers import DataError
-from mtkd_tf.tasks import GLUE_TASKS, load_task_file
+from mtkd_tf.data.tasks import GLUE_TASKS, load_task_file
 
 
 @pytest.mark.parametrize("name", ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"])
@@ -66,15 +66,35 @@ def _write(path, text, mode="w"):
 @pytest.mark.parametrize(
     "task, content, message",
     [
-        ("sst2", "sentence\tlabel\ngood movie\t1\nbad movie\n", r"train.tsv:3: expected 2 columns \(as in the header\), found 1"),
-        ("sst2", "sentence\tlabel\ngood movie\t1\nbad movie\t7\n", r"train.tsv:3: label '7' is not one of task sst2's labels \['0', '1'\]"),
+        (
+            "sst2",
+            "sentence\tlabel\ngood movie\t1\nbad movie\n",
+            r"train.tsv:3: expected 2 columns \(as in the header\), found 1",
+        ),
+        (
+            "sst2",
+            "sentence\tlabel\ngood movie\t1\nbad movie\t7\n",
+            r"train.tsv:3: label '7' is not one of task sst2's labels \['0', '1'\]",
+        ),
         ("sst2", "sentence\tlabel\ngood movie\t\n", r"train.tsv:2: label 'an empty label' is not one of"),
-        ("stsb", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                 "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\tfive\n", r"train.tsv:2: score 'five' is not a number"),
-        ("stsb", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                 "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\t7.5\n", r"score 7.5 is outside task stsb's range \[0.0, 5.0\]"),
-        ("stsb", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                 "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\tnan\n", r"score 'nan' is not finite"),
+        (
+            "stsb",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\tfive\n",
+            r"train.tsv:2: score 'five' is not a number",
+        ),
+        (
+            "stsb",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\t7.5\n",
+            r"score 7.5 is outside task stsb's range \[0.0, 5.0\]",
+        ),
+        (
+            "stsb",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            "0\tg\tf\t2017\t0\ts\ts\ta b\tc d\tnan\n",
+            r"score 'nan' is not finite",
+        ),
         ("sst2", "sentence\tlabel\n", r"train.tsv: no examples in split 'train' of task 'sst2'"),
         ("sst2", "", r"train.tsv: the file is empty"),
         ("sst2", "text\tlabel\ngood\t1\n", r"train.tsv:1: no text column 'sentence' in header \['text', 'label'\]"),

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtkd_tf import report as report_lib
 from mtkd_tf.distill.soft_labels import statistics
-from mtkd_tf.evaluation import accuracy
-from mtkd_tf.layout import run_row
-from mtkd_tf.report import HOLDS, NOT_SIGNIFICANT, UNTESTED, Evidence
-from mtkd_tf.significance import EXAMPLE_METHOD, SEED_METHOD, holm
+from mtkd_tf.experiment import report as report_lib
+from mtkd_tf.experiment.layout import run_row
+from mtkd_tf.experiment.report import HOLDS, NOT_SIGNIFICANT, UNTESTED, Evidence
+from mtkd_tf.experiment.significance import EXAMPLE_METHOD, SEED_METHOD, holm
+from mtkd_tf.models.evaluation import accuracy
 
 SIZE = 400
 
@@ -35,9 +35,17 @@ def _evidence(scores_by_row, tasks=("t", "u"), teacher_tasks=("t",), dev_scores=
             for split in ("dev", "heldout"):
                 wanted = (dev_scores or scores_by_row)[row][task] if split == "dev" else by_task[task]
                 predictions[(row, task, split)] = _predictions(labels[(task, split)], wanted, rng)
-    return Evidence(rows=list(scores_by_row), tasks={t: {"type": "classification", "metrics": ["accuracy"],
-                                                        "suffixes": {"dev": "", "heldout": ""}} for t in tasks},
-                    predictions=predictions, labels=labels, teacher_tasks=list(teacher_tasks), seed=seed)
+    return Evidence(
+        rows=list(scores_by_row),
+        tasks={
+            t: {"type": "classification", "metrics": ["accuracy"], "suffixes": {"dev": "", "heldout": ""}}
+            for t in tasks
+        },
+        predictions=predictions,
+        labels=labels,
+        teacher_tasks=list(teacher_tasks),
+        seed=seed,
+    )
 
 
 def _run(rows, student, baseline, ensemble=0.80, members=(0.74, 0.76, 0.75), spread=0.01):
@@ -56,8 +64,13 @@ def _claim(found, title, task="t"):
 
 
 def test_one_seed_gives_no_student_verdict_other_than_untested():
-    rows = {"member_0": {"t": 0.7, "u": 0.7}, "member_1": {"t": 0.72, "u": 0.7}, "ensemble": {"t": 0.9, "u": 0.7},
-            "baseline": {"t": 0.6, "u": 0.6}, "student": {"t": 0.9, "u": 0.9}}
+    rows = {
+        "member_0": {"t": 0.7, "u": 0.7},
+        "member_1": {"t": 0.72, "u": 0.7},
+        "ensemble": {"t": 0.9, "u": 0.7},
+        "baseline": {"t": 0.6, "u": 0.6},
+        "student": {"t": 0.9, "u": 0.9},
+    }
     found, _ = report_lib.claims(_evidence(rows))
     for claim in found:
         if "student" in claim["claim"].lower() or "gain carries" in claim["claim"]:
@@ -79,8 +92,22 @@ def test_three_seeds_give_seed_aware_claims_as_wide_as_the_seeds_spread_implies(
     half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
     assert beats["high"] - beats["low"] >= 0.95 * 2 * half
     assert beats["estimate"] == pytest.approx(np.mean(differences))
-    assert set(beats) == {"claim", "task", "metric", "split", "estimate", "low", "high", "level", "method", "seeds",
-                          "p", "p_adjusted", "verdict", "reason"}
+    assert set(beats) == {
+        "claim",
+        "task",
+        "metric",
+        "split",
+        "estimate",
+        "low",
+        "high",
+        "level",
+        "method",
+        "seeds",
+        "p",
+        "p_adjusted",
+        "verdict",
+        "reason",
+    }
 
 
 def test_verdicts_use_holm_over_every_tested_claim():
@@ -90,7 +117,9 @@ def test_verdicts_use_holm_over_every_tested_claim():
     assert [c["p_adjusted"] for c in family] == pytest.approx(holm([c["p"] for c in family]))
     assert all(c["p_adjusted"] >= c["p"] for c in family)
     for claim in family:
-        expected = (HOLDS if claim["estimate"] > 0 else "does not hold") if claim["p_adjusted"] < 0.05 else NOT_SIGNIFICANT
+        expected = (
+            (HOLDS if claim["estimate"] > 0 else "does not hold") if claim["p_adjusted"] < 0.05 else NOT_SIGNIFICANT
+        )
         assert claim["verdict"] == expected
 
 
@@ -127,8 +156,9 @@ def test_the_member_is_picked_on_dev_and_tested_on_the_heldout_split():
     found, comparisons = report_lib.claims(evidence)
     picked = _claim(found, "The ensemble beats the member picked on dev")
     labels = evidence.labels[("t", "heldout")]
-    expected = accuracy(labels, evidence.predictions[("ensemble", "t", "heldout")]) - \
-        accuracy(labels, evidence.predictions[("member_2", "t", "heldout")])
+    expected = accuracy(labels, evidence.predictions[("ensemble", "t", "heldout")]) - accuracy(
+        labels, evidence.predictions[("member_2", "t", "heldout")]
+    )
     assert picked["estimate"] == pytest.approx(expected) and picked["verdict"] == UNTESTED
     mean = _claim(found, "The ensemble beats its mean member")
     member_scores = [accuracy(labels, evidence.predictions[(f"member_{k}", "t", "heldout")]) for k in range(3)]
@@ -146,7 +176,9 @@ def test_without_a_heldout_split_the_claims_say_they_used_dev():
 
 def test_the_report_rebuilds_identically_from_its_saved_evidence(tmp_path):
     evidence = _evidence(_run({}, student=0.8, baseline=0.7))
-    evidence.histories = {"student": [{"epoch": 0, "loss": 1.0, "t_loss": 0.9}, {"epoch": 1, "loss": 0.5, "t_loss": 0.4}]}
+    evidence.histories = {
+        "student": [{"epoch": 0, "loss": 1.0, "t_loss": 0.9}, {"epoch": 1, "loss": 0.5, "t_loss": 0.4}]
+    }
     evidence.soft_targets = {"t": statistics(np.array([[0.8, 0.2], [0.4, 0.6]]), np.array([0, 0]))}
     evidence.save(str(tmp_path))
     first, text = report_lib.write_report(str(tmp_path), evidence)
@@ -165,14 +197,18 @@ def test_warnings_read_each_tasks_loss_after_the_warmup_epoch():
     evidence.histories = {
         # epoch 0 holds the warm-up: its drop is left out; t still falls 30% in the last epoch, u does not,
         # and the total (dominated by u) barely moves: a warning names t alone
-        "student": [{"loss": 9.0, "t_loss": 3.0, "u_loss": 6.0}, {"loss": 5.0, "t_loss": 1.0, "u_loss": 4.0},
-                    {"loss": 4.7, "t_loss": 0.7, "u_loss": 4.0}],
+        "student": [
+            {"loss": 9.0, "t_loss": 3.0, "u_loss": 6.0},
+            {"loss": 5.0, "t_loss": 1.0, "u_loss": 4.0},
+            {"loss": 4.7, "t_loss": 0.7, "u_loss": 4.0},
+        ],
         "baseline": [{"loss": 9.0, "t_loss": 3.0, "u_loss": 6.0}, {"loss": 2.0, "t_loss": 1.0, "u_loss": 1.0}],
     }
     dev = report_lib.scores(evidence, heldout=False)
     found = report_lib.warnings(dev, evidence)
     assert [line for line in found if "loss" in line] == [
-        "student: t's training loss fell 30% over its last epoch: it has not converged, more epochs may change the comparison"]
+        "student: t's training loss fell 30% over its last epoch: it has not converged, more epochs may change the comparison"
+    ]
     assert any(line.startswith("t: the teachers' accuracy spans") for line in found) is False  # 74-76: within 5 points
 
 

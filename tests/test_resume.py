@@ -14,19 +14,21 @@ import time
 import keras
 import numpy as np
 import pytest
-
 from child_runs import Child
 from conftest import ROOT
-from mtkd_tf import checkpointing, model_dir, training
+
 from mtkd_tf.config import TrainingConfig
-from mtkd_tf.checkpointing import CheckpointError, NumericalError, TrainingState
 from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
+from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill import soft_labels as soft_labels_lib
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
+from mtkd_tf.models import model_dir
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import GLUE_TASKS
+from mtkd_tf.training import checkpointing
+from mtkd_tf.training import train as training
+from mtkd_tf.training.checkpointing import CheckpointError, NumericalError, TrainingState
 
 TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]  # rte has the SAN head: its step dropout draws RNG too
 CONFIG = TrainingConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=4)
@@ -74,7 +76,10 @@ def _train(make_model, splits, work_dir, callbacks=(), distill=False):
         teacher.preprocessor, teacher.directory = preprocessor, "t"
         members = [teacher]
         width = soft_width(TASKS)
-        targets = {d.task.name: distillation_targets(d.task, len(d), width, ensemble.ensemble_targets(members, d)) for d in splits}
+        targets = {
+            d.task.name: distillation_targets(d.task, len(d), width, ensemble.ensemble_targets(members, d))
+            for d in splits
+        }
     data = training.training_data(splits, preprocessor, CONFIG, targets=targets)
     trained = Distiller(model, alpha=0.5) if distill else model
     trained.compile(optimizer=training.make_optimizer(CONFIG, data.steps_per_epoch * CONFIG.epochs))
@@ -88,7 +93,10 @@ def test_resumed_training_equals_uninterrupted(make_model, splits, tmp_path, dis
     per_epoch = data.steps_per_epoch  # 12: a crash at step 18 is mid-way through epoch 2
     with pytest.raises(Crash):
         _train(make_model, splits, tmp_path / "run", callbacks=[CrashAt(18)], distill=distill)
-    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "run" / "backup"))] == [12, 16]  # the newest two
+    assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "run" / "backup"))] == [
+        12,
+        16,
+    ]  # the newest two
     assert 16 % per_epoch != 0
     resumed, _ = _train(make_model, splits, tmp_path / "run", distill=distill)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
@@ -138,7 +146,14 @@ def crashed_run(crashed_backup, make_model, splits, tmp_path):
     model, preprocessor = make_model(seed=5)
     data = training.training_data(splits, preprocessor, CONFIG)
     model.compile(optimizer=training.make_optimizer(CONFIG, 24))
-    run = {"steps_per_epoch": data.steps_per_epoch, "epochs": 2, "total_steps": 24, "batch_size": 8, "seed": 3, "length_bucketing": True}
+    run = {
+        "steps_per_epoch": data.steps_per_epoch,
+        "epochs": 2,
+        "total_steps": 24,
+        "batch_size": 8,
+        "seed": 3,
+        "length_bucketing": True,
+    }
     return model, str(tmp_path / "backup"), run
 
 
@@ -151,7 +166,9 @@ def test_corrupt_or_truncated_checkpoints_are_rejected(crashed_run):
         byte = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(CheckpointError, match=r"ckpt-4: weights.weights.h5 is corrupt \(SHA-256 differs .*delete .*backup to start"):
+    with pytest.raises(
+        CheckpointError, match=r"ckpt-4: weights.weights.h5 is corrupt \(SHA-256 differs .*delete .*backup to start"
+    ):
         TrainingState(backup, run).restore(model)
     with open(weights, "r+b") as handle:
         handle.truncate(100)
@@ -185,13 +202,19 @@ def test_damaged_model_directory_is_rejected_and_retrained(make_model, tmp_path,
         model_dir.load(str(tmp_path))
     assert not model_dir.complete(str(tmp_path))  # a pipeline re-run trains it again
     (tmp_path / model_dir.MODEL_FILE).write_bytes(b"")
-    with pytest.raises(model_dir.ModelDirError, match=r"model.keras is corrupt \(its SHA-256 differs from manifest.json; "
-                       r"empty\)"):
+    with pytest.raises(
+        model_dir.ModelDirError,
+        match=r"model.keras is corrupt \(its SHA-256 differs from manifest.json; "
+        r"empty\)",
+    ):
         model_dir.load(str(tmp_path))
     manifest = tmp_path / model_dir.MANIFEST_FILE
     manifest.write_text(manifest.read_text()[:20])  # truncated: an error naming it, not a JSON traceback
-    with pytest.raises(model_dir.ModelDirError, match=rf"model directory {re.escape(str(tmp_path))}: manifest.json is "
-                       r"unreadable \(JSONDecodeError"):
+    with pytest.raises(
+        model_dir.ModelDirError,
+        match=rf"model directory {re.escape(str(tmp_path))}: manifest.json is "
+        r"unreadable \(JSONDecodeError",
+    ):
         model_dir.load(str(tmp_path))
     assert not model_dir.complete(str(tmp_path))
     os.remove(tmp_path / model_dir.MANIFEST_FILE)  # a save that never finished
@@ -208,7 +231,9 @@ def _saved_members(make_model, encoder, tmp_path, count: int = 2) -> list[str]:
     return directories
 
 
-def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch, caplog):
+def test_soft_label_generation_resumes_from_saved_chunks(
+    make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch, caplog
+):
     directories = _saved_members(make_model, tiny_encoder_factory(), tmp_path)
     members = [model_dir.load(d) for d in directories]
     data = splits[0]
@@ -250,8 +275,15 @@ def test_soft_label_generation_resumes_from_saved_chunks(make_model, splits, tmp
 
 # --- the command line: SIGKILL mid-epoch, re-run, compare with an uninterrupted run -----
 
-ARGS = ["--flagfile=configs/tiny.cfg", "--suite_size=96", "--epochs=2", "--seed=7", "--deterministic",
-        "--checkpoint_every_steps=5", "--answer_module=san"]
+ARGS = [
+    "--flagfile=configs/tiny.cfg",
+    "--suite_size=96",
+    "--epochs=2",
+    "--seed=7",
+    "--deterministic",
+    "--checkpoint_every_steps=5",
+    "--answer_module=san",
+]
 
 
 def _command(model_dir_):
@@ -294,7 +326,9 @@ def test_two_deterministic_runs_are_bit_identical(uninterrupted, tmp_path, cli_e
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(uninterrupted, tmp_path, cli_env):
     history = json.loads((uninterrupted / "history.json").read_text())
-    process = subprocess.Popen(_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env, cwd=ROOT)
+    process = subprocess.Popen(
+        _command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env, cwd=ROOT
+    )
     backup = str(tmp_path / "backup")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -317,16 +351,19 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(uninterrupted, tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_checkpoints_that_step_exits_143_and_the_rerun_equals_uninterrupted(uninterrupted, tmp_path,
-                                                                                               cli_env):
+def test_sigterm_mid_epoch_checkpoints_that_step_exits_143_and_the_rerun_equals_uninterrupted(
+    uninterrupted, tmp_path, cli_env
+):
     backup = tmp_path / "backup"
     child = Child([*ARGS, f"--model_dir={tmp_path}", "--progress_seconds=0.001"], cli_env)
     child.wait_for(lambda: child.logged("MT-DNN: step 22/36"))  # mid-way through epoch 2 (18 steps each)
     child.send(signal.SIGTERM)
     assert child.finish() == 143, child.stderr[-3000:]
-    stopped = re.search(r"stopped by SIGTERM at global step (\d+) of MT-DNN \(epoch 2, batch (\d+) of 18\), after saving "
-                        rf"checkpoint {re.escape(str(backup))}/ckpt-(\d+); run the same command again to resume",
-                        child.stderr)
+    stopped = re.search(
+        r"stopped by SIGTERM at global step (\d+) of MT-DNN \(epoch 2, batch (\d+) of 18\), after saving "
+        rf"checkpoint {re.escape(str(backup))}/ckpt-(\d+); run the same command again to resume",
+        child.stderr,
+    )
     assert stopped, child.stderr[-3000:]
     step = int(stopped.group(1))
     assert 22 < step < 36 and int(stopped.group(3)) == step and int(stopped.group(2)) == step - 18
@@ -339,6 +376,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_exits_143_and_the_rerun_equals_
 
 
 # --- damaged checkpoints: never used, never silently dropped; resume falls back ----------------
+
 
 @pytest.fixture(scope="module")
 def two_checkpoints(make_model, splits, tmp_path_factory):
@@ -369,45 +407,59 @@ def uninterrupted_weights(make_model, splits, tmp_path_factory):
     return _train(make_model, splits, tmp_path_factory.mktemp("reference"))[0].get_weights()
 
 
-@pytest.mark.parametrize("file, how", [(checkpointing.WEIGHTS, "truncated"), (checkpointing.RNG, "flipped bit"),
-                                       (checkpointing.STATE, "empty")])
+@pytest.mark.parametrize(
+    "file, how",
+    [(checkpointing.WEIGHTS, "truncated"), (checkpointing.RNG, "flipped bit"), (checkpointing.STATE, "empty")],
+)
 def test_damaged_newest_checkpoint_falls_back_to_the_older_one_with_a_warning_and_resumes_bit_identical(
-        two_checkpoints, uninterrupted_weights, make_model, splits, tmp_path, caplog, file, how):
+    two_checkpoints, uninterrupted_weights, make_model, splits, tmp_path, caplog, file, how
+):
     shutil.copytree(two_checkpoints, tmp_path / "run")
     backup = tmp_path / "run" / "backup"
     _damage(backup / "ckpt-8" / file, how)
     with caplog.at_level(logging.WARNING):
         resumed, _ = _train(make_model, splits, tmp_path / "run")
-    assert re.search(rf"checkpoint {re.escape(str(backup))}/ckpt-8: {re.escape(file)} is (corrupt|unreadable).*; it is not "
-                     rf"used: moved aside to {re.escape(str(backup))}/damaged-ckpt-8, resuming from the older "
-                     rf"{re.escape(str(backup))}/ckpt-4 \(step 4\)", caplog.text), caplog.text
+    assert re.search(
+        rf"checkpoint {re.escape(str(backup))}/ckpt-8: {re.escape(file)} is (corrupt|unreadable).*; it is not "
+        rf"used: moved aside to {re.escape(str(backup))}/damaged-ckpt-8, resuming from the older "
+        rf"{re.escape(str(backup))}/ckpt-4 \(step 4\)",
+        caplog.text,
+    ), caplog.text
     for a, b in zip(uninterrupted_weights, resumed.get_weights()):
         assert np.array_equal(a, b)
 
 
-def test_every_checkpoint_damaged_stops_with_an_error_naming_each_and_moves_nothing(two_checkpoints, tmp_path, make_model,
-                                                                                   splits):
+def test_every_checkpoint_damaged_stops_with_an_error_naming_each_and_moves_nothing(
+    two_checkpoints, tmp_path, make_model, splits
+):
     shutil.copytree(two_checkpoints / "backup", tmp_path / "backup")
     _damage(tmp_path / "backup" / "ckpt-8" / checkpointing.WEIGHTS, "empty")
     _damage(tmp_path / "backup" / "ckpt-4" / checkpointing.WEIGHTS, "flipped bit")
     model, _ = make_model(seed=5)
     model.compile(optimizer=training.make_optimizer(CONFIG, 24))
-    with pytest.raises(CheckpointError, match=r"no valid checkpoint to resume from in .*backup: checkpoint .*ckpt-8: "
-                       r"weights.weights.h5 is corrupt \(SHA-256 differs from when it was written; empty\); checkpoint "
-                       r".*ckpt-4: weights.weights.h5 is corrupt .*; delete .*backup to start this training over"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no valid checkpoint to resume from in .*backup: checkpoint .*ckpt-8: "
+        r"weights.weights.h5 is corrupt \(SHA-256 differs from when it was written; empty\); checkpoint "
+        r".*ckpt-4: weights.weights.h5 is corrupt .*; delete .*backup to start this training over",
+    ):
         TrainingState(str(tmp_path / "backup"), {}).restore(model)
     assert sorted(os.listdir(tmp_path / "backup")) == ["ckpt-4", "ckpt-8"]
 
 
-def test_an_older_checkpoint_is_deleted_only_after_the_newer_one_is_verified(two_checkpoints, tmp_path, make_model,
-                                                                            monkeypatch):
+def test_an_older_checkpoint_is_deleted_only_after_the_newer_one_is_verified(
+    two_checkpoints, tmp_path, make_model, monkeypatch
+):
     shutil.copytree(two_checkpoints / "backup", tmp_path / "backup")
     model, _ = make_model(seed=5)
     state = TrainingState(str(tmp_path / "backup"), {}, keep=1)
     real = checkpointing.sha256
     monkeypatch.setattr(checkpointing, "sha256", lambda path: real(path) if ".tmp-" in path else "0" * 64)
-    with pytest.raises(CheckpointError, match=r"ckpt-12: weights.weights.h5 is corrupt .*: it failed its check right "
-                       r"after it was written; the previous checkpoint .*ckpt-8 \(step 8\) is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ckpt-12: weights.weights.h5 is corrupt .*: it failed its check right "
+        r"after it was written; the previous checkpoint .*ckpt-8 \(step 8\) is intact",
+    ):
         state.save(model, 12)  # what reached the disk differs from what was written
     assert [step for step, _ in checkpointing.checkpoints(str(tmp_path / "backup"))] == [4, 8, 12]
     monkeypatch.setattr(checkpointing, "sha256", real)
@@ -417,7 +469,8 @@ def test_an_older_checkpoint_is_deleted_only_after_the_newer_one_is_verified(two
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "flipped bit"])
 def test_damaged_soft_label_file_is_refused_by_readers_and_made_again_by_the_stage_with_a_warning(
-        make_model, splits, tmp_path, tiny_encoder_factory, caplog, how):
+    make_model, splits, tmp_path, tiny_encoder_factory, caplog, how
+):
     encoder = tiny_encoder_factory()
     member, _ = make_model(seed=10)
     model_dir.save(str(tmp_path / "member_0"), member, encoder.vocabulary, True, 64)
@@ -432,14 +485,18 @@ def test_damaged_soft_label_file_is_refused_by_readers_and_made_again_by_the_sta
         soft_labels_lib.read(path)
     with caplog.at_level(logging.WARNING):
         assert not ensemble.soft_labels_valid(out, data, 1.0)
-    assert re.search(rf"soft labels {re.escape(path)}: unreadable or corrupt .*it is not used: the soft labels will be "
-                     "made again", caplog.text)
+    assert re.search(
+        rf"soft labels {re.escape(path)}: unreadable or corrupt .*it is not used: the soft labels will be "
+        "made again",
+        caplog.text,
+    )
     ensemble.make_soft_labels([str(tmp_path / "member_0")], data, 1.0, out, batch_size=16)
     assert np.array_equal(soft_labels_lib.read(path).targets, expected)
 
 
-def test_soft_labels_of_a_task_finished_before_a_stop_are_kept_only_for_the_same_teachers(make_model, splits, tmp_path,
-                                                                                          tiny_encoder_factory, monkeypatch):
+def test_soft_labels_of_a_task_finished_before_a_stop_are_kept_only_for_the_same_teachers(
+    make_model, splits, tmp_path, tiny_encoder_factory, monkeypatch
+):
     directories = _saved_members(make_model, tiny_encoder_factory(), tmp_path)
     data, out = {"rte": [splits[0]]}, str(tmp_path / "soft")
     ensemble.make_soft_labels(directories[:1], data, 1.0, out, batch_size=16)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtkd_tf import export
+from mtkd_tf.export import saved_model as export
 
 THREADS = 8
 WORDS = ["the", "film", "dog", "great", "bad", "story", "acting", "dull", "plot", "ça", "🎬", "Ünïcödé", "日本語", "a"]
@@ -59,9 +59,11 @@ MALFORMED = [  # (signature, inputs, the error's message): refused inside the gr
 def test_eight_threads_answer_exactly_as_sequential_calls(served):
     requests = mixed_requests()
     sequential = [call(served, name, inputs) for name, inputs in requests]
-    rows = {(name, *texts): float(answer["probabilities"][row, 0] if "probabilities" in answer else answer["score"][row])
-            for (name, inputs), answer in zip(requests, sequential)
-            for row, texts in enumerate(zip(*inputs.values()))}
+    rows = {
+        (name, *texts): float(answer["probabilities"][row, 0] if "probabilities" in answer else answer["score"][row])
+        for (name, inputs), answer in zip(requests, sequential)
+        for row, texts in enumerate(zip(*inputs.values()))
+    }
     assert len(set(rows.values())) > 0.9 * len(rows)  # other texts, other answers: a mix-up would show
 
     # Each thread sends its share of the requests and of the malformed ones, all starting together.
@@ -90,7 +92,9 @@ def test_eight_threads_answer_exactly_as_sequential_calls(served):
     for i, expected in enumerate(sequential):
         assert answers[i].keys() == expected.keys()
         for key in expected:  # bit for bit, not within a tolerance
-            np.testing.assert_array_equal(answers[i][key], expected[key], err_msg=f"request {i} ({requests[i][0]}) {key}")
+            np.testing.assert_array_equal(
+                answers[i][key], expected[key], err_msg=f"request {i} ({requests[i][0]}) {key}"
+            )
     # the calls did overlap (TensorFlow releases the GIL while it runs a signature)
     events = sorted([(began, 1) for began, _ in spans] + [(ended, -1) for _, ended in spans])
     assert max(np.cumsum([step for _, step in events])) >= 2
@@ -104,7 +108,9 @@ def test_malformed_requests_get_clear_errors_and_leave_the_model_serving(served)
         assert export.answer(served, normal) == reference
 
     # an unknown task
-    with pytest.raises(export.ExportError, match=r"no signature 'nope'; the export has rte, serving_default, sst2, stsb"):
+    with pytest.raises(
+        export.ExportError, match=r"no signature 'nope'; the export has rte, serving_default, sst2, stsb"
+    ):
         export.answer(served, {"signature_name": "nope", "instances": ["a film"]})
     assert "nope" not in served.signatures
     still_serving()
@@ -123,19 +129,29 @@ def test_malformed_requests_get_clear_errors_and_leave_the_model_serving(served)
     long_answer = export.answer(served, {"signature_name": "sst2", "instances": [long_text[:100_000]]})
     assert time.perf_counter() - began < 30
     assert long_answer == export.answer(served, {"signature_name": "sst2", "instances": [long_text[:2000]]})
-    assert len(export.answer(served, {"signature_name": "rte", "instances": [
-        {"sentence1": "x" * 100_000, "sentence2": "日" * 100_000}]})["predictions"]) == 1
+    assert (
+        len(
+            export.answer(
+                served,
+                {"signature_name": "rte", "instances": [{"sentence1": "x" * 100_000, "sentence2": "日" * 100_000}]},
+            )["predictions"]
+        )
+        == 1
+    )
     still_serving()
 
     # bytes that are not UTF-8: refused in the graph (TF Serving's {"b64": ...} carries them in JSON)
     bad = base64.b64encode(b"caf\xc3").decode()
-    with pytest.raises(export.ExportError, match=r"refused the request: sentence1 holds bytes that are not UTF-8 in row\(s\) \[1\]"):
+    with pytest.raises(
+        export.ExportError, match=r"refused the request: sentence1 holds bytes that are not UTF-8 in row\(s\) \[1\]"
+    ):
         export.answer(served, {"signature_name": "sst2", "instances": ["fine", {"b64": bad}]})
     with pytest.raises(export.ExportError, match=r"instances\[0\].sentence2 is not valid Unicode text"):
         export.answer(served, {"signature_name": "rte", "instances": [{"sentence1": "a", "sentence2": "\ud800"}]})
     fine = base64.b64encode("café".encode()).decode()
-    assert export.answer(served, {"signature_name": "sst2", "instances": [{"b64": fine}]}) == \
-        export.answer(served, {"signature_name": "sst2", "instances": ["café"]})
+    assert export.answer(served, {"signature_name": "sst2", "instances": [{"b64": fine}]}) == export.answer(
+        served, {"signature_name": "sst2", "instances": ["café"]}
+    )
     still_serving()
 
     # a wrong type: a number or a nested list instead of a string, rows of other lengths

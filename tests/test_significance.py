@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtkd_tf import significance
-from mtkd_tf.evaluation import accuracy
-from mtkd_tf.significance import EXAMPLE_METHOD, SEED_METHOD, compare, compare_many, holm, paired_interval
+from mtkd_tf.experiment import significance
+from mtkd_tf.experiment.significance import EXAMPLE_METHOD, SEED_METHOD, compare, compare_many, holm, paired_interval
+from mtkd_tf.models.evaluation import accuracy
 
 
 def _experiment(rng, seeds, delta, seed_sd, size=200):
@@ -79,8 +79,9 @@ def test_ranking_resamples_whole_questions():
         assert np.all(counts % np.asarray(sizes)[picked] == 0)
         assert len(np.unique(groups[chosen])) < len(sizes) or len(chosen) == len(groups)
     flat = significance.resampled_rows(len(groups), 50, np.random.default_rng(0))
-    assert any(np.any(np.unique(groups[c], return_counts=True)[1] % np.asarray(sizes)[np.unique(groups[c])] != 0)
-               for c in flat)  # the check above can fail
+    assert any(
+        np.any(np.unique(groups[c], return_counts=True)[1] % np.asarray(sizes)[np.unique(groups[c])] != 0) for c in flat
+    )  # the check above can fail
 
 
 def test_joint_comparisons_resample_the_same_rows_and_give_a_ratio_interval():

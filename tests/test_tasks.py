@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from mtkd_tf import tasks
-from mtkd_tf.tasks import TaskError
+from mtkd_tf.data import tasks
+from mtkd_tf.data.tasks import TaskError
 
 
 def test_glue_registry_has_every_task_with_its_metrics():
@@ -44,7 +44,9 @@ def test_task_file_yaml_and_json(tmp_path):
     assert loaded["reviews"].source.directory == "reviews"
     assert loaded["similarity"].is_pair and loaded["similarity"].metrics == ("pearson", "spearman")
     json_file = tmp_path / "tasks.json"
-    json_file.write_text(json.dumps({"tasks": [{"name": "x", "type": "classification", "labels": [0, 1], "text_columns": [1]}]}))
+    json_file.write_text(
+        json.dumps({"tasks": [{"name": "x", "type": "classification", "labels": [0, 1], "text_columns": [1]}]})
+    )
     assert tasks.load_task_file(str(json_file))["x"].labels == ("0", "1")
     known = tasks.registry(str(yaml_file))
     assert "reviews" in known and "mnli" in known
@@ -55,15 +57,31 @@ def test_task_file_yaml_and_json(tmp_path):
     [
         ("tasks:\n  - name: a\n    type: classification\n    labels: [x, y]\n", "missing field(s) text_columns"),
         ("tasks:\n  - name: a\n    type: sorting\n    text_columns: [t]\n", "type 'sorting' is not one of"),
-        ("tasks:\n  - name: a\n    type: classification\n    labels: [x]\n    text_columns: [t]\n", "at least 2 labels"),
-        ("tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    colour: red\n", "unknown field(s) colour"),
-        ("tasks:\n  - {name: a, type: regression, text_columns: [t]}\n  - {name: a, type: regression, text_columns: [t]}\n",
-         "task name 'a' is defined twice"),
-        ("tasks:\n  - name: a\n    type: classification\n    labels: [x, x]\n    text_columns: [t]\n", "labels are duplicated"),
-        ("tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    metrics: [bleu]\n", "unknown metric 'bleu'"),
+        (
+            "tasks:\n  - name: a\n    type: classification\n    labels: [x]\n    text_columns: [t]\n",
+            "at least 2 labels",
+        ),
+        (
+            "tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    colour: red\n",
+            "unknown field(s) colour",
+        ),
+        (
+            "tasks:\n  - {name: a, type: regression, text_columns: [t]}\n  - {name: a, type: regression, text_columns: [t]}\n",
+            "task name 'a' is defined twice",
+        ),
+        (
+            "tasks:\n  - name: a\n    type: classification\n    labels: [x, x]\n    text_columns: [t]\n",
+            "labels are duplicated",
+        ),
+        (
+            "tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    metrics: [bleu]\n",
+            "unknown metric 'bleu'",
+        ),
         ("tasks: []\n", "non-empty list"),
-        ("tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    type: classification\n",
-         "field 'type' is given twice in the mapping at line 2"),
+        (
+            "tasks:\n  - name: a\n    type: regression\n    text_columns: [t]\n    type: classification\n",
+            "field 'type' is given twice in the mapping at line 2",
+        ),
         ("tasks: [\n", "cannot parse"),
     ],
 )

@@ -52,9 +52,11 @@ def test_the_optimizer_does_not_clip_again_and_keeps_its_setting():
 
 @pytest.mark.parametrize("name", ["adamax", "adamax_fused"])
 def test_adamax_weight_decay_is_decoupled_as_in_the_reference(name):
-    from mtkd_tf import training
+    from mtkd_tf.training import train as training
 
-    config = training.TrainingConfig(optimizer=name, learning_rate=0.1, warmup_fraction=0.0, weight_decay=0.01, clipnorm=0.0)
+    config = training.TrainingConfig(
+        optimizer=name, learning_rate=0.1, warmup_fraction=0.0, weight_decay=0.01, clipnorm=0.0
+    )
     optimizer = training.make_optimizer(config, total_steps=1000)
     w0, g = np.array([2.0, -3.0], np.float32), np.array([0.5, -4.0], np.float32)
     variable = keras.Variable(w0)

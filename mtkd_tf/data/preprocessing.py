@@ -27,8 +27,13 @@ def load_tokenizer(vocabulary: str | list[str], lowercase: bool = True) -> keras
 
 
 DOUBLE_SEPARATOR: dict[str, bool] = {
-    "BertTokenizer": False, "DebertaV3Tokenizer": False, "ElectraTokenizer": False, "AlbertTokenizer": False,
-    "DistilBertTokenizer": False, "RobertaTokenizer": True, "XLMRobertaTokenizer": True,
+    "BertTokenizer": False,
+    "DebertaV3Tokenizer": False,
+    "ElectraTokenizer": False,
+    "AlbertTokenizer": False,
+    "DistilBertTokenizer": False,
+    "RobertaTokenizer": True,
+    "XLMRobertaTokenizer": True,
 }
 """How the tokenizer of each supported encoder family (keras-hub class name) packs pairs:
 `<s> A </s></s> B </s>` (True: RoBERTa, XLM-R) or `[CLS] A [SEP] B [SEP]`."""

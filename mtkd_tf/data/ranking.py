@@ -50,8 +50,12 @@ def training_groups(data: SplitData) -> SplitData:
             rows.append(int(answer))
             rows.extend(int(negatives[k % len(negatives)]) for k in range(task.group_size - 1))
     if skipped:
-        logger.warning("%s: %d question(s) of task %s lack a positive or a negative candidate; not trained on",
-                       data.source, skipped, task.name)
+        logger.warning(
+            "%s: %d question(s) of task %s lack a positive or a negative candidate; not trained on",
+            data.source,
+            skipped,
+            task.name,
+        )
     if not rows:
         raise DataError(
             f"{data.source}: task {task.name!r} has no question with both a positive "

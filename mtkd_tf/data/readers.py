@@ -19,7 +19,7 @@ import numpy as np
 
 from mtkd_tf.data import ranking
 from mtkd_tf.data.split import DataError, SplitData, _label_array
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, FileLayout, Task
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, FileLayout, Task
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class _Rows:
     def bad_row(self, line: int, problem: str) -> None:
         message = f"{self.place.format(path=self.path, line=line)}: {problem}"
         if not self.skip:
-            raise DataError(message + " (fix the row, or set skip_bad_rows to skip bad rows with a warning)", "skip_bad_rows")
+            raise DataError(
+                message + " (fix the row, or set skip_bad_rows to skip bad rows with a warning)", "skip_bad_rows"
+            )
         self.bad.append(message)
 
     def report(self) -> None:
@@ -79,9 +81,7 @@ def _column_index(column, header: list[str] | None, path: str, what: str) -> int
     return header.index(column)
 
 
-def read_delimited(
-    path: str, task: Task, split: str, layout: FileLayout, skip_bad_rows: bool = False
-) -> SplitData:
+def read_delimited(path: str, task: Task, split: str, layout: FileLayout, skip_bad_rows: bool = False) -> SplitData:
     """Reads one TSV/CSV split of `task` with `layout` into columns, validating every row."""
     text = _decode(path)
     quoting = csv.QUOTE_MINIMAL if layout.quoting else csv.QUOTE_NONE
@@ -128,8 +128,9 @@ def read_delimited(
     return build_split(task, split, ids, texts, labels if label_at is not None else None, path)
 
 
-def build_split(task: Task, split: str, ids: list[str], texts: list[list[str]], labels: list | None,
-                source: str) -> SplitData:
+def build_split(
+    task: Task, split: str, ids: list[str], texts: list[list[str]], labels: list | None, source: str
+) -> SplitData:
     """The `SplitData` of a reader's validated rows (one or two text columns); an error that
     names `source` if no row was kept."""
     if not ids:
@@ -172,9 +173,7 @@ def split_path(task: Task, split: str, data_dir: str) -> str:
     return os.path.join(data_dir, task.source.directory or task.name, name)
 
 
-def read_tfds(
-    task: Task, split: str, data_dir: str | None, download: bool = False
-) -> SplitData:
+def read_tfds(task: Task, split: str, data_dir: str | None, download: bool = False) -> SplitData:
     """Reads a split through `tfds.load`; offline (`download=False`) a missing dataset fails fast."""
     if not task.source.tfds_name:
         raise DataError(f"task {task.name!r} has no TFDS dataset; set data_source to tsv", "data_source")
@@ -184,8 +183,11 @@ def read_tfds(
 
     try:
         dataset = tfds.load(
-            task.source.tfds_name, split=task.source.tfds_splits[split], data_dir=data_dir or None,
-            download=download, shuffle_files=False,
+            task.source.tfds_name,
+            split=task.source.tfds_splits[split],
+            data_dir=data_dir or None,
+            download=download,
+            shuffle_files=False,
         )
     except Exception as error:  # tfds raises AssertionError, DatasetNotFoundError, ...
         hint = "" if download else " (downloads are off: prepare it with `tfds build` or set tfds_download)"
@@ -235,11 +237,16 @@ def load_split(
     marks for the other splits (see `mtkd_tf.data.ranking`).
     """
     if task.source is None:
-        raise DataError(f"task {task.name!r} has no data source (a task read back from a model); "
-                        "take it from the task registry or a task file")
+        raise DataError(
+            f"task {task.name!r} has no data source (a task read back from a model); "
+            "take it from the task registry or a task file"
+        )
     if task.type == CLASSIFICATION and not task.labels and source != HF:
-        raise DataError(f"task {task.name!r} lists no labels: list them in its task file (only data_source hf "
-                        "takes them from a ClassLabel column)", "data_source")
+        raise DataError(
+            f"task {task.name!r} lists no labels: list them in its task file (only data_source hf "
+            "takes them from a ClassLabel column)",
+            "data_source",
+        )
     if source == HF:
         from mtkd_tf.data import hf_datasets
 
@@ -257,9 +264,7 @@ def load_split(
     return data
 
 
-def load_splits(
-    tasks: Sequence[Task], splits: Sequence[str] | str, **kwargs
-) -> dict[str, dict[str, SplitData]]:
+def load_splits(tasks: Sequence[Task], splits: Sequence[str] | str, **kwargs) -> dict[str, dict[str, SplitData]]:
     """Reads `splits` ("train", "dev" = every dev split, "test" = every test split) of every task.
 
     All files are read and validated before anything trains, so bad input fails early.

@@ -11,8 +11,8 @@ import hashlib
 
 import numpy as np
 
+from mtkd_tf.data.tasks import UNLABELLED, Task
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.tasks import UNLABELLED, Task
 
 
 class DataError(MtkdError, ValueError):
@@ -79,7 +79,9 @@ class SplitData:
     def concat(self, other: "SplitData") -> "SplitData":
         """This split followed by `other` (same task); labels of a split without any are zeros."""
         if self.groups is not None or other.groups is not None:
-            raise DataError(f"task {self.task.name}: ranking splits cannot be concatenated (unlabelled text is not supported)")
+            raise DataError(
+                f"task {self.task.name}: ranking splits cannot be concatenated (unlabelled text is not supported)"
+            )
 
         def labels(data):
             return data.labels if data.labels is not None else np.zeros(len(data), _label_array([], data.task).dtype)
@@ -97,7 +99,10 @@ class SplitData:
         """A 64-bit hash of each example's text: soft labels check them id by id."""
         second = self.text_b or [""] * len(self)
         return np.asarray(
-            [int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little") for a, b in zip(self.text_a, second)],
+            [
+                int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little")
+                for a, b in zip(self.text_a, second)
+            ],
             dtype=np.uint64,
         )
 
@@ -144,9 +149,11 @@ def carve(data: SplitData, count: int) -> tuple[SplitData, SplitData]:
     or on how much of the rest a run trains on. Both keep `data`'s order."""
     _, units = _units(data)
     if count <= 0 or 2 * count > len(units):
-        raise DataError(f"task {data.task.name}: cannot set {count} of its {len(units)} training "
-                        f"{'questions' if data.groups is not None else 'examples'} aside as the held-out split "
-                        "(heldout_examples may take at most half of a task's training data)")
+        raise DataError(
+            f"task {data.task.name}: cannot set {count} of its {len(units)} training "
+            f"{'questions' if data.groups is not None else 'examples'} aside as the held-out split "
+            "(heldout_examples may take at most half of a task's training data)"
+        )
     held = _first_by_hash(data, count, HELDOUT)
     return data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held), HELDOUT)
 
@@ -165,4 +172,3 @@ def keep_labels(data: SplitData, fraction: float) -> tuple[SplitData, SplitData]
 def ids_digest(data: SplitData) -> str:
     """A short hash of a split's example ids (the held-out split's record)."""
     return hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:16]
-

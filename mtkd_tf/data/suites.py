@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from mtkd_tf import assets
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.runtime import assets
 
 _NOUNS = "film story actor plot scene director cast script movie ending camera music hero villain city dog child house car river".split()
 _ADJS = "old young dark bright long short strange quiet loud simple".split()
@@ -36,7 +36,9 @@ class _Writer:
         path = os.path.join(self.root, directory, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None, lineterminator="\n")
+            writer = csv.writer(
+                handle, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None, lineterminator="\n"
+            )
             if header:
                 writer.writerow(header)
             writer.writerows([[str(value) for value in row] for row in rows])
@@ -50,7 +52,14 @@ class _Text:
         return [str(w) for w in self.rng.choice(words, k)]
 
     def clause(self) -> list[str]:
-        return self.pick(_DETS) + self.pick(_ADJS) + self.pick(_NOUNS) + self.pick(_VERBS) + self.pick(_DETS) + self.pick(_NOUNS)
+        return (
+            self.pick(_DETS)
+            + self.pick(_ADJS)
+            + self.pick(_NOUNS)
+            + self.pick(_VERBS)
+            + self.pick(_DETS)
+            + self.pick(_NOUNS)
+        )
 
     def sentence(self, words: list[str]) -> str:
         text = " ".join(words)
@@ -143,46 +152,118 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
             else:
                 w.write(directory, name, header, [to_row(i, r) for i, r in enumerate(rows)])
 
-    labelled("CoLA", _cola, None, lambda i, r: ["gj04", r[2], "" if r[2] else "*", r[0]],
-             ["index", "sentence"], lambda i, r: [i, r[0]])
-    labelled("SST-2", _sst2, ["sentence", "label"], lambda i, r: [r[0], r[2]],
-             ["index", "sentence"], lambda i, r: [i, r[0]])
-    labelled("MRPC", _paraphrase, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-             lambda i, r: [r[2], 1000 + i, 2000 + i, r[0], r[1]],
-             ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda i, r: [i, 1000 + i, 2000 + i, r[0], r[1]])
+    labelled(
+        "CoLA",
+        _cola,
+        None,
+        lambda i, r: ["gj04", r[2], "" if r[2] else "*", r[0]],
+        ["index", "sentence"],
+        lambda i, r: [i, r[0]],
+    )
+    labelled(
+        "SST-2", _sst2, ["sentence", "label"], lambda i, r: [r[0], r[2]], ["index", "sentence"], lambda i, r: [i, r[0]]
+    )
+    labelled(
+        "MRPC",
+        _paraphrase,
+        ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        lambda i, r: [r[2], 1000 + i, 2000 + i, r[0], r[1]],
+        ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        lambda i, r: [i, 1000 + i, 2000 + i, r[0], r[1]],
+    )
     sts_cols = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"]
-    labelled("STS-B", _similarity, sts_cols + ["score"],
-             lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1], r[2]],
-             sts_cols, lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1]])
-    labelled("QQP", _paraphrase, ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-             lambda i, r: [i, 2 * i, 2 * i + 1, r[0] + " ?", r[1] + " ?", r[2]],
-             ["id", "question1", "question2"], lambda i, r: [i, r[0] + " ?", r[1] + " ?"])
+    labelled(
+        "STS-B",
+        _similarity,
+        sts_cols + ["score"],
+        lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1], r[2]],
+        sts_cols,
+        lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1]],
+    )
+    labelled(
+        "QQP",
+        _paraphrase,
+        ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+        lambda i, r: [i, 2 * i, 2 * i + 1, r[0] + " ?", r[1] + " ?", r[2]],
+        ["id", "question1", "question2"],
+        lambda i, r: [i, r[0] + " ?", r[1] + " ?"],
+    )
     mnli_labels = ("entailment", "neutral", "contradiction")
-    mnli_head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                 "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+    mnli_head = [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+        "sentence2",
+    ]
 
     def mnli_row(i, r, dev):
         extra = [r[2]] * (5 if dev else 1)
-        return [i, i, f"{i}e", "fiction", f"( {r[0]} )", f"( {r[1]} )", f"(ROOT {r[0]})", f"(ROOT {r[1]})", r[0], r[1], *extra, r[2]]
+        return [
+            i,
+            i,
+            f"{i}e",
+            "fiction",
+            f"( {r[0]} )",
+            f"( {r[1]} )",
+            f"(ROOT {r[0]})",
+            f"(ROOT {r[1]})",
+            r[0],
+            r[1],
+            *extra,
+            r[2],
+        ]
 
-    for split, name in {"train": "train.tsv", "dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"}.items():
+    for split, name in {
+        "train": "train.tsv",
+        "dev_matched": "dev_matched.tsv",
+        "dev_mismatched": "dev_mismatched.tsv",
+    }.items():
         dev = split != "train"
         rows = _nli(t, sizes["dev" if dev else "train"], mnli_labels)
         labels_cols = [f"label{k}" for k in range(1, 6)] if dev else ["label1"]
-        w.write("MNLI", name, mnli_head + labels_cols + ["gold_label"], [mnli_row(i, r, dev) for i, r in enumerate(rows)])
+        w.write(
+            "MNLI", name, mnli_head + labels_cols + ["gold_label"], [mnli_row(i, r, dev) for i, r in enumerate(rows)]
+        )
     for name in ("test_matched.tsv", "test_mismatched.tsv"):
         rows = _nli(t, sizes["test"], mnli_labels)
         w.write("MNLI", name, mnli_head, [mnli_row(i, r, False)[:10] for i, r in enumerate(rows)])
-    w.write("diagnostic", "diagnostic.tsv", ["index", "sentence1", "sentence2"],
-            [[i, r[0], r[1]] for i, r in enumerate(_nli(t, sizes["test"], mnli_labels))])
+    w.write(
+        "diagnostic",
+        "diagnostic.tsv",
+        ["index", "sentence1", "sentence2"],
+        [[i, r[0], r[1]] for i, r in enumerate(_nli(t, sizes["test"], mnli_labels))],
+    )
     two_way = ("entailment", "not_entailment")
-    labelled("QNLI", lambda t, n: _nli(t, n, two_way), ["index", "question", "sentence", "label"],
-             lambda i, r: [i, r[1] + " ?", r[0], r[2]], ["index", "question", "sentence"], lambda i, r: [i, r[1] + " ?", r[0]])
-    labelled("RTE", lambda t, n: _nli(t, n, two_way), ["index", "sentence1", "sentence2", "label"],
-             lambda i, r: [i, r[0], r[1], r[2]], ["index", "sentence1", "sentence2"], lambda i, r: [i, r[0], r[1]])
-    labelled("WNLI", lambda t, n: [(a, b, int(c == "entailment")) for a, b, c in _nli(t, n, two_way)],
-             ["index", "sentence1", "sentence2", "label"], lambda i, r: [i, r[0], r[1], r[2]],
-             ["index", "sentence1", "sentence2"], lambda i, r: [i, r[0], r[1]])
+    labelled(
+        "QNLI",
+        lambda t, n: _nli(t, n, two_way),
+        ["index", "question", "sentence", "label"],
+        lambda i, r: [i, r[1] + " ?", r[0], r[2]],
+        ["index", "question", "sentence"],
+        lambda i, r: [i, r[1] + " ?", r[0]],
+    )
+    labelled(
+        "RTE",
+        lambda t, n: _nli(t, n, two_way),
+        ["index", "sentence1", "sentence2", "label"],
+        lambda i, r: [i, r[0], r[1], r[2]],
+        ["index", "sentence1", "sentence2"],
+        lambda i, r: [i, r[0], r[1]],
+    )
+    labelled(
+        "WNLI",
+        lambda t, n: [(a, b, int(c == "entailment")) for a, b, c in _nli(t, n, two_way)],
+        ["index", "sentence1", "sentence2", "label"],
+        lambda i, r: [i, r[0], r[1], r[2]],
+        ["index", "sentence1", "sentence2"],
+        lambda i, r: [i, r[0], r[1]],
+    )
     return root
 
 

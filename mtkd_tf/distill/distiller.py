@@ -20,12 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from mtkd_tf.config import ALPHA_SCHEDULES, check_alpha, check_choice, check_temperature
-from mtkd_tf.distribute import MultiWorkerFit
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, Task
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
+from mtkd_tf.models.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.mtdnn import MTDNN
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
+from mtkd_tf.training.distribute import MultiWorkerFit
 
 
 def soft_width(tasks: Sequence[Task]) -> int:
@@ -130,8 +130,12 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             if task.type == CLASSIFICATION:
                 probs = [tf.exp(soften(out[task.name], self.temperature)) for out in teacher_outputs]
             elif task.type == RANKING:  # each question's candidate distribution, as the cached targets
-                probs = [tf.reshape(tf.nn.softmax(tf.reshape(out[task.name], [-1, task.group_size]) / self.temperature),
-                                    [-1, 1]) for out in teacher_outputs]
+                probs = [
+                    tf.reshape(
+                        tf.nn.softmax(tf.reshape(out[task.name], [-1, task.group_size]) / self.temperature), [-1, 1]
+                    )
+                    for out in teacher_outputs
+                ]
             else:
                 probs = [out[task.name][:, None] for out in teacher_outputs]
             mean = tf.add_n(probs) / len(probs)
@@ -197,7 +201,10 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             output = outputs[task.name]
             task_target = target[:, : task.num_classes] if task.type == CLASSIFICATION else target[:, 0]
             return tf.stack(
-                [hard_loss(task, output, y["label"]), soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind)]
+                [
+                    hard_loss(task, output, y["label"]),
+                    soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind),
+                ]
             )
 
         return per_task(self.student.tasks, task_id, both)

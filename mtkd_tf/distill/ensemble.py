@@ -20,20 +20,20 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf import preemption
 from mtkd_tf.config import TeacherConfig
+from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.directory_lock import DirectoryLock
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, Task
 from mtkd_tf.distill import soft_labels
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.data.batching import tokenize_all
-from mtkd_tf.files import write_atomic
-from mtkd_tf.losses import soften
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.families import tokenizer_family
 from mtkd_tf.models.inference import labelled_splits, predict_outputs
+from mtkd_tf.models.losses import soften
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
+from mtkd_tf.runtime.directory_lock import DirectoryLock
+from mtkd_tf.runtime.files import write_atomic
+from mtkd_tf.training import preemption
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,12 @@ def member_dirs(teacher_dir: str) -> list[str]:
 
 
 def member_targets(
-    member: MTDNN, data: SplitData, temperature: float = 1.0, batch_size: int = 128,
-    policy: str | None = None, tokens: tuple | None = None,
+    member: MTDNN,
+    data: SplitData,
+    temperature: float = 1.0,
+    batch_size: int = 128,
+    policy: str | None = None,
+    tokens: tuple | None = None,
 ) -> np.ndarray:
     """One member's targets for `data`: probabilities at temperature T, or scores; the encoder
     computes under dtype `policy` (None: as the member is; mixed_bfloat16: faster on CPUs with
@@ -84,8 +88,9 @@ def member_targets(
     return targets_from_outputs(data.task, outputs, temperature, data.groups)
 
 
-def targets_from_outputs(task: Task, outputs: np.ndarray, temperature: float = 1.0,
-                         groups: np.ndarray | None = None) -> np.ndarray:
+def targets_from_outputs(
+    task: Task, outputs: np.ndarray, temperature: float = 1.0, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Head outputs -> what an ensemble averages: class probabilities at temperature T; for
     ranking, each candidate's probability within its question, softmax(scores / T) over the
     group (so members' distributions are averaged, as for classes); for regression the score."""
@@ -158,15 +163,24 @@ def _tokenizer_key(member: MTDNN) -> tuple:
     return (tuple(tokenizer.get_vocabulary()), getattr(tokenizer, "lowercase", None), preprocessor.sequence_length)
 
 
-def _cached_member_outputs(member, data: SplitData, batch_size: int, cache_dir: str, chunk_examples: int,
-                           policy: str, tokens: tuple | None = None) -> np.ndarray:
+def _cached_member_outputs(
+    member,
+    data: SplitData,
+    batch_size: int,
+    cache_dir: str,
+    chunk_examples: int,
+    policy: str,
+    tokens: tuple | None = None,
+) -> np.ndarray:
     """The member's head outputs on `data`, computed in chunks that are saved as they finish, so
     a killed run resumes from the last saved chunk (ranking groups are softened afterwards,
     over the whole split, so a chunk may cut a question)."""
     with open(os.path.join(member.directory, model_dir_lib.MANIFEST_FILE), "rb") as handle:
         model_digest = hashlib.sha256(handle.read()).hexdigest()
     chunk = chunk_examples if chunk_examples > 0 else len(data)
-    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), "outputs", chunk, policy]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_digest, data.fingerprint(), "outputs", chunk, policy]).encode()).hexdigest()[
+        :16
+    ]
     directory = os.path.join(cache_dir, f"{data.split}-{key}")
     os.makedirs(directory, exist_ok=True)
     parts, reused = [], 0
@@ -183,18 +197,26 @@ def _cached_member_outputs(member, data: SplitData, batch_size: int, cache_dir: 
             logger.warning("soft-label chunk %s is unusable (%s); recomputing it", path, error)
             part = None
         if part is None:
-            part_tokens = None if tokens is None else tuple(segment[start:start + chunk] for segment in tokens)
+            part_tokens = None if tokens is None else tuple(segment[start : start + chunk] for segment in tokens)
             part = predict_outputs(member, rows, batch_size, tokens=part_tokens)
             buffer = io.BytesIO()
             np.save(buffer, part)
             write_atomic(path, buffer.getvalue())
-            preemption.check(f"after saving soft-label chunk {path} (examples {start}-{start + len(rows)} of "
-                             f"{len(data)} of {data.task.name}/{data.split})")
+            preemption.check(
+                f"after saving soft-label chunk {path} (examples {start}-{start + len(rows)} of "
+                f"{len(data)} of {data.task.name}/{data.split})"
+            )
         else:
             reused += 1
         parts.append(part)
     if reused:
-        logger.info("%s on %s/%s: reused %d saved chunk(s) of an earlier run", member.directory, data.task.name, data.split, reused)
+        logger.info(
+            "%s on %s/%s: reused %d saved chunk(s) of an earlier run",
+            member.directory,
+            data.task.name,
+            data.split,
+            reused,
+        )
     return np.concatenate(parts)
 
 
@@ -214,20 +236,26 @@ def member_outputs(
     return outputs, average_outputs(dev, outputs)
 
 
-def average_outputs(dev: Mapping[str, Mapping[str, SplitData]],
-                    outputs: Sequence[Mapping[tuple[str, str], np.ndarray]]) -> dict[tuple[str, str], np.ndarray]:
+def average_outputs(
+    dev: Mapping[str, Mapping[str, SplitData]], outputs: Sequence[Mapping[tuple[str, str], np.ndarray]]
+) -> dict[tuple[str, str], np.ndarray]:
     """The ensemble's outputs from its members' (`member_outputs`): averaged probabilities as
     log-probabilities, or averaged scores."""
     averaged: dict[tuple[str, str], np.ndarray] = {}
     for key, data in labelled_splits(dev):
-        mean = np.mean([targets_from_outputs(data.task, predictions[key], 1.0, data.groups) for predictions in outputs],
-                       axis=0)
+        mean = np.mean(
+            [targets_from_outputs(data.task, predictions[key], 1.0, data.groups) for predictions in outputs], axis=0
+        )
         averaged[key] = np.log(np.maximum(mean, 1e-12)) if data.task.type == CLASSIFICATION else mean
     return averaged
 
 
-def check_compatible(members: Sequence[MTDNN], tasks: Sequence[Task], vocabulary: list[str] | None = None,
-                     student_packing: bool | None = None) -> None:
+def check_compatible(
+    members: Sequence[MTDNN],
+    tasks: Sequence[Task],
+    vocabulary: list[str] | None = None,
+    student_packing: bool | None = None,
+) -> None:
     """Members must have the tasks' label sets and, as online teachers (`vocabulary` given), the
     student's tokenizer: the same vocabulary and pair packing (`student_packing`: double separator)."""
     for member in members:
@@ -275,20 +303,32 @@ def make_soft_labels(
     """
     by_task = member_dirs if isinstance(member_dirs, Mapping) else {task_name: member_dirs for task_name in data}
     if not all(by_task.get(task_name) for task_name in data):
-        raise ConfigError("no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs")
+        raise ConfigError(
+            "no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs"
+        )
     with DirectoryLock(output_dir, "soft-label directory"):
         return _make_soft_labels(by_task, data, temperature, output_dir, batch_size, checkpoint_every_steps, policy)
 
 
-def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, Sequence[SplitData]], temperature: float,
-                      output_dir: str, batch_size: int, checkpoint_every_steps: int, policy: str) -> dict[str, str]:
+def _make_soft_labels(
+    by_task: Mapping[str, Sequence[str]],
+    data: Mapping[str, Sequence[SplitData]],
+    temperature: float,
+    output_dir: str,
+    batch_size: int,
+    checkpoint_every_steps: int,
+    policy: str,
+) -> dict[str, str]:
     written, loaded = {}, {}
     for task_name, splits in data.items():
         task = splits[0].task
         dirs = tuple(by_task[task_name])
         if _written_before(output_dir, task_name, splits, temperature, dirs, policy):  # before an interruption
-            logger.info("soft labels of %s in %s were written by an earlier run of these teachers, skipping", task_name,
-                        output_dir)
+            logger.info(
+                "soft labels of %s in %s were written by an earlier run of these teachers, skipping",
+                task_name,
+                output_dir,
+            )
             written[task_name] = soft_labels.path_for(output_dir, task_name)
             continue
         if dirs not in loaded:  # one ensemble in memory at a time, loaded once
@@ -298,7 +338,9 @@ def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, S
         members = loaded[dirs]
         partial = os.path.join(output_dir, ".partial", task_name)
         targets = [
-            ensemble_targets(members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size, policy)
+            ensemble_targets(
+                members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size, policy
+            )
             for split in splits
         ]
         soft = soft_labels.build(task, splits, targets, list(dirs), temperature)
@@ -307,14 +349,22 @@ def _make_soft_labels(by_task: Mapping[str, Sequence[str]], data: Mapping[str, S
         soft_labels.write(path, soft)
         shutil.rmtree(partial, ignore_errors=True)
         written[task_name] = path
-        logger.info("soft labels of %s: %d examples from %d teachers -> %s", task_name, len(soft.ids), len(members), path)
+        logger.info(
+            "soft labels of %s: %d examples from %d teachers -> %s", task_name, len(soft.ids), len(members), path
+        )
     with contextlib.suppress(OSError):
         os.rmdir(os.path.join(output_dir, ".partial"))
     return written
 
 
-def _written_before(output_dir: str, task_name: str, splits: Sequence[SplitData], temperature: float,
-                    teachers: Sequence[str], policy: str) -> bool:
+def _written_before(
+    output_dir: str,
+    task_name: str,
+    splits: Sequence[SplitData],
+    temperature: float,
+    teachers: Sequence[str],
+    policy: str,
+) -> bool:
     """Whether the task's file is valid for `splits` and was made by these teachers in this precision."""
     if not _task_soft_labels_valid(output_dir, task_name, splits, temperature):
         return False
@@ -326,7 +376,9 @@ def soft_labels_valid(output_dir: str, data: Mapping[str, Sequence[SplitData]], 
     """Whether every task's soft-label file exists and matches the data (a re-run skips it). A file
     that is there but damaged (truncated, empty, failing its checksums) or made for other data is
     never used: a warning names it, and the stage makes it again."""
-    return all(_task_soft_labels_valid(output_dir, task_name, splits, temperature) for task_name, splits in data.items())
+    return all(
+        _task_soft_labels_valid(output_dir, task_name, splits, temperature) for task_name, splits in data.items()
+    )
 
 
 def _task_soft_labels_valid(output_dir: str, task_name: str, splits: Sequence[SplitData], temperature: float) -> bool:

@@ -23,9 +23,9 @@ import numpy as np
 
 from mtkd_tf.config import check_temperature
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import CLASSIFICATION, Task
 from mtkd_tf.errors import ConfigError, MtkdError
-from mtkd_tf.files import write_npz
-from mtkd_tf.tasks import CLASSIFICATION, Task
+from mtkd_tf.runtime.files import write_npz
 
 FORMAT_VERSION = 2  # 2: ranking targets are the members' averaged group probabilities (1: scores)
 
@@ -79,8 +79,15 @@ def build(
 
 def write(path: str, soft: SoftLabels) -> None:
     """Writes atomically (`files.write_npz`): a reader never sees half a file."""
-    write_npz(path, {"ids": soft.ids.astype(str), "targets": soft.targets, "hashes": soft.hashes,
-                     "metadata": np.asarray(json.dumps(soft.metadata))})
+    write_npz(
+        path,
+        {
+            "ids": soft.ids.astype(str),
+            "targets": soft.targets,
+            "hashes": soft.hashes,
+            "metadata": np.asarray(json.dumps(soft.metadata)),
+        },
+    )
 
 
 def validate(soft: SoftLabels, where: str) -> None:
@@ -105,7 +112,9 @@ def validate(soft: SoftLabels, where: str) -> None:
         off = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
         if off.size or targets.min() < 0:
             first = off[0] if off.size else int(np.argwhere(targets < 0)[0][0])
-            raise SoftLabelError(f"{where}: probabilities of example {soft.ids[first]} do not sum to 1 ({sums[first]:.4f})")
+            raise SoftLabelError(
+                f"{where}: probabilities of example {soft.ids[first]} do not sum to 1 ({sums[first]:.4f})"
+            )
     elif targets.ndim != 1:
         raise SoftLabelError(f"{where}: regression targets must be one score per example, got shape {targets.shape}")
     try:
@@ -114,8 +123,15 @@ def validate(soft: SoftLabels, where: str) -> None:
         raise SoftLabelError(f"{where}: {error}") from None
 
 
-_METADATA_TYPES = {"task": str, "type": str, "labels": list, "teachers": list, "num_teachers": int,
-                   "temperature": (int, float), "fingerprints": dict}
+_METADATA_TYPES = {
+    "task": str,
+    "type": str,
+    "labels": list,
+    "teachers": list,
+    "num_teachers": int,
+    "temperature": (int, float),
+    "fingerprints": dict,
+}
 
 
 def _check_types(soft: SoftLabels, where: str) -> None:
@@ -128,18 +144,29 @@ def _check_types(soft: SoftLabels, where: str) -> None:
             raise SoftLabelError(f"{where}: metadata lacks {key!r}")
         value = soft.metadata[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise SoftLabelError(f"{where}: metadata field {key!r} has the wrong type ({type(value).__name__}: {value!r:.60})")
+            raise SoftLabelError(
+                f"{where}: metadata field {key!r} has the wrong type ({type(value).__name__}: {value!r:.60})"
+            )
     if not all(isinstance(label, str) for label in soft.metadata["labels"]):
         raise SoftLabelError(f"{where}: metadata field 'labels' must list label names")
-    members = {"ids": (soft.ids, "U", "strings"), "targets": (soft.targets, "f", "floats"),
-               "hashes": (soft.hashes, "ui", "integers")}
+    members = {
+        "ids": (soft.ids, "U", "strings"),
+        "targets": (soft.targets, "f", "floats"),
+        "hashes": (soft.hashes, "ui", "integers"),
+    }
     for name, (array, kinds, spelled) in members.items():
         if array is None:
             continue
-        if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.ndim not in ((1, 2) if name == "targets" else (1,)):
+        if (
+            not isinstance(array, np.ndarray)
+            or array.dtype.kind not in kinds
+            or array.ndim not in ((1, 2) if name == "targets" else (1,))
+        ):
             shape, dtype = getattr(array, "shape", "?"), getattr(array, "dtype", type(array).__name__)
-            raise SoftLabelError(f"{where}: member {name!r} must be a vector of {spelled}"
-                                 f"{' (or [N, classes])' if name == 'targets' else ''}, got shape {shape} of {dtype}")
+            raise SoftLabelError(
+                f"{where}: member {name!r} must be a vector of {spelled}"
+                f"{' (or [N, classes])' if name == 'targets' else ''}, got shape {shape} of {dtype}"
+            )
 
 
 def read(path: str) -> SoftLabels:
@@ -148,19 +175,24 @@ def read(path: str) -> SoftLabels:
         raise SoftLabelError(f"soft labels {path}: no such file (make them first: the soft_labels stage)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            soft = SoftLabels(archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"],
-                              source=path)
+            soft = SoftLabels(
+                archive["ids"], archive["targets"], json.loads(str(archive["metadata"])), archive["hashes"], source=path
+            )
     except Exception as error:  # zipfile, KeyError, ValueError, JSON errors
         raise SoftLabelError(f"soft labels {path}: unreadable or corrupt ({type(error).__name__}: {error})") from None
     if not isinstance(soft.metadata, dict):
         raise SoftLabelError(f"soft labels {path}: metadata must be a JSON object, got {type(soft.metadata).__name__}")
     if soft.metadata.get("format_version") != FORMAT_VERSION:
-        raise SoftLabelError(f"soft labels {path}: format version {soft.metadata.get('format_version')}, expected {FORMAT_VERSION}")
+        raise SoftLabelError(
+            f"soft labels {path}: format version {soft.metadata.get('format_version')}, expected {FORMAT_VERSION}"
+        )
     validate(soft, f"soft labels {path}")
     return soft
 
 
-def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | None = None, where: str = "") -> np.ndarray:
+def align(
+    soft: SoftLabels, task: Task, data: SplitData, temperature: float | None = None, where: str = ""
+) -> np.ndarray:
     """The targets of `data`'s examples, in data order, after checking that they belong to it."""
     where = where or (f"soft labels {soft.source}" if soft.source else f"soft labels of {soft.task}")
     meta = soft.metadata
@@ -171,10 +203,14 @@ def align(soft: SoftLabels, task: Task, data: SplitData, temperature: float | No
             f"{where}: label set {meta['labels']} ({meta['type']}) does not match task {task.name}'s {list(task.labels)} ({task.type})"
         )
     if temperature is not None and abs(meta["temperature"] - temperature) > 1e-9:
-        raise SoftLabelError(f"{where}: made at temperature {meta['temperature']}, but distillation uses {temperature}; regenerate them")
+        raise SoftLabelError(
+            f"{where}: made at temperature {meta['temperature']}, but distillation uses {temperature}; regenerate them"
+        )
     recorded = meta["fingerprints"].get(data.split)
     if recorded is None:
-        raise SoftLabelError(f"{where}: has no targets for split {data.split!r} (has {', '.join(meta['fingerprints'])})")
+        raise SoftLabelError(
+            f"{where}: has no targets for split {data.split!r} (has {', '.join(meta['fingerprints'])})"
+        )
     index = {example_id: row for row, example_id in enumerate(soft.ids.tolist())}
     missing = [example_id for example_id in data.ids if example_id not in index]
     if missing:
@@ -199,7 +235,10 @@ def statistics(targets: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     uniform distribution's is `max_entropy`)."""
     targets, labels = np.asarray(targets, np.float64), np.asarray(labels, int)
     entropy = -np.sum(targets * np.log(np.maximum(targets, 1e-12)), axis=1)
-    return {"examples": int(len(labels)), "gold_probability": float(np.mean(targets[np.arange(len(labels)), labels])),
-            "agreement": float(np.mean(np.argmax(targets, axis=1) == labels)), "entropy": float(np.mean(entropy)),
-            "max_entropy": float(np.log(targets.shape[1]))}
-
+    return {
+        "examples": int(len(labels)),
+        "gold_probability": float(np.mean(targets[np.arange(len(labels)), labels])),
+        "agreement": float(np.mean(np.argmax(targets, axis=1) == labels)),
+        "entropy": float(np.mean(entropy)),
+        "max_entropy": float(np.log(targets.shape[1])),
+    }

@@ -14,16 +14,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import DistillationConfig
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import Task
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.encoder import Encoder
 from mtkd_tf.models.families import tokenizer_family
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,10 @@ def teacher_task_names(tasks: Sequence[Task], teacher_tasks: Sequence[str] = ())
         return trained
     unknown = [name for name in teacher_tasks if name not in trained]
     if unknown:
-        raise ConfigError(f"teacher task(s) {', '.join(unknown)} are not among the trained tasks {', '.join(trained)}",
-                          "teacher_tasks")
+        raise ConfigError(
+            f"teacher task(s) {', '.join(unknown)} are not among the trained tasks {', '.join(trained)}",
+            "teacher_tasks",
+        )
     return list(teacher_tasks)
 
 
@@ -73,10 +75,15 @@ class Distillation:
         if settings.online_teachers:
             self.teachers = [model_dir_lib.load(directory) for directory in self.teacher_dirs]
             if not self.teachers:
-                raise ConfigError("online_teachers needs teacher models (teacher_dirs, or the teachers stage)",
-                                  "online_teachers")
-            ensemble.check_compatible(self.teachers, [t for t in model.tasks if t.name in with_teacher],
-                                      encoder.vocabulary, tokenizer_family(encoder.tokenizer).double_separator)
+                raise ConfigError(
+                    "online_teachers needs teacher models (teacher_dirs, or the teachers stage)", "online_teachers"
+                )
+            ensemble.check_compatible(
+                self.teachers,
+                [t for t in model.tasks if t.name in with_teacher],
+                encoder.vocabulary,
+                tokenizer_family(encoder.tokenizer).double_separator,
+            )
         width, targets = soft_width(model.tasks), {}
         for task, labelled, data in zip(model.tasks, splits, extended):
             soft = None
@@ -89,7 +96,15 @@ class Distillation:
 
     def trainer(self, model: MTDNN, total_steps: int) -> Distiller:
         settings = self.settings
-        return Distiller(model, alpha=settings.alpha, task_alpha=settings.task_alpha, temperature=settings.temperature,
-                         soft_loss=settings.soft_loss, teachers=self.teachers, teacher_tasks=list(self.teacher_tasks),
-                         hidden_weight=settings.hidden_loss_weight, alpha_schedule=settings.alpha_schedule,
-                         total_steps=total_steps)
+        return Distiller(
+            model,
+            alpha=settings.alpha,
+            task_alpha=settings.task_alpha,
+            temperature=settings.temperature,
+            soft_loss=settings.soft_loss,
+            teachers=self.teachers,
+            teacher_tasks=list(self.teacher_tasks),
+            hidden_weight=settings.hidden_loss_weight,
+            alpha_schedule=settings.alpha_schedule,
+            total_steps=total_steps,
+        )

@@ -4,7 +4,7 @@
 from mtkd_tf.experiment import modes
 from mtkd_tf.experiment.data import ExperimentData
 from mtkd_tf.experiment.experiment import Experiment
+from mtkd_tf.experiment.layout import ExperimentLayout, run_row
 from mtkd_tf.experiment.stages import Stage
-from mtkd_tf.layout import ExperimentLayout, run_row
 
 __all__ = ["Experiment", "ExperimentData", "ExperimentLayout", "Stage", "modes", "run_row"]

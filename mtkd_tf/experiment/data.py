@@ -10,8 +10,8 @@ from typing import Sequence
 
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data.split import HELDOUT, SplitData, carve, keep_labels
+from mtkd_tf.data.tasks import UNLABELLED, Task
 from mtkd_tf.distill.student import teacher_task_names
-from mtkd_tf.tasks import UNLABELLED, Task
 
 
 class ExperimentData:
@@ -24,14 +24,14 @@ class ExperimentData:
     @functools.cached_property
     def known_tasks(self) -> dict[str, Task]:
         """Every task this experiment can name: GLUE, the built-in suites, the task file's."""
-        from mtkd_tf import tasks as tasks_lib
         from mtkd_tf.data import suites
+        from mtkd_tf.data import tasks as tasks_lib
 
         return tasks_lib.registry(self.config.data.task_file, extra=suites.suite_tasks())
 
     @functools.cached_property
     def tasks(self) -> list[Task]:
-        from mtkd_tf import tasks as tasks_lib
+        from mtkd_tf.data import tasks as tasks_lib
 
         data = self.config.data
         tasks = tasks_lib.with_answer_modules(tasks_lib.resolve_tasks(data.tasks, self.known_tasks), data.answer_module)
@@ -57,10 +57,17 @@ class ExperimentData:
         data = self.config.data
         key = (split, limit, tuple(task.name for task in tasks))
         if key not in self._splits:
-            loaded = readers.load_splits(tasks, split, source=data.data_source, data_dir=self.data_dir,
-                                         skip_bad_rows=data.skip_bad_rows, tfds_download=data.tfds_download)
-            self._splits[key] = {task: {name: part.take(limit) for name, part in by_split.items()}
-                                 for task, by_split in loaded.items()}
+            loaded = readers.load_splits(
+                tasks,
+                split,
+                source=data.data_source,
+                data_dir=self.data_dir,
+                skip_bad_rows=data.skip_bad_rows,
+                tfds_download=data.tfds_download,
+            )
+            self._splits[key] = {
+                task: {name: part.take(limit) for name, part in by_split.items()} for task, by_split in loaded.items()
+            }
         return self._splits[key]
 
     @property
@@ -78,19 +85,25 @@ class ExperimentData:
         """`{task: (labelled, unlabelled rest or None)}` of the training data."""
         data = self.config.data
         if not data.heldout_examples:
-            found = {name: s["train"] for name, s in self.load(self.trainable, "train", data.max_train_examples).items()}
+            found = {
+                name: s["train"] for name, s in self.load(self.trainable, "train", data.max_train_examples).items()
+            }
         else:
             found = {name: rest.take(data.max_train_examples) for name, (rest, _) in self._carved.items()}
         if data.labelled_fraction == 1:
             return {name: (split, None) for name, split in found.items()}
         teacher_tasks = set(self.teacher_tasks)
-        return {name: keep_labels(split, data.labelled_fraction) if name in teacher_tasks else (split, None)
-                for name, split in found.items()}
+        return {
+            name: keep_labels(split, data.labelled_fraction) if name in teacher_tasks else (split, None)
+            for name, split in found.items()
+        }
 
     @functools.cached_property
     def _carved(self) -> dict[str, tuple[SplitData, SplitData]]:
-        return {name: carve(s["train"], self.config.data.heldout_examples)
-                for name, s in self.load(self.trainable, "train").items()}
+        return {
+            name: carve(s["train"], self.config.data.heldout_examples)
+            for name, s in self.load(self.trainable, "train").items()
+        }
 
     @property
     def heldout(self) -> dict[str, dict[str, SplitData]]:
@@ -127,5 +140,6 @@ class ExperimentData:
     def soft_label_data(self) -> dict[str, list[SplitData]]:
         """What the teachers label, per teacher task: its training data and its unlabelled text."""
         unlabelled = self.unlabelled
-        return {name: [self.train[name]] + ([unlabelled[name]] if name in unlabelled else [])
-                for name in self.teacher_tasks}
+        return {
+            name: [self.train[name]] + ([unlabelled[name]] if name in unlabelled else []) for name in self.teacher_tasks
+        }

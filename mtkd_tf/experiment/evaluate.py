@@ -8,18 +8,17 @@ import os
 
 import numpy as np
 
-from mtkd_tf import evaluation
-from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.data.split import HELDOUT, SplitData, ids_digest
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING
 from mtkd_tf.distill import ensemble, soft_labels
-from mtkd_tf.environment import environment
+from mtkd_tf.experiment.layout import run_row
+from mtkd_tf.experiment.output_cache import OutputCache
+from mtkd_tf.experiment.report import INPUTS, OUTPUTS, Evidence, write_report
 from mtkd_tf.experiment.stages import Stage
-from mtkd_tf.files import read_json, write_json
-from mtkd_tf.layout import run_row
-from mtkd_tf.models import inference
-from mtkd_tf.output_cache import OutputCache
-from mtkd_tf.report import INPUTS, OUTPUTS, Evidence, write_report
-from mtkd_tf.tasks import CLASSIFICATION, RANKING
+from mtkd_tf.models import evaluation, inference
+from mtkd_tf.models import model_dir as model_dir_lib
+from mtkd_tf.runtime.environment import environment
+from mtkd_tf.runtime.files import read_json, write_json
 
 HELDOUT_RULE = "the examples (ranking: questions) whose blake2b('heldout\\0' + id) sort first"
 
@@ -40,15 +39,21 @@ class Evaluate(Stage):
     def run(self) -> dict[str, dict]:
         experiment = self.experiment
         heldout = experiment.heldout_data
-        self.announce("every member, the ensemble, the baseline and the student on dev"
-                      + (" and the held-out split" if heldout else ""))
+        self.announce(
+            "every member, the ensemble, the baseline and the student on dev"
+            + (" and the held-out split" if heldout else "")
+        )
         splits = {task: {**by_split, **heldout.get(task, {})} for task, by_split in experiment.dev_data.items()}
         cache = OutputCache(os.path.join(self.layout.root, ".partial", "evaluate"), self.config.runtime.eval_batch_size)
         outputs = self.outputs_of(splits, cache)
         dev = experiment.dev_data
-        rows = {name: evaluation.score_outputs({task: dev[task] for task in dev if any(key[0] == task for key in found)},
-                                               {key: value for key, value in found.items() if key[1] != HELDOUT})
-                for name, found in outputs.items()}
+        rows = {
+            name: evaluation.score_outputs(
+                {task: dev[task] for task in dev if any(key[0] == task for key in found)},
+                {key: value for key, value in found.items() if key[1] != HELDOUT},
+            )
+            for name, found in outputs.items()
+        }
         directories = {os.path.basename(os.path.normpath(d)): d for d in experiment.teacher_dirs()}
         directories.update({name: d for name, d in self.layout.model_dirs().items() if name in outputs})
         for name, directory in directories.items():
@@ -59,14 +64,16 @@ class Evaluate(Stage):
             os.rmdir(os.path.join(self.layout.root, ".partial"))
         return rows
 
-    def outputs_of(self, splits: dict[str, dict[str, SplitData]],
-                   cache: OutputCache | None = None) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+    def outputs_of(
+        self, splits: dict[str, dict[str, SplitData]], cache: OutputCache | None = None
+    ) -> dict[str, dict[tuple[str, str], np.ndarray]]:
         """`{row: {(task, split): head outputs}}` of every model of the report on `splits`; each
         model's outputs on each split are saved in `cache` as they are computed (a stop request
         ends the stage there, and a re-run reads them back)."""
         experiment = self.experiment
-        cache = cache or OutputCache(os.path.join(self.layout.root, ".partial", "evaluate"),
-                                     self.config.runtime.eval_batch_size)
+        cache = cache or OutputCache(
+            os.path.join(self.layout.root, ".partial", "evaluate"), self.config.runtime.eval_batch_size
+        )
         outputs: dict[str, dict] = {}
         member_dirs = experiment.teacher_dirs()
         by_members: dict[tuple, list[str]] = {}  # tasks that share one set of members
@@ -95,26 +102,47 @@ class Evaluate(Stage):
         """What the report is built from, with nothing that needs a model."""
         experiment, layout, config = self.experiment, self.layout, self.config
         labelled = dict(inference.labelled_splits(splits))
-        predictions = {(row, *key): evaluation.decide(labelled[key].task, values, labelled[key].groups)
-                       for row, found in outputs.items() for key, values in found.items()}
+        predictions = {
+            (row, *key): evaluation.decide(labelled[key].task, values, labelled[key].groups)
+            for row, found in outputs.items()
+            for key, values in found.items()
+        }
         tasks = {}
         for (task, split), data in labelled.items():
             entry = tasks.setdefault(task, {"type": data.task.type, "metrics": list(data.task.metrics), "suffixes": {}})
             entry["suffixes"][split] = "" if split == HELDOUT else evaluation.split_suffix(data.task, split)
-        histories = {row: read_json(os.path.join(d, "history.json")) for row, d in layout.model_dirs().items()
-                     if os.path.isfile(os.path.join(d, "history.json"))}
+        histories = {
+            row: read_json(os.path.join(d, "history.json"))
+            for row, d in layout.model_dirs().items()
+            if os.path.isfile(os.path.join(d, "history.json"))
+        }
         selection = os.path.join(experiment.readable("teacher_dir"), os.path.basename(layout.selection_file))
         optional = lambda path: read_json(path) if os.path.isfile(path) else None  # noqa: E731
         return Evidence(
-            rows=list(outputs), tasks=tasks, predictions=predictions,
+            rows=list(outputs),
+            tasks=tasks,
+            predictions=predictions,
             labels={key: np.asarray(data.labels) for key, data in labelled.items()},
             groups={key: np.asarray(data.groups) for key, data in labelled.items() if data.task.type == RANKING},
             teacher_tasks=list(experiment.teacher_tasks) if config.teachers.teacher_tasks else None,
-            histories=histories, selection=optional(selection), gate=optional(layout.gate_file),
-            soft_targets=self.soft_target_statistics(), warmup_fraction=config.training.warmup_fraction,
-            heldout={task: {"from": "train", "examples": len(by_split[HELDOUT]), "ids_sha256": ids_digest(by_split[HELDOUT]),
-                            "rule": HELDOUT_RULE} for task, by_split in experiment.heldout_data.items()},
-            config=config.to_dict(), environment=environment(experiment.precision), seed=config.training.seed)
+            histories=histories,
+            selection=optional(selection),
+            gate=optional(layout.gate_file),
+            soft_targets=self.soft_target_statistics(),
+            warmup_fraction=config.training.warmup_fraction,
+            heldout={
+                task: {
+                    "from": "train",
+                    "examples": len(by_split[HELDOUT]),
+                    "ids_sha256": ids_digest(by_split[HELDOUT]),
+                    "rule": HELDOUT_RULE,
+                }
+                for task, by_split in experiment.heldout_data.items()
+            },
+            config=config.to_dict(),
+            environment=environment(experiment.precision),
+            seed=config.training.seed,
+        )
 
     def soft_target_statistics(self) -> dict[str, dict]:
         """Per distilled classification task: the soft targets on the labelled training examples

@@ -27,24 +27,24 @@ from typing import Sequence
 
 import keras
 
-from mtkd_tf import distribute, preemption
-from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.directory_lock import DirectoryLock
 from mtkd_tf.distill import ensemble
 from mtkd_tf.distill.student import Distillation
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.experiment import stages as stages_lib
 from mtkd_tf.experiment.data import ExperimentData
 from mtkd_tf.experiment.evaluate import Evaluate, Report
-from mtkd_tf.files import read_json
-from mtkd_tf.layout import ExperimentLayout
+from mtkd_tf.experiment.layout import ExperimentLayout
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.encoder import Encoder, check_spec, load_encoder, read_vocabulary
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
-from mtkd_tf.progress import RunClock, duration
-from mtkd_tf.training import train_model
+from mtkd_tf.runtime.directory_lock import DirectoryLock
+from mtkd_tf.runtime.files import read_json
+from mtkd_tf.runtime.progress import RunClock, duration
+from mtkd_tf.training import distribute, preemption
+from mtkd_tf.training.train import train_model
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -98,24 +98,38 @@ class Experiment:
         data.unlabelled, data.teacher_tasks
         unknown = sorted(set(config.distillation.task_alpha) - trained)
         if unknown:
-            raise ConfigError(f"task_alpha names task(s) {', '.join(unknown)} that are not trained "
-                              f"({', '.join(sorted(trained))})", "task_alpha")
+            raise ConfigError(
+                f"task_alpha names task(s) {', '.join(unknown)} that are not trained ({', '.join(sorted(trained))})",
+                "task_alpha",
+            )
         unknown = sorted(set(config.finetune.finetune_tasks) - trained)
         if unknown:
-            raise ConfigError(f"finetune_tasks: task(s) {', '.join(unknown)} are not trained ({', '.join(sorted(trained))})",
-                              "finetune_tasks")
+            raise ConfigError(
+                f"finetune_tasks: task(s) {', '.join(unknown)} are not trained ({', '.join(sorted(trained))})",
+                "finetune_tasks",
+            )
         model = config.model
-        for spec in {model.encoder, config.distillation.student_encoder or model.encoder, *config.teachers.teacher_encoders}:
+        for spec in {
+            model.encoder,
+            config.distillation.student_encoder or model.encoder,
+            *config.teachers.teacher_encoders,
+        }:
             check_spec(spec)
         if model.vocab_file:
             read_vocabulary(model.vocab_file)
         self.member_specs()
         if config.teachers.teacher_pool > config.teachers.num_teachers:
-            lacking = [name for name in self.selection_tasks
-                       if not any(d.labels is not None for d in data.dev.get(name, {}).values())]
+            lacking = [
+                name
+                for name in self.selection_tasks
+                if not any(d.labels is not None for d in data.dev.get(name, {}).values())
+            ]
             if lacking:
-                raise ConfigError(f"teacher_selection_tasks: {', '.join(lacking)} has no labelled dev data to rank the "
-                                  "teacher pool by", "teacher_selection_tasks")
+                raise ConfigError(
+                    f"teacher_selection_tasks: {', '.join(lacking)} has no labelled dev data to rank the "
+                    "teacher pool by",
+                    "teacher_selection_tasks",
+                )
         missing = [directory for directory in config.teachers.teacher_dirs if not model_dir_lib.exists(directory)]
         if missing:
             raise ConfigError(f"teacher_dirs: no trained model in {', '.join(missing)}", "teacher_dirs")
@@ -134,8 +148,11 @@ class Experiment:
         if gated:
             found += [stages_lib.Run(self, "baseline", 0), stages_lib.Gate(self)]
         found.append(stages_lib.SoftLabels(self))
-        found += [stages_lib.Run(self, name, run) for (name, run) in layout.seeded_dirs()
-                  if not (gated and (name, run) == ("baseline", 0))]
+        found += [
+            stages_lib.Run(self, name, run)
+            for (name, run) in layout.seeded_dirs()
+            if not (gated and (name, run) == ("baseline", 0))
+        ]
         if layout.variant_dirs():
             found.append(stages_lib.Variants(self))
         if config.finetune.finetune_epochs and config.finetune.finetune_student:
@@ -218,8 +235,14 @@ class Experiment:
     def encoder(self, spec: str, dropout: float | None, seed: int) -> Encoder:
         """A fresh encoder (call inside the strategy scope)."""
         model = self.config.model
-        return load_encoder(spec, dropout=dropout, vocab_file=model.vocab_file, training_texts=self.data.texts,
-                            vocabulary_size=model.vocab_size, seed=seed)
+        return load_encoder(
+            spec,
+            dropout=dropout,
+            vocab_file=model.vocab_file,
+            training_texts=self.data.texts,
+            vocabulary_size=model.vocab_size,
+            seed=seed,
+        )
 
     def student_encoder(self, seed: int) -> Encoder:
         """The encoder of the student and of the baseline."""
@@ -229,8 +252,12 @@ class Experiment:
     def member_specs(self) -> list[ensemble.MemberSpec]:
         """Every candidate member to train: `teacher_pool` of them, or `num_teachers`."""
         teachers = self.config.teachers
-        return ensemble.member_specs(max(teachers.teacher_pool, teachers.num_teachers), self.config.training.seed,
-                                     teachers.teacher_dropouts, teachers.teacher_encoders or [self.config.model.encoder])
+        return ensemble.member_specs(
+            max(teachers.teacher_pool, teachers.num_teachers),
+            self.config.training.seed,
+            teachers.teacher_dropouts,
+            teachers.teacher_encoders or [self.config.model.encoder],
+        )
 
     @property
     def selection_tasks(self) -> list[str]:
@@ -263,9 +290,12 @@ class Experiment:
         else the multi-task members."""
         members, teacher_tasks = self.teacher_dirs(), self.data.teacher_tasks
         finetuned = self.config.finetune.finetune_epochs and not self.config.teachers.teacher_dirs
-        return {name: [self.layout.finetuned_member_dir(d, name) for d in members]
-                if finetuned and name in teacher_tasks else members
-                for name in (tasks if tasks is not None else teacher_tasks)}
+        return {
+            name: [self.layout.finetuned_member_dir(d, name) for d in members]
+            if finetuned and name in teacher_tasks
+            else members
+            for name in (tasks if tasks is not None else teacher_tasks)
+        }
 
     def soft_label_data(self) -> dict[str, list[SplitData]]:
         return self.data.soft_label_data()
@@ -273,18 +303,39 @@ class Experiment:
     def steps(self, epochs: int, extra: bool = False, tasks: Sequence[str] | None = None) -> int:
         """Training steps of one model over `tasks` (default: all; `extra`: with the teacher
         tasks' unlabelled text), for the run's time estimate."""
-        batch, unlabelled, teacher_tasks = self.config.training.batch_size, self.data.unlabelled, self.data.teacher_tasks
-        sizes = [len(data) + (len(unlabelled.get(name, ())) if extra and name in teacher_tasks else 0)
-                 for name, data in self.data.train.items() if tasks is None or name in tasks]
+        batch, unlabelled, teacher_tasks = (
+            self.config.training.batch_size,
+            self.data.unlabelled,
+            self.data.teacher_tasks,
+        )
+        sizes = [
+            len(data) + (len(unlabelled.get(name, ())) if extra and name in teacher_tasks else 0)
+            for name, data in self.data.train.items()
+            if tasks is None or name in tasks
+        ]
         return epochs * sum(batching.num_batches(size, batch) for size in sizes)
 
     def train_one(self, config: ExperimentConfig, directory: str, label: str, **how) -> MTDNN:
         """`training.train_model` on this experiment's training data, callbacks and clock."""
-        return train_model(config, directory, self.data.train, tasks=self.data.tasks, label=label,
-                           callbacks=self.callbacks, clock=self.clock, **how)
+        return train_model(
+            config,
+            directory,
+            self.data.train,
+            tasks=self.data.tasks,
+            label=label,
+            callbacks=self.callbacks,
+            clock=self.clock,
+            **how,
+        )
 
-    def train_student(self, directory: str, seed: int, settings=None, soft_labels_dir: str | None = None,
-                      teacher_dirs: Sequence[str] | None = None) -> MTDNN:
+    def train_student(
+        self,
+        directory: str,
+        seed: int,
+        settings=None,
+        soft_labels_dir: str | None = None,
+        teacher_dirs: Sequence[str] | None = None,
+    ) -> MTDNN:
         """Trains one student (seed `seed`; `settings`: other distillation settings) into
         `directory`, or loads it if done; returned in float32, as mt.load_model gives it."""
         if model_dir_lib.complete(directory):
@@ -292,8 +343,13 @@ class Experiment:
             return model_dir_lib.load(directory)
         config = dataclasses.replace(self.config.replace(seed=seed), distillation=settings or self.config.distillation)
         data = self.data
-        objective = Distillation(config.distillation, data.teacher_tasks, soft_labels_dir or self.readable("soft_labels_dir"),
-                                 self.teacher_dirs() if teacher_dirs is None else teacher_dirs, data.unlabelled)
+        objective = Distillation(
+            config.distillation,
+            data.teacher_tasks,
+            soft_labels_dir or self.readable("soft_labels_dir"),
+            self.teacher_dirs() if teacher_dirs is None else teacher_dirs,
+            data.unlabelled,
+        )
         student = self.train_one(config, directory, "student", encoder=self.student_encoder(seed), objective=objective)
         return in_precision(student, "float32")
 

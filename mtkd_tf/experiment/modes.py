@@ -14,18 +14,19 @@ import contextlib
 import logging
 import os
 
-from mtkd_tf import distribute, evaluation
-from mtkd_tf import export as export_lib
-from mtkd_tf import export_preset as export_preset_lib
-from mtkd_tf import export_transformers as export_transformers_lib
-from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf import report as report_lib
-from mtkd_tf import submission
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.files import write_json
+from mtkd_tf.experiment import report as report_lib
+from mtkd_tf.experiment.output_cache import OutputCache
+from mtkd_tf.export import preset as export_preset_lib
+from mtkd_tf.export import saved_model as export_lib
+from mtkd_tf.export import submission
+from mtkd_tf.export import transformers as export_transformers_lib
+from mtkd_tf.models import evaluation
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.mtdnn import in_precision
-from mtkd_tf.output_cache import OutputCache
+from mtkd_tf.runtime.files import write_json
+from mtkd_tf.training import distribute
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -66,14 +67,18 @@ def predict(experiment) -> list[str]:
     config, data = experiment.config, experiment.data
     with experiment.strategy.scope():
         trained = model_dir_lib.load(config.runtime.model_dir)
-        tasks, skipped = submission.prediction_tasks(data.tasks, data.known_tasks, data.data_dir,
-                                                     config.data.data_source, config.data.tfds_download)
+        tasks, skipped = submission.prediction_tasks(
+            data.tasks, data.known_tasks, data.data_dir, config.data.data_source, config.data.tfds_download
+        )
         for line in skipped:
             logger.warning("%s", line)
         test = data.load(tasks, "test", config.data.max_eval_examples)
         output = config.runtime.output_dir
-        output_dir = (distribute.worker_dir(output, experiment.strategy) if output
-                      else os.path.join(experiment.layout.root, "predictions"))
+        output_dir = (
+            distribute.worker_dir(output, experiment.strategy)
+            if output
+            else os.path.join(experiment.layout.root, "predictions")
+        )
         return submission.write_predictions(trained, test, output_dir, config.runtime.eval_batch_size)
 
 
@@ -101,8 +106,12 @@ def export(config: ExperimentConfig) -> str:
     if not settings.export_dir or not runtime.model_dir:
         raise ConfigError("export needs model_dir (a trained model) and export_dir", ("model_dir", "export_dir"))
     strategy = distribute.get_strategy(runtime.strategy, runtime.num_gpus, runtime.tpu)
-    return export_lib.export(runtime.model_dir, distribute.worker_dir(settings.export_dir, strategy),
-                             settings.export_version, settings.serving_default_task)
+    return export_lib.export(
+        runtime.model_dir,
+        distribute.worker_dir(settings.export_dir, strategy),
+        settings.export_version,
+        settings.serving_default_task,
+    )
 
 
 def serve_check(config: ExperimentConfig) -> dict:
@@ -118,8 +127,9 @@ def serve_check(config: ExperimentConfig) -> dict:
 
 def _export_paths(config: ExperimentConfig, mode: str) -> tuple[str, str]:
     if not config.runtime.model_dir or not config.export.export_dir:
-        raise ConfigError(f"{mode} needs model_dir (a trained model) and export_dir (a new directory)",
-                          ("model_dir", "export_dir"))
+        raise ConfigError(
+            f"{mode} needs model_dir (a trained model) and export_dir (a new directory)", ("model_dir", "export_dir")
+        )
     return config.runtime.model_dir, config.export.export_dir
 
 
@@ -132,8 +142,9 @@ def export_preset(config: ExperimentConfig) -> str:
 def export_transformers(config: ExperimentConfig) -> str:
     """Writes the model in `model_dir` as a transformers checkpoint in `export_dir`: the encoder,
     with `export_task`'s head when given; returns the directory."""
-    return export_transformers_lib.export_transformers(*_export_paths(config, "export_transformers"),
-                                                       task=config.export.export_task)
+    return export_transformers_lib.export_transformers(
+        *_export_paths(config, "export_transformers"), task=config.export.export_task
+    )
 
 
 def report(config: ExperimentConfig) -> dict:

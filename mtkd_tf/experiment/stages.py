@@ -16,16 +16,16 @@ import os
 
 import numpy as np
 
-from mtkd_tf import distribute, evaluation, preemption
-from mtkd_tf import model_dir as model_dir_lib
 from mtkd_tf.distill import ensemble
-from mtkd_tf.environment import environment
-from mtkd_tf.files import read_json, write_atomic, write_json
-from mtkd_tf.finetune import finetune_seed
-from mtkd_tf.layout import run_row
-from mtkd_tf.models import inference
+from mtkd_tf.experiment.layout import run_row
+from mtkd_tf.models import evaluation, inference
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
-from mtkd_tf.training import train_model
+from mtkd_tf.runtime.environment import environment
+from mtkd_tf.runtime.files import read_json, write_atomic, write_json
+from mtkd_tf.training import distribute, preemption
+from mtkd_tf.training.finetune import finetune_seed
+from mtkd_tf.training.train import train_model
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -94,10 +94,17 @@ class Teachers(Stage):
             if model_dir_lib.complete(directory):
                 logger.info("teacher %s exists, skipping", directory)
                 continue
-            logger.info("training teacher %s (seed %d, dropout %.2f, encoder %s)", spec.name, spec.seed, spec.dropout,
-                        spec.encoder)
+            logger.info(
+                "training teacher %s (seed %d, dropout %.2f, encoder %s)",
+                spec.name,
+                spec.seed,
+                spec.dropout,
+                spec.encoder,
+            )
             encoder = experiment.encoder(spec.encoder, spec.dropout, spec.seed)
-            actual = self.config.replace(seed=spec.seed, epochs=epochs, encoder=spec.encoder, encoder_dropout=spec.dropout)
+            actual = self.config.replace(
+                seed=spec.seed, epochs=epochs, encoder=spec.encoder, encoder_dropout=spec.dropout
+            )
             experiment.train_one(actual, directory, f"teacher {spec.name}", encoder=encoder)
         return self.outputs()
 
@@ -127,13 +134,22 @@ class Selection(Stage):
             for directory in self.inputs():
                 results = evaluation.evaluate(model_dir_lib.load(directory), dev, self.config.runtime.eval_batch_size)
                 per_task = {task: next(iter(metrics.values())) for task, metrics in results.items()}
-                scores[os.path.basename(directory)] = {"scores": per_task, "mean": float(np.mean(list(per_task.values())))}
+                scores[os.path.basename(directory)] = {
+                    "scores": per_task,
+                    "mean": float(np.mean(list(per_task.values()))),
+                }
             ranked = sorted(scores, key=lambda name: -scores[name]["mean"])
             chosen = sorted(ranked[: self.config.teachers.num_teachers], key=lambda name: int(name.split("_")[1]))
-            write_json(self.layout.selection_file, {"selection_tasks": experiment.selection_tasks, "candidates": scores,
-                                                    "chosen": chosen})
-            logger.info("teacher selection on %s: kept %s of %s", ", ".join(experiment.selection_tasks), ", ".join(chosen),
-                        ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked))
+            write_json(
+                self.layout.selection_file,
+                {"selection_tasks": experiment.selection_tasks, "candidates": scores, "chosen": chosen},
+            )
+            logger.info(
+                "teacher selection on %s: kept %s of %s",
+                ", ".join(experiment.selection_tasks),
+                ", ".join(chosen),
+                ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked),
+            )
         return experiment.teacher_dirs()
 
 
@@ -147,8 +163,12 @@ class TeacherFinetune(Stage):
 
     def steps(self) -> int:
         experiment = self.experiment
-        return sum(experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
-                   for task, dirs in experiment.teacher_dirs_by_task().items() for d in dirs if not model_dir_lib.exists(d))
+        return sum(
+            experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
+            for task, dirs in experiment.teacher_dirs_by_task().items()
+            for d in dirs
+            if not model_dir_lib.exists(d)
+        )
 
     def run(self) -> dict[str, list[str]]:
         seeds = {spec.name: spec.seed for spec in self.experiment.member_specs()}
@@ -156,7 +176,9 @@ class TeacherFinetune(Stage):
         for task, copies in by_task.items():
             for directory in copies:
                 name = os.path.basename(directory)
-                finetune_copy(self.experiment, self.layout.member_dir(name), task, directory, f"teacher {name}", seeds[name])
+                finetune_copy(
+                    self.experiment, self.layout.member_dir(name), task, directory, f"teacher {name}", seeds[name]
+                )
         return by_task
 
 
@@ -175,8 +197,11 @@ class Gate(Stage):
 
     def done(self) -> bool:
         saved = read_json(self.layout.gate_file) if os.path.isfile(self.layout.gate_file) else None
-        return bool(saved) and saved["margin"] == self.config.teachers.gate_margin \
+        return (
+            bool(saved)
+            and saved["margin"] == self.config.teachers.gate_margin
             and saved["members"] == self.experiment.teacher_dirs_by_task()
+        )
 
     def run(self) -> dict:
         if self.done():
@@ -190,25 +215,46 @@ class Gate(Stage):
             split = {task: dev[task]}
             _, averaged = ensemble.member_outputs([model_dir_lib.load(d) for d in directories], split, batch)
             first = lambda outputs: 100 * next(iter(evaluation.score_outputs(split, outputs)[task].values()))  # noqa: E731
-            scores[task] = {"ensemble": first(averaged), "baseline": first(inference.dev_outputs(baseline, split, batch))}
+            scores[task] = {
+                "ensemble": first(averaged),
+                "baseline": first(inference.dev_outputs(baseline, split, batch)),
+            }
         gain = float(np.mean([entry["ensemble"] - entry["baseline"] for entry in scores.values()]))
         opened = gain > margin
-        result = {"margin": margin, "gain": gain, "open": opened, "scores": scores, "members": by_task,
-                  "verdict": "testable" if opened else "untestable: the ensemble does not beat one MT-DNN by the "
-                  f"pre-set margin on dev (gain {gain:+.2f} <= {margin} points)"}
+        result = {
+            "margin": margin,
+            "gain": gain,
+            "open": opened,
+            "scores": scores,
+            "members": by_task,
+            "verdict": "testable"
+            if opened
+            else "untestable: the ensemble does not beat one MT-DNN by the "
+            f"pre-set margin on dev (gain {gain:+.2f} <= {margin} points)",
+        }
         write_json(self.layout.gate_file, result)
         logger.info("gate: ensemble - baseline on dev %+.2f points (margin %s): %s", gain, margin, result["verdict"])
         return result
 
     def untestable(self, gate: dict) -> dict:
         """report.json / report.md of a pipeline stopped by a closed gate."""
-        lines = [f"| {task} | {s['ensemble']:.2f} | {s['baseline']:.2f} | {s['ensemble'] - s['baseline']:+.2f} |"
-                 for task, s in gate["scores"].items()]
-        text = ("The paper's claims are untestable here: " + gate["verdict"] + ".\n\n| task (dev, first metric x100) "
-                "| ensemble | baseline | gain |\n|---|---|---|---|\n" + "\n".join(lines)
-                + "\n\nNo student was trained; change the teachers (a new pre-registration) and run again.")
-        report = {"gate": gate, "claims": [], "verdict": "untestable", "config": self.config.to_dict(),
-                  "environment": environment(self.experiment.precision)}
+        lines = [
+            f"| {task} | {s['ensemble']:.2f} | {s['baseline']:.2f} | {s['ensemble'] - s['baseline']:+.2f} |"
+            for task, s in gate["scores"].items()
+        ]
+        text = (
+            "The paper's claims are untestable here: " + gate["verdict"] + ".\n\n| task (dev, first metric x100) "
+            "| ensemble | baseline | gain |\n|---|---|---|---|\n"
+            + "\n".join(lines)
+            + "\n\nNo student was trained; change the teachers (a new pre-registration) and run again."
+        )
+        report = {
+            "gate": gate,
+            "claims": [],
+            "verdict": "untestable",
+            "config": self.config.to_dict(),
+            "environment": environment(self.experiment.precision),
+        }
         write_json(os.path.join(self.layout.root, "report.json"), report)
         write_atomic(os.path.join(self.layout.root, "report.md"), text + "\n")
         print(text)
@@ -226,8 +272,9 @@ class SoftLabels(Stage):
 
     def done(self) -> bool:
         directory = self.layout.soft_labels_dir
-        done = ensemble.soft_labels_valid(directory, self.experiment.soft_label_data(),
-                                          self.config.distillation.temperature)
+        done = ensemble.soft_labels_valid(
+            directory, self.experiment.soft_label_data(), self.config.distillation.temperature
+        )
         if done:
             logger.info("soft labels in %s are valid, skipping", directory)
         return done
@@ -261,15 +308,19 @@ class Run(Stage):
         directory, distillation = self.outputs()[0], self.config.distillation
         if self.name == "student":
             source = "online teachers" if distillation.online_teachers else "cached soft labels"
-            self.announce(f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}, "
-                          f"seed {self.seed}) -> {directory}")
+            self.announce(
+                f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}, "
+                f"seed {self.seed}) -> {directory}"
+            )
             return self.experiment.train_student(directory, self.seed)
         self.announce(f"training the MT-DNN baseline (seed {self.seed}) -> {directory}")
         if model_dir_lib.complete(directory):
             logger.info("baseline exists, skipping")
             return model_dir_lib.load(directory)
         config = self.config.replace(seed=self.seed)
-        trained = self.experiment.train_one(config, directory, "baseline", encoder=self.experiment.student_encoder(self.seed))
+        trained = self.experiment.train_one(
+            config, directory, "baseline", encoder=self.experiment.student_encoder(self.seed)
+        )
         return in_precision(trained, "float32")
 
 
@@ -317,23 +368,35 @@ class Finetune(Stage):
     def _copies(self) -> dict[str, tuple[str, int, dict[str, str]]]:
         """`{row: (directory, seed, {task: copy})}` of every seed run."""
         tasks, seed = self.experiment.finetune_tasks, self.config.training.seed
-        return {run_row(name, run): (d, seed + run, self.layout.finetuned_dirs(d, tasks))
-                for (name, run), d in self.layout.seeded_dirs().items()}
+        return {
+            run_row(name, run): (d, seed + run, self.layout.finetuned_dirs(d, tasks))
+            for (name, run), d in self.layout.seeded_dirs().items()
+        }
 
     def outputs(self) -> list[str]:
         return [copy for _, _, copies in self._copies().values() for copy in copies.values()]
 
     def steps(self) -> int:
-        return sum(self.experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
-                   for _, _, copies in self._copies().values() for task, d in copies.items() if not model_dir_lib.exists(d))
+        return sum(
+            self.experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
+            for _, _, copies in self._copies().values()
+            for task, d in copies.items()
+            if not model_dir_lib.exists(d)
+        )
 
     def run(self) -> dict[str, dict[str, str]]:
         models = {row: entry for row, entry in self._copies().items() if model_dir_lib.exists(entry[0])}
-        self.announce(f"{', '.join(models)} on {', '.join(self.experiment.finetune_tasks)} "
-                      f"({self.config.finetune.finetune_epochs} epoch(s) each)")
-        return {row: {task: finetune_copy(self.experiment, directory, task, target, row, seed)
-                      for task, target in copies.items()}
-                for row, (directory, seed, copies) in models.items()}
+        self.announce(
+            f"{', '.join(models)} on {', '.join(self.experiment.finetune_tasks)} "
+            f"({self.config.finetune.finetune_epochs} epoch(s) each)"
+        )
+        return {
+            row: {
+                task: finetune_copy(self.experiment, directory, task, target, row, seed)
+                for task, target in copies.items()
+            }
+            for row, (directory, seed, copies) in models.items()
+        }
 
 
 def finetune_copy(experiment, source: str, task: str, directory: str, label: str, model_seed: int) -> str:
@@ -344,11 +407,21 @@ def finetune_copy(experiment, source: str, task: str, directory: str, label: str
         return directory
     config = experiment.config
     settings = config.finetune
-    actual = config.replace(seed=finetune_seed(model_seed, task), epochs=settings.finetune_epochs,
-                            learning_rate=settings.finetune_learning_rate or config.training.learning_rate)
+    actual = config.replace(
+        seed=finetune_seed(model_seed, task),
+        epochs=settings.finetune_epochs,
+        learning_rate=settings.finetune_learning_rate or config.training.learning_rate,
+    )
     logger.info("fine-tuning %s on %s (seed %d) -> %s", label, task, actual.training.seed, directory)
-    train_model(actual, directory, {task: experiment.train_data[task]}, source_dir=source, label=f"fine-tune {task}",
-                callbacks=experiment.callbacks, clock=experiment.clock)
+    train_model(
+        actual,
+        directory,
+        {task: experiment.train_data[task]},
+        source_dir=source,
+        label=f"fine-tune {task}",
+        callbacks=experiment.callbacks,
+        clock=experiment.clock,
+    )
     return directory
 
 
@@ -356,6 +429,12 @@ def write_soft_labels(experiment, teachers: dict[str, list[str]], directory: str
     """The soft labels of `teachers` (`{task: member dirs}`) on the teacher tasks' data."""
     config = experiment.config
     distillation = config.distillation
-    ensemble.make_soft_labels(teachers, experiment.soft_label_data(), distillation.temperature, directory,
-                              config.runtime.eval_batch_size, config.training.checkpoint_every_steps,
-                              distribute.inference_policy(distillation.soft_labels_precision))
+    ensemble.make_soft_labels(
+        teachers,
+        experiment.soft_label_data(),
+        distillation.temperature,
+        directory,
+        config.runtime.eval_batch_size,
+        config.training.checkpoint_every_steps,
+        distribute.inference_policy(distillation.soft_labels_precision),
+    )

@@ -9,7 +9,7 @@
   SentencePiece or byte-level BPE);
 - a local directory: a keras-hub preset of any family, or a Hugging Face checkpoint that keras-hub
   converts (BERT, RoBERTa, ALBERT, DistilBERT, XLM-RoBERTa; docs/encoders.md);
-- an alias of a verified offline asset (`minilm_l6`, see `mtkd_tf.assets`);
+- an alias of a verified offline asset (`minilm_l6`, see `mtkd_tf.runtime.assets`);
 - a keras-hub preset name such as `bert_large_en_uncased` or `roberta_base_en` (downloaded by keras-hub).
 """
 
@@ -154,7 +154,7 @@ def _directory_lowercase(path: str) -> bool:
 def resolve_spec(spec: str) -> str:
     """Aliases -> what they stand for (offline assets are fetched and verified here)."""
     spec = ALIASES.get(spec, spec)
-    from mtkd_tf import assets
+    from mtkd_tf.runtime import assets
 
     if spec in assets.ENCODERS:
         return assets.fetch_encoder(spec)
@@ -213,8 +213,15 @@ def preset_family(name: str) -> Family | None:
 
 
 # Hugging Face `model_type` -> family (what keras-hub's converters accept, and the two they lack).
-_HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "albert": "albert", "distilbert": "distil_bert",
-                   "xlm-roberta": "xlm_roberta", "deberta-v2": "deberta_v3", "electra": "electra"}
+_HF_MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "albert": "albert",
+    "distilbert": "distil_bert",
+    "xlm-roberta": "xlm_roberta",
+    "deberta-v2": "deberta_v3",
+    "electra": "electra",
+}
 
 
 def directory_family(directory: str) -> Family:
@@ -225,19 +232,25 @@ def directory_family(directory: str) -> Family:
     if "model_type" in config:  # Hugging Face
         family = FAMILIES.get(_HF_MODEL_TYPES.get(config["model_type"], ""))
         if family is None:
-            raise EncoderError(f"encoder directory {directory}: Hugging Face model_type {config['model_type']!r} is not "
-                               f"a supported text encoder ({', '.join(sorted(_HF_MODEL_TYPES))})")
+            raise EncoderError(
+                f"encoder directory {directory}: Hugging Face model_type {config['model_type']!r} is not "
+                f"a supported text encoder ({', '.join(sorted(_HF_MODEL_TYPES))})"
+            )
         if not family.hf_converter:
-            raise EncoderError(f"encoder directory {directory}: keras-hub 0.32 cannot convert Hugging Face "
-                               f"{config['model_type']} checkpoints; use a keras-hub preset of {family.name} instead "
-                               "(docs/encoders.md)")
+            raise EncoderError(
+                f"encoder directory {directory}: keras-hub 0.32 cannot convert Hugging Face "
+                f"{config['model_type']} checkpoints; use a keras-hub preset of {family.name} instead "
+                "(docs/encoders.md)"
+            )
         return family
     name = config.get("class_name", "")
     for family in FAMILIES.values():
         if name == family.backbone or name == "BertEncoderBackbone" and family.name == "bert":
             return family
-    raise EncoderError(f"encoder directory {directory}: backbone {name!r} is not a supported text encoder "
-                       f"({', '.join(f.backbone for f in FAMILIES.values())})")
+    raise EncoderError(
+        f"encoder directory {directory}: backbone {name!r} is not a supported text encoder "
+        f"({', '.join(f.backbone for f in FAMILIES.values())})"
+    )
 
 
 def _seed(seed: int | None) -> None:
@@ -270,8 +283,16 @@ def load_encoder(
         return dataclasses.replace(encoder, backbone=keep_layers(encoder.backbone, layers, original), spec=original)
     spec = check_spec(spec)
     if spec.startswith("random"):
-        return _random_encoder(parse_family(spec), parse_size_spec(spec), original, dropout, vocab_file, training_texts,
-                               vocabulary_size, seed)
+        return _random_encoder(
+            parse_family(spec),
+            parse_size_spec(spec),
+            original,
+            dropout,
+            vocab_file,
+            training_texts,
+            vocabulary_size,
+            seed,
+        )
     overrides = {} if dropout is None else {"dropout": dropout}
     family = directory_family(spec) if os.path.isdir(spec) else preset_family(spec)
     _seed(seed)  # presets and Hugging Face directories too: their SeedGenerators are built unseeded otherwise
@@ -281,30 +302,49 @@ def load_encoder(
     except Exception as error:
         raise EncoderError(f"cannot load encoder {original!r} from {spec}: {error}") from None
     if family.name != "bert":
-        return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=bool(getattr(tokenizer, "lowercase", False)),
-                       spec=original, tokenizer=tokenizer)
-    hugging_face = os.path.isfile(os.path.join(spec, "config.json")) and not os.path.isfile(os.path.join(spec, "metadata.json"))
+        return Encoder(
+            backbone,
+            list(tokenizer.get_vocabulary()),
+            lowercase=bool(getattr(tokenizer, "lowercase", False)),
+            spec=original,
+            tokenizer=tokenizer,
+        )
+    hugging_face = os.path.isfile(os.path.join(spec, "config.json")) and not os.path.isfile(
+        os.path.join(spec, "metadata.json")
+    )
     lowercase = _directory_lowercase(spec) if hugging_face else bool(tokenizer.lowercase)
     if hugging_face:
         backbone = with_activation(backbone, checkpoint_activation(spec))
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=original)
 
 
-def _random_encoder(family: Family, config: dict[str, int], spec: str, dropout: float | None, vocab_file: str | None,
-                    training_texts: Iterable[str] | None, vocabulary_size: int, seed: int | None) -> Encoder:
+def _random_encoder(
+    family: Family,
+    config: dict[str, int],
+    spec: str,
+    dropout: float | None,
+    vocab_file: str | None,
+    training_texts: Iterable[str] | None,
+    vocabulary_size: int,
+    seed: int | None,
+) -> Encoder:
     """A randomly initialised encoder of any family, with a tokenizer of its kind: read from
     `vocab_file` (WordPiece families) or learned from `training_texts`."""
     if vocab_file:
         if family.vocabulary != "wordpiece":
-            raise EncoderError(f"encoder {spec!r}: vocab_file is a WordPiece vocabulary; {family.name} uses "
-                               f"{family.vocabulary} (leave vocab_file empty to learn one from the training text)")
+            raise EncoderError(
+                f"encoder {spec!r}: vocab_file is a WordPiece vocabulary; {family.name} uses "
+                f"{family.vocabulary} (leave vocab_file empty to learn one from the training text)"
+            )
         vocabulary = read_vocabulary(vocab_file)
         tokenizer, lowercase = family.tokenizer_class(vocabulary=vocabulary, lowercase=True), True
     elif training_texts is not None:
         tokenizer, lowercase = learn_tokenizer(family, training_texts, vocabulary_size)
     else:
         sources = "--vocab_file or training text" if family.vocabulary == "wordpiece" else "training text"
-        raise EncoderError(f"encoder {spec!r} is random: give {sources} to make its {family.vocabulary} vocabulary from")
+        raise EncoderError(
+            f"encoder {spec!r} is random: give {sources} to make its {family.vocabulary} vocabulary from"
+        )
     _seed(seed)
     backbone = random_backbone(family, config, tokenizer.vocabulary_size(), dropout)
     return Encoder(backbone, list(tokenizer.get_vocabulary()), lowercase=lowercase, spec=spec, tokenizer=tokenizer)
@@ -316,19 +356,23 @@ def keep_layers(backbone: keras.layers.Layer, layers: list[int], spec: str = "")
     from its teacher."""
     family = family_of(backbone)
     if family.name == "albert":
-        raise EncoderError(f"encoder {spec!r}: ALBERT shares its layers across depth, so there are no layers to pick; "
-                           "use a random ALBERT with fewer layers")
+        raise EncoderError(
+            f"encoder {spec!r}: ALBERT shares its layers across depth, so there are no layers to pick; "
+            "use a random ALBERT with fewer layers"
+        )
     outside = [index for index in layers if index >= backbone.num_layers]
     if outside:
-        raise EncoderError(f"encoder {spec!r}: layer(s) {', '.join(map(str, outside))} out of range; the encoder has "
-                           f"{backbone.num_layers} (0-{backbone.num_layers - 1})")
+        raise EncoderError(
+            f"encoder {spec!r}: layer(s) {', '.join(map(str, outside))} out of range; the encoder has "
+            f"{backbone.num_layers} (0-{backbone.num_layers - 1})"
+        )
     smaller = type(backbone).from_config({**backbone.get_config(), "num_layers": len(layers)})
     prefix = "disentangled_attention_encoder_layer_" if family.name == "deberta_v3" else "transformer_layer_"
     source = {layer.name: layer for layer in backbone.layers}
     for layer in smaller.layers:
         name = layer.name
         if name.startswith(prefix):
-            name = f"{prefix}{layers[int(name[len(prefix):])]}"
+            name = f"{prefix}{layers[int(name[len(prefix) :])]}"
         if layer.weights:
             layer.set_weights(source[name].get_weights())
     return smaller

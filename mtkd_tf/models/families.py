@@ -52,16 +52,20 @@ class Family:
         return getattr(keras_hub.models, self.tokenizer)
 
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (
-    Family("bert", "BertBackbone", "BertTokenizer", "wordpiece", segments=True),
-    Family("roberta", "RobertaBackbone", "RobertaTokenizer", "bpe", segments=False),
-    Family("deberta_v3", "DebertaV3Backbone", "DebertaV3Tokenizer", "sentencepiece", segments=False,
-           hf_converter=False),
-    Family("electra", "ElectraBackbone", "ElectraTokenizer", "wordpiece", segments=True, hf_converter=False),
-    Family("albert", "AlbertBackbone", "AlbertTokenizer", "sentencepiece", segments=True),
-    Family("distil_bert", "DistilBertBackbone", "DistilBertTokenizer", "wordpiece", segments=False),
-    Family("xlm_roberta", "XLMRobertaBackbone", "XLMRobertaTokenizer", "sentencepiece", segments=False),
-)}
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("bert", "BertBackbone", "BertTokenizer", "wordpiece", segments=True),
+        Family("roberta", "RobertaBackbone", "RobertaTokenizer", "bpe", segments=False),
+        Family(
+            "deberta_v3", "DebertaV3Backbone", "DebertaV3Tokenizer", "sentencepiece", segments=False, hf_converter=False
+        ),
+        Family("electra", "ElectraBackbone", "ElectraTokenizer", "wordpiece", segments=True, hf_converter=False),
+        Family("albert", "AlbertBackbone", "AlbertTokenizer", "sentencepiece", segments=True),
+        Family("distil_bert", "DistilBertBackbone", "DistilBertTokenizer", "wordpiece", segments=False),
+        Family("xlm_roberta", "XLMRobertaBackbone", "XLMRobertaTokenizer", "sentencepiece", segments=False),
+    )
+}
 
 
 def family_of(backbone: keras.layers.Layer) -> Family:
@@ -93,8 +97,9 @@ def encode(backbone: keras.layers.Layer, inputs: dict) -> dict:
     return {"sequence_output": sequence, "pooled_output": sequence[:, 0, :]}
 
 
-def random_backbone(family: Family, size: dict[str, int], vocabulary_size: int,
-                    dropout: float | None = None) -> keras.layers.Layer:
+def random_backbone(
+    family: Family, size: dict[str, int], vocabulary_size: int, dropout: float | None = None
+) -> keras.layers.Layer:
     """A randomly initialised backbone of `family` with `size` (num_layers, hidden_dim, num_heads,
     intermediate_dim, max_sequence_length)."""
     arguments: dict[str, Any] = {**size, "vocabulary_size": vocabulary_size}
@@ -114,10 +119,19 @@ WORDPIECE_RESERVED = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BPE_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # SentencePiece trainer settings that give each family's tokenizer the special ids it expects.
 _SENTENCEPIECE = {
-    "albert": dict(pad_id=0, pad_piece="<pad>", unk_id=1, bos_id=-1, eos_id=-1,
-                   user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"]),
-    "deberta_v3": dict(pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]",
-                       unk_id=3, unk_piece="[UNK]"),
+    "albert": dict(
+        pad_id=0, pad_piece="<pad>", unk_id=1, bos_id=-1, eos_id=-1, user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"]
+    ),
+    "deberta_v3": dict(
+        pad_id=0,
+        pad_piece="[PAD]",
+        bos_id=1,
+        bos_piece="[CLS]",
+        eos_id=2,
+        eos_piece="[SEP]",
+        unk_id=3,
+        unk_piece="[UNK]",
+    ),
     "xlm_roberta": dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),  # fairseq order; the tokenizer shifts ids
 }
 
@@ -128,7 +142,8 @@ def learn_wordpiece_vocabulary(texts: Iterable[str], size: int = 2000) -> list[s
 
     data = tf.data.Dataset.from_tensor_slices(list(texts)).batch(1000)
     return keras_hub.tokenizers.compute_word_piece_vocabulary(
-        data, vocabulary_size=size, lowercase=True, reserved_tokens=WORDPIECE_RESERVED)
+        data, vocabulary_size=size, lowercase=True, reserved_tokens=WORDPIECE_RESERVED
+    )
 
 
 def learn_tokenizer(family: Family, texts: Iterable[str], size: int = 2000) -> tuple[Any, bool]:
@@ -143,15 +158,23 @@ def learn_tokenizer(family: Family, texts: Iterable[str], size: int = 2000) -> t
 
         proto = io.BytesIO()
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=proto, vocab_size=size, hard_vocab_limit=False,
-            model_type="unigram", normalization_rule_name="nmt_nfkc_cf", minloglevel=2, **_SENTENCEPIECE[family.name])
+            sentence_iterator=iter(texts),
+            model_writer=proto,
+            vocab_size=size,
+            hard_vocab_limit=False,
+            model_type="unigram",
+            normalization_rule_name="nmt_nfkc_cf",
+            minloglevel=2,
+            **_SENTENCEPIECE[family.name],
+        )
         return family.tokenizer_class(proto=proto.getvalue()), True
     from tokenizers import ByteLevelBPETokenizer
 
     trainer = ByteLevelBPETokenizer()
     # the 256 byte symbols come first; keras-hub's BPE tokenizer needs at least one merge after them
-    trainer.train_from_iterator(texts, vocab_size=max(size, 256 + len(BPE_SPECIAL) + 64), special_tokens=BPE_SPECIAL,
-                                show_progress=False)
+    trainer.train_from_iterator(
+        texts, vocab_size=max(size, 256 + len(BPE_SPECIAL) + 64), special_tokens=BPE_SPECIAL, show_progress=False
+    )
     with tempfile.TemporaryDirectory() as directory:
         vocabulary, merges = trainer.save_model(directory)
         with open(merges, encoding="utf-8") as handle:
@@ -171,8 +194,9 @@ def save_tokenizer(tokenizer: Any, directory: str) -> list[str]:
     written files, relative to `directory`."""
     target = os.path.join(directory, TOKENIZER_DIR)
     tokenizer.save_to_preset(target)
-    return sorted(os.path.relpath(os.path.join(root, name), directory)
-                  for root, _, names in os.walk(target) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory) for root, _, names in os.walk(target) for name in names
+    )
 
 
 def load_saved_tokenizer(directory: str) -> Any:

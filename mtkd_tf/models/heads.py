@@ -11,8 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 from mtkd_tf.models.san import SANAnswerModule
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
 HEAD_DTYPE = "float32"
 
@@ -80,8 +80,13 @@ def make_head(task: Task, hidden_dim: int) -> keras.layers.Layer:
     """The head a task's type (and answer module) calls for, named after the task."""
     if task.type == CLASSIFICATION and task.answer_module == "san":
         return SANAnswerModule(
-            task.num_classes, hidden_dim, num_steps=task.san_steps, step_dropout=task.san_step_dropout,
-            dropout=task.dropout, dtype=HEAD_DTYPE, name=task.name,
+            task.num_classes,
+            hidden_dim,
+            num_steps=task.san_steps,
+            step_dropout=task.san_step_dropout,
+            dropout=task.dropout,
+            dtype=HEAD_DTYPE,
+            name=task.name,
         )
     if task.type == CLASSIFICATION:
         return ClassificationHead(task.num_classes, task.dropout, dtype=HEAD_DTYPE, name=task.name)
@@ -93,9 +98,11 @@ def make_head(task: Task, hidden_dim: int) -> keras.layers.Layer:
 def apply_head(head: keras.layers.Layer, encoded: dict, features: dict):
     """Calls `head` on what it reads: the pooled [CLS] vector, or (SAN) the token vectors."""
     if getattr(head, "reads_tokens", False):
-        return head({
-            "sequence_output": encoded["sequence_output"],
-            "segment_ids": features["segment_ids"],
-            "padding_mask": features["padding_mask"],
-        })
+        return head(
+            {
+                "sequence_output": encoded["sequence_output"],
+                "segment_ids": features["segment_ids"],
+                "padding_mask": features["padding_mask"],
+            }
+        )
     return head(encoded["pooled_output"])

@@ -14,14 +14,19 @@ import tensorflow as tf
 
 from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.distribute import is_multi_worker
+from mtkd_tf.training.distribute import is_multi_worker
 
 if TYPE_CHECKING:  # mtdnn imports this module (predict_texts)
     from mtkd_tf.models.mtdnn import MTDNN
 
 
-def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_length: bool = True,
-                    tokens: tuple[tf.RaggedTensor, ...] | None = None) -> np.ndarray:
+def predict_outputs(
+    model: MTDNN,
+    data: SplitData,
+    batch_size: int = 128,
+    by_length: bool = True,
+    tokens: tuple[tf.RaggedTensor, ...] | None = None,
+) -> np.ndarray:
     """Head outputs (log-probabilities or scores) of `data`'s task, in data order, tokenised
     by the model's own preprocessor (or given as `tokens`, e.g. shared by an ensemble).
 
@@ -57,16 +62,17 @@ def predict_outputs(model: MTDNN, data: SplitData, batch_size: int = 128, by_len
 
 
 _PREDICT_STEPS: "weakref.WeakKeyDictionary[MTDNN, tf.types.experimental.PolymorphicFunction]" = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
-def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]
-                  ) -> tf.types.experimental.PolymorphicFunction:
+def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]) -> tf.types.experimental.PolymorphicFunction:
     """The model's one inference graph (every head), for batches of any size and width."""
     step = _PREDICT_STEPS.get(model)
     if step is None:
-        relaxed = {name: tf.TensorSpec([None] * spec.shape.rank, spec.dtype, name)
-                   for name, spec in element_spec.items()}
+        relaxed = {
+            name: tf.TensorSpec([None] * spec.shape.rank, spec.dtype, name) for name, spec in element_spec.items()
+        }
         held = weakref.ref(model)  # the cache must not keep the model alive
         step = tf.function(lambda x: held()(x, training=False), input_signature=[relaxed])
         _PREDICT_STEPS[model] = step
@@ -81,7 +87,8 @@ def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]) -> Iterator[tupl
                 yield (task_name, split), data
 
 
-def dev_outputs(model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]],
-                batch_size: int = 128) -> dict[tuple[str, str], np.ndarray]:
+def dev_outputs(
+    model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]], batch_size: int = 128
+) -> dict[tuple[str, str], np.ndarray]:
     """One model's head outputs on every labelled split: `{(task, split): outputs}`."""
     return {key: predict_outputs(model, data, batch_size) for key, data in labelled_splits(dev)}

@@ -22,13 +22,13 @@ import numpy as np
 from mtkd_tf.data.batch import FEATURES
 from mtkd_tf.data.preprocessing import Preprocessor
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.distribute import MultiWorkerFit
-from mtkd_tf.losses import hard_loss
+from mtkd_tf.data.tasks import CLASSIFICATION, Task, head_tasks
 from mtkd_tf.models.families import encode
 from mtkd_tf.models.heads import apply_head, make_head
 from mtkd_tf.models.inference import predict_outputs
+from mtkd_tf.models.losses import hard_loss
 from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
-from mtkd_tf.tasks import CLASSIFICATION, Task, head_tasks
+from mtkd_tf.training.distribute import MultiWorkerFit
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
@@ -42,8 +42,13 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             and by `mt.load_model` (the model directory stores it beside `model.keras`).
     """
 
-    def __init__(self, encoder: keras_hub.models.Backbone, tasks: Sequence[Task | dict],
-                 preprocessor: Preprocessor | None = None, **kwargs):
+    def __init__(
+        self,
+        encoder: keras_hub.models.Backbone,
+        tasks: Sequence[Task | dict],
+        preprocessor: Preprocessor | None = None,
+        **kwargs,
+    ):
         tasks = tuple(Task.from_config(t) if isinstance(t, dict) else t for t in tasks)
         trained = tuple(head_tasks(tasks))
         if not trained:
@@ -95,8 +100,9 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         return {"loss": per_example}, task_id
 
     # --- predicting from raw text ----------------------------------------------------------
-    def predict_texts(self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None,
-                      batch_size: int = 128) -> dict[str, np.ndarray]:
+    def predict_texts(
+        self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 128
+    ) -> dict[str, np.ndarray]:
         """Predictions for raw strings (`pairs`: the second segment of pair tasks), as the
         exported SavedModel answers: `probabilities`, `label_id`, `label`; or `score`."""
         if self.preprocessor is None:
@@ -104,13 +110,22 @@ class MTDNN(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         spec = self.task(task)
         if spec.is_pair != (pairs is not None):
             raise ValueError(f"task {task} takes {'two texts (texts and pairs)' if spec.is_pair else 'one text'}")
-        data = SplitData(spec, "predict", [f"{task}/predict/{i}" for i in range(len(texts))], list(texts),
-                         None if pairs is None else list(pairs))
+        data = SplitData(
+            spec,
+            "predict",
+            [f"{task}/predict/{i}" for i in range(len(texts))],
+            list(texts),
+            None if pairs is None else list(pairs),
+        )
         outputs = predict_outputs(self, data, batch_size)
         if spec.type != CLASSIFICATION:
             return {"score": outputs}
         label_id = np.argmax(outputs, axis=-1)
-        return {"probabilities": np.exp(outputs), "label_id": label_id, "label": np.asarray(spec.labels, object)[label_id]}
+        return {
+            "probabilities": np.exp(outputs),
+            "label_id": label_id,
+            "label": np.asarray(spec.labels, object)[label_id],
+        }
 
     def get_config(self):
         return {

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from mtkd_tf.data.batch import FEATURES
-from mtkd_tf.distribute import cross_worker_logs
+from mtkd_tf.training.distribute import cross_worker_logs
 
 
 def split_features(x: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -54,7 +54,9 @@ def clip_by_global_norm(gradients: list, clipnorm) -> list:
         if gradient is None:
             return None
         if isinstance(gradient, tf.IndexedSlices):
-            return tf.IndexedSlices(gradient.values * tf.cast(scale, gradient.dtype), gradient.indices, gradient.dense_shape)
+            return tf.IndexedSlices(
+                gradient.values * tf.cast(scale, gradient.dtype), gradient.indices, gradient.dense_shape
+            )
         return gradient * tf.cast(scale, gradient.dtype)
 
     return [scaled(g) for g in gradients]
@@ -115,7 +117,9 @@ class MultiTaskTrainStep:
     (`step_logs`). Under MultiWorkerMirroredStrategy, mix in `distribute.MultiWorkerFit` too.
     """
 
-    def make_trackers(self, task_names: Sequence[str], parts: Sequence[str] = (), task_parts: Sequence[str] = ()) -> None:
+    def make_trackers(
+        self, task_names: Sequence[str], parts: Sequence[str] = (), task_parts: Sequence[str] = ()
+    ) -> None:
         """Mean trackers of each loss part overall (`<part>_loss`) and per task (`<task>_<kind>`)."""
         self.part_trackers = {part: keras.metrics.Mean(name=f"{part}_loss") for part in parts}
         self.task_trackers = {

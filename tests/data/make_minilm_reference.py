@@ -47,31 +47,39 @@ def bert(w, token_ids, segment_ids, mask, layers=6, heads=12):
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         context = (scores / scores.sum(-1, keepdims=True)) @ v
         context = context.transpose(0, 2, 1, 3).reshape(batch, length, hidden)
-        x = layer_norm(x + dense(context, w, f"{p}.attention.output.dense"),
-                       w[f"{p}.attention.output.LayerNorm.weight"], w[f"{p}.attention.output.LayerNorm.bias"])
+        x = layer_norm(
+            x + dense(context, w, f"{p}.attention.output.dense"),
+            w[f"{p}.attention.output.LayerNorm.weight"],
+            w[f"{p}.attention.output.LayerNorm.bias"],
+        )
         h = dense(x, w, f"{p}.intermediate.dense")
         h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU
-        x = layer_norm(x + dense(h, w, f"{p}.output.dense"),
-                       w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"])
+        x = layer_norm(
+            x + dense(h, w, f"{p}.output.dense"), w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"]
+        )
     return x
 
 
 def main():
     import tensorflow as tf
 
-    from mtkd_tf import assets
     from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
     from mtkd_tf.models.encoder import read_vocabulary
+    from mtkd_tf.runtime import assets
 
     directory = assets.fetch_encoder("minilm_l6")
     weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(directory, "model.safetensors")).items()}
-    preprocessor = Preprocessor(load_tokenizer(read_vocabulary(os.path.join(directory, "vocab.txt"))), 32, pad_to_multiple_of=0)
+    preprocessor = Preprocessor(
+        load_tokenizer(read_vocabulary(os.path.join(directory, "vocab.txt"))), 32, pad_to_multiple_of=0
+    )
     arrays = {}
     for name, texts in (("single", (SINGLE,)), ("pair", PAIR)):
         features = {k: v.numpy() for k, v in preprocessor(*(tf.constant(t) for t in texts)).items()}
         longest = int(features["padding_mask"].sum(-1).max())
         features = {k: v[:, :longest] for k, v in features.items()}
-        hidden = bert(weights, features["token_ids"], features["segment_ids"], features["padding_mask"].astype(np.float64))
+        hidden = bert(
+            weights, features["token_ids"], features["segment_ids"], features["padding_mask"].astype(np.float64)
+        )
         arrays.update({f"{name}_{k}": v for k, v in features.items()})
         arrays[f"{name}_hidden"] = hidden.astype(np.float32)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minilm_reference.npz")

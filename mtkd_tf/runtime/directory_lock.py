@@ -27,7 +27,7 @@ import sys
 import threading
 
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import disk_full, no_room
+from mtkd_tf.runtime.files import disk_full, no_room
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -70,8 +70,9 @@ def describe(holder: dict) -> str:
     if not holder:
         return "another process (its lock file is being written or is unreadable)"
     command = holder.get("command")
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            + (f" ({command})" if command else ""))
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}" + (
+        f" ({command})" if command else ""
+    )
 
 
 def _missing_top(directory: str) -> str | None:
@@ -155,16 +156,23 @@ class DirectoryLock:
         host = socket.gethostname()
         if previous and previous.get("pid") != os.getpid():
             if previous.get("host") != host:
-                raise LockError(f"{self.what} {self.directory} may be in use by {describe(previous)}, another machine "
-                                f"whose process cannot be checked from here; if that run is gone, delete {self.path} "
-                                "and run again")
+                raise LockError(
+                    f"{self.what} {self.directory} may be in use by {describe(previous)}, another machine "
+                    f"whose process cannot be checked from here; if that run is gone, delete {self.path} "
+                    "and run again"
+                )
             if _alive(previous):  # the flock is free but the process runs: locks do not work on this filesystem
                 self._refuse(previous)
-            logger.warning("taking over the lock of %s left by %s: that process is gone", self.directory,
-                           describe(previous))
-        record = {"pid": os.getpid(), "host": host, "process_start": _process_start(os.getpid()),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "command": " ".join(sys.argv)}
+            logger.warning(
+                "taking over the lock of %s left by %s: that process is gone", self.directory, describe(previous)
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": host,
+            "process_start": _process_start(os.getpid()),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
         try:
             os.ftruncate(handle, 0)
             os.pwrite(handle, (json.dumps(record) + "\n").encode(), 0)
@@ -177,8 +185,10 @@ class DirectoryLock:
     def _refuse(self, holder: dict) -> None:
         pid = holder.get("pid")
         stop = f"; wait for it to end, or stop it (kill -TERM {pid} saves a checkpoint and exits)" if pid else ""
-        raise LockError(f"{self.what} {self.directory} is in use by {describe(holder)}{stop}, then run again. "
-                        "One run per directory: a second run would overwrite the first's checkpoints and models")
+        raise LockError(
+            f"{self.what} {self.directory} is in use by {describe(holder)}{stop}, then run again. "
+            "One run per directory: a second run would overwrite the first's checkpoints and models"
+        )
 
     def release(self) -> None:
         with self._guard:

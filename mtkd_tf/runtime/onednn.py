@@ -34,17 +34,24 @@ def tensorflow_leaves_it_off(flags: set[str] | None, machine: str) -> bool:
     return machine.lower() in ("x86_64", "amd64") and flags is not None and not flags & set(TF_DEFAULT_ON)
 
 
-def enable(environ=os.environ, flags: set[str] | None = None, machine: str | None = None,
-           tensorflow_imported: bool | None = None) -> str:
+def enable(
+    environ=os.environ,
+    flags: set[str] | None = None,
+    machine: str | None = None,
+    tensorflow_imported: bool | None = None,
+) -> str:
     """Turns oneDNN on where it helps (see the module docstring); returns what was decided."""
     if VARIABLE in environ:
         return f"{VARIABLE}={environ[VARIABLE]} (the user's setting)"
     if not tensorflow_leaves_it_off(cpu_flags() if flags is None else flags, machine or platform.machine()):
         return "TensorFlow's default (on for this CPU, or not an x86 CPU)"
     if tensorflow_imported if tensorflow_imported is not None else "tensorflow" in sys.modules:
-        logger.warning("TensorFlow was imported before mtkd_tf, so its oneDNN optimisations stay off on this CPU "
-                       "(no AVX-512 VNNI/BF16 or AMX): set %s=1 before importing TensorFlow, or import mtkd_tf "
-                       "first, for 1.3-1.9x faster steps (docs/performance.md)", VARIABLE)
+        logger.warning(
+            "TensorFlow was imported before mtkd_tf, so its oneDNN optimisations stay off on this CPU "
+            "(no AVX-512 VNNI/BF16 or AMX): set %s=1 before importing TensorFlow, or import mtkd_tf "
+            "first, for 1.3-1.9x faster steps (docs/performance.md)",
+            VARIABLE,
+        )
         return "off: TensorFlow was imported before mtkd_tf"
     environ[VARIABLE] = "1"
     return f"{VARIABLE}=1 (set by mtkd_tf: TensorFlow leaves oneDNN off on this CPU)"

@@ -71,8 +71,16 @@ class ProgressLog(keras.callbacks.Callback):
     """Writes where training is: a line every `every_seconds` in a log (not in a terminal, where
     Keras's bar does it), and at each epoch end the time left for the stage and the run."""
 
-    def __init__(self, label: str, total_steps: int, start_step: int, batch_size: int,
-                 every_seconds: float = 60.0, clock: RunClock | None = None, lines: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        total_steps: int,
+        start_step: int,
+        batch_size: int,
+        every_seconds: float = 60.0,
+        clock: RunClock | None = None,
+        lines: bool | None = None,
+    ):
         super().__init__()
         self.label = label
         self.total_steps = total_steps
@@ -106,9 +114,15 @@ class ProgressLog(keras.callbacks.Callback):
             self._last_line = now
             rate = self._rate()
             left = (self.total_steps - self.step) / rate if rate else 0.0
-            logger.info("%s: step %d/%d, %.1f examples/s, loss %.4f, %s left in this stage",
-                        self.label, self.step, self.total_steps, rate * self.batch_size,
-                        self.losses[-1] if self.losses else float("nan"), duration(left))
+            logger.info(
+                "%s: step %d/%d, %.1f examples/s, loss %.4f, %s left in this stage",
+                self.label,
+                self.step,
+                self.total_steps,
+                rate * self.batch_size,
+                self.losses[-1] if self.losses else float("nan"),
+                duration(left),
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         rate = self._rate()
@@ -116,6 +130,13 @@ class ProgressLog(keras.callbacks.Callback):
             return
         stage_left = (self.total_steps - self.step) / rate
         run_left = self.clock.time_left() if self.clock is not None else None
-        logger.info("%s: epoch %d done (step %d/%d, %.1f examples/s); %s left in this stage%s",
-                    self.label, epoch + 1, self.step, self.total_steps, rate * self.batch_size,
-                    duration(stage_left), f", about {duration(run_left)} left for the run" if run_left is not None else "")
+        logger.info(
+            "%s: epoch %d done (step %d/%d, %.1f examples/s); %s left in this stage%s",
+            self.label,
+            epoch + 1,
+            self.step,
+            self.total_steps,
+            rate * self.batch_size,
+            duration(stage_left),
+            f", about {duration(run_left)} left for the run" if run_left is not None else "",
+        )

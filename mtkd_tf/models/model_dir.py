@@ -18,9 +18,9 @@ import keras
 
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor, load_tokenizer
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import disk_full, no_room, sha256, write_atomic, write_json
 from mtkd_tf.models.families import TOKENIZER_DIR, load_saved_tokenizer, save_tokenizer
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
+from mtkd_tf.runtime.files import disk_full, no_room, sha256, write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ class ModelDirError(MtkdError, ValueError):
     """A model directory is missing, incomplete or corrupt."""
 
 
-def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_length: int,
-         **settings: Any) -> None:
+def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_length: int, **settings: Any) -> None:
     """Saves model, tokenizer and preprocessing settings; the model file goes last. `tokenizer`:
     a WordPiece vocabulary (list) or BERT tokenizer (written as vocab.txt), or any keras-hub
     tokenizer (written under `tokenizer/`)."""
@@ -70,9 +69,12 @@ def save(model_dir: str, model: MTDNN, tokenizer: Any, lowercase: bool, max_seq_
         os.replace(temporary, os.path.join(model_dir, MODEL_FILE))
     except Exception as error:
         if disk_full(error):
-            raise no_room(os.path.join(model_dir, MODEL_FILE), error,
-                          "the model directory stays incomplete (no manifest), so nothing uses it, and a training "
-                          "run's checkpoints are kept until its model is saved") from None
+            raise no_room(
+                os.path.join(model_dir, MODEL_FILE),
+                error,
+                "the model directory stays incomplete (no manifest), so nothing uses it, and a training "
+                "run's checkpoints are kept until its model is saved",
+            ) from None
         raise
     finally:
         if os.path.exists(temporary):
@@ -89,8 +91,9 @@ def _tokenizer_file(model_dir: str) -> str:
 
 def exists(model_dir: str) -> bool:
     """Whether `save` finished writing `model_dir` (its manifest is written last)."""
-    return (all(os.path.isfile(os.path.join(model_dir, name)) for name in (*FILES, MANIFEST_FILE))
-            and os.path.isfile(_tokenizer_file(model_dir)))
+    return all(os.path.isfile(os.path.join(model_dir, name)) for name in (*FILES, MANIFEST_FILE)) and os.path.isfile(
+        _tokenizer_file(model_dir)
+    )
 
 
 def complete(model_dir: str) -> bool:
@@ -112,13 +115,17 @@ def verify(model_dir: str) -> None:
         with open(manifest, encoding="utf-8") as handle:
             expected = dict(json.load(handle)["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelDirError(f"model directory {model_dir}: {MANIFEST_FILE} is unreadable ({type(error).__name__}: "
-                            f"{error}); retrain the model (delete the directory and re-run)") from None
+        raise ModelDirError(
+            f"model directory {model_dir}: {MANIFEST_FILE} is unreadable ({type(error).__name__}: "
+            f"{error}); retrain the model (delete the directory and re-run)"
+        ) from None
     for name, digest in expected.items():
         path = os.path.join(model_dir, name)
         if not os.path.isfile(path):
-            raise ModelDirError(f"model directory {model_dir}: {name} is missing (listed in {MANIFEST_FILE}); "
-                                "retrain the model (delete the directory and re-run)")
+            raise ModelDirError(
+                f"model directory {model_dir}: {name} is missing (listed in {MANIFEST_FILE}); "
+                "retrain the model (delete the directory and re-run)"
+            )
         if sha256(path) != digest:
             size = os.path.getsize(path)
             raise ModelDirError(

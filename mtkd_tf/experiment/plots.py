@@ -13,7 +13,7 @@ import json
 import os
 from typing import Mapping, Sequence
 
-from mtkd_tf.files import write_atomic
+from mtkd_tf.runtime.files import write_atomic
 
 _COLOURS = {"ensemble": "#1f77b4", "baseline": "#7f7f7f", "student": "#d62728"}
 _MEMBER = "#aec7e8"
@@ -40,8 +40,11 @@ def _pyplot():
     return plt
 
 
-ERROR_BARS = {"student": "student - baseline", "ensemble": "ensemble - mean member",
-              "student_mean": "student - baseline"}
+ERROR_BARS = {
+    "student": "student - baseline",
+    "ensemble": "ensemble - mean member",
+    "student_mean": "student - baseline",
+}
 
 
 def _colour(row: str) -> str:
@@ -53,8 +56,9 @@ def _colour(row: str) -> str:
     return {"student": "#ff9896", "baseline": "#c7c7c7"}.get(row.split("_")[0], _MEMBER)
 
 
-def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None,
-                split: str = "dev") -> str:
+def plot_scores(
+    report: Mapping, rows: Sequence[str], path: str, intervals: Mapping | None = None, split: str = "dev"
+) -> str:
     """Grouped bars: one group per task (its first metric), one bar per row of the report.
 
     With `intervals` (`{task: {metric: {"a - b": (estimate, low, high)}}}`), the student's bar
@@ -82,13 +86,24 @@ def plot_scores(report: Mapping, rows: Sequence[str], path: str, intervals: Mapp
                     estimate, low, high = found
                     errors[0][t] = 100 * (estimate - low)
                     errors[1][t] = 100 * (high - estimate)
-        axis.bar(positions, values, width * 0.95, label=row, color=colour, yerr=errors, capsize=2,
-                 edgecolor="black" if colour in _COLOURS.values() else "none", linewidth=0.5)
+        axis.bar(
+            positions,
+            values,
+            width * 0.95,
+            label=row,
+            color=colour,
+            yerr=errors,
+            capsize=2,
+            edgecolor="black" if colour in _COLOURS.values() else "none",
+            linewidth=0.5,
+        )
     axis.set_xticks(range(len(tasks)), labels)
     axis.set_ylabel(f"{split} score (x100)")
-    axis.set_title("Teachers, their ensemble, the baseline MT-DNN and the distilled student"
-                   + ("\n(error bars: 95% intervals of student - baseline and ensemble - mean member)" if intervals else ""),
-                   fontsize=10)
+    axis.set_title(
+        "Teachers, their ensemble, the baseline MT-DNN and the distilled student"
+        + ("\n(error bars: 95% intervals of student - baseline and ensemble - mean member)" if intervals else ""),
+        fontsize=10,
+    )
     axis.axhline(0, color="black", linewidth=0.6)
     axis.legend(ncol=min(len(rows), 6), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     axis.grid(axis="y", alpha=0.3)
@@ -107,8 +122,12 @@ def _history(history: str | Sequence[dict] | None) -> list[dict]:
         return json.load(handle)
 
 
-def plot_training_curves(student_history: str | Sequence[dict], baseline_history: str | Sequence[dict] | None,
-                         tasks: Sequence[str], path: str) -> str:
+def plot_training_curves(
+    student_history: str | Sequence[dict],
+    baseline_history: str | Sequence[dict] | None,
+    tasks: Sequence[str],
+    path: str,
+) -> str:
     """Per task: the student's total, weighted hard and weighted soft loss per epoch (+ the baseline's)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -119,19 +138,30 @@ def plot_training_curves(student_history: str | Sequence[dict], baseline_history
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
     for axis, task in zip(axes.flat, tasks):
         epochs = [entry["epoch"] + 1 for entry in student]
-        for key, label, style in ((f"{task}_loss", "student total", "-"), (f"{task}_hard", "weighted hard", "--"),
-                                  (f"{task}_soft", "weighted soft", ":")):
+        for key, label, style in (
+            (f"{task}_loss", "student total", "-"),
+            (f"{task}_hard", "weighted hard", "--"),
+            (f"{task}_soft", "weighted soft", ":"),
+        ):
             if student and key in student[0]:
-                axis.plot(epochs, [entry[key] for entry in student], style, marker="o", color=_COLOURS["student"], label=label)
+                axis.plot(
+                    epochs, [entry[key] for entry in student], style, marker="o", color=_COLOURS["student"], label=label
+                )
         if baseline and f"{task}_loss" in baseline[0]:
-            axis.plot([entry["epoch"] + 1 for entry in baseline], [entry[f"{task}_loss"] for entry in baseline],
-                      "-", marker="s", color=_COLOURS["baseline"], label="baseline (hard)")
+            axis.plot(
+                [entry["epoch"] + 1 for entry in baseline],
+                [entry[f"{task}_loss"] for entry in baseline],
+                "-",
+                marker="s",
+                color=_COLOURS["baseline"],
+                label="baseline (hard)",
+            )
         axis.set_title(task)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel("training loss")
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(tasks):]:
+    for axis in list(axes.flat)[len(tasks) :]:
         axis.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)

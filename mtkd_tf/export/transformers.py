@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf.export import ExportError
-from mtkd_tf.files import is_empty_target, new_directory, write_atomic, write_json
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
+from mtkd_tf.export.saved_model import ExportError
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.families import family_of
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
+from mtkd_tf.runtime.files import is_empty_target, new_directory, write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ TANH_ARGUMENT = 1e-3  # the RoBERTa head's largest tanh argument: tanh(u) = u (1
 
 
 def _array(variable) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable,
-                                           dtype=np.float32))
+    return np.ascontiguousarray(
+        np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable, dtype=np.float32)
+    )
 
 
 def _norm(layer, name: str) -> dict[str, np.ndarray]:
@@ -97,11 +98,18 @@ def encoder_layer_tensors(layer, prefix: str) -> dict[str, np.ndarray]:
 
 def _common_config(backbone, tokenizer, architecture: str, model_type: str) -> dict[str, Any]:
     return {
-        "architectures": [architecture], "model_type": model_type, "vocab_size": int(backbone.vocabulary_size),
-        "hidden_size": int(backbone.hidden_dim), "num_hidden_layers": int(backbone.num_layers),
-        "num_attention_heads": int(backbone.num_heads), "intermediate_size": int(backbone.intermediate_dim),
-        "hidden_dropout_prob": float(backbone.dropout), "attention_probs_dropout_prob": float(backbone.dropout),
-        "initializer_range": 0.02, "position_embedding_type": "absolute", "pad_token_id": int(tokenizer.pad_token_id),
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": int(backbone.vocabulary_size),
+        "hidden_size": int(backbone.hidden_dim),
+        "num_hidden_layers": int(backbone.num_layers),
+        "num_attention_heads": int(backbone.num_heads),
+        "intermediate_size": int(backbone.intermediate_dim),
+        "hidden_dropout_prob": float(backbone.dropout),
+        "attention_probs_dropout_prob": float(backbone.dropout),
+        "initializer_range": 0.02,
+        "position_embedding_type": "absolute",
+        "pad_token_id": int(tokenizer.pad_token_id),
         "dtype": "float32",
     }
 
@@ -111,20 +119,28 @@ def bert_checkpoint(backbone, tokenizer, architecture: str) -> tuple[dict[str, n
     BERT checkpoint: tensors (with the `bert.` prefix, as transformers' task models save them) and config."""
     activation = getattr(backbone, "hidden_activation", "gelu_approximate")
     if activation not in _HF_ACTIVATIONS:
-        raise ExportError(f"BERT encoder with feed-forward activation {activation!r}: transformers' names only "
-                          f"{', '.join(_HF_ACTIVATIONS)} among ours")
+        raise ExportError(
+            f"BERT encoder with feed-forward activation {activation!r}: transformers' names only "
+            f"{', '.join(_HF_ACTIVATIONS)} among ours"
+        )
     tensors = {
         "bert.embeddings.word_embeddings.weight": _array(backbone.get_layer("token_embedding").embeddings),
-        "bert.embeddings.position_embeddings.weight": _array(backbone.get_layer("position_embedding").position_embeddings),
+        "bert.embeddings.position_embeddings.weight": _array(
+            backbone.get_layer("position_embedding").position_embeddings
+        ),
         "bert.embeddings.token_type_embeddings.weight": _array(backbone.get_layer("segment_embedding").embeddings),
         **_norm(backbone.get_layer("embeddings_layer_norm"), "bert.embeddings.LayerNorm"),
         **_dense(backbone.get_layer("pooled_dense"), "bert.pooler.dense"),
     }
     for index, layer in enumerate(backbone.transformer_layers):
         tensors.update(encoder_layer_tensors(layer, f"bert.encoder.layer.{index}."))
-    config = {**_common_config(backbone, tokenizer, architecture, "bert"), "hidden_act": _HF_ACTIVATIONS[activation],
-              "max_position_embeddings": int(backbone.max_sequence_length),
-              "type_vocab_size": int(backbone.num_segments), "layer_norm_eps": 1e-12}
+    config = {
+        **_common_config(backbone, tokenizer, architecture, "bert"),
+        "hidden_act": _HF_ACTIVATIONS[activation],
+        "max_position_embeddings": int(backbone.max_sequence_length),
+        "type_vocab_size": int(backbone.num_segments),
+        "layer_norm_eps": 1e-12,
+    }
     return tensors, config
 
 
@@ -133,24 +149,32 @@ def roberta_checkpoint(backbone, tokenizer, architecture: str) -> tuple[dict[str
     `ROBERTA_POSITION_OFFSET` (rows 0-1 are never used by unpadded tokens), zero token-type
     embeddings (keras-hub's RoBERTa has none)."""
     if tokenizer.pad_token_id != ROBERTA_POSITION_OFFSET - 1:
-        raise ExportError(f"RoBERTa tokenizer with <pad> id {tokenizer.pad_token_id}: transformers numbers positions "
-                          f"from the pad id + 1 and keras-hub reads them from {ROBERTA_POSITION_OFFSET}, which "
-                          f"agree only for pad id {ROBERTA_POSITION_OFFSET - 1}")
+        raise ExportError(
+            f"RoBERTa tokenizer with <pad> id {tokenizer.pad_token_id}: transformers numbers positions "
+            f"from the pad id + 1 and keras-hub reads them from {ROBERTA_POSITION_OFFSET}, which "
+            f"agree only for pad id {ROBERTA_POSITION_OFFSET - 1}"
+        )
     hidden = int(backbone.hidden_dim)
     positions = _array(backbone.embeddings.position_embedding.position_embeddings)
     tensors = {
         "roberta.embeddings.word_embeddings.weight": _array(backbone.token_embedding.embeddings),
         "roberta.embeddings.position_embeddings.weight": np.concatenate(
-            [np.zeros((ROBERTA_POSITION_OFFSET, hidden), np.float32), positions]),
+            [np.zeros((ROBERTA_POSITION_OFFSET, hidden), np.float32), positions]
+        ),
         "roberta.embeddings.token_type_embeddings.weight": np.zeros((1, hidden), np.float32),
         **_norm(backbone.embeddings_layer_norm, "roberta.embeddings.LayerNorm"),
     }
     for index, layer in enumerate(backbone.transformer_layers):
         tensors.update(encoder_layer_tensors(layer, f"roberta.encoder.layer.{index}."))
-    config = {**_common_config(backbone, tokenizer, architecture, "roberta"), "hidden_act": "gelu",
-              "max_position_embeddings": int(backbone.max_sequence_length) + ROBERTA_POSITION_OFFSET,
-              "type_vocab_size": 1, "layer_norm_eps": 1e-5, "bos_token_id": int(tokenizer.start_token_id),
-              "eos_token_id": int(tokenizer.end_token_id)}
+    config = {
+        **_common_config(backbone, tokenizer, architecture, "roberta"),
+        "hidden_act": "gelu",
+        "max_position_embeddings": int(backbone.max_sequence_length) + ROBERTA_POSITION_OFFSET,
+        "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": int(tokenizer.start_token_id),
+        "eos_token_id": int(tokenizer.end_token_id),
+    }
     return tensors, config
 
 
@@ -178,43 +202,69 @@ def exported_head(model, task_name: str, model_dir: str) -> tuple[Task, Any]:
     try:
         task = model.task(task_name)
     except KeyError:
-        raise ExportError(f"export_task {task_name!r}: model {model_dir} has no such task; its tasks: "
-                          f"{', '.join(t.name for t in model.all_tasks)}", "export_task") from None
+        raise ExportError(
+            f"export_task {task_name!r}: model {model_dir} has no such task; its tasks: "
+            f"{', '.join(t.name for t in model.all_tasks)}",
+            "export_task",
+        ) from None
     head_task = model.task(task.predict_with) if task.predict_with else task
     head = model.heads[head_task.name]
     if head_task.type == RANKING:
-        raise ExportError(f"export_task {task_name!r}: a ranking task; its score only orders one question's candidates "
-                          "against each other (a softmax within each group), which no transformers head does. Export "
-                          "the encoder alone (no export_task) or a classification/regression task", "export_task")
+        raise ExportError(
+            f"export_task {task_name!r}: a ranking task; its score only orders one question's candidates "
+            "against each other (a softmax within each group), which no transformers head does. Export "
+            "the encoder alone (no export_task) or a classification/regression task",
+            "export_task",
+        )
     if getattr(head, "reads_tokens", False):
-        raise ExportError(f"export_task {task_name!r}: its head is the SAN answer module (K steps of attention and a "
-                          "GRU over both segments' token vectors), which transformers has no class for. Export the "
-                          "encoder alone (no export_task), or train the task with answer_module linear "
-                          f"(--answer_module={head_task.name}=linear)", "export_task")
+        raise ExportError(
+            f"export_task {task_name!r}: its head is the SAN answer module (K steps of attention and a "
+            "GRU over both segments' token vectors), which transformers has no class for. Export the "
+            "encoder alone (no export_task), or train the task with answer_module linear "
+            f"(--answer_module={head_task.name}=linear)",
+            "export_task",
+        )
     if head_task.type not in (CLASSIFICATION, REGRESSION) or not hasattr(head, "dense"):
-        raise ExportError(f"export_task {task_name!r}: a {head_task.type} head of type {type(head).__name__} "
-                          "has no transformers equivalent", "export_task")
+        raise ExportError(
+            f"export_task {task_name!r}: a {head_task.type} head of type {type(head).__name__} "
+            "has no transformers equivalent",
+            "export_task",
+        )
     return head_task, head
 
 
 def _head_config(task: Task) -> dict[str, Any]:
     labels = list(task.labels) if task.type == CLASSIFICATION else [task.name]
-    return {"id2label": {str(i): label for i, label in enumerate(labels)},
-            "label2id": {label: i for i, label in enumerate(labels)},
-            "problem_type": "single_label_classification" if task.type == CLASSIFICATION else "regression",
-            "classifier_dropout": float(task.dropout)}
+    return {
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": "single_label_classification" if task.type == CLASSIFICATION else "regression",
+        "classifier_dropout": float(task.dropout),
+    }
 
 
 def write_bert_tokenizer(tokenizer, directory: str, max_length: int) -> None:
     """vocab.txt (keras-hub's own asset), tokenizer_config.json and special_tokens_map.json."""
     tokenizer.save_assets(directory)
     os.replace(os.path.join(directory, "vocabulary.txt"), os.path.join(directory, "vocab.txt"))
-    special = {"unk_token": tokenizer.oov_token, "sep_token": tokenizer.sep_token, "pad_token": tokenizer.pad_token,
-               "cls_token": tokenizer.cls_token, "mask_token": tokenizer.mask_token}
-    write_json(os.path.join(directory, "tokenizer_config.json"), {
-        "tokenizer_class": "BertTokenizer", "do_lower_case": bool(tokenizer.lowercase),
-        "strip_accents": bool(tokenizer.strip_accents), "tokenize_chinese_chars": bool(tokenizer.split_on_cjk),
-        "model_max_length": max_length, **special})
+    special = {
+        "unk_token": tokenizer.oov_token,
+        "sep_token": tokenizer.sep_token,
+        "pad_token": tokenizer.pad_token,
+        "cls_token": tokenizer.cls_token,
+        "mask_token": tokenizer.mask_token,
+    }
+    write_json(
+        os.path.join(directory, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": bool(tokenizer.lowercase),
+            "strip_accents": bool(tokenizer.strip_accents),
+            "tokenize_chinese_chars": bool(tokenizer.split_on_cjk),
+            "model_max_length": max_length,
+            **special,
+        },
+    )
     write_json(os.path.join(directory, "special_tokens_map.json"), special)
 
 
@@ -224,13 +274,27 @@ def write_roberta_tokenizer(tokenizer, directory: str, max_length: int) -> None:
     write_atomic(os.path.join(directory, "vocab.json"), json.dumps(dict(tokenizer.vocabulary), ensure_ascii=False))
     merges = [merge for merge in tokenizer.merges if not merge.startswith("#version")]
     write_atomic(os.path.join(directory, "merges.txt"), "#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges))
-    special = {"bos_token": tokenizer.start_token, "eos_token": tokenizer.end_token, "sep_token": tokenizer.end_token,
-               "cls_token": tokenizer.start_token, "pad_token": tokenizer.pad_token, "mask_token": tokenizer.mask_token}
+    special = {
+        "bos_token": tokenizer.start_token,
+        "eos_token": tokenizer.end_token,
+        "sep_token": tokenizer.end_token,
+        "cls_token": tokenizer.start_token,
+        "pad_token": tokenizer.pad_token,
+        "mask_token": tokenizer.mask_token,
+    }
     if "<unk>" in tokenizer.vocabulary:
         special["unk_token"] = "<unk>"
-    write_json(os.path.join(directory, "tokenizer_config.json"), {
-        "tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "trim_offsets": True, "errors": "replace",
-        "model_max_length": max_length, **special})
+    write_json(
+        os.path.join(directory, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "RobertaTokenizer",
+            "add_prefix_space": False,
+            "trim_offsets": True,
+            "errors": "replace",
+            "model_max_length": max_length,
+            **special,
+        },
+    )
     write_json(os.path.join(directory, "special_tokens_map.json"), special)
 
 
@@ -243,15 +307,18 @@ def export_transformers(model_dir: str, target: str, task: str | None = None) ->
     from safetensors.numpy import save_file
 
     if not is_empty_target(target):
-        raise ExportError(f"export_dir {target}: exists and is not empty; a checkpoint is written into a new directory",
-                          "export_dir")
+        raise ExportError(
+            f"export_dir {target}: exists and is not empty; a checkpoint is written into a new directory", "export_dir"
+        )
     trained = model_dir_lib.load(model_dir)
     backbone, tokenizer = trained.encoder, trained.preprocessor.tokenizer
     family = family_of(backbone)
     if family.name not in CHECKPOINTS:
-        raise ExportError(f"model {model_dir}: its encoder is {family.name}; export_transformers writes "
-                          f"{' and '.join(FAMILIES)} encoders (MiniLM is BERT); export_preset writes any family "
-                          "for keras-hub")
+        raise ExportError(
+            f"model {model_dir}: its encoder is {family.name}; export_transformers writes "
+            f"{' and '.join(FAMILIES)} encoders (MiniLM is BERT); export_preset writes any family "
+            "for keras-hub"
+        )
     head_task, head = exported_head(trained, task, model_dir) if task else (None, None)
     prefix, checkpoint = CHECKPOINTS[family.name]
     architecture = f"{prefix}ForSequenceClassification" if head is not None else f"{prefix}Model"
@@ -265,8 +332,12 @@ def export_transformers(model_dir: str, target: str, task: str | None = None) ->
         config.update(_head_config(head_task))
     import mtkd_tf
 
-    config["mtkd_tf"] = {"version": mtkd_tf.__version__, "encoder": model_dir_lib.settings(model_dir).get("encoder"),
-                         "task": task, "max_seq_length": trained.preprocessor.sequence_length}
+    config["mtkd_tf"] = {
+        "version": mtkd_tf.__version__,
+        "encoder": model_dir_lib.settings(model_dir).get("encoder"),
+        "task": task,
+        "max_seq_length": trained.preprocessor.sequence_length,
+    }
     with new_directory(target) as staging:
         save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         write_json(os.path.join(staging, "config.json"), config)

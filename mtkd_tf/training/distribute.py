@@ -59,11 +59,17 @@ def configure_coordination_service(heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_
     cluster = resolver.cluster_spec()
     if resolver.task_type not in ("chief", "worker") or context.context().coordination_service is not None:
         return
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
-            for job in ("chief", "worker") if job in cluster.jobs]
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster.jobs
+    ]
     context.context().configure_coordination_service(
-        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster),
-        coordinated_jobs=jobs, heartbeat_timeout_in_ms=heartbeat_timeout_s * 1000)
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=heartbeat_timeout_s * 1000,
+    )
 
 
 def tpu_strategy(address: str | None = None) -> tf.distribute.TPUStrategy:
@@ -89,7 +95,9 @@ def get_strategy(name: str = "auto", num_gpus: int | None = None, tpu: str | Non
     # Before anything lists devices: both strategies must configure the runtime first.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise StrategyError("strategy multi_worker needs the cluster in the TF_CONFIG environment variable", "strategy")
+            raise StrategyError(
+                "strategy multi_worker needs the cluster in the TF_CONFIG environment variable", "strategy"
+            )
         configure_coordination_service()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu" or (name == "auto" and (tpu or any(os.environ.get(key) for key in _TPU_ENVIRONMENT))):
@@ -121,8 +129,10 @@ def set_precision(policy: str) -> str:
         speedup = bfloat16_speedup() if fast_bfloat16() else None
         policy = "mixed_bfloat16" if speedup is not None and speedup >= AUTO_BFLOAT16_SPEEDUP else "float32"
         logging.getLogger("mtkd_tf").info(
-            "mixed_precision auto -> %s (%s)", policy,
-            "bfloat16 is not native here" if speedup is None else f"bfloat16 matmuls {speedup:.1f}x float32's here")
+            "mixed_precision auto -> %s (%s)",
+            policy,
+            "bfloat16 is not native here" if speedup is None else f"bfloat16 matmuls {speedup:.1f}x float32's here",
+        )
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -174,8 +184,19 @@ def fast_bfloat16() -> bool:
 
 
 # oneDNN's ONEDNN_MAX_CPU_ISA values with native bfloat16 dot products (oneDNN's docs, "CPU ISA hints").
-BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
-                 "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+BFLOAT16_ISAS = (
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "ALL",
+    "DEFAULT",
+)
 
 
 def onednn_allows_bfloat16(environ) -> bool:
@@ -190,7 +211,9 @@ def onednn_allows_bfloat16(environ) -> bool:
 def inference_policy(precision: str) -> str:
     """The Keras dtype policy for batch inference: `auto` is mixed_bfloat16 where it is fast."""
     if precision not in INFERENCE_PRECISIONS:
-        raise StrategyError(f"unknown inference precision {precision!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}")
+        raise StrategyError(
+            f"unknown inference precision {precision!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}"
+        )
     if precision == "auto":
         precision = "bfloat16" if fast_bfloat16() else "float32"
     return "mixed_bfloat16" if precision == "bfloat16" else "float32"

@@ -81,9 +81,16 @@ class ExperimentLayout:
         directory (a non-chief worker's scratch copy, in multi-worker runs)."""
         teachers, distillation = config.teachers, config.distillation
         chosen = lambda path: where(path) if path else ""  # noqa: E731
-        return cls(chosen(config.runtime.model_dir), chosen(teachers.teacher_dir), chosen(distillation.soft_labels_dir),
-                   chosen(distillation.student_dir), seeds=distillation.seeds, train_baseline=distillation.train_baseline,
-                   compare_anneal=distillation.compare_anneal, self_distill_rounds=distillation.self_distill_rounds)
+        return cls(
+            chosen(config.runtime.model_dir),
+            chosen(teachers.teacher_dir),
+            chosen(distillation.soft_labels_dir),
+            chosen(distillation.student_dir),
+            seeds=distillation.seeds,
+            train_baseline=distillation.train_baseline,
+            compare_anneal=distillation.compare_anneal,
+            self_distill_rounds=distillation.self_distill_rounds,
+        )
 
     # --- teachers -------------------------------------------------------------------------------
     @property

@@ -31,9 +31,9 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from mtkd_tf import distribute, preemption
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import disk_full, fsync_directory, no_room, sha256
+from mtkd_tf.runtime.files import disk_full, fsync_directory, no_room, sha256
+from mtkd_tf.training import distribute, preemption
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def checkpoints(backup_dir: str) -> list[tuple[int, str]]:
         return []
     found = []
     for name in os.listdir(backup_dir):
-        if name.startswith(PREFIX) and name[len(PREFIX):].isdigit():
-            found.append((int(name[len(PREFIX):]), os.path.join(backup_dir, name)))
+        if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit():
+            found.append((int(name[len(PREFIX) :]), os.path.join(backup_dir, name)))
     return sorted(found)
 
 
@@ -131,7 +131,9 @@ class TrainingState:
         try:
             self._verify(final)
         except DamagedCheckpoint as error:
-            raise CheckpointError(f"{error}: it failed its check right after it was written; {self._kept(step)}") from None
+            raise CheckpointError(
+                f"{error}: it failed its check right after it was written; {self._kept(step)}"
+            ) from None
         for older, path in checkpoints(self.backup_dir)[: -self.keep]:
             shutil.rmtree(path, ignore_errors=True)
         return final
@@ -163,27 +165,38 @@ class TrainingState:
                 continue
             for bad, error in damaged:
                 aside = _move_aside(bad)
-                logger.warning("%s; it is not used: moved aside to %s, resuming from the older %s (step %d)",
-                               error, aside, path, step)
+                logger.warning(
+                    "%s; it is not used: moved aside to %s, resuming from the older %s (step %d)",
+                    error,
+                    aside,
+                    path,
+                    step,
+                )
             return self._load(model, step, path, state)
         if damaged:
             listed = "; ".join(str(error) for _, error in damaged)
-            raise CheckpointError(f"no valid checkpoint to resume from in {self.backup_dir}: {listed}; delete "
-                                  f"{self.backup_dir} to start this training over")
+            raise CheckpointError(
+                f"no valid checkpoint to resume from in {self.backup_dir}: {listed}; delete "
+                f"{self.backup_dir} to start this training over"
+            )
         return 0
 
     def _load(self, model: keras.Model, step: int, path: str, state: dict) -> int:
         rng = _rng_variables(model)
         if state["rng_states"] != len(rng):  # (variable names carry process-dependent suffixes)
-            raise CheckpointError(f"checkpoint {path} was made by a different model ({state['rng_states']} RNG states, "
-                                  f"this model has {len(rng)}); "
-                                  f"delete {self.backup_dir} to start this training over")
+            raise CheckpointError(
+                f"checkpoint {path} was made by a different model ({state['rng_states']} RNG states, "
+                f"this model has {len(rng)}); "
+                f"delete {self.backup_dir} to start this training over"
+            )
         _build_optimizer(model)
         try:
             model.load_weights(os.path.join(path, WEIGHTS))
         except Exception as error:  # h5py / Keras mismatch errors
-            raise CheckpointError(f"checkpoint {path} does not fit this model ({type(error).__name__}: {error}); "
-                                  f"delete {self.backup_dir} to start this training over") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model ({type(error).__name__}: {error}); "
+                f"delete {self.backup_dir} to start this training over"
+            ) from None
         with np.load(os.path.join(path, RNG)) as stored:
             for i, variable in enumerate(rng):
                 variable.assign(stored[f"rng_{i}"])
@@ -201,8 +214,9 @@ class TrainingState:
             digests = dict(state["sha256"])
             state["step"], state["rng_states"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DamagedCheckpoint(f"checkpoint {path}: {STATE} is unreadable or incomplete "
-                                    f"({type(error).__name__}: {error})") from None
+            raise DamagedCheckpoint(
+                f"checkpoint {path}: {STATE} is unreadable or incomplete ({type(error).__name__}: {error})"
+            ) from None
         for name in (WEIGHTS, RNG):
             file = os.path.join(path, name)
             if name not in digests:
@@ -211,13 +225,17 @@ class TrainingState:
                 raise DamagedCheckpoint(f"checkpoint {path}: {name} is missing")
             if sha256(file) != digests[name]:
                 size = os.path.getsize(file)
-                raise DamagedCheckpoint(f"checkpoint {path}: {name} is corrupt (SHA-256 differs from when it was "
-                                        f"written; {'empty' if not size else f'{size} bytes'})")
+                raise DamagedCheckpoint(
+                    f"checkpoint {path}: {name} is corrupt (SHA-256 differs from when it was "
+                    f"written; {'empty' if not size else f'{size} bytes'})"
+                )
         differs = {k: (state.get("run", {}).get(k), v) for k, v in self.run.items() if state.get("run", {}).get(k) != v}
         if differs:
             shown = ", ".join(f"{k}: {old} then, {new} now" for k, (old, new) in differs.items())
-            raise CheckpointError(f"checkpoint {path} belongs to a run with other settings ({shown}); "
-                                  f"re-run with the same flags, or {fix}")
+            raise CheckpointError(
+                f"checkpoint {path} belongs to a run with other settings ({shown}); "
+                f"re-run with the same flags, or {fix}"
+            )
         return state
 
     def remove(self) -> None:
@@ -316,8 +334,11 @@ class StopOnRequest(keras.callbacks.Callback):
         per_epoch = saver.steps_per_epoch or 1
         epoch, batch = divmod(saver.step - 1, per_epoch)
         cause = "" if preemption.requested() else "sent to another worker of this run, "
-        raise preemption.stopped(f"{cause}at global step {saver.step} of {self.label} (epoch {epoch + 1}, batch "
-                                 f"{batch + 1} of {per_epoch}), after saving checkpoint {path}", number)
+        raise preemption.stopped(
+            f"{cause}at global step {saver.step} of {self.label} (epoch {epoch + 1}, batch "
+            f"{batch + 1} of {per_epoch}), after saving checkpoint {path}",
+            number,
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         per_epoch = self.saver.steps_per_epoch
@@ -353,7 +374,11 @@ class LossGuard(keras.callbacks.Callback):
             return
         self.model.stop_training = True
         found = checkpoints(self.backup_dir)
-        kept = f"the last good checkpoint {found[-1][1]} (step {found[-1][0]}) is kept" if found else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint {found[-1][1]} (step {found[-1][0]}) is kept"
+            if found
+            else "no checkpoint was written yet"
+        )
         raise NumericalError(
             f"the training loss became {value} at global step {step + 1} (epoch {step // self.steps_per_epoch + 1}, "
             f"batch {step % self.steps_per_epoch + 1}), "

@@ -222,8 +222,13 @@ def define_task(**fields: Any) -> Task:
 def _glue(**kwargs: Any) -> Task:
     tfds_splits = {"train": "train", "dev": "validation", "test": "test"}
     tfds_splits.update(kwargs.pop("tfds_splits", {}))
-    hf = dict(hf_name="nyu-mll/glue", hf_config=kwargs["name"], hf_text_columns=kwargs["tfds_text_features"],
-              hf_label_column="label", hf_splits=tfds_splits)
+    hf = dict(
+        hf_name="nyu-mll/glue",
+        hf_config=kwargs["name"],
+        hf_text_columns=kwargs["tfds_text_features"],
+        hf_label_column="label",
+        hf_splits=tfds_splits,
+    )
     return define_task(tfds_splits=tfds_splits, **hf, **kwargs)
 
 
@@ -231,37 +236,76 @@ GLUE_TASKS: dict[str, Task] = {
     task.name: task
     for task in [
         _glue(
-            name="cola", type=CLASSIFICATION, labels=("0", "1"), directory="CoLA",
-            text_columns=(3,), label_column=1, header=False, metrics=("matthews_corr",),
-            test_layout=FileLayout(("sentence",)), dropout=0.05, submission_name="CoLA",
-            tfds_name="glue/cola", tfds_text_features=("sentence",),
+            name="cola",
+            type=CLASSIFICATION,
+            labels=("0", "1"),
+            directory="CoLA",
+            text_columns=(3,),
+            label_column=1,
+            header=False,
+            metrics=("matthews_corr",),
+            test_layout=FileLayout(("sentence",)),
+            dropout=0.05,
+            submission_name="CoLA",
+            tfds_name="glue/cola",
+            tfds_text_features=("sentence",),
         ),
         _glue(
-            name="sst2", type=CLASSIFICATION, labels=("0", "1"), directory="SST-2",
-            text_columns=("sentence",), submission_name="SST-2",
-            tfds_name="glue/sst2", tfds_text_features=("sentence",),
+            name="sst2",
+            type=CLASSIFICATION,
+            labels=("0", "1"),
+            directory="SST-2",
+            text_columns=("sentence",),
+            submission_name="SST-2",
+            tfds_name="glue/sst2",
+            tfds_text_features=("sentence",),
         ),
         _glue(
-            name="mrpc", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="MRPC",
-            text_columns=("#1 String", "#2 String"), label_column="Quality",
-            metrics=("f1", "accuracy"), submission_name="MRPC",
-            tfds_name="glue/mrpc", tfds_text_features=("sentence1", "sentence2"),
+            name="mrpc",
+            answer_module="san",
+            type=CLASSIFICATION,
+            labels=("0", "1"),
+            directory="MRPC",
+            text_columns=("#1 String", "#2 String"),
+            label_column="Quality",
+            metrics=("f1", "accuracy"),
+            submission_name="MRPC",
+            tfds_name="glue/mrpc",
+            tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="stsb", type=REGRESSION, directory="STS-B",
-            text_columns=("sentence1", "sentence2"), label_column="score",
-            metrics=("pearson", "spearman"), score_range=(0.0, 5.0), submission_name="STS-B",
-            tfds_name="glue/stsb", tfds_text_features=("sentence1", "sentence2"),
+            name="stsb",
+            type=REGRESSION,
+            directory="STS-B",
+            text_columns=("sentence1", "sentence2"),
+            label_column="score",
+            metrics=("pearson", "spearman"),
+            score_range=(0.0, 5.0),
+            submission_name="STS-B",
+            tfds_name="glue/stsb",
+            tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="qqp", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="QQP",
-            text_columns=("question1", "question2"), label_column="is_duplicate",
-            metrics=("f1", "accuracy"), submission_name="QQP",
-            tfds_name="glue/qqp", tfds_text_features=("question1", "question2"),
+            name="qqp",
+            answer_module="san",
+            type=CLASSIFICATION,
+            labels=("0", "1"),
+            directory="QQP",
+            text_columns=("question1", "question2"),
+            label_column="is_duplicate",
+            metrics=("f1", "accuracy"),
+            submission_name="QQP",
+            tfds_name="glue/qqp",
+            tfds_text_features=("question1", "question2"),
         ),
         _glue(
-            name="mnli", type=CLASSIFICATION, labels=("entailment", "neutral", "contradiction"),
-            answer_module="san", directory="MNLI", text_columns=("sentence1", "sentence2"), label_column="gold_label",
+            name="mnli",
+            type=CLASSIFICATION,
+            labels=("entailment", "neutral", "contradiction"),
+            answer_module="san",
+            directory="MNLI",
+            text_columns=("sentence1", "sentence2"),
+            label_column="gold_label",
             files={
                 "train": "train.tsv",
                 "dev_matched": "dev_matched.tsv",
@@ -271,8 +315,10 @@ GLUE_TASKS: dict[str, Task] = {
             },
             dev_splits=("dev_matched", "dev_mismatched"),
             test_splits=("test_matched", "test_mismatched"),
-            dropout=0.3, submission_name="MNLI",
-            tfds_name="glue/mnli", tfds_text_features=("premise", "hypothesis"),
+            dropout=0.3,
+            submission_name="MNLI",
+            tfds_name="glue/mnli",
+            tfds_text_features=("premise", "hypothesis"),
             tfds_splits={
                 "dev_matched": "validation_matched",
                 "dev_mismatched": "validation_mismatched",
@@ -281,26 +327,51 @@ GLUE_TASKS: dict[str, Task] = {
             },
         ),
         _glue(
-            name="qnli", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
-            directory="QNLI", text_columns=("question", "sentence"), submission_name="QNLI",
-            tfds_name="glue/qnli", tfds_text_features=("question", "sentence"),
+            name="qnli",
+            type=CLASSIFICATION,
+            labels=("entailment", "not_entailment"),
+            directory="QNLI",
+            text_columns=("question", "sentence"),
+            submission_name="QNLI",
+            tfds_name="glue/qnli",
+            tfds_text_features=("question", "sentence"),
         ),
         _glue(
-            name="rte", answer_module="san", type=CLASSIFICATION, labels=("entailment", "not_entailment"),
-            directory="RTE", text_columns=("sentence1", "sentence2"), submission_name="RTE",
-            tfds_name="glue/rte", tfds_text_features=("sentence1", "sentence2"),
+            name="rte",
+            answer_module="san",
+            type=CLASSIFICATION,
+            labels=("entailment", "not_entailment"),
+            directory="RTE",
+            text_columns=("sentence1", "sentence2"),
+            submission_name="RTE",
+            tfds_name="glue/rte",
+            tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="wnli", answer_module="san", type=CLASSIFICATION, labels=("0", "1"), directory="WNLI",
-            text_columns=("sentence1", "sentence2"), submission_name="WNLI",
-            tfds_name="glue/wnli", tfds_text_features=("sentence1", "sentence2"),
+            name="wnli",
+            answer_module="san",
+            type=CLASSIFICATION,
+            labels=("0", "1"),
+            directory="WNLI",
+            text_columns=("sentence1", "sentence2"),
+            submission_name="WNLI",
+            tfds_name="glue/wnli",
+            tfds_text_features=("sentence1", "sentence2"),
         ),
         _glue(
-            name="ax", type=CLASSIFICATION, labels=("entailment", "neutral", "contradiction"),
-            directory="diagnostic", text_columns=("sentence1", "sentence2"), label_column=None,
-            files={"test": "diagnostic.tsv"}, dev_splits=(), predict_with="mnli",
-            submission_name="AX", tfds_name="glue/ax",
-            tfds_text_features=("premise", "hypothesis"), tfds_splits={"test": "test"},
+            name="ax",
+            type=CLASSIFICATION,
+            labels=("entailment", "neutral", "contradiction"),
+            directory="diagnostic",
+            text_columns=("sentence1", "sentence2"),
+            label_column=None,
+            files={"test": "diagnostic.tsv"},
+            dev_splits=(),
+            predict_with="mnli",
+            submission_name="AX",
+            tfds_name="glue/ax",
+            tfds_text_features=("premise", "hypothesis"),
+            tfds_splits={"test": "test"},
         ),
     ]
 }
@@ -346,7 +417,7 @@ def _check_types(values: dict[str, Any], cls: type, where: str) -> None:
     for key, value in values.items():
         if key in hints and not _is_a(value, hints[key]):
             hint = hints[key]
-            shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("mtkd_tf.tasks.", "")
+            shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("mtkd_tf.data.tasks.", "")
             raise TaskError(f"{where}: field {key!r} must be {shown}, got {value!r}")
     delimiter = values.get("delimiter")
     if isinstance(delimiter, str) and (len(delimiter) != 1 or delimiter in "\r\n"):
@@ -365,8 +436,15 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     if unknown:
         raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values = dict(entry)
-    for key in ("text_columns", "labels", "metrics", "dev_splits", "test_splits", "tfds_text_features",
-                "hf_text_columns"):
+    for key in (
+        "text_columns",
+        "labels",
+        "metrics",
+        "dev_splits",
+        "test_splits",
+        "tfds_text_features",
+        "hf_text_columns",
+    ):
         if key in values:
             if isinstance(values[key], (str, int)):
                 values[key] = [values[key]]
@@ -377,7 +455,9 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
         try:
             values["score_range"] = tuple(float(v) for v in values["score_range"])
         except (TypeError, ValueError):
-            raise TaskError(f"{where}: field 'score_range' must be [low, high], got {values['score_range']!r}") from None
+            raise TaskError(
+                f"{where}: field 'score_range' must be [low, high], got {values['score_range']!r}"
+            ) from None
     if isinstance(values.get("test_layout"), dict):
         layout = dict(values["test_layout"])
         if isinstance(layout.get("text_columns"), (list, tuple)):
@@ -387,8 +467,10 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
             values["test_layout"] = FileLayout(**layout)
         except TypeError:  # a missing or unknown field
             fields = ", ".join(field.name for field in dataclasses.fields(FileLayout))
-            raise TaskError(f"{where}: test_layout needs text_columns and takes only {fields}; "
-                            f"got {', '.join(map(str, layout)) or 'no field'}") from None
+            raise TaskError(
+                f"{where}: test_layout needs text_columns and takes only {fields}; "
+                f"got {', '.join(map(str, layout)) or 'no field'}"
+            ) from None
     for key in ("files", "hf_splits"):
         if key in values and not isinstance(values[key], dict):
             raise TaskError(f"{where}: {key} must map split names to {'file' if key == 'files' else 'split'} names")
@@ -441,7 +523,7 @@ def load_task_file(path: str) -> dict[str, Task]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        from mtkd_tf.files import not_utf8
+        from mtkd_tf.runtime.files import not_utf8
 
         raise TaskError(f"task file {path}:{not_utf8(data, error)}") from None
     try:
@@ -485,8 +567,8 @@ def resolve_tasks(names: Iterable[str] | str, known: dict[str, Task]) -> list[Ta
     unknown = [name for name in names if name not in known]
     if unknown:
         raise TaskError(
-            f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} "
-            "(define your own with task_file)", ("task_file", "tasks")
+            f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} (define your own with task_file)",
+            ("task_file", "tasks"),
         )
     if len(set(names)) != len(names):
         raise TaskError(f"a task is listed twice in {','.join(names)}")
@@ -508,9 +590,13 @@ def with_answer_modules(tasks: Sequence[Task], spec: Sequence[str] | str) -> lis
     for item in spec:
         name, _, module = item.strip().rpartition("=")
         if module not in ANSWER_MODULES:
-            raise TaskError(f"answer_module {item!r}: {module!r} is not one of {', '.join(ANSWER_MODULES)}", "answer_module")
+            raise TaskError(
+                f"answer_module {item!r}: {module!r} is not one of {', '.join(ANSWER_MODULES)}", "answer_module"
+            )
         if name and name not in names:
-            raise TaskError(f"answer_module {item!r}: no task {name!r} among {', '.join(sorted(names))}", "answer_module")
+            raise TaskError(
+                f"answer_module {item!r}: no task {name!r} among {', '.join(sorted(names))}", "answer_module"
+            )
         choices[name or None] = module
     result = []
     for task in tasks:

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from mtkd_tf.evaluation import accuracy  # noqa: F401  (the docstring's example)
+from mtkd_tf.models.evaluation import accuracy  # noqa: F401  (the docstring's example)
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -88,8 +88,9 @@ class Comparison(Interval):
         return self.difference
 
 
-def resampled_rows(units: int, resamples: int, rng: np.random.Generator,
-                   groups: np.ndarray | None = None) -> list[np.ndarray]:
+def resampled_rows(
+    units: int, resamples: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Row indices of each bootstrap resample: rows drawn with replacement, or whole groups."""
     if groups is None:
         return list(rng.integers(0, units, size=(resamples, units)))
@@ -151,8 +152,15 @@ def p_value(draws: np.ndarray) -> float:
     return float(min(1.0, 2 * (side + 1) / (count + 1)))
 
 
-def compare_many(metric: Metric, labels: np.ndarray, pairs: Sequence[tuple], groups: np.ndarray | None = None,
-                 resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> list[Comparison]:
+def compare_many(
+    metric: Metric,
+    labels: np.ndarray,
+    pairs: Sequence[tuple],
+    groups: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> list[Comparison]:
     """`compare` for several (runs_a, runs_b) pairs on one split, jointly: the same resampled rows,
     and one seed-noise draw with the covariance of their seed-paired differences (pairs with the
     same number of seeds), so ratios of two comparisons (the kept share) get a coherent interval."""
@@ -173,8 +181,9 @@ def compare_many(metric: Metric, labels: np.ndarray, pairs: Sequence[tuple], gro
             by_count.setdefault(len(differences), []).append(len(found))
         found.append([estimate, draws, differences, (len(runs_a), len(runs_b))])
     for count, indices in by_count.items():
-        noise = seed_noise(np.stack([found[i][2] for i in indices], axis=1), len(rows),
-                           np.random.default_rng([seed, count]))
+        noise = seed_noise(
+            np.stack([found[i][2] for i in indices], axis=1), len(rows), np.random.default_rng([seed, count])
+        )
         for column, i in enumerate(indices):
             found[i][1] = found[i][1] + noise[:, column]
     result = []
@@ -188,16 +197,32 @@ def compare_many(metric: Metric, labels: np.ndarray, pairs: Sequence[tuple], gro
     return result
 
 
-def compare(metric: Metric, labels: np.ndarray, runs_a, runs_b, groups: np.ndarray | None = None,
-            resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> Comparison:
+def compare(
+    metric: Metric,
+    labels: np.ndarray,
+    runs_a,
+    runs_b,
+    groups: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Comparison:
     """The interval of mean-over-runs metric(a) - metric(b): seed-aware when either side has
     two or more runs (seed-paired by position; a single run pairs with each), else example-only.
     The same `seed` resamples the same rows for every comparison on a split."""
     return compare_many(metric, labels, [(runs_a, runs_b)], groups, resamples, seed, level)[0]
 
 
-def paired_interval(metric: Metric, labels: np.ndarray, predictions_a, predictions_b, groups: np.ndarray | None = None,
-                    resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> Interval:
+def paired_interval(
+    metric: Metric,
+    labels: np.ndarray,
+    predictions_a,
+    predictions_b,
+    groups: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Interval:
     """The example-only paired bootstrap interval (the seeds held fixed): what a single
     benchmark comparison of given runs can say."""
     runs_a, runs_b = _as_runs(predictions_a), _as_runs(predictions_b)

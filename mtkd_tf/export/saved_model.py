@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mtkd_tf.data.tasks import CLASSIFICATION
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.tasks import CLASSIFICATION
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _WARMUP_TEXTS = [
@@ -63,7 +63,7 @@ def export(
     import keras
     import tensorflow as tf
 
-    from mtkd_tf import model_dir as model_dir_lib
+    from mtkd_tf.models import model_dir as model_dir_lib
 
     trained = model_dir_lib.load(model_dir)
     model, preprocessor = trained, trained.preprocessor.prepare()
@@ -71,11 +71,16 @@ def export(
     names = [task.name for task in served]
     default = serving_default_task or names[0]
     if default not in names:
-        raise ExportError(f"serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}", "serving_default_task")
+        raise ExportError(
+            f"serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}",
+            "serving_default_task",
+        )
     version = version or next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if os.path.exists(path):
-        raise ExportError(f"{path} exists; exports are never overwritten (pick another export_version)", "export_version")
+        raise ExportError(
+            f"{path} exists; exports are never overwritten (pick another export_version)", "export_version"
+        )
 
     preprocessor(tf.constant(["build"]), tf.constant(["the layers"]))  # builds tokenizer and packer
     archive = keras.export.ExportArchive()
@@ -100,11 +105,14 @@ def export(
 
         # Named arguments: they become the signature's input names.
         if len(inputs) == 2:
+
             def serve(sentence1, sentence2):
                 return predict(sentence1, sentence2)
         else:
+
             def serve(sentence1):
                 return predict(sentence1)
+
         signature = [tf.TensorSpec([None], tf.string, name=name) for name in inputs]
         return tf.function(serve, input_signature=signature, autograph=False)
 
@@ -115,7 +123,11 @@ def export(
             archive.add_endpoint("serving_default", function)
     staging = path + ".partial"
     archive.write_out(staging, verbose=False)
-    write_warmup(staging, {task.name: _signature_inputs(task) for task in served} | {"serving_default": _signature_inputs(served[names.index(default)])})
+    write_warmup(
+        staging,
+        {task.name: _signature_inputs(task) for task in served}
+        | {"serving_default": _signature_inputs(served[names.index(default)])},
+    )
     os.replace(staging, path)
     return path
 
@@ -135,19 +147,25 @@ def _checked_inputs(names: list[str], texts: tuple) -> list:
     checked, rows = [], []
     for name, text in zip(names, texts):
         unknown = tf.io.parse_tensor(tf.io.serialize_tensor(text), tf.string)
-        rank = tf.debugging.Assert(tf.equal(tf.rank(unknown), 1), [
-            f"{name} must be a list of strings, one per example; got a tensor of shape", tf.shape(unknown)])
+        rank = tf.debugging.Assert(
+            tf.equal(tf.rank(unknown), 1),
+            [f"{name} must be a list of strings, one per example; got a tensor of shape", tf.shape(unknown)],
+        )
         with tf.control_dependencies([rank]):
             text = tf.identity(text)
         valid = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"), text)
-        utf8 = tf.debugging.Assert(tf.reduce_all(valid), [
-            f"{name} holds bytes that are not UTF-8 in row(s)", tf.where(tf.logical_not(valid))[:, 0]], summarize=10)
+        utf8 = tf.debugging.Assert(
+            tf.reduce_all(valid),
+            [f"{name} holds bytes that are not UTF-8 in row(s)", tf.where(tf.logical_not(valid))[:, 0]],
+            summarize=10,
+        )
         with tf.control_dependencies([utf8]):
             checked.append(tf.identity(text))
         rows.append(tf.shape(text)[0])
     if len(rows) == 2:
-        same = tf.debugging.Assert(tf.equal(rows[0], rows[1]), [
-            f"{names[0]} and {names[1]} must have as many rows; they have", tf.stack(rows)])
+        same = tf.debugging.Assert(
+            tf.equal(rows[0], rows[1]), [f"{names[0]} and {names[1]} must have as many rows; they have", tf.stack(rows)]
+        )
         with tf.control_dependencies([same]):
             checked = [tf.identity(text) for text in checked]
     return checked
@@ -172,7 +190,9 @@ def write_warmup(export_path: str, signatures: dict[str, list[str]], model_name:
     with tf.io.TFRecordWriter(path) as writer:
         for name, inputs in signatures.items():
             for first, second in _WARMUP_TEXTS:
-                request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
+                request = predict_pb2.PredictRequest(
+                    model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
+                )
                 for key, text in zip(inputs, (first, second)):
                     request.inputs[key].CopyFrom(tf.make_tensor_proto([text.encode("utf-8")], dtype=tf.string))
                 log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
@@ -210,7 +230,9 @@ def answer(loaded, body: Any) -> dict[str, Any]:
     function = loaded.signatures[name]
     keys = sorted(function.structured_input_signature[1])
     if ("instances" in body) == ("inputs" in body):
-        raise ExportError("the request body needs one of 'instances' (row format) or 'inputs' (columnar format), not both")
+        raise ExportError(
+            "the request body needs one of 'instances' (row format) or 'inputs' (columnar format), not both"
+        )
     if "instances" in body:
         columns = _row_columns(body["instances"], keys, name)
     else:
@@ -286,8 +308,10 @@ def _columnar(inputs: Any, keys: list[str], name: str) -> dict[str, list[bytes]]
         columns[key] = [_text(value, f"inputs.{key}[{row}]") for row, value in enumerate(inputs[key])]
     lengths = {key: len(values) for key, values in columns.items()}
     if len(set(lengths.values())) > 1:
-        raise ExportError(f"inputs: {' and '.join(f'{key} has {count} rows' for key, count in lengths.items())}; "
-                          "every input needs one row per example")
+        raise ExportError(
+            f"inputs: {' and '.join(f'{key} has {count} rows' for key, count in lengths.items())}; "
+            "every input needs one row per example"
+        )
     return columns
 
 
@@ -308,11 +332,15 @@ def read_request(request_file: str) -> Any:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise ExportError(f"request_file {request_file}:{line}: bytes that are not UTF-8 ({error.reason} at byte "
-                          f"{error.start}); JSON is UTF-8 text", "request_file") from None
+        raise ExportError(
+            f"request_file {request_file}:{line}: bytes that are not UTF-8 ({error.reason} at byte "
+            f"{error.start}); JSON is UTF-8 text",
+            "request_file",
+        ) from None
     except json.JSONDecodeError as error:
-        raise ExportError(f"request_file {request_file}:{error.lineno}:{error.colno}: not JSON ({error.msg})",
-                          "request_file") from None
+        raise ExportError(
+            f"request_file {request_file}:{error.lineno}:{error.colno}: not JSON ({error.msg})", "request_file"
+        ) from None
     except RecursionError:
         raise ExportError(f"request_file {request_file}: JSON nested too deeply to read", "request_file") from None
 

@@ -11,11 +11,11 @@ import numpy as np
 
 from mtkd_tf.data import readers
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.evaluation import decide, split_suffix
-from mtkd_tf.files import write_atomic
+from mtkd_tf.data.tasks import REGRESSION, Task
+from mtkd_tf.models.evaluation import decide, split_suffix
 from mtkd_tf.models.inference import predict_outputs
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import REGRESSION, Task
+from mtkd_tf.runtime.files import write_atomic
 
 
 def submission_file_name(task: Task, split: str) -> str:
@@ -66,9 +66,7 @@ def with_diagnostic_tasks(tasks: Sequence[Task], known: Mapping[str, Task]) -> l
     return [*tasks, *added]
 
 
-def missing_test_data(
-    task: Task, data_dir: str | None, source: str = "tsv", tfds_download: bool = False
-) -> str | None:
+def missing_test_data(task: Task, data_dir: str | None, source: str = "tsv", tfds_download: bool = False) -> str | None:
     """Why `task`'s test data cannot be read (None: it is present), without reading it.
 
     TSV: every test file must exist under `data_dir` (AX: `<data_dir>/diagnostic/diagnostic.tsv`).
@@ -116,7 +114,7 @@ def prediction_tasks(
     caller to log.
     """
     kept, skipped = list(tasks), []
-    for task in with_diagnostic_tasks(tasks, known)[len(tasks):]:
+    for task in with_diagnostic_tasks(tasks, known)[len(tasks) :]:
         why = missing_test_data(task, data_dir, source, tfds_download)
         if why is None:
             kept.append(task)

@@ -3,7 +3,7 @@
 Metrics follow GLUE: CoLA Matthews correlation; MRPC and QQP F1 and accuracy; STS-B
 Pearson and Spearman; accuracy elsewhere. A task with several dev splits (MNLI matched /
 mismatched) reports each metric with the split's suffix (`accuracy_matched`). The outputs
-come from `mtkd_tf.models.inference`; leaderboard files are `mtkd_tf.submission`'s.
+come from `mtkd_tf.models.inference`; leaderboard files are `mtkd_tf.export.submission`'s.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from scipy import stats
 
 from mtkd_tf.data.ranking import top_candidates
 from mtkd_tf.data.split import SplitData
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, Task
 from mtkd_tf.models.inference import dev_outputs, labelled_splits
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, Task
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -60,7 +60,11 @@ def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 
 METRIC_FUNCTIONS = {
-    "accuracy": accuracy, "f1": f1, "matthews_corr": matthews_corr, "pearson": pearson, "spearman": spearman,
+    "accuracy": accuracy,
+    "f1": f1,
+    "matthews_corr": matthews_corr,
+    "pearson": pearson,
+    "spearman": spearman,
 }
 
 
@@ -94,8 +98,9 @@ def split_suffix(task: Task, split: str) -> str:
     return split.split("_", 1)[1] if "_" in split else split
 
 
-def score_outputs(dev: Mapping[str, Mapping[str, SplitData]],
-                  outputs: Mapping[tuple[str, str], np.ndarray]) -> dict[str, dict[str, float]]:
+def score_outputs(
+    dev: Mapping[str, Mapping[str, SplitData]], outputs: Mapping[tuple[str, str], np.ndarray]
+) -> dict[str, dict[str, float]]:
     """GLUE metrics of outputs already computed (`dev_outputs`): `{task: {metric[_suffix]: value}}`."""
     results: dict[str, dict[str, float]] = {}
     for (task_name, split), data in labelled_splits(dev):

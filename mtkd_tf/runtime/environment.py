@@ -22,11 +22,17 @@ def environment(precision: str) -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    from mtkd_tf import onednn
+    from mtkd_tf.runtime import onednn
 
-    found = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "gpus": str(len(tf.config.list_physical_devices("GPU"))),
-             "training_precision": precision, "tensorflow": tf.__version__, "keras": keras.__version__,
-             "onednn": f"{'on' if onednn_enabled() else 'off'}: {onednn.DECISION}"}
+    found = {
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "gpus": str(len(tf.config.list_physical_devices("GPU"))),
+        "training_precision": precision,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "onednn": f"{'on' if onednn_enabled() else 'off'}: {onednn.DECISION}",
+    }
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         found["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     return found

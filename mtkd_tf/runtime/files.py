@@ -44,9 +44,11 @@ def disk_full(error: BaseException) -> bool:
 def no_room(path: str, error: BaseException, kept: str = "") -> DiskFullError:
     """The `DiskFullError` of a failed write of `path` (`kept`: what stays, e.g. the last checkpoint)."""
     reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno in DISK_FULL else str(error)[:200]
-    return DiskFullError(f"no room to write {path} ({reason}); the run stopped{'; ' + kept if kept else ''}. "
-                         "Everything written before is intact: free some space (or raise the quota or file-size "
-                         "limit) and run the same command again to resume")
+    return DiskFullError(
+        f"no room to write {path} ({reason}); the run stopped{'; ' + kept if kept else ''}. "
+        "Everything written before is intact: free some space (or raise the quota or file-size "
+        "limit) and run the same command again to resume"
+    )
 
 
 def fsync_directory(directory: str) -> None:
@@ -127,7 +129,9 @@ def new_directory(target: str) -> Iterator[str]:
         raise FileExistsError(f"{target} exists and is not empty")
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(target))}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging = os.path.join(
+        parent, f".tmp-{os.path.basename(os.path.abspath(target))}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
     os.mkdir(staging)  # (not mkdtemp: the directory gets the user's usual permissions)
     try:
         yield staging
@@ -142,5 +146,4 @@ def new_directory(target: str) -> Iterator[str]:
 def not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
     """`<line>: bytes that are not UTF-8 (...); re-encode ...`: where a text file stops decoding, for messages."""
     line = data[: error.start].count(b"\n") + 1
-    return (f"{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); "
-            "re-encode the file as UTF-8")
+    return f"{line}: bytes that are not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8"

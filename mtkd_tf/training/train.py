@@ -27,20 +27,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf import checkpointing, distribute
 from mtkd_tf.config import ExperimentConfig, TrainingConfig
 from mtkd_tf.data import batching
 from mtkd_tf.data.preprocessing import PAD_TO_MULTIPLE_OF, Preprocessor
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.directory_lock import DirectoryLock
+from mtkd_tf.data.tasks import Task
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.files import write_json
 from mtkd_tf.models.encoder import Encoder
-from mtkd_tf.progress import ProgressLog, RunClock, keras_verbose
-from mtkd_tf.tasks import Task
+from mtkd_tf.runtime.directory_lock import DirectoryLock
+from mtkd_tf.runtime.files import write_json
+from mtkd_tf.runtime.progress import ProgressLog, RunClock, keras_verbose
+from mtkd_tf.training import checkpointing, distribute
 
 logger = logging.getLogger(__name__)
-
 
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
@@ -80,9 +79,14 @@ class FusedAdamax(keras.optimizers.Adamax):
         local_step = tf.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
         tf.raw_ops.ResourceApplyAdaMax(
-            var=variable.handle, m=self._m[index].value.handle, v=self._u[index].value.handle,
-            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step), lr=tf.cast(learning_rate, dtype),
-            beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
+            var=variable.handle,
+            m=self._m[index].value.handle,
+            v=self._u[index].value.handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=tf.cast(self.beta_1, dtype),
+            beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype),
             grad=tf.cast(gradient, dtype),
         )
 
@@ -158,9 +162,14 @@ def training_data(
     draws = np.bincount(schedule, minlength=len(splits))
     streams = [  # tokens, columns and every pass's example order, computed once
         batching.TaskStream.prepare(
-            data, task_ids[position] if task_ids is not None else position, preprocessor, config.batch_size,
-            targets=(targets or {}).get(data.task.name), seed=config.seed * 1000 + position,
-            drop_remainder=drop_remainder, passes=max(1, -(-int(draws[position]) // counts[position])),
+            data,
+            task_ids[position] if task_ids is not None else position,
+            preprocessor,
+            config.batch_size,
+            targets=(targets or {}).get(data.task.name),
+            seed=config.seed * 1000 + position,
+            drop_remainder=drop_remainder,
+            passes=max(1, -(-int(draws[position]) // counts[position])),
             length_bucketing=config.length_bucketing,
         )
         for position, data in enumerate(splits)
@@ -199,8 +208,9 @@ def _batch_counts(splits: Sequence[SplitData], batch_size: int, replicas: int, d
     """Batches per task and epoch, after checking that `batch_size` splits evenly over the
     replicas and never splits a ranking task's question group."""
     if replicas > 1 and batch_size % replicas:
-        raise ConfigError(f"batch_size {batch_size} is not divisible by the {replicas} replicas of the strategy",
-                          "batch_size")
+        raise ConfigError(
+            f"batch_size {batch_size} is not divisible by the {replicas} replicas of the strategy", "batch_size"
+        )
     for data in splits:
         unit = batching.group_rows(data) * replicas
         if batch_size % unit:
@@ -212,8 +222,10 @@ def _batch_counts(splits: Sequence[SplitData], batch_size: int, replicas: int, d
     counts = [batching.num_batches(len(data), batch_size, drop_remainder) for data in splits]
     for data, count in zip(splits, counts):
         if count == 0:
-            raise ConfigError(f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size "
-                              f"{batch_size}", "batch_size")
+            raise ConfigError(
+                f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size {batch_size}",
+                "batch_size",
+            )
     return counts
 
 
@@ -278,14 +290,27 @@ def fit(
         return _fit(model, data, config, work_dir, callbacks, label, clock)
 
 
-def _fit(model, data: TrainingData, config: TrainingConfig, work_dir: str,
-         callbacks: Sequence[keras.callbacks.Callback], label: str, clock: RunClock | None) -> checkpointing.TrainingState:
+def _fit(
+    model,
+    data: TrainingData,
+    config: TrainingConfig,
+    work_dir: str,
+    callbacks: Sequence[keras.callbacks.Callback],
+    label: str,
+    clock: RunClock | None,
+) -> checkpointing.TrainingState:
     per_epoch = data.steps_per_epoch
     total = per_epoch * config.epochs
     state = checkpointing.TrainingState(
         os.path.join(work_dir, "backup"),
-        {"steps_per_epoch": per_epoch, "epochs": config.epochs, "total_steps": total,
-         "batch_size": config.batch_size, "seed": config.seed, "length_bucketing": config.length_bucketing},
+        {
+            "steps_per_epoch": per_epoch,
+            "epochs": config.epochs,
+            "total_steps": total,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "length_bucketing": config.length_bucketing,
+        },
         keep=config.keep_checkpoints,
     )
     start = state.restore(model)
@@ -334,7 +359,9 @@ def static_shapes(config: TrainingConfig, strategy: tf.distribute.Strategy | Non
     return config.jit_compile or (strategy is not None and distribute.is_tpu(strategy))
 
 
-def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, static: bool = False) -> Preprocessor:
+def encoder_preprocessor(
+    encoder, max_seq_length: int, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF, static: bool = False
+) -> Preprocessor:
     """The preprocessor of an encoder's tokenizer (`static`: no dynamic padding)."""
     multiple = max_seq_length if static else pad_to_multiple_of
     return Preprocessor(encoder.tokenizer, max_seq_length, multiple)
@@ -343,7 +370,7 @@ def encoder_preprocessor(encoder, max_seq_length: int, pad_to_multiple_of: int =
 def save_trained(model_dir: str, model, encoder, config: dict | None = None):
     """Saves a trained MT-DNN (it owns its preprocessor) with its encoder's vocabulary and, if
     given, the experiment config that made it; returns the model, now knowing its directory."""
-    from mtkd_tf import model_dir as model_dir_lib
+    from mtkd_tf.models import model_dir as model_dir_lib
 
     length = model.preprocessor.sequence_length
     model_dir_lib.save(model_dir, model, encoder.tokenizer, encoder.lowercase, length, encoder=encoder.spec)
@@ -397,41 +424,67 @@ def train_model(
         names = [task.name for task in model.tasks]
         missing = [name for name in train if name not in names]
         if missing:
-            raise ConfigError(f"finetune_tasks: {source_dir} has no head for task {missing[0]!r} (it has "
-                              f"{', '.join(names)})", "finetune_tasks")
+            raise ConfigError(
+                f"finetune_tasks: {source_dir} has no head for task {missing[0]!r} (it has {', '.join(names)})",
+                "finetune_tasks",
+            )
         task_ids = [names.index(name) for name in train]
         splits = list(train.values())
     else:
-        preprocessor = encoder_preprocessor(encoder, config.model.max_seq_length, config.model.pad_to_multiple_of, static)
+        preprocessor = encoder_preprocessor(
+            encoder, config.model.max_seq_length, config.model.pad_to_multiple_of, static
+        )
         model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
         splits = [train[task.name] for task in model.tasks]
     targets = None
     if objective is not None:
         splits, targets = objective.data(model, encoder, splits)
-    data = training_data(splits, model.preprocessor, settings, targets=targets, drop_remainder=static, strategy=strategy,
-                         task_ids=task_ids)
+    data = training_data(
+        splits,
+        model.preprocessor,
+        settings,
+        targets=targets,
+        drop_remainder=static,
+        strategy=strategy,
+        task_ids=task_ids,
+    )
     trainer = model if objective is None else objective.trainer(model, data.steps_per_epoch * settings.epochs)
     return fit_and_save(trainer, model, encoder, data, settings, model_dir, callbacks, label, clock, config.to_dict())
 
 
 def _trained_model(source_dir: str, pad_to_multiple_of: int):
     """The MT-DNN saved in `source_dir`, in the current dtype policy, and its encoder."""
-    from mtkd_tf import model_dir as model_dir_lib
+    from mtkd_tf.models import model_dir as model_dir_lib
 
     policy = keras.mixed_precision.global_policy().name
     model = model_dir_lib.load(source_dir, pad_to_multiple_of, policy=policy)
     settings = model_dir_lib.settings(source_dir)
-    encoder = Encoder(model.encoder, list(model.preprocessor.tokenizer.get_vocabulary()), settings["lowercase"],
-                      settings.get("encoder", "unknown"))
+    encoder = Encoder(
+        model.encoder,
+        list(model.preprocessor.tokenizer.get_vocabulary()),
+        settings["lowercase"],
+        settings.get("encoder", "unknown"),
+    )
     return model, encoder
 
 
-def fit_and_save(trainer: keras.Model, model, encoder, data: TrainingData, config: TrainingConfig, model_dir: str,
-                 callbacks: Sequence[keras.callbacks.Callback] = (), label: str = "training",
-                 clock: RunClock | None = None, experiment_config: dict | None = None):
+def fit_and_save(
+    trainer: keras.Model,
+    model,
+    encoder,
+    data: TrainingData,
+    config: TrainingConfig,
+    model_dir: str,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    label: str = "training",
+    clock: RunClock | None = None,
+    experiment_config: dict | None = None,
+):
     """Compiles `trainer` (the MT-DNN itself, or a Distiller around it), trains it resumably,
     saves `model` to `model_dir` and removes the checkpoints; returns the saved model."""
-    trainer.compile(optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile)
+    trainer.compile(
+        optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile
+    )
     with DirectoryLock(model_dir, "model directory"):
         state = fit(trainer, data, config, model_dir, callbacks, label, clock)
         trained = save_trained(model_dir, model, encoder, experiment_config)

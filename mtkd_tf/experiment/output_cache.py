@@ -22,11 +22,11 @@ from typing import Mapping
 
 import numpy as np
 
-from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf import preemption
 from mtkd_tf.data.split import SplitData
-from mtkd_tf.files import write_atomic
 from mtkd_tf.models import inference
+from mtkd_tf.models import model_dir as model_dir_lib
+from mtkd_tf.runtime.files import write_atomic
+from mtkd_tf.training import preemption
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -39,8 +39,9 @@ class OutputCache:
         self.batch_size = batch_size
         self._models: dict[str, object] = {}
 
-    def outputs(self, model_dir: str, splits: Mapping[str, Mapping[str, SplitData]],
-                name: str | None = None, model=None) -> dict[tuple[str, str], np.ndarray]:
+    def outputs(
+        self, model_dir: str, splits: Mapping[str, Mapping[str, SplitData]], name: str | None = None, model=None
+    ) -> dict[tuple[str, str], np.ndarray]:
         """`{(task, split): outputs}` of the model in `model_dir` on every labelled split (as
         `inference.dev_outputs`); `name` labels its files (default: the directory's name); `model`:
         the model already loaded from `model_dir` (default: loaded when an output is missing)."""

@@ -97,6 +97,7 @@ def agree(strategy, local: int | None) -> int | None:
 
     reduce = _agreements.get(id(strategy))
     if reduce is None:
+
         @tf.function
         def reduce(flag):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(flag,)), axis=None)
@@ -116,8 +117,13 @@ def _handle(number: int, frame) -> None:
         return
     _requests.signal, _requests.received = number, time.time()
     grace = _requests.grace
-    print(f"{signal_name(number)} received: finishing the current step and saving a checkpoint there"
-          + (f" (within {grace:g} s)" if grace else "") + "; send it again to stop at once", file=sys.stderr, flush=True)
+    print(
+        f"{signal_name(number)} received: finishing the current step and saving a checkpoint there"
+        + (f" (within {grace:g} s)" if grace else "")
+        + "; send it again to stop at once",
+        file=sys.stderr,
+        flush=True,
+    )
     if grace:
         _requests.timer = threading.Timer(grace, _deadline, args=(number, grace))
         _requests.timer.daemon = True
@@ -126,9 +132,12 @@ def _handle(number: int, frame) -> None:
 
 def _deadline(number: int, grace: float) -> None:
     """The grace period is over before a save point: exit now (the earlier checkpoints stay)."""
-    print(f"error: stopped by {signal_name(number)}: no step ended within stop_grace_seconds={grace:g}; exiting "
-          "without a new checkpoint (the previous one is kept); run the same command again to resume from it",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: stopped by {signal_name(number)}: no step ended within stop_grace_seconds={grace:g}; exiting "
+        "without a new checkpoint (the previous one is kept); run the same command again to resume from it",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(128 + number)
 
 

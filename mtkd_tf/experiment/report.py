@@ -30,11 +30,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mtkd_tf import plots
-from mtkd_tf.evaluation import METRIC_FUNCTIONS
-from mtkd_tf.files import read_json, write_atomic, write_json, write_npz
-from mtkd_tf.layout import members, seed_runs, variant
-from mtkd_tf.significance import LEVEL, RESAMPLES, Comparison, compare_many, holm, ratio_interval
+from mtkd_tf.experiment import plots
+from mtkd_tf.experiment.layout import members, seed_runs, variant
+from mtkd_tf.experiment.significance import LEVEL, RESAMPLES, Comparison, compare_many, holm, ratio_interval
+from mtkd_tf.models.evaluation import METRIC_FUNCTIONS
+from mtkd_tf.runtime.files import read_json, write_atomic, write_json, write_npz
 
 INPUTS, OUTPUTS = "report_inputs.json", "report_outputs.npz"
 KEPT_THRESHOLD = 0.5  # "keeps most of the gain" (the paper says nearly all)
@@ -71,16 +71,20 @@ class Evidence:
         arrays.update({f"labels|{task}|{split}": value for (task, split), value in self.labels.items()})
         arrays.update({f"groups|{task}|{split}": value for (task, split), value in self.groups.items()})
         write_npz(os.path.join(root, OUTPUTS), arrays, compressed=True)
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in ("predictions", "labels", "groups")}
+        fields = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("predictions", "labels", "groups")
+        }
         write_json(os.path.join(root, INPUTS), fields)
 
     @classmethod
     def load(cls, root: str) -> "Evidence":
         for name in (INPUTS, OUTPUTS):
             if not os.path.isfile(os.path.join(root, name)):
-                raise FileNotFoundError(f"{os.path.join(root, name)}: no report evidence here (a pipeline run's "
-                                        "evaluate stage writes it)")
+                raise FileNotFoundError(
+                    f"{os.path.join(root, name)}: no report evidence here (a pipeline run's evaluate stage writes it)"
+                )
         fields = read_json(os.path.join(root, INPUTS))
         predictions, labels, groups = {}, {}, {}
         with np.load(os.path.join(root, OUTPUTS), allow_pickle=False) as saved:
@@ -119,7 +123,10 @@ def scores(evidence: Evidence, heldout: bool) -> dict:
                 for name, runs in seed_runs(list(values)).items():
                     if len(runs) > 1:
                         found = [values[run] for run in runs]
-                        values[f"{name}_mean"], values[f"{name}_sd"] = float(np.mean(found)), float(np.std(found, ddof=1))
+                        values[f"{name}_mean"], values[f"{name}_sd"] = (
+                            float(np.mean(found)),
+                            float(np.std(found, ddof=1)),
+                        )
                 if values:
                     table.setdefault(task, {})[evidence.metric_name(task, split, metric)] = values
     return table
@@ -153,18 +160,33 @@ def score_table(table: Mapping, rows: Sequence[str]) -> str:
 # --- the claims -------------------------------------------------------------------------------------
 
 
-def _claim(title: str, task: str, metric: str, split: str, found: Comparison | None, reason: str = "",
-           untested: str = "") -> dict:
+def _claim(
+    title: str, task: str, metric: str, split: str, found: Comparison | None, reason: str = "", untested: str = ""
+) -> dict:
     """A claim; `untested` (a reason) keeps it from a verdict. A comparison of single runs is
     untested; a seed-aware one is judged by `_judge` after the multiplicity correction."""
-    claim = {"claim": title, "task": task, "metric": metric, "split": split, "estimate": None, "low": None,
-             "high": None, "level": LEVEL, "method": None, "seeds": None, "p": None, "p_adjusted": None,
-             "verdict": UNTESTED, "reason": untested or reason}
+    claim = {
+        "claim": title,
+        "task": task,
+        "metric": metric,
+        "split": split,
+        "estimate": None,
+        "low": None,
+        "high": None,
+        "level": LEVEL,
+        "method": None,
+        "seeds": None,
+        "p": None,
+        "p_adjusted": None,
+        "verdict": UNTESTED,
+        "reason": untested or reason,
+    }
     if found is None:
         claim["reason"] = untested or "no rows to compare"
         return claim
-    claim.update(estimate=found.estimate, low=found.low, high=found.high, method=found.method,
-                 seeds=list(found.seeds), p=found.p)
+    claim.update(
+        estimate=found.estimate, low=found.low, high=found.high, method=found.method, seeds=list(found.seeds), p=found.p
+    )
     if untested:
         return claim
     if not found.seed_aware:
@@ -190,18 +212,36 @@ def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: 
     rows = [row for row in evidence.rows if (row, task, split) in evidence.predictions]
     runs = seed_runs(rows)
     run = lambda row: evidence.predictions[(row, task, split)]  # noqa: E731
-    sides = {"ensemble": ["ensemble"] if "ensemble" in rows else [], "mean member": members(rows),
-             "picked member": [picked] if picked in rows else [], **runs}
-    wanted = [("ensemble", "mean member"), ("ensemble", "picked member"), ("ensemble", "baseline"),
-              ("student", "baseline"), ("student", "ensemble"), ("student_ft", "baseline_ft")]
-    pairs = [(a, b) for a, b in wanted if sides.get(a) and sides.get(b)
-             and (len(sides[a]) == len(sides[b]) or 1 in (len(sides[a]), len(sides[b])))]
+    sides = {
+        "ensemble": ["ensemble"] if "ensemble" in rows else [],
+        "mean member": members(rows),
+        "picked member": [picked] if picked in rows else [],
+        **runs,
+    }
+    wanted = [
+        ("ensemble", "mean member"),
+        ("ensemble", "picked member"),
+        ("ensemble", "baseline"),
+        ("student", "baseline"),
+        ("student", "ensemble"),
+        ("student_ft", "baseline_ft"),
+    ]
+    pairs = [
+        (a, b)
+        for a, b in wanted
+        if sides.get(a) and sides.get(b) and (len(sides[a]) == len(sides[b]) or 1 in (len(sides[a]), len(sides[b])))
+    ]
     pairs += [(row, "student") for row in rows if variant(row) and runs.get("student")]
     side = lambda name: [run(r) for r in sides[name]] if name in sides else [run(name)]  # noqa: E731
     variant_side = lambda a, b: side(b)[:1] if variant(a) else side(b)  # a variant is one seed: its own  # noqa: E731
-    found = compare_many(METRIC_FUNCTIONS[metric], evidence.labels[(task, split)],
-                         [(side(a), variant_side(a, b)) for a, b in pairs],
-                         evidence.groups.get((task, split)), RESAMPLES, evidence.seed)
+    found = compare_many(
+        METRIC_FUNCTIONS[metric],
+        evidence.labels[(task, split)],
+        [(side(a), variant_side(a, b)) for a, b in pairs],
+        evidence.groups.get((task, split)),
+        RESAMPLES,
+        evidence.seed,
+    )
     return {f"{a} - {b}": comparison for (a, b), comparison in zip(pairs, found)}
 
 
@@ -218,24 +258,37 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
     `{task: {"a - b": Comparison}}` behind them."""
     everything, found = [], {}
     teacher_tasks = evidence.teacher_tasks if evidence.teacher_tasks is not None else list(evidence.tasks)
-    split_of = {task: (evidence.splits(task, heldout=True) or evidence.splits(task, heldout=False))[0]
-                for task in evidence.tasks}
+    split_of = {
+        task: (evidence.splits(task, heldout=True) or evidence.splits(task, heldout=False))[0]
+        for task in evidence.tasks
+    }
     for task, meta in evidence.tasks.items():
         found[task] = comparisons(evidence, task, split_of[task], meta["metrics"][0], picked_member(evidence, task))
-    dev_note = "" if any(evidence.splits(t, True) for t in evidence.tasks) else \
-        "no held-out split (heldout_examples=0): tested on dev, which also picked the member and the teachers; "
+    dev_note = (
+        ""
+        if any(evidence.splits(t, True) for t in evidence.tasks)
+        else "no held-out split (heldout_examples=0): tested on dev, which also picked the member and the teachers; "
+    )
     for task, meta in evidence.tasks.items():
         split = split_of[task]
         name = evidence.metric_name(task, split, meta["metrics"][0])
         at = lambda comparison: found[task].get(comparison)  # noqa: E731
         claim = lambda title, comparison, reason="", untested="": everything.append(  # noqa: E731
-            _claim(title, task, name, split, at(comparison), (dev_note + reason).rstrip("; "), untested))
+            _claim(title, task, name, split, at(comparison), (dev_note + reason).rstrip("; "), untested)
+        )
         if task in teacher_tasks:
-            claim("The ensemble beats its mean member", "ensemble - mean member",
-                  "members as seeds; the ensemble is one run, its own training noise is not included")
-            claim("The ensemble beats the member picked on dev", "ensemble - picked member",
-                  untested="one ensemble against one member: training noise is unmeasured (example-only interval)"
-                  if at("ensemble - picked member") else "")
+            claim(
+                "The ensemble beats its mean member",
+                "ensemble - mean member",
+                "members as seeds; the ensemble is one run, its own training noise is not included",
+            )
+            claim(
+                "The ensemble beats the member picked on dev",
+                "ensemble - picked member",
+                untested="one ensemble against one member: training noise is unmeasured (example-only interval)"
+                if at("ensemble - picked member")
+                else "",
+            )
             claim("The ensemble beats the baseline", "ensemble - baseline")
             claim("The student beats the baseline", "student - baseline")
         elif "student - baseline" in found[task]:
@@ -246,8 +299,11 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
             row = comparison.split(" - ")[0]
             what = variant(row)
             if what:
-                claim(f"Beyond the paper, {what} ({row}) beats the student", comparison,
-                      untested="one run of the variant against the student of the same seed: training noise is unmeasured")
+                claim(
+                    f"Beyond the paper, {what} ({row}) beats the student",
+                    comparison,
+                    untested="one run of the variant against the student of the same seed: training noise is unmeasured",
+                )
     everything = [c for c in everything if c["reason"] != "no rows to compare"]
     _judge(everything)
     _gates(everything, evidence, found, teacher_tasks)
@@ -265,24 +321,48 @@ def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_task
     for task in teacher_tasks:
         if task not in found:
             continue
-        beats = [i for i, c in enumerate(everything) if c["task"] == task and c["claim"] == "The student beats the baseline"]
+        beats = [
+            i for i, c in enumerate(everything) if c["task"] == task and c["claim"] == "The student beats the baseline"
+        ]
         if not beats:
             continue
-        kept = {**everything[beats[0]], "claim": f"The student keeps at least {100 * KEPT_THRESHOLD:.0f}% of the ensemble's gain "
-                "(the paper: nearly all)", "estimate": None, "low": None, "high": None, "method": None, "seeds": None,
-                "p": None, "p_adjusted": None, "verdict": UNTESTED}
+        kept = {
+            **everything[beats[0]],
+            "claim": f"The student keeps at least {100 * KEPT_THRESHOLD:.0f}% of the ensemble's gain "
+            "(the paper: nearly all)",
+            "estimate": None,
+            "low": None,
+            "high": None,
+            "method": None,
+            "seeds": None,
+            "p": None,
+            "p_adjusted": None,
+            "verdict": UNTESTED,
+        }
         if verdict.get(("The ensemble beats the baseline", task)) != HOLDS:
             kept["reason"] = "the ensemble's gain over the baseline is not significant: nothing to keep"
         else:
             student, gain = found[task]["student - baseline"], found[task]["ensemble - baseline"]
             share = ratio_interval(student, gain)
-            kept.update(estimate=share.difference, low=share.low, high=share.high, method=f"ratio of {gain.method}",
-                        seeds=list(student.seeds))
+            kept.update(
+                estimate=share.difference,
+                low=share.low,
+                high=share.high,
+                method=f"ratio of {gain.method}",
+                seeds=list(student.seeds),
+            )
             student_gained = verdict.get(("The student beats the baseline", task)) == HOLDS
-            kept["verdict"] = HOLDS if student_gained and share.low >= KEPT_THRESHOLD else FAILS if share.high < KEPT_THRESHOLD \
+            kept["verdict"] = (
+                HOLDS
+                if student_gained and share.low >= KEPT_THRESHOLD
+                else FAILS
+                if share.high < KEPT_THRESHOLD
                 else NOT_SIGNIFICANT
-            kept["reason"] = (f"(student - baseline) / (ensemble - baseline); holds where the student beats the baseline "
-                              f"and the share's interval lies above {KEPT_THRESHOLD:.0%}")
+            )
+            kept["reason"] = (
+                f"(student - baseline) / (ensemble - baseline); holds where the student beats the baseline "
+                f"and the share's interval lies above {KEPT_THRESHOLD:.0%}"
+            )
         everything.insert(beats[0] + 1, kept)
 
 
@@ -294,7 +374,9 @@ def claim_line(claim: Mapping) -> str:
         show = (lambda v: f"{v:+.2f}") if share else (lambda v: f"{100 * v:+.1f}")  # noqa: E731
         what += f" {show(claim['estimate'])} [{show(claim['low'])}, {show(claim['high'])}]"
     if claim["p"] is not None:
-        what += f", p {claim['p']:.3f}" + (f" (Holm {claim['p_adjusted']:.3f})" if claim["p_adjusted"] is not None else "")
+        what += f", p {claim['p']:.3f}" + (
+            f" (Holm {claim['p_adjusted']:.3f})" if claim["p_adjusted"] is not None else ""
+        )
     if claim["seeds"]:
         what += f", runs {claim['seeds'][0]} vs {claim['seeds'][1]}"
     verdict = claim["verdict"] + (f" ({claim['reason']})" if claim["reason"] else "")
@@ -311,8 +393,10 @@ def warnings(dev: Mapping, evidence: Evidence) -> list[str]:
         metric = next(iter(metrics))
         values = [metrics[metric][row] for row in members(list(metrics[metric]))]
         if len(values) > 1 and max(values) - min(values) > SPREAD_WARNING:
-            found.append(f"{task}: the teachers' {metric} spans {100 * min(values):.1f}-{100 * max(values):.1f} "
-                         f"(more than {100 * SPREAD_WARNING:.0f} points): the ensemble mixes converged and unconverged members")
+            found.append(
+                f"{task}: the teachers' {metric} spans {100 * min(values):.1f}-{100 * max(values):.1f} "
+                f"(more than {100 * SPREAD_WARNING:.0f} points): the ensemble mixes converged and unconverged members"
+            )
     for row, history in evidence.histories.items():
         warm = int(np.ceil(evidence.warmup_fraction * len(history))) if history else 0
         after = history[warm:]  # the epochs after warm-up: a warm-up epoch's mean loss is high by design
@@ -323,16 +407,23 @@ def warnings(dev: Mapping, evidence: Evidence) -> list[str]:
             if key in after[-1] and after[-2].get(key, 0) > 0:
                 drop = 1 - after[-1][key] / after[-2][key]
                 if drop >= STILL_LEARNING:
-                    found.append(f"{row}: {task}'s training loss fell {100 * drop:.0f}% over its last epoch: it has not "
-                                 "converged, more epochs may change the comparison")
+                    found.append(
+                        f"{row}: {task}'s training loss fell {100 * drop:.0f}% over its last epoch: it has not "
+                        "converged, more epochs may change the comparison"
+                    )
     return found
 
 
 def soft_target_table(stats: Mapping[str, Mapping]) -> str:
-    lines = ["| task | examples | mean p(gold) | agreement with gold | entropy (nats) | max entropy |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | examples | mean p(gold) | agreement with gold | entropy (nats) | max entropy |",
+        "|---|---|---|---|---|---|",
+    ]
     for task, found in stats.items():
-        lines.append(f"| {task} | {found['examples']} | {found['gold_probability']:.3f} | {100 * found['agreement']:.1f}% | "
-                     f"{found['entropy']:.3f} | {found['max_entropy']:.3f} |")
+        lines.append(
+            f"| {task} | {found['examples']} | {found['gold_probability']:.3f} | {100 * found['agreement']:.1f}% | "
+            f"{found['entropy']:.3f} | {found['max_entropy']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -344,44 +435,74 @@ def build(evidence: Evidence) -> tuple[dict, str]:
     warning_lines = warnings(dev, evidence)
     text = "Dev scores (x100):\n\n" + score_table(dev, order)
     if held:
-        text += "\n\nHeld-out scores (x100; the claims' split, carved from training data, never trained on):\n\n" \
-                + score_table(held, columns(held, evidence.rows))
+        text += (
+            "\n\nHeld-out scores (x100; the claims' split, carved from training data, never trained on):\n\n"
+            + score_table(held, columns(held, evidence.rows))
+        )
     means = {name: runs for name, runs in seed_runs(order).items() if len(runs) > 1}
     if means:
-        text += "\n\n" + "; ".join(f"{name}_mean: mean ± sd over {len(runs)} seeds ({', '.join(runs)})"
-                                   for name, runs in means.items()) + "."
+        text += (
+            "\n\n"
+            + "; ".join(
+                f"{name}_mean: mean ± sd over {len(runs)} seeds ({', '.join(runs)})" for name, runs in means.items()
+            )
+            + "."
+        )
     if found_claims:
-        text += ("\n\nThe paper's claims (each task's first metric; estimate x100 with its unadjusted 95% interval; "
-                 "verdicts use Holm-adjusted p over every tested claim; intervals count seeds and examples where a "
-                 "side has 2+ runs, else the claim is untested):\n" + "\n".join(claim_line(c) for c in found_claims))
+        text += (
+            "\n\nThe paper's claims (each task's first metric; estimate x100 with its unadjusted 95% interval; "
+            "verdicts use Holm-adjusted p over every tested claim; intervals count seeds and examples where a "
+            "side has 2+ runs, else the claim is untested):\n" + "\n".join(claim_line(c) for c in found_claims)
+        )
     if any("one seed" in c["reason"] for c in found_claims):
-        text += ("\n\nOne seed per model cannot tell a method from the luck of a training run, so those claims are "
-                 "untested: run with --seeds=3 or more for verdicts (docs/results.md has such runs).")
+        text += (
+            "\n\nOne seed per model cannot tell a method from the luck of a training run, so those claims are "
+            "untested: run with --seeds=3 or more for verdicts (docs/results.md has such runs)."
+        )
     if evidence.soft_targets:
-        text += ("\n\nSoft targets on the training examples (what distillation adds beyond the labels):\n\n"
-                 + soft_target_table(evidence.soft_targets))
+        text += (
+            "\n\nSoft targets on the training examples (what distillation adds beyond the labels):\n\n"
+            + soft_target_table(evidence.soft_targets)
+        )
     selection = evidence.selection
     if selection:
         ranked = sorted(selection["candidates"].items(), key=lambda item: -item[1]["mean"])
-        text += (f"\n\nTeacher selection on {', '.join(selection['selection_tasks'])} dev (mean of each task's first "
-                 "metric): " + ", ".join(f"{name} {100 * entry['mean']:.1f}" for name, entry in ranked)
-                 + f"; kept {', '.join(selection['chosen'])}.")
+        text += (
+            f"\n\nTeacher selection on {', '.join(selection['selection_tasks'])} dev (mean of each task's first "
+            "metric): "
+            + ", ".join(f"{name} {100 * entry['mean']:.1f}" for name, entry in ranked)
+            + f"; kept {', '.join(selection['chosen'])}."
+        )
     if evidence.gate:
         gate = evidence.gate
-        text += (f"\n\nGate (before any student trained): the selected ensemble beat baseline run 0 on dev by "
-                 f"{gate['gain']:+.2f} points (teacher tasks' first metrics, averaged; margin {gate['margin']}): "
-                 + ", ".join(f"{task} {s['ensemble']:.1f} vs {s['baseline']:.1f}" for task, s in gate["scores"].items())
-                 + ".")
+        text += (
+            f"\n\nGate (before any student trained): the selected ensemble beat baseline run 0 on dev by "
+            f"{gate['gain']:+.2f} points (teacher tasks' first metrics, averaged; margin {gate['margin']}): "
+            + ", ".join(f"{task} {s['ensemble']:.1f} vs {s['baseline']:.1f}" for task, s in gate["scores"].items())
+            + "."
+        )
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
     report = {
-        "results": dev, "results_heldout": held, "claims": found_claims,
-        "intervals": {task: {"split": next((c["split"] for c in found_claims if c["task"] == task), None),
-                             **{name: comparison.to_list() for name, comparison in pairs.items()}}
-                      for task, pairs in found.items()},
-        "warnings": warning_lines, "soft_targets": evidence.soft_targets, "heldout": evidence.heldout,
-        "teacher_selection": dict(selection or {}), "gate": evidence.gate, "rows": order, "config": evidence.config,
-        "environment": evidence.environment}
+        "results": dev,
+        "results_heldout": held,
+        "claims": found_claims,
+        "intervals": {
+            task: {
+                "split": next((c["split"] for c in found_claims if c["task"] == task), None),
+                **{name: comparison.to_list() for name, comparison in pairs.items()},
+            }
+            for task, pairs in found.items()
+        },
+        "warnings": warning_lines,
+        "soft_targets": evidence.soft_targets,
+        "heldout": evidence.heldout,
+        "teacher_selection": dict(selection or {}),
+        "gate": evidence.gate,
+        "rows": order,
+        "config": evidence.config,
+        "environment": evidence.environment,
+    }
     return report, text
 
 
@@ -392,17 +513,28 @@ def write_report(root: str, evidence: Evidence) -> tuple[dict, str]:
     write_atomic(os.path.join(root, "report.md"), text + "\n")
     shown = report["results_heldout"] or report["results"]
     bars = {task: {next(iter(shown[task])): pairs} for task, pairs in claims_intervals(report).items() if task in shown}
-    plots.plot_scores(shown, report["rows"], os.path.join(root, "scores.png"), bars,
-                      "held-out" if report["results_heldout"] else "dev")
-    plots.plot_training_curves(evidence.histories.get("student", []), evidence.histories.get("baseline"),
-                               list(evidence.tasks), os.path.join(root, "training_curves.png"))
+    plots.plot_scores(
+        shown,
+        report["rows"],
+        os.path.join(root, "scores.png"),
+        bars,
+        "held-out" if report["results_heldout"] else "dev",
+    )
+    plots.plot_training_curves(
+        evidence.histories.get("student", []),
+        evidence.histories.get("baseline"),
+        list(evidence.tasks),
+        os.path.join(root, "training_curves.png"),
+    )
     return report, text
 
 
 def claims_intervals(report: Mapping) -> dict:
     """`{task: {"a - b": (estimate, low, high)}}` of the report's comparisons (the plots' error bars)."""
-    return {task: {name: value for name, value in pairs.items() if name != "split"}
-            for task, pairs in report["intervals"].items()}
+    return {
+        task: {name: value for name, value in pairs.items() if name != "split"}
+        for task, pairs in report["intervals"].items()
+    }
 
 
 def rebuild(root: str) -> dict:

