@@ -222,13 +222,13 @@ def test_experiment_runs_the_pipeline_and_a_rerun_skips_every_stage(tmp_path, mo
     assert [os.path.getmtime(tmp_path / "kd" / name) for name in files] == before
     skipped = " | ".join(records)
     for message in (
-        "member_0 exists, skipping",
-        "member_1 exists, skipping",
-        "soft labels in",
-        "student exists, skipping",
-        "baseline exists, skipping",
+        "teachers is done, skipping",
+        "soft_labels is done, skipping",
+        "student is done, skipping",
+        "baseline is done, skipping",
     ):
         assert message in skipped, skipped
+    assert "member_0" in skipped and "member_1" in skipped  # the skipped stage names its outputs
 
 
 @pytest.mark.slow

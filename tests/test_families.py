@@ -124,9 +124,9 @@ def test_a_mixed_family_ensemble_teaches_a_bert_student_through_cached_soft_labe
     )
     experiment = mt.Experiment(config)
     experiment.teachers(), experiment.soft_labels(), experiment.student()
-    members = [model_dir.load(d) for d in experiment.teacher_dirs()]
+    members = [model_dir.load(d) for d in experiment.ctx.teachers.dirs()]
     assert [type(m.preprocessor.tokenizer).__name__ for m in members] == ["RobertaTokenizer", "DebertaV3Tokenizer"]
-    train = experiment.train_data["rte"]
+    train = experiment.data.train["rte"]
     expected = np.mean([ensemble.member_targets(member, train) for member in members], axis=0)
     stored = soft_labels.read(soft_labels.path_for(str(tmp_path / "kd" / "soft_labels"), "rte"))
     np.testing.assert_allclose(soft_labels.align(stored, train.task, train), expected, atol=1e-5)

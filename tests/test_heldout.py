@@ -52,8 +52,8 @@ def test_an_experiment_trains_without_its_heldout_examples(tmp_path, monkeypatch
         max_train_examples=100,
     )
     experiment = mt.Experiment(config)
-    for task, data in experiment.train_data.items():
-        held = experiment.heldout_data[task][HELDOUT]
+    for task, data in experiment.data.train.items():
+        held = experiment.data.heldout[task][HELDOUT]
         assert len(held) == 30 and len(data) == 100 and held.labels is not None
         assert not set(held.ids) & set(data.ids)
     plain = mt.Experiment(config.replace(heldout_examples=0, model_dir=str(tmp_path / "b")))
@@ -84,13 +84,13 @@ def test_an_experiment_with_a_labelled_fraction_labels_only_the_teacher_tasks_pa
         teacher_tasks=["sst2"],
     )
     experiment = mt.Experiment(config)
-    train, unlabelled = experiment.train_data, experiment.unlabelled_data
+    train, unlabelled = experiment.data.train, experiment.data.unlabelled
     assert len(train["sst2"]) == 25 and len(unlabelled["sst2"]) == 75 and unlabelled["sst2"].labels is None
     assert len(train["rte"]) == 100 and "rte" not in unlabelled  # tasks without a teacher keep every label
-    held = experiment.heldout_data["sst2"][HELDOUT]
+    held = experiment.data.heldout["sst2"][HELDOUT]
     assert not set(held.ids) & (set(train["sst2"].ids) | set(unlabelled["sst2"].ids))
     # the teachers label both parts; the student's data holds both, the baseline's the labelled part
-    assert [len(d) for d in experiment.soft_label_data()["sst2"]] == [25, 75]
-    assert experiment.steps(1, extra=True) - experiment.steps(1) == 7 - 2  # sst2: 100 / 16 vs 25 / 16 batches
+    assert [len(d) for d in experiment.data.soft_label_data()["sst2"]] == [25, 75]
+    assert experiment.ctx.steps(1, extra=True) - experiment.ctx.steps(1) == 7 - 2  # sst2: 100 / 16 vs 25 / 16 batches
     with pytest.raises(mt.ConfigError, match="labelled_fraction must be >= 0.001"):
         config.replace(labelled_fraction=0.0)

@@ -60,7 +60,7 @@ def test_pipeline_rerun_skips_finished_stages(experiment):
     result = run_cli(*COMMON, "--mode=pipeline", f"--model_dir={root}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [os.path.getmtime(f) for f in files] == before
-    assert "soft labels in" in result.stderr and "student exists, skipping" in result.stderr
+    assert "soft_labels is done, skipping" in result.stderr and "student is done, skipping" in result.stderr
 
 
 @pytest.mark.slow

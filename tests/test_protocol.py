@@ -44,7 +44,7 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     scores = {name: entry["mean"] for name, entry in selection["candidates"].items()}
     assert set(scores) == {"member_0", "member_1", "member_2"} and selection["selection_tasks"] == ["rte"]
     # each candidate scored here on rte dev, independently of the selection code
-    dev = experiment.dev_data["rte"]["dev"]
+    dev = experiment.data.dev["rte"]["dev"]
     own = {
         name: float(
             np.mean(
@@ -57,11 +57,11 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     assert own == pytest.approx(scores)
     best = sorted(own, key=lambda name: -own[name])[:2]
     assert sorted(selection["chosen"]) == sorted(best)  # the best K by dev score
-    assert [os.path.basename(d) for d in experiment.teacher_dirs()] == selection["chosen"]
+    assert [os.path.basename(d) for d in experiment.ctx.teachers.dirs()] == selection["chosen"]
     # soft targets of sst2 = the mean of the sst2-fine-tuned chosen members' probabilities
     finetuned = [str(root / "teachers" / "finetuned" / "sst2" / name) for name in selection["chosen"]]
-    assert experiment.teacher_dirs_by_task() == {"sst2": finetuned}
-    train = experiment.train_data["sst2"]
+    assert experiment.ctx.teachers.by_task() == {"sst2": finetuned}
+    train = experiment.data.train["sst2"]
     expected = np.mean([ensemble.member_targets(model_dir.load(d), train) for d in finetuned], axis=0)
     stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels"), "sst2"))
     np.testing.assert_allclose(soft_labels.align(stored, train.task, train), expected, atol=1e-5)

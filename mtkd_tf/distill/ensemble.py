@@ -2,7 +2,7 @@
 
 Member k trains with seed `seed + 1000 (k + 1)`, shared-layer dropout
 `dropouts[k % len]` and encoder `encoders[k % len]`; each member is an ordinary model
-directory (`<teacher_dir>/member_<k>`), so it can be evaluated alone. The ensemble's
+directory (named by `mtkd_tf.experiment.layout`), so it can be evaluated alone. The ensemble's
 prediction is the mean of its members' class probabilities (regression: mean score).
 """
 
@@ -32,7 +32,7 @@ from mtkd_tf.models.inference import labelled_splits, predict_outputs
 from mtkd_tf.models.losses import soften
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.runtime.directory_lock import DirectoryLock
-from mtkd_tf.runtime.files import write_atomic
+from mtkd_tf.runtime.files import PARTIAL, write_atomic
 from mtkd_tf.training import preemption
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ class MemberSpec:
     dropout: float
     encoder: str
 
-    @property
-    def name(self) -> str:
-        return f"member_{self.index}"
-
 
 def member_specs(num_teachers: int, seed: int, dropouts: Sequence[float], encoders: Sequence[str]) -> list[MemberSpec]:
     """The K members' settings; `num_teachers` and `dropouts` obey `TeacherConfig`'s rules."""
@@ -59,17 +55,6 @@ def member_specs(num_teachers: int, seed: int, dropouts: Sequence[float], encode
         MemberSpec(k, seed + 1000 * (k + 1), float(dropouts[k % len(dropouts)]), encoders[k % len(encoders)])
         for k in range(num_teachers)
     ]
-
-
-def member_dirs(teacher_dir: str) -> list[str]:
-    """Finished member directories under `teacher_dir`, in member order."""
-    if not os.path.isdir(teacher_dir):
-        return []
-    names = sorted(
-        (name for name in os.listdir(teacher_dir) if name.startswith("member_") and name[7:].isdigit()),
-        key=lambda name: int(name[7:]),
-    )
-    return [os.path.join(teacher_dir, name) for name in names if model_dir_lib.exists(os.path.join(teacher_dir, name))]
 
 
 def member_targets(
@@ -277,7 +262,8 @@ def check_compatible(
         if theirs != list(vocabulary) or (student_packing is not None and packing != student_packing):
             raise ConfigError(
                 f"teacher {member.directory} tokenises differently from the student ({type(tokenizer).__name__}, "
-                f"{len(theirs)} tokens vs {len(vocabulary)}{', other pair packing' if theirs == list(vocabulary) else ''}): "
+                f"{len(theirs)} tokens vs {len(vocabulary)}"
+                f"{', other pair packing' if theirs == list(vocabulary) else ''}): "
                 "online teachers read the student's token ids, so they must share its tokenizer; use cached soft "
                 "labels (the default), where each teacher tokenises the text itself"
             )
@@ -291,13 +277,15 @@ def make_soft_labels(
     batch_size: int = 128,
     checkpoint_every_steps: int = 0,
     policy: str = "float32",
+    partial_dir: str | None = None,
 ) -> dict[str, str]:
     """Averages the members' predictions over each task's examples and writes one file per task.
 
-    Predictions are saved every `checkpoint_every_steps` batches under
-    `<output_dir>/.partial/<task>`, so a re-run after a crash resumes; the directory is
-    removed once the task's file is written. On SIGTERM or SIGINT (`preemption`) the chunk being
-    computed is finished and saved, then `Preempted` is raised. `output_dir` is locked meanwhile. `policy`: the teachers' encoder dtype policy
+    Predictions are saved every `checkpoint_every_steps` batches under `<partial_dir>/<task>`
+    (default `partial_dir`: `<output_dir>/.partial`), so a re-run after a crash resumes; the
+    directory is removed once the task's file is written. On SIGTERM or SIGINT (`preemption`) the chunk being
+    computed is finished and saved, then `Preempted` is raised. `output_dir` is locked meanwhile.
+    `policy`: the teachers' encoder dtype policy
     (`distribute.inference_policy`); it is recorded in each file's metadata. `member_dirs` is
     one ensemble for every task, or `{task: its members}` (per-task ensembles of fine-tuned teachers).
     """
@@ -307,7 +295,10 @@ def make_soft_labels(
             "no teacher models found: train them first (the teachers stage) or give teacher_dirs", "teacher_dirs"
         )
     with DirectoryLock(output_dir, "soft-label directory"):
-        return _make_soft_labels(by_task, data, temperature, output_dir, batch_size, checkpoint_every_steps, policy)
+        partial_dir = partial_dir or os.path.join(output_dir, PARTIAL)
+        return _make_soft_labels(
+            by_task, data, temperature, output_dir, batch_size, checkpoint_every_steps, policy, partial_dir
+        )
 
 
 def _make_soft_labels(
@@ -318,6 +309,7 @@ def _make_soft_labels(
     batch_size: int,
     checkpoint_every_steps: int,
     policy: str,
+    partial_dir: str,
 ) -> dict[str, str]:
     written, loaded = {}, {}
     for task_name, splits in data.items():
@@ -336,7 +328,7 @@ def _make_soft_labels(
             check_compatible(raw, [s[0].task for name, s in data.items() if tuple(by_task[name]) == dirs])
             loaded = {dirs: [in_precision(member, policy) for member in raw]}
         members = loaded[dirs]
-        partial = os.path.join(output_dir, ".partial", task_name)
+        partial = os.path.join(partial_dir, task_name)
         targets = [
             ensemble_targets(
                 members, split, temperature, batch_size, partial, checkpoint_every_steps * batch_size, policy
@@ -353,7 +345,7 @@ def _make_soft_labels(
             "soft labels of %s: %d examples from %d teachers -> %s", task_name, len(soft.ids), len(members), path
         )
     with contextlib.suppress(OSError):
-        os.rmdir(os.path.join(output_dir, ".partial"))
+        os.rmdir(partial_dir)
     return written
 
 

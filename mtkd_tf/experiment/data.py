@@ -1,11 +1,15 @@
 """`ExperimentData`: an experiment's tasks and examples, read once and cached: training data
 (without the held-out split, cut to `max_train_examples`), the held-out split, unlabelled text,
-dev data, and the tasks that get teachers."""
+dev data, and the tasks that get teachers. Examples that a stage made (augmented or transfer
+text, under `<model_dir>/data/`, `ExperimentLayout.made_examples`) join the unlabelled text when
+they are there; they are read again whenever a file changes, so the cache stays valid while
+stages add data."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Sequence
 
 from mtkd_tf.config import ExperimentConfig
@@ -17,9 +21,11 @@ from mtkd_tf.distill.student import teacher_task_names
 class ExperimentData:
     """The data every stage reads, from `config.data` (see the module docstring)."""
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: ExperimentConfig, layout=None):
         self.config = config
+        self.layout = layout  # an `ExperimentLayout`: where stages put the examples they make
         self._splits: dict[tuple, dict] = {}
+        self._made: dict[tuple, SplitData] = {}
 
     @functools.cached_property
     def known_tasks(self) -> dict[str, Task]:
@@ -122,7 +128,27 @@ class ExperimentData:
         for name, (_, rest) in self._labelled.items():
             if rest is not None:
                 found[name] = dataclasses.replace(found[name].concat(rest), labels=None) if name in found else rest
+        for name, made in self.made().items():
+            found[name] = dataclasses.replace(found[name].concat(made), labels=None) if name in found else made
         return found
+
+    def made(self) -> dict[str, SplitData]:
+        """`{task: examples}` that stages wrote under the experiment directory (none without a layout)."""
+        from mtkd_tf.data.examples_file import read_examples
+
+        files = self.layout.made_example_files() if self.layout is not None else {}
+        tasks = {task.name: task for task in self.trainable}
+        found = {}
+        for name, paths in files.items():
+            if name not in tasks:
+                continue
+            for path in paths:
+                stat = os.stat(path)
+                key = (path, stat.st_mtime_ns, stat.st_size)
+                if key not in self._made:
+                    self._made[key] = read_examples(path, tasks[name])
+                found[name] = found[name].concat(self._made[key]) if name in found else self._made[key]
+        return {name: dataclasses.replace(data, labels=None) for name, data in found.items()}
 
     @property
     def dev(self) -> dict[str, dict[str, SplitData]]:

@@ -3,7 +3,6 @@ report's evidence (`report.Evidence`), and the report built from that evidence a
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from mtkd_tf.data.split import HELDOUT, SplitData, ids_digest
 from mtkd_tf.data.tasks import CLASSIFICATION, RANKING
 from mtkd_tf.distill import ensemble, soft_labels
-from mtkd_tf.experiment.layout import run_row
+from mtkd_tf.experiment.layout import finetuned_row
 from mtkd_tf.experiment.output_cache import OutputCache
 from mtkd_tf.experiment.report import INPUTS, OUTPUTS, Evidence, write_report
 from mtkd_tf.experiment.stages import Stage
@@ -36,32 +35,34 @@ class Evaluate(Stage):
     def outputs(self) -> list[str]:
         return [os.path.join(self.layout.root, name) for name in (INPUTS, OUTPUTS)]
 
+    def done(self) -> bool:
+        return False  # always from the models as they are now (its outputs are evidence, not models)
+
+    def cache(self) -> OutputCache:
+        return OutputCache(self.layout.partial_dir(self.name), self.config.runtime.eval_batch_size)
+
     def run(self) -> dict[str, dict]:
-        experiment = self.experiment
-        heldout = experiment.heldout_data
+        data = self.ctx.data
+        heldout, dev = data.heldout, data.dev
         self.announce(
             "every member, the ensemble, the baseline and the student on dev"
             + (" and the held-out split" if heldout else "")
         )
-        splits = {task: {**by_split, **heldout.get(task, {})} for task, by_split in experiment.dev_data.items()}
-        cache = OutputCache(os.path.join(self.layout.root, ".partial", "evaluate"), self.config.runtime.eval_batch_size)
-        outputs = self.outputs_of(splits, cache)
-        dev = experiment.dev_data
-        rows = {
-            name: evaluation.score_outputs(
-                {task: dev[task] for task in dev if any(key[0] == task for key in found)},
-                {key: value for key, value in found.items() if key[1] != HELDOUT},
-            )
-            for name, found in outputs.items()
-        }
-        directories = {os.path.basename(os.path.normpath(d)): d for d in experiment.teacher_dirs()}
-        directories.update({name: d for name, d in self.layout.model_dirs().items() if name in outputs})
-        for name, directory in directories.items():
-            write_json(os.path.join(directory, "eval_results.json"), rows[name])
-        self.evidence(splits, outputs).save(self.layout.root)
-        cache.remove()
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(self.layout.root, ".partial"))
+        splits = {task: {**by_split, **heldout.get(task, {})} for task, by_split in dev.items()}
+        with self.cache() as cache:
+            outputs = self.outputs_of(splits, cache)
+            rows = {
+                name: evaluation.score_outputs(
+                    {task: dev[task] for task in dev if any(key[0] == task for key in found)},
+                    {key: value for key, value in found.items() if key[1] != HELDOUT},
+                )
+                for name, found in outputs.items()
+            }
+            directories = {os.path.basename(os.path.normpath(d)): d for d in self.ctx.teachers.dirs()}
+            directories.update({name: d for name, d in self.layout.model_dirs().items() if name in outputs})
+            for name, directory in directories.items():
+                write_json(os.path.join(directory, "eval_results.json"), rows[name])
+            self.evidence(splits, outputs).save(self.layout.root)
         return rows
 
     def outputs_of(
@@ -70,14 +71,12 @@ class Evaluate(Stage):
         """`{row: {(task, split): head outputs}}` of every model of the report on `splits`; each
         model's outputs on each split are saved in `cache` as they are computed (a stop request
         ends the stage there, and a re-run reads them back)."""
-        experiment = self.experiment
-        cache = cache or OutputCache(
-            os.path.join(self.layout.root, ".partial", "evaluate"), self.config.runtime.eval_batch_size
-        )
+        ctx, layout = self.ctx, self.layout
+        cache = cache or self.cache()
         outputs: dict[str, dict] = {}
-        member_dirs = experiment.teacher_dirs()
+        member_dirs = ctx.teachers.dirs()
         by_members: dict[tuple, list[str]] = {}  # tasks that share one set of members
-        for task, dirs in experiment.teacher_dirs_by_task(list(splits)).items():
+        for task, dirs in ctx.teachers.by_task(list(splits)).items():
             by_members.setdefault(tuple(dirs), []).append(task)
         for dirs, tasks in by_members.items() if member_dirs else ():
             subset = {task: splits[task] for task in tasks}
@@ -85,22 +84,21 @@ class Evaluate(Stage):
             for directory, found in zip(member_dirs, each):
                 outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
             outputs.setdefault("ensemble", {}).update(ensemble.average_outputs(subset, each))
-        shown = sorted(self.layout.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))
+        shown = sorted(layout.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))
         for name, directory in shown:  # baselines first
             if model_dir_lib.exists(directory):
                 outputs[name] = cache.outputs(directory, splits, name)
-        seeded = sorted(self.layout.seeded_dirs().items(), key=lambda item: (item[0][0] != "baseline", item[0][1]))
+        seeded = sorted(layout.seeded_dirs().items(), key=lambda item: (item[0][0] != "baseline", item[0][1]))
         for (name, run), directory in seeded:
-            copies = self.layout.finetuned_dirs(directory, experiment.finetune_tasks)
-            for task, path in copies.items():
+            for task, path in layout.finetuned_dirs(directory, ctx.finetune_tasks).items():
                 if model_dir_lib.exists(path):
-                    row = run_row(f"{name}_ft", run)
+                    row = finetuned_row(name, run)
                     outputs.setdefault(row, {}).update(cache.outputs(path, {task: splits[task]}, row))
         return outputs
 
     def evidence(self, splits: dict[str, dict[str, SplitData]], outputs: dict[str, dict]) -> Evidence:
         """What the report is built from, with nothing that needs a model."""
-        experiment, layout, config = self.experiment, self.layout, self.config
+        ctx, layout, config = self.ctx, self.layout, self.config
         labelled = dict(inference.labelled_splits(splits))
         predictions = {
             (row, *key): evaluation.decide(labelled[key].task, values, labelled[key].groups)
@@ -116,7 +114,7 @@ class Evaluate(Stage):
             for row, d in layout.model_dirs().items()
             if os.path.isfile(os.path.join(d, "history.json"))
         }
-        selection = os.path.join(experiment.readable("teacher_dir"), os.path.basename(layout.selection_file))
+        selection = os.path.join(ctx.readable("teacher_dir"), os.path.basename(layout.selection_file))
         optional = lambda path: read_json(path) if os.path.isfile(path) else None  # noqa: E731
         return Evidence(
             rows=list(outputs),
@@ -124,7 +122,7 @@ class Evaluate(Stage):
             predictions=predictions,
             labels={key: np.asarray(data.labels) for key, data in labelled.items()},
             groups={key: np.asarray(data.groups) for key, data in labelled.items() if data.task.type == RANKING},
-            teacher_tasks=list(experiment.teacher_tasks) if config.teachers.teacher_tasks else None,
+            teacher_tasks=list(ctx.data.teacher_tasks) if config.teachers.teacher_tasks else None,
             histories=histories,
             selection=optional(selection),
             gate=optional(layout.gate_file),
@@ -137,21 +135,20 @@ class Evaluate(Stage):
                     "ids_sha256": ids_digest(by_split[HELDOUT]),
                     "rule": HELDOUT_RULE,
                 }
-                for task, by_split in experiment.heldout_data.items()
+                for task, by_split in ctx.data.heldout.items()
             },
             config=config.to_dict(),
-            environment=environment(experiment.precision),
+            environment=environment(ctx.precision),
             seed=config.training.seed,
         )
 
     def soft_target_statistics(self) -> dict[str, dict]:
         """Per distilled classification task: the soft targets on the labelled training examples
         against gold (mean probability of gold, agreement, entropy)."""
-        experiment = self.experiment
-        directory = experiment.readable("soft_labels_dir")
+        directory = self.ctx.readable("soft_labels_dir")
         found = {}
-        for name in experiment.teacher_tasks:
-            data = experiment.train_data[name]
+        for name in self.ctx.data.teacher_tasks:
+            data = self.ctx.data.train[name]
             path = soft_labels.path_for(directory, name)
             if data.task.type != CLASSIFICATION or not os.path.isfile(path):
                 continue
@@ -166,7 +163,7 @@ class Report(Stage):
     name = "report"
 
     def inputs(self) -> list[str]:
-        return Evaluate(self.experiment).outputs()
+        return Evaluate(self.ctx).outputs()
 
     def outputs(self) -> list[str]:
         return [os.path.join(self.layout.root, name) for name in ("report.json", "report.md")]

@@ -12,6 +12,7 @@ uninterrupted one, bit for bit. A damaged file is recomputed with a warning, nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -63,9 +64,19 @@ class OutputCache:
         return found
 
     def remove(self) -> None:
-        """Deletes the saved outputs (once the evaluation's results are written)."""
+        """Deletes the saved outputs, and the folder holding them if that is left empty."""
         shutil.rmtree(self.directory, ignore_errors=True)
         self._models.clear()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(os.path.normpath(self.directory)))
+
+    def __enter__(self) -> OutputCache:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        """Cleans up after a finished evaluation; an interrupted one keeps its outputs to resume from."""
+        if kind is None:
+            self.remove()
 
     def _model(self, model_dir: str):
         if model_dir not in self._models:

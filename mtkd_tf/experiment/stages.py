@@ -3,9 +3,14 @@
     teachers -> selection -> teacher fine-tuning -> [baseline run 0 -> gate] -> soft labels
     -> student and baseline seed runs -> variants -> fine-tuning -> evaluate -> report
 
-A stage knows what it reads (`inputs`), what it writes (`outputs`), when it is done (`done`:
-its outputs exist and validate, so a re-run skips it) and how to run (`run`); `steps` is the
-training it has left, which the run's time estimate adds up over the same list `run()` walks.
+A stage says what it reads (`inputs`), what it writes (`outputs`), when it is done (`done`: its
+outputs exist and validate) and how to run (`run`); `steps` is the training it has left, which
+the run's time estimate adds up. Calling a stage is the runner: it skips a done stage with one
+log line, refuses one whose inputs are missing (naming them), and runs the rest in the strategy
+scope with the experiment directory locked. A stage that makes several models (the teachers,
+the fine-tuned copies, the variants) is a `StageGroup` of one stage per model, called the same
+way, so a half-finished group resumes model by model. A stage gets everything from its `Context`
+and its own arguments; what a model is made of is in `mtkd_tf.experiment.recipes`.
 """
 
 from __future__ import annotations
@@ -13,100 +18,171 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from mtkd_tf.distill import ensemble
-from mtkd_tf.experiment.layout import run_row
-from mtkd_tf.models import evaluation, inference
+from mtkd_tf.errors import MtkdError
+from mtkd_tf.experiment import recipes
+from mtkd_tf.experiment.context import Context
+from mtkd_tf.experiment.layout import finetuned_row, member_index, member_name, run_row
+from mtkd_tf.models import evaluation
 from mtkd_tf.models import model_dir as model_dir_lib
-from mtkd_tf.models.mtdnn import MTDNN, in_precision
-from mtkd_tf.runtime.environment import environment
-from mtkd_tf.runtime.files import read_json, write_atomic, write_json
-from mtkd_tf.training import distribute, preemption
-from mtkd_tf.training.finetune import finetune_seed
-from mtkd_tf.training.train import train_model
+from mtkd_tf.runtime.files import read_json, write_json
+from mtkd_tf.training import preemption
 
 logger = logging.getLogger("mtkd_tf")
 
 
+class StageInputError(MtkdError):
+    """A stage was asked to run before the stages that make its inputs."""
+
+
 class Stage:
-    """One step of the pipeline (see the module docstring); `experiment` gives data and settings."""
+    """One step of the pipeline (see the module docstring)."""
 
     name = ""
 
-    def __init__(self, experiment):
-        self.experiment = experiment
-        self.config = experiment.config
-        self.layout = experiment.layout
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.layout = ctx.layout
 
     def inputs(self) -> list[str]:
+        """Paths that must exist before the stage runs."""
         return []
 
     def outputs(self) -> list[str]:
         return []
 
     def done(self) -> bool:
+        """Whether the outputs exist and validate (default: every output is a finished model dir)."""
         return all(model_dir_lib.complete(path) for path in self.outputs())
 
     def steps(self) -> int:
         return 0
 
-    def run(self):
+    def run(self) -> Any:
         raise NotImplementedError
 
-    def __call__(self):
-        """Runs the stage inside the experiment's strategy scope, after its checks, with the
-        experiment directory locked and SIGTERM/SIGINT stopping it at its next save point."""
-        with preemption.stop_on_signals(self.config.runtime.stop_grace_seconds), self.experiment.lock():
+    def result(self) -> Any:
+        """What a finished stage gives (its outputs by default), when it is skipped."""
+        return self.outputs()
+
+    def stop_report(self, result: Any) -> dict | None:
+        """A report to stop the pipeline with after this stage (a closed gate), or None."""
+        return None
+
+    def __call__(self) -> Any:
+        """Runs the stage unless it is done, with the experiment directory locked and SIGTERM /
+        SIGINT stopping it at its next save point; inside the experiment's strategy scope."""
+        ctx = self.ctx
+        with preemption.stop_on_signals(self.config.runtime.stop_grace_seconds), ctx.lock():
             preemption.check(f"before stage {self.name} started")
-            self.experiment.validate()
-            with self.experiment.strategy.scope():
+            ctx.validate()
+            if self.done():
+                logger.info("%s is done, skipping (%s)", self.name, ", ".join(self.outputs()))
+                return self.result()
+            missing = [path for path in self.inputs() if not os.path.exists(path)]
+            if missing:
+                raise StageInputError(
+                    f"stage {self.name} cannot run: its input(s) {', '.join(missing)} are missing "
+                    "(run the stages before it first, e.g. --mode=pipeline)"
+                )
+            with ctx.strategy.scope():
                 return self.run()
 
     def announce(self, text: str) -> None:
-        self.experiment.announce(self.name, text)
+        self.ctx.announce(self.name, text)
+
+
+class StageGroup(Stage):
+    """Several stages of one kind (one per model), done when each is; each is called in turn."""
+
+    def children(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def outputs(self) -> list[str]:
+        return [path for child in self.children() for path in child.outputs()]
+
+    def done(self) -> bool:
+        return all(child.done() for child in self.children())
+
+    def steps(self) -> int:
+        return sum(child.steps() for child in self.children() if not child.done())
+
+    def run(self) -> Any:
+        self.announce(self.describe())
+        for child in self.children():
+            child()
+        return self.result()
+
+    def describe(self) -> str:
+        return ", ".join(child.name for child in self.children())
+
+
+class ModelStage(Stage):
+    """A stage that trains one model into `directory` with `recipe` (no arguments)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        name: str,
+        directory: str,
+        recipe: Callable[[], Any],
+        steps: Callable[[], int],
+        inputs: Sequence[str] = (),
+    ):
+        super().__init__(ctx)
+        self.name, self.directory, self._recipe, self._steps, self._inputs = name, directory, recipe, steps, inputs
+
+    def inputs(self) -> list[str]:
+        return list(self._inputs)
+
+    def outputs(self) -> list[str]:
+        return [self.directory]
+
+    def steps(self) -> int:
+        return 0 if model_dir_lib.exists(self.directory) else self._steps()
+
+    def run(self) -> str:
+        self._recipe()
+        return self.directory
+
+    def result(self) -> str:
+        return self.directory
 
 
 # --- teachers ------------------------------------------------------------------------------------
-class Teachers(Stage):
-    """Trains every candidate member of the teacher pool (skipping finished ones)."""
+class Teachers(StageGroup):
+    """Trains every candidate member of the teacher pool (one stage each)."""
 
     name = "teachers"
 
+    def children(self) -> list[Stage]:
+        ctx = self.ctx
+        if ctx.teachers.given:
+            return []
+        epochs = self.config.teachers.teacher_epochs or self.config.training.epochs
+        return [
+            ModelStage(
+                ctx,
+                f"teacher {member_name(spec.index)}",
+                self.layout.member_dir(spec.index),
+                lambda spec=spec: recipes.train_member(
+                    ctx, spec, self.layout.member_dir(spec.index), f"teacher {member_name(spec.index)}"
+                ),
+                lambda: ctx.steps(epochs),
+            )
+            for spec in ctx.teachers.specs()
+        ]
+
     def outputs(self) -> list[str]:
-        if self.config.teachers.teacher_dirs:
-            return list(self.config.teachers.teacher_dirs)
-        return [self.layout.member_dir(spec.name) for spec in self.experiment.member_specs()]
+        return self.ctx.teachers.given or super().outputs()
 
-    def steps(self) -> int:
-        epochs = self.config.teachers.teacher_epochs or self.config.training.epochs
-        return sum(self.experiment.steps(epochs) for path in self.outputs() if not model_dir_lib.exists(path))
-
-    def run(self) -> list[str]:
-        if self.config.teachers.teacher_dirs:
-            self.announce(f"using {len(self.outputs())} given model(s)")
-            return self.outputs()
-        experiment, specs = self.experiment, self.experiment.member_specs()
-        epochs = self.config.teachers.teacher_epochs or self.config.training.epochs
-        self.announce(f"training {len(specs)} MT-DNN members -> {self.layout.teacher_dir}")
-        for spec, directory in zip(specs, self.outputs()):
-            if model_dir_lib.complete(directory):
-                logger.info("teacher %s exists, skipping", directory)
-                continue
-            logger.info(
-                "training teacher %s (seed %d, dropout %.2f, encoder %s)",
-                spec.name,
-                spec.seed,
-                spec.dropout,
-                spec.encoder,
-            )
-            encoder = experiment.encoder(spec.encoder, spec.dropout, spec.seed)
-            actual = self.config.replace(
-                seed=spec.seed, epochs=epochs, encoder=spec.encoder, encoder_dropout=spec.dropout
-            )
-            experiment.train_one(actual, directory, f"teacher {spec.name}", encoder=encoder)
-        return self.outputs()
+    def describe(self) -> str:
+        return f"training {len(self.children())} MT-DNN members -> {self.layout.teacher_dir}"
 
 
 class Selection(Stage):
@@ -116,7 +192,7 @@ class Selection(Stage):
     name = "selection"
 
     def inputs(self) -> list[str]:
-        return Teachers(self.experiment).outputs()
+        return Teachers(self.ctx).outputs()
 
     def outputs(self) -> list[str]:
         return [self.layout.selection_file]
@@ -126,239 +202,196 @@ class Selection(Stage):
         names = {os.path.basename(c) for c in self.inputs()}
         return os.path.isfile(path) and read_json(path)["candidates"].keys() == names
 
+    def result(self) -> list[str]:
+        return self.ctx.teachers.dirs()
+
     def run(self) -> list[str]:
-        experiment = self.experiment
-        if not self.done():
-            dev = {name: experiment.dev_data[name] for name in experiment.selection_tasks}
-            scores = {}
-            for directory in self.inputs():
-                results = evaluation.evaluate(model_dir_lib.load(directory), dev, self.config.runtime.eval_batch_size)
-                per_task = {task: next(iter(metrics.values())) for task, metrics in results.items()}
-                scores[os.path.basename(directory)] = {
-                    "scores": per_task,
-                    "mean": float(np.mean(list(per_task.values()))),
-                }
-            ranked = sorted(scores, key=lambda name: -scores[name]["mean"])
-            chosen = sorted(ranked[: self.config.teachers.num_teachers], key=lambda name: int(name.split("_")[1]))
-            write_json(
-                self.layout.selection_file,
-                {"selection_tasks": experiment.selection_tasks, "candidates": scores, "chosen": chosen},
-            )
-            logger.info(
-                "teacher selection on %s: kept %s of %s",
-                ", ".join(experiment.selection_tasks),
-                ", ".join(chosen),
-                ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked),
-            )
-        return experiment.teacher_dirs()
+        ctx, tasks = self.ctx, self.ctx.teachers.selection_tasks
+        dev = {name: ctx.data.dev[name] for name in tasks}
+        scores = {}
+        for directory in self.inputs():
+            results = evaluation.evaluate(model_dir_lib.load(directory), dev, self.config.runtime.eval_batch_size)
+            per_task = {task: next(iter(metrics.values())) for task, metrics in results.items()}
+            scores[os.path.basename(directory)] = {"scores": per_task, "mean": float(np.mean(list(per_task.values())))}
+        ranked = sorted(scores, key=lambda name: -scores[name]["mean"])
+        chosen = sorted(ranked[: self.config.teachers.num_teachers], key=member_index)
+        write_json(self.layout.selection_file, {"selection_tasks": tasks, "candidates": scores, "chosen": chosen})
+        logger.info(
+            "teacher selection on %s: kept %s of %s",
+            ", ".join(tasks),
+            ", ".join(chosen),
+            ", ".join(f"{name} {100 * scores[name]['mean']:.1f}" for name in ranked),
+        )
+        return self.result()
 
 
-class TeacherFinetune(Stage):
+def finetune_stage(ctx: Context, source: str, task: str, directory: str, label: str, model_seed: int) -> ModelStage:
+    """The stage of one fine-tuned copy: `source` fine-tuned on `task` into `directory`."""
+    return ModelStage(
+        ctx,
+        f"fine-tune {label} on {task}",
+        directory,
+        lambda: recipes.finetune_copy(ctx, source, task, directory, label, model_seed),
+        lambda: ctx.steps(ctx.config.finetune.finetune_epochs, tasks=[task]),
+        inputs=[source],
+    )
+
+
+class TeacherFinetune(StageGroup):
     """Fine-tunes each kept member on each teacher task, with a seed of its own (`finetune_seed`)."""
 
     name = "teacher_finetune"
 
-    def outputs(self) -> list[str]:
-        return [d for dirs in self.experiment.teacher_dirs_by_task().values() for d in dirs]
-
-    def steps(self) -> int:
-        experiment = self.experiment
-        return sum(
-            experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
-            for task, dirs in experiment.teacher_dirs_by_task().items()
-            for d in dirs
-            if not model_dir_lib.exists(d)
-        )
-
-    def run(self) -> dict[str, list[str]]:
-        seeds = {spec.name: spec.seed for spec in self.experiment.member_specs()}
-        by_task = self.experiment.teacher_dirs_by_task()
-        for task, copies in by_task.items():
+    def children(self) -> list[Stage]:
+        ctx = self.ctx
+        seeds = {member_name(spec.index): spec.seed for spec in ctx.teachers.specs()}
+        found = []
+        for task, copies in ctx.teachers.by_task().items():
             for directory in copies:
                 name = os.path.basename(directory)
-                finetune_copy(
-                    self.experiment, self.layout.member_dir(name), task, directory, f"teacher {name}", seeds[name]
-                )
-        return by_task
+                source = self.layout.member_dir(member_index(name))
+                found.append(finetune_stage(ctx, source, task, directory, f"teacher {name}", seeds[name]))
+        return found
+
+    def describe(self) -> str:
+        by_task = self.ctx.teachers.by_task()
+        copies = sum(len(dirs) for dirs in by_task.values())
+        return f"{copies} copies of the kept members, each fine-tuned on one of {', '.join(by_task)}"
+
+    def result(self) -> dict[str, list[str]]:
+        return self.ctx.teachers.by_task()
 
 
-class Gate(Stage):
-    """The paper's claims need an ensemble better than one model: the selected ensemble against
-    baseline run 0 on dev (each teacher task's first metric, x100, averaged) must exceed
-    `gate_margin`. Written to gate.json; a closed gate stops the pipeline (`Experiment.run`)."""
-
-    name = "gate"
-
-    def inputs(self) -> list[str]:
-        return [self.layout.run_dir("baseline", 0)] + TeacherFinetune(self.experiment).outputs()
-
-    def outputs(self) -> list[str]:
-        return [self.layout.gate_file]
-
-    def done(self) -> bool:
-        saved = read_json(self.layout.gate_file) if os.path.isfile(self.layout.gate_file) else None
-        return (
-            bool(saved)
-            and saved["margin"] == self.config.teachers.gate_margin
-            and saved["members"] == self.experiment.teacher_dirs_by_task()
-        )
-
-    def run(self) -> dict:
-        if self.done():
-            return read_json(self.layout.gate_file)
-        margin, by_task = self.config.teachers.gate_margin, self.experiment.teacher_dirs_by_task()
-        self.announce(f"the ensemble against the baseline on dev (margin {margin} points)")
-        batch, dev = self.config.runtime.eval_batch_size, self.experiment.dev_data
-        baseline = model_dir_lib.load(self.layout.run_dir("baseline", 0))
-        scores = {}
-        for task, directories in by_task.items():
-            split = {task: dev[task]}
-            _, averaged = ensemble.member_outputs([model_dir_lib.load(d) for d in directories], split, batch)
-            first = lambda outputs: 100 * next(iter(evaluation.score_outputs(split, outputs)[task].values()))  # noqa: E731
-            scores[task] = {
-                "ensemble": first(averaged),
-                "baseline": first(inference.dev_outputs(baseline, split, batch)),
-            }
-        gain = float(np.mean([entry["ensemble"] - entry["baseline"] for entry in scores.values()]))
-        opened = gain > margin
-        result = {
-            "margin": margin,
-            "gain": gain,
-            "open": opened,
-            "scores": scores,
-            "members": by_task,
-            "verdict": "testable"
-            if opened
-            else "untestable: the ensemble does not beat one MT-DNN by the "
-            f"pre-set margin on dev (gain {gain:+.2f} <= {margin} points)",
-        }
-        write_json(self.layout.gate_file, result)
-        logger.info("gate: ensemble - baseline on dev %+.2f points (margin %s): %s", gain, margin, result["verdict"])
-        return result
-
-    def untestable(self, gate: dict) -> dict:
-        """report.json / report.md of a pipeline stopped by a closed gate."""
-        lines = [
-            f"| {task} | {s['ensemble']:.2f} | {s['baseline']:.2f} | {s['ensemble'] - s['baseline']:+.2f} |"
-            for task, s in gate["scores"].items()
-        ]
-        text = (
-            "The paper's claims are untestable here: " + gate["verdict"] + ".\n\n| task (dev, first metric x100) "
-            "| ensemble | baseline | gain |\n|---|---|---|---|\n"
-            + "\n".join(lines)
-            + "\n\nNo student was trained; change the teachers (a new pre-registration) and run again."
-        )
-        report = {
-            "gate": gate,
-            "claims": [],
-            "verdict": "untestable",
-            "config": self.config.to_dict(),
-            "environment": environment(self.experiment.precision),
-        }
-        write_json(os.path.join(self.layout.root, "report.json"), report)
-        write_atomic(os.path.join(self.layout.root, "report.md"), text + "\n")
-        print(text)
-        return report
-
-
-# --- soft labels and the student side ---------------------------------------------------------------
+# --- soft labels and the student side -------------------------------------------------------------
 class SoftLabels(Stage):
-    """Writes the ensemble's soft labels of every task with a teacher (skipped if valid)."""
+    """Writes the soft labels of every task with a teacher (the ensemble's, or `teachers`'s)."""
 
     name = "soft_labels"
 
+    def __init__(self, ctx: Context, directory: str | None = None, teachers: Callable[[], dict] | None = None):
+        super().__init__(ctx)
+        self.directory = directory or self.layout.soft_labels_dir
+        self._teachers = teachers or ctx.teachers.by_task
+
     def outputs(self) -> list[str]:
-        return [self.layout.soft_labels_dir]
+        return [self.directory]
 
     def done(self) -> bool:
-        directory = self.layout.soft_labels_dir
-        done = ensemble.soft_labels_valid(
-            directory, self.experiment.soft_label_data(), self.config.distillation.temperature
+        return ensemble.soft_labels_valid(
+            self.directory, self.ctx.data.soft_label_data(), self.config.distillation.temperature
         )
-        if done:
-            logger.info("soft labels in %s are valid, skipping", directory)
-        return done
+
+    def result(self) -> str:
+        return self.directory
 
     def run(self) -> str:
-        experiment, directory = self.experiment, self.layout.soft_labels_dir
-        self.announce(f"averaging the teachers' predictions on {', '.join(experiment.teacher_tasks)} -> {directory}")
-        if not self.done():
-            write_soft_labels(experiment, experiment.teacher_dirs_by_task(), directory)
-        return directory
-
-
-class Run(Stage):
-    """One seed run of the distilled student or of the plain MT-DNN baseline (same settings, seed
-    `seed + run`); loaded instead when already trained."""
-
-    def __init__(self, experiment, kind: str, run: int = 0):
-        super().__init__(experiment)
-        self.name, self.run_number = kind, run
-        self.seed = self.config.training.seed + run
-
-    def outputs(self) -> list[str]:
-        return [self.layout.run_dir(self.name, self.run_number)]
-
-    def steps(self) -> int:
-        if model_dir_lib.exists(self.outputs()[0]):
-            return 0
-        return self.experiment.steps(self.config.training.epochs, extra=self.name == "student")
-
-    def run(self) -> MTDNN:
-        directory, distillation = self.outputs()[0], self.config.distillation
-        if self.name == "student":
-            source = "online teachers" if distillation.online_teachers else "cached soft labels"
-            self.announce(
-                f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}, "
-                f"seed {self.seed}) -> {directory}"
-            )
-            return self.experiment.train_student(directory, self.seed)
-        self.announce(f"training the MT-DNN baseline (seed {self.seed}) -> {directory}")
-        if model_dir_lib.complete(directory):
-            logger.info("baseline exists, skipping")
-            return model_dir_lib.load(directory)
-        config = self.config.replace(seed=self.seed)
-        trained = self.experiment.train_one(
-            config, directory, "baseline", encoder=self.experiment.student_encoder(self.seed)
+        self.announce(
+            f"averaging the teachers' predictions on {', '.join(self.ctx.data.teacher_tasks)} -> {self.directory}"
         )
-        return in_precision(trained, "float32")
+        recipes.write_soft_labels(self.ctx, self._teachers(), self.directory)
+        return self.directory
 
 
-class Variants(Stage):
+def student_stage(ctx: Context, run: int = 0) -> ModelStage:
+    """Seed run `run` of the distilled student (seed `seed + run`)."""
+    seed, directory, distillation = (
+        ctx.config.training.seed + run,
+        ctx.layout.run_dir("student", run),
+        ctx.config.distillation,
+    )
+
+    def recipe():
+        source = "online teachers" if distillation.online_teachers else "cached soft labels"
+        ctx.announce(
+            "student",
+            f"distilling ({source}, alpha {distillation.alpha}, T {distillation.temperature}, "
+            f"seed {seed}) -> {directory}",
+        )
+        return recipes.train_student(ctx, directory, seed)
+
+    return ModelStage(
+        ctx,
+        "student",
+        directory,
+        recipe,
+        lambda: ctx.steps(ctx.config.training.epochs, extra=True),
+        inputs=_distillation_inputs(ctx),
+    )
+
+
+def baseline_stage(ctx: Context, run: int = 0) -> ModelStage:
+    """Seed run `run` of the plain MT-DNN baseline: the student's settings, hard labels only."""
+    seed, directory = ctx.config.training.seed + run, ctx.layout.run_dir("baseline", run)
+
+    def recipe():
+        ctx.announce("baseline", f"training the MT-DNN baseline (seed {seed}) -> {directory}")
+        return recipes.train_baseline(ctx, directory, seed)
+
+    return ModelStage(ctx, "baseline", directory, recipe, lambda: ctx.steps(ctx.config.training.epochs))
+
+
+def _distillation_inputs(ctx: Context) -> list[str]:
+    """What a student reads: the teachers when they run online, else the soft labels (if any task has a teacher)."""
+    if not ctx.data.teacher_tasks:
+        return []
+    return ctx.teachers.dirs() if ctx.config.distillation.online_teachers else [ctx.readable("soft_labels_dir")]
+
+
+class Variants(StageGroup):
     """Beyond the paper, on the same teachers: a student with teacher annealing (`compare_anneal`)
     and self-distillation rounds (round r's student learns from round r-1's alone, through its
     own soft labels in `soft_labels_r<r>/`)."""
 
     name = "variants"
 
+    def children(self) -> list[Stage]:
+        ctx, distillation, rows = self.ctx, self.config.distillation, self.layout.variant_dirs()
+        seed, steps = self.config.training.seed, lambda: ctx.steps(self.config.training.epochs, extra=True)
+        found: list[Stage] = []
+        if "student_anneal" in rows:
+            annealed = dataclasses.replace(distillation, alpha_schedule="anneal", compare_anneal=False)
+            found.append(
+                ModelStage(
+                    ctx,
+                    "student_anneal",
+                    rows["student_anneal"],
+                    lambda: recipes.train_student(ctx, rows["student_anneal"], seed, settings=annealed),
+                    steps,
+                )
+            )
+        teacher = self.layout.student_dir
+        for number in range(1, distillation.self_distill_rounds + 1):
+            labels, row = self.layout.round_soft_labels_dir(number), self.layout.round_row(number)
+            found.append(
+                SoftLabels(ctx, labels, lambda teacher=teacher: {t: [teacher] for t in ctx.data.teacher_tasks})
+            )
+            found[-1].name = f"soft_labels of round {number}"
+            found.append(
+                ModelStage(
+                    ctx,
+                    row,
+                    rows[row],
+                    lambda row=row, labels=labels, teacher=teacher: recipes.train_student(
+                        ctx, rows[row], seed, soft_labels_dir=labels, teacher_dirs=[teacher]
+                    ),
+                    steps,
+                    inputs=[teacher],
+                )
+            )
+            teacher = rows[row]
+        return found
+
     def outputs(self) -> list[str]:
         return list(self.layout.variant_dirs().values())
 
-    def steps(self) -> int:
-        epochs = self.config.training.epochs
-        return sum(self.experiment.steps(epochs, extra=True) for d in self.outputs() if not model_dir_lib.exists(d))
+    def describe(self) -> str:
+        return ", ".join(f"{row} -> {d}" for row, d in self.layout.variant_dirs().items())
 
-    def run(self) -> dict[str, str]:
-        experiment, distillation, rows = self.experiment, self.config.distillation, self.layout.variant_dirs()
-        self.announce(", ".join(f"{row} -> {d}" for row, d in rows.items()))
-        seed = self.config.training.seed
-        if "student_anneal" in rows:
-            annealed = dataclasses.replace(distillation, alpha_schedule="anneal", compare_anneal=False)
-            experiment.train_student(rows["student_anneal"], seed, settings=annealed)
-        teacher = self.layout.student_dir
-        for number in range(1, distillation.self_distill_rounds + 1):
-            labels = self.layout.round_soft_labels_dir(number)
-            if not ensemble.soft_labels_valid(labels, experiment.soft_label_data(), distillation.temperature):
-                logger.info("self-distillation round %d: soft labels of %s -> %s", number, teacher, labels)
-                write_soft_labels(experiment, {task: [teacher] for task in experiment.teacher_tasks}, labels)
-            else:
-                logger.info("soft labels in %s are valid, skipping", labels)
-            experiment.train_student(rows[f"student_r{number}"], seed, soft_labels_dir=labels, teacher_dirs=[teacher])
-            teacher = rows[f"student_r{number}"]
-        return rows
+    def result(self) -> dict[str, str]:
+        return self.layout.variant_dirs()
 
 
-class Finetune(Stage):
+class Finetune(StageGroup):
     """MT-DNN's second stage for the student and the baseline: a copy of each fine-tuned on each
     `finetune_tasks` task (`<dir>-finetuned/<task>`); the multi-task student stays the model that
     export serves."""
@@ -367,74 +400,63 @@ class Finetune(Stage):
 
     def _copies(self) -> dict[str, tuple[str, int, dict[str, str]]]:
         """`{row: (directory, seed, {task: copy})}` of every seed run."""
-        tasks, seed = self.experiment.finetune_tasks, self.config.training.seed
+        tasks, seed = self.ctx.finetune_tasks, self.config.training.seed
         return {
             run_row(name, run): (d, seed + run, self.layout.finetuned_dirs(d, tasks))
             for (name, run), d in self.layout.seeded_dirs().items()
         }
 
-    def outputs(self) -> list[str]:
-        return [copy for _, _, copies in self._copies().values() for copy in copies.values()]
+    def children(self) -> list[Stage]:
+        return [
+            finetune_stage(self.ctx, directory, task, target, row, seed)
+            for row, (directory, seed, copies) in self._copies().items()
+            for task, target in copies.items()
+        ]
 
-    def steps(self) -> int:
-        return sum(
-            self.experiment.steps(self.config.finetune.finetune_epochs, tasks=[task])
-            for _, _, copies in self._copies().values()
-            for task, d in copies.items()
-            if not model_dir_lib.exists(d)
-        )
-
-    def run(self) -> dict[str, dict[str, str]]:
-        models = {row: entry for row, entry in self._copies().items() if model_dir_lib.exists(entry[0])}
-        self.announce(
-            f"{', '.join(models)} on {', '.join(self.experiment.finetune_tasks)} "
+    def describe(self) -> str:
+        return (
+            f"{', '.join(self._copies())} on {', '.join(self.ctx.finetune_tasks)} "
             f"({self.config.finetune.finetune_epochs} epoch(s) each)"
         )
-        return {
-            row: {
-                task: finetune_copy(self.experiment, directory, task, target, row, seed)
-                for task, target in copies.items()
-            }
-            for row, (directory, seed, copies) in models.items()
-        }
+
+    def result(self) -> dict[str, dict[str, str]]:
+        return {row: copies for row, (_, _, copies) in self._copies().items()}
 
 
-def finetune_copy(experiment, source: str, task: str, directory: str, label: str, model_seed: int) -> str:
-    """Fine-tunes the multi-task model in `source` (trained with `model_seed`) on `task` into
-    `directory` (skipped if done), with a seed of its own (`finetune_seed`)."""
-    if model_dir_lib.complete(directory):
-        logger.info("fine-tuned model %s exists, skipping", directory)
-        return directory
-    config = experiment.config
-    settings = config.finetune
-    actual = config.replace(
-        seed=finetune_seed(model_seed, task),
-        epochs=settings.finetune_epochs,
-        learning_rate=settings.finetune_learning_rate or config.training.learning_rate,
-    )
-    logger.info("fine-tuning %s on %s (seed %d) -> %s", label, task, actual.training.seed, directory)
-    train_model(
-        actual,
-        directory,
-        {task: experiment.train_data[task]},
-        source_dir=source,
-        label=f"fine-tune {task}",
-        callbacks=experiment.callbacks,
-        clock=experiment.clock,
-    )
-    return directory
+def finetuned_rows(ctx: Context) -> dict[str, dict[str, str]]:
+    """`{row: {task: directory}}` of the fine-tuned copies of every seed run (rows `student_ft`, ...)."""
+    return {
+        finetuned_row(name, run): ctx.layout.finetuned_dirs(directory, ctx.finetune_tasks)
+        for (name, run), directory in ctx.layout.seeded_dirs().items()
+    }
 
 
-def write_soft_labels(experiment, teachers: dict[str, list[str]], directory: str) -> None:
-    """The soft labels of `teachers` (`{task: member dirs}`) on the teacher tasks' data."""
-    config = experiment.config
-    distillation = config.distillation
-    ensemble.make_soft_labels(
-        teachers,
-        experiment.soft_label_data(),
-        distillation.temperature,
-        directory,
-        config.runtime.eval_batch_size,
-        config.training.checkpoint_every_steps,
-        distribute.inference_policy(distillation.soft_labels_precision),
-    )
+class MakeExamples(Stage):
+    """A stage that makes examples (e.g. augmented or transfer text), one JSON Lines file per task
+    at `layout.made_examples(task, kind)`. Later stages read them through `ExperimentData`, as the
+    task's unlabelled text: the teachers label them and the student learns from them with the
+    soft loss. A subclass names its `kind` and its `tasks`, and makes each task's examples."""
+
+    kind = ""
+
+    def tasks(self) -> list[str]:
+        return list(self.ctx.data.teacher_tasks)
+
+    def make(self, task: str):
+        """The examples of `task` (a `SplitData`; its labels are not written)."""
+        raise NotImplementedError
+
+    def outputs(self) -> list[str]:
+        return [self.layout.made_examples(task, self.kind) for task in self.tasks()]
+
+    def done(self) -> bool:
+        return all(os.path.isfile(path) for path in self.outputs())
+
+    def run(self) -> list[str]:
+        from mtkd_tf.data.examples_file import write_examples
+
+        self.announce(f"{self.kind} examples of {', '.join(self.tasks())} -> {self.layout.data_dir}")
+        for task, path in zip(self.tasks(), self.outputs(), strict=True):
+            if not os.path.isfile(path):
+                write_examples(path, self.make(task))
+        return self.outputs()

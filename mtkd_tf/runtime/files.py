@@ -65,6 +65,9 @@ def fsync_directory(directory: str) -> None:
         os.close(handle)
 
 
+PARTIAL = ".partial"  # the folder of work in progress that a re-run resumes from
+
+
 def write_atomic(path: str, text: str | bytes) -> None:
     """Writes `text` to `path` via a temporary file in the same directory and a rename."""
     directory = os.path.dirname(os.path.abspath(path))

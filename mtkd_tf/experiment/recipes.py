@@ -1,0 +1,86 @@
+"""How each model of an experiment is made, one function a model, side by side: a teacher member,
+the distilled student and the plain MT-DNN baseline it is compared with (same settings, same
+encoder, same data: only the objective differs), a fine-tuned copy, and an ensemble's soft labels.
+
+A recipe trains; whether it needs to (the model is already there) is the stage runner's call."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+from mtkd_tf.distill import ensemble
+from mtkd_tf.distill.student import Distillation
+from mtkd_tf.experiment.context import Context
+from mtkd_tf.models.mtdnn import MTDNN, in_precision
+from mtkd_tf.training import distribute
+from mtkd_tf.training.finetune import finetune, finetune_seed
+
+logger = logging.getLogger("mtkd_tf")
+
+
+def train_member(ctx: Context, spec: ensemble.MemberSpec, directory: str, label: str) -> MTDNN:
+    """Teacher member `spec` (its seed, dropout and encoder), for `teacher_epochs` (default `epochs`)."""
+    epochs = ctx.config.teachers.teacher_epochs or ctx.config.training.epochs
+    logger.info("training %s (seed %d, dropout %.2f, encoder %s)", label, spec.seed, spec.dropout, spec.encoder)
+    encoder = ctx.encoder(spec.encoder, spec.dropout, spec.seed)
+    config = ctx.config.replace(seed=spec.seed, epochs=epochs, encoder=spec.encoder, encoder_dropout=spec.dropout)
+    return ctx.train(config, directory, label, encoder=encoder)
+
+
+def train_student(
+    ctx: Context,
+    directory: str,
+    seed: int,
+    settings=None,
+    soft_labels_dir: str | None = None,
+    teacher_dirs: Sequence[str] | None = None,
+) -> MTDNN:
+    """The distilled student of seed `seed` (`settings`: other distillation settings; by default
+    it learns from the experiment's soft labels and teachers); returned in float32."""
+    config = dataclasses.replace(ctx.config.replace(seed=seed), distillation=settings or ctx.config.distillation)
+    objective = Distillation(
+        config.distillation,
+        ctx.data.teacher_tasks,
+        soft_labels_dir or ctx.readable("soft_labels_dir"),
+        ctx.teachers.dirs() if teacher_dirs is None else teacher_dirs,
+        ctx.data.unlabelled,
+    )
+    student = ctx.train(config, directory, "student", encoder=ctx.student_encoder(seed), objective=objective)
+    return in_precision(student, "float32")
+
+
+def train_baseline(ctx: Context, directory: str, seed: int) -> MTDNN:
+    """The plain MT-DNN of seed `seed` with the student's settings and encoder, on hard labels alone."""
+    trained = ctx.train(ctx.config.replace(seed=seed), directory, "baseline", encoder=ctx.student_encoder(seed))
+    return in_precision(trained, "float32")
+
+
+def finetune_copy(ctx: Context, source: str, task: str, directory: str, label: str, model_seed: int) -> MTDNN:
+    """The multi-task model in `source` (trained with `model_seed`) fine-tuned on `task` into
+    `directory`, with a seed of its own (`finetune_seed`)."""
+    config, settings = ctx.config, ctx.config.finetune
+    actual = config.replace(
+        seed=finetune_seed(model_seed, task),
+        epochs=settings.finetune_epochs,
+        learning_rate=settings.finetune_learning_rate or config.training.learning_rate,
+    )
+    logger.info("fine-tuning %s on %s (seed %d) -> %s", label, task, actual.training.seed, directory)
+    return finetune(source, task, ctx.data.train[task], actual, directory, callbacks=ctx.callbacks, clock=ctx.clock)
+
+
+def write_soft_labels(ctx: Context, teachers: dict[str, list[str]], directory: str) -> None:
+    """The soft labels of `teachers` (`{task: member dirs}`) on the teacher tasks' data."""
+    config = ctx.config
+    distillation = config.distillation
+    ensemble.make_soft_labels(
+        teachers,
+        ctx.data.soft_label_data(),
+        distillation.temperature,
+        directory,
+        config.runtime.eval_batch_size,
+        config.training.checkpoint_every_steps,
+        distribute.inference_policy(distillation.soft_labels_precision),
+        partial_dir=ctx.layout.soft_labels_partial(directory),
+    )
