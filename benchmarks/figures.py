@@ -433,21 +433,9 @@ def memory_child(setup: Setup, online_teachers: bool) -> dict[str, float]:
     return {"peak_rss_mb": peak_rss_mb()}
 
 
-def _speed(setup: Setup) -> dict[str, float]:
-    from benchmarks.speed import speed
-
-    return speed(setup)
-
-
-def _peer(setup: Setup) -> dict[str, float]:
-    from benchmarks.peer import peer_ratio
-
-    return peer_ratio(batch=setup.batch, seq=setup.seq, steps=setup.steps, rounds=max(setup.rounds, 2))
-
-
+# The figures measured here; `benchmarks/run` puts `speed` (benchmarks/speed.py, which imports
+# this module) and `peer` (benchmarks/peer.py) before them.
 FIGURES: dict[str, Callable[[Setup], dict[str, float]]] = {
-    "speed": _speed,
-    "peer": _peer,
     "overhead": overhead,
     "precision_xla": precision_and_xla,
     "real_text": real_text_epochs,

@@ -34,7 +34,7 @@ import json
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-from mtkd_tf.data.readers import _parse_label, _Rows, build_split
+from mtkd_tf.data.rows import _parse_label, _Rows, build_split
 from mtkd_tf.data.split import DataError, SplitData
 from mtkd_tf.data.tasks import CLASSIFICATION, REGRESSION, Task, TaskError
 
@@ -344,7 +344,7 @@ def read_hf(task: Task, split: str, data_dir: str | None, skip_bad_rows: bool = 
     ids, text, labels = [], [[] for _ in texts], []
     for row in range(len(dataset)):
         values = [column[row] for column in columns]
-        empty = [column for column, value in zip(texts, values) if value is None]
+        empty = [column for column, value in zip(texts, values, strict=True) if value is None]
         if empty:
             rows.bad_row(row, f"no text (null) in column {empty[0]!r}")
             continue
@@ -355,7 +355,7 @@ def read_hf(task: Task, split: str, data_dir: str | None, skip_bad_rows: bool = 
                 continue
             labels.append(value)
         ids.append(f"{task.name}/{split}/{indices[row] if indices is not None else len(ids)}")
-        for kept, value in zip(text, values):
+        for kept, value in zip(text, values, strict=True):
             kept.append(str(value))
     rows.report()
     return build_split(task, split, ids, text, labels if labels_in is not None else None, where)

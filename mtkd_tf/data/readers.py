@@ -10,47 +10,20 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
-import math
 import os
 from typing import Sequence
 
 import numpy as np
 
 from mtkd_tf.data import ranking
+from mtkd_tf.data.rows import _parse_label, _Rows, build_split
 from mtkd_tf.data.split import DataError, SplitData, _label_array
 from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, FileLayout, Task
-
-logger = logging.getLogger(__name__)
 
 TSV = "tsv"
 TFDS = "tfds"
 HF = "hf"
 SOURCES = (TSV, TFDS, HF)
-
-
-class _Rows:
-    """Collects bad rows: raises on the first, or with skip_bad_rows counts and samples them.
-    `place` spells a row's position (a file's `path:line`; a dataset's `where, row n`)."""
-
-    def __init__(self, path: str, skip_bad_rows: bool, place: str = "{path}:{line}"):
-        self.path = path
-        self.skip = skip_bad_rows
-        self.place = place
-        self.bad: list[str] = []
-
-    def bad_row(self, line: int, problem: str) -> None:
-        message = f"{self.place.format(path=self.path, line=line)}: {problem}"
-        if not self.skip:
-            raise DataError(
-                message + " (fix the row, or set skip_bad_rows to skip bad rows with a warning)", "skip_bad_rows"
-            )
-        self.bad.append(message)
-
-    def report(self) -> None:
-        if self.bad:
-            sample = "\n  ".join(self.bad[:5])
-            logger.warning("skipped %d bad row(s) in %s, e.g.:\n  %s", len(self.bad), self.path, sample)
 
 
 def _decode(path: str) -> str:
@@ -126,42 +99,6 @@ def read_delimited(path: str, task: Task, split: str, layout: FileLayout, skip_b
     rows.report()
     texts = [text_a, text_b] if len(text_at) > 1 else [text_a]
     return build_split(task, split, ids, texts, labels if label_at is not None else None, path)
-
-
-def build_split(
-    task: Task, split: str, ids: list[str], texts: list[list[str]], labels: list | None, source: str
-) -> SplitData:
-    """The `SplitData` of a reader's validated rows (one or two text columns); an error that
-    names `source` if no row was kept."""
-    if not ids:
-        raise DataError(f"{source}: no examples in split {split!r} of task {task.name!r}")
-    return SplitData(
-        task=task,
-        split=split,
-        ids=ids,
-        text_a=texts[0],
-        text_b=texts[1] if len(texts) > 1 else None,
-        labels=_label_array(labels, task) if labels is not None else None,
-        source=source,
-    )
-
-
-def _parse_label(value: str, task: Task) -> tuple[float | int | None, str | None]:
-    if task.labels:
-        if value not in task.labels:
-            shown = value if value else "an empty label"
-            return None, f"label {shown!r} is not one of task {task.name}'s labels {list(task.labels)}"
-        return task.labels.index(value), None
-    try:
-        score = float(value)
-    except ValueError:
-        return None, f"score {value!r} is not a number"
-    if not math.isfinite(score):
-        return None, f"score {value!r} is not finite"
-    if task.score_range and not task.score_range[0] <= score <= task.score_range[1]:
-        low, high = task.score_range
-        return None, f"score {score} is outside task {task.name}'s range [{low}, {high}]"
-    return score, None
 
 
 def split_path(task: Task, split: str, data_dir: str) -> str:

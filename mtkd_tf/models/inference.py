@@ -1,14 +1,17 @@
 """Inference: a model's head outputs (log-probabilities or scores) on splits, in data order.
 
 Below evaluation, soft labelling and the leaderboard files, which all score or write what
-`predict_outputs` returns; `MTDNN.predict_texts` answers raw strings with it.
+`predict_outputs` returns; `MTDNN.predict_texts` answers raw strings with it. The model is
+an `MTDNN` (`mtkd_tf.models.mtdnn`, which imports this module), typed here as the Keras model
+it is: it needs `model.preprocessor` and the model's call on a batch of features.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import Iterator, Mapping
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -16,12 +19,9 @@ from mtkd_tf.data.batching import inference_dataset, length_order, tokenize_all
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.training.distribute import is_multi_worker
 
-if TYPE_CHECKING:  # mtdnn imports this module (predict_texts)
-    from mtkd_tf.models.mtdnn import MTDNN
-
 
 def predict_outputs(
-    model: MTDNN,
+    model: keras.Model,
     data: SplitData,
     batch_size: int = 128,
     by_length: bool = True,
@@ -61,12 +61,14 @@ def predict_outputs(
     return restored
 
 
-_PREDICT_STEPS: "weakref.WeakKeyDictionary[MTDNN, tf.types.experimental.PolymorphicFunction]" = (
+_PREDICT_STEPS: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.PolymorphicFunction]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _predict_step(model: MTDNN, element_spec: Mapping[str, tf.TensorSpec]) -> tf.types.experimental.PolymorphicFunction:
+def _predict_step(
+    model: keras.Model, element_spec: Mapping[str, tf.TensorSpec]
+) -> tf.types.experimental.PolymorphicFunction:
     """The model's one inference graph (every head), for batches of any size and width."""
     step = _PREDICT_STEPS.get(model)
     if step is None:
@@ -88,7 +90,7 @@ def labelled_splits(dev: Mapping[str, Mapping[str, SplitData]]) -> Iterator[tupl
 
 
 def dev_outputs(
-    model: MTDNN, dev: Mapping[str, Mapping[str, SplitData]], batch_size: int = 128
+    model: keras.Model, dev: Mapping[str, Mapping[str, SplitData]], batch_size: int = 128
 ) -> dict[tuple[str, str], np.ndarray]:
     """One model's head outputs on every labelled split: `{(task, split): outputs}`."""
     return {key: predict_outputs(model, data, batch_size) for key, data in labelled_splits(dev)}
