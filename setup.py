@@ -1,10 +1,16 @@
 """mtkd_tf: multi-task knowledge distillation for NLU (MT-DNN + KD) in TensorFlow/Keras."""
 
+import re
+
 from setuptools import find_packages, setup
+
+# The version is mtkd_tf/version.py's; read from its text, since importing mtkd_tf needs TensorFlow.
+with open("mtkd_tf/version.py", encoding="utf-8") as handle:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', handle.read(), re.MULTILINE).group(1)
 
 setup(
     name="mtkd_tf",
-    version="0.2.0",
+    version=VERSION,
     description="Multi-task deep neural networks with knowledge distillation (Liu et al. 2019) on TensorFlow, Keras and keras-hub",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

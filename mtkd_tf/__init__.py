@@ -55,7 +55,7 @@ from mtkd_tf.training.distribute import get_strategy, set_precision
 from mtkd_tf.training.finetune import finetune, finetune_seed
 from mtkd_tf.training.train import TrainingData, fit, make_optimizer, train_model, training_data
 
-__version__ = "0.2.0"
+from mtkd_tf.version import __version__ as __version__  # the one place the version is written
 
 __all__ = [
     # configuration: one schema, flags map onto it

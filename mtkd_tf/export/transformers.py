@@ -51,6 +51,7 @@ from mtkd_tf.export.saved_model import ExportError
 from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.families import family_of
 from mtkd_tf.runtime.files import is_empty_target, new_directory, write_atomic, write_json
+from mtkd_tf.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -330,10 +331,8 @@ def export_transformers(model_dir: str, target: str, task: str | None = None) ->
         else:
             tensors.update(linear_through_tanh(kernel, bias, backbone))
         config.update(_head_config(head_task))
-    import mtkd_tf
-
     config["mtkd_tf"] = {
-        "version": mtkd_tf.__version__,
+        "version": __version__,
         "encoder": model_dir_lib.settings(model_dir).get("encoder"),
         "task": task,
         "max_seq_length": trained.preprocessor.sequence_length,
