@@ -59,8 +59,9 @@ def _run(rows, student, baseline, ensemble=0.80, members=(0.74, 0.76, 0.75), spr
     return found
 
 
-def _claim(found, title, task="t"):
-    return next(c for c in found if c["claim"].startswith(title) and c["task"] == task)
+def _claim(found, key, task="t"):
+    (claim,) = [c for c in found if c["key"] == key and c["task"] == task]
+    return claim
 
 
 def test_one_seed_gives_no_student_verdict_other_than_untested():
@@ -73,9 +74,9 @@ def test_one_seed_gives_no_student_verdict_other_than_untested():
     }
     found, _ = report_lib.claims(_evidence(rows))
     for claim in found:
-        if "student" in claim["claim"].lower() or "gain carries" in claim["claim"]:
+        if claim["key"] in ("student_vs_baseline", "kept_share", "gain_carries"):
             assert claim["verdict"] == UNTESTED, claim
-    beats = _claim(found, "The student beats the baseline")
+    beats = _claim(found, "student_vs_baseline")
     assert beats["method"] == EXAMPLE_METHOD and "one seed" in beats["reason"]
     assert beats["low"] > 0  # a 30-point gap: the example-only interval excludes 0, and still no verdict
 
@@ -83,16 +84,18 @@ def test_one_seed_gives_no_student_verdict_other_than_untested():
 def test_three_seeds_give_seed_aware_claims_as_wide_as_the_seeds_spread_implies():
     evidence = _evidence(_run({}, student=0.82, baseline=0.70, ensemble=0.84, spread=0.02))
     found, comparisons = report_lib.claims(evidence)
-    beats = _claim(found, "The student beats the baseline")
+    beats = _claim(found, "student_vs_baseline")
     assert beats["method"] == SEED_METHOD and beats["seeds"] == [3, 3] and beats["split"] == "heldout"
     assert beats["verdict"] == HOLDS
     runs = lambda name: [evidence.predictions[(run_row(name, r), "t", "heldout")] for r in range(3)]  # noqa: E731
     labels = evidence.labels[("t", "heldout")]
-    differences = [accuracy(labels, s) - accuracy(labels, b) for s, b in zip(runs("student"), runs("baseline"))]
+    pairs = zip(runs("student"), runs("baseline"), strict=True)
+    differences = [accuracy(labels, s) - accuracy(labels, b) for s, b in pairs]
     half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
     assert beats["high"] - beats["low"] >= 0.95 * 2 * half
     assert beats["estimate"] == pytest.approx(np.mean(differences))
     assert set(beats) == {
+        "key",
         "claim",
         "task",
         "metric",
@@ -124,7 +127,7 @@ def test_verdicts_use_holm_over_every_tested_claim():
 
 
 def test_kept_share_needs_a_significant_ensemble_gain_and_a_significant_student_gain():
-    kept = lambda found: _claim(found, "The student keeps")  # noqa: E731
+    kept = lambda found: _claim(found, "kept_share")  # noqa: E731
     no_gain, _ = report_lib.claims(_evidence(_run({}, student=0.72, baseline=0.70, ensemble=0.705)))
     assert kept(no_gain)["verdict"] == UNTESTED and "not significant" in kept(no_gain)["reason"]
     assert kept(no_gain)["estimate"] is None
@@ -140,10 +143,10 @@ def test_kept_share_needs_a_significant_ensemble_gain_and_a_significant_student_
 
 def test_the_gain_carries_is_asked_only_where_a_teacher_task_gained():
     no_gain, _ = report_lib.claims(_evidence(_run({}, student=0.70, baseline=0.70, ensemble=0.80)))
-    carries = _claim(no_gain, "The gain carries", task="u")
+    carries = _claim(no_gain, "gain_carries", task="u")
     assert carries["verdict"] == UNTESTED and "no gain to carry" in carries["reason"]
     gained, _ = report_lib.claims(_evidence(_run({}, student=0.85, baseline=0.70, ensemble=0.86, spread=0.005)))
-    assert _claim(gained, "The gain carries", task="u")["verdict"] == HOLDS
+    assert _claim(gained, "gain_carries", task="u")["verdict"] == HOLDS
 
 
 def test_the_member_is_picked_on_dev_and_tested_on_the_heldout_split():
@@ -154,13 +157,13 @@ def test_the_member_is_picked_on_dev_and_tested_on_the_heldout_split():
     evidence = _evidence(rows, dev_scores=dev)
     assert report_lib.picked_member(evidence, "t") == "member_2"
     found, comparisons = report_lib.claims(evidence)
-    picked = _claim(found, "The ensemble beats the member picked on dev")
+    picked = _claim(found, "ensemble_vs_picked_member")
     labels = evidence.labels[("t", "heldout")]
     expected = accuracy(labels, evidence.predictions[("ensemble", "t", "heldout")]) - accuracy(
         labels, evidence.predictions[("member_2", "t", "heldout")]
     )
     assert picked["estimate"] == pytest.approx(expected) and picked["verdict"] == UNTESTED
-    mean = _claim(found, "The ensemble beats its mean member")
+    mean = _claim(found, "ensemble_vs_mean_member")
     member_scores = [accuracy(labels, evidence.predictions[(f"member_{k}", "t", "heldout")]) for k in range(3)]
     assert mean["estimate"] == pytest.approx(0.80 - np.mean(member_scores))
 
@@ -171,7 +174,7 @@ def test_without_a_heldout_split_the_claims_say_they_used_dev():
     evidence.predictions = {key: value for key, value in evidence.predictions.items() if key[2] == "dev"}
     found, _ = report_lib.claims(evidence)
     assert {c["split"] for c in found} == {"dev"}
-    assert "no held-out split" in _claim(found, "The student beats the baseline")["reason"]
+    assert "no held-out split" in _claim(found, "student_vs_baseline")["reason"]
 
 
 def test_the_report_rebuilds_identically_from_its_saved_evidence(tmp_path):
@@ -191,6 +194,57 @@ def test_the_report_rebuilds_identically_from_its_saved_evidence(tmp_path):
         report_lib.rebuild(str(tmp_path / "elsewhere"))
 
 
+def _with_finetuned_and_variants(rows):
+    """`rows` plus 3 seeds each of the fine-tuned student and baseline, an annealed student and round 1."""
+    for name, mean in (("baseline_ft", 0.72), ("student_ft", 0.86)):
+        for run, offset in enumerate((-0.005, 0.0, 0.005)):
+            rows[run_row(name, run)] = {"t": mean + offset, "u": mean + offset}
+    rows["student_anneal"] = {"t": 0.86, "u": 0.86}
+    rows["student_r1"] = {"t": 0.84, "u": 0.84}
+    return rows
+
+
+def test_claims_are_matched_on_their_keys_and_a_title_is_only_read(monkeypatch):
+    evidence = _evidence(
+        _with_finetuned_and_variants(_run({}, student=0.85, baseline=0.70, ensemble=0.86, spread=0.005))
+    )
+    before, _ = report_lib.claims(evidence)
+    variants = ["student_ft_vs_baseline_ft", "student_anneal_vs_student", "student_r1_vs_student"]
+    teacher = ["ensemble_vs_mean_member", "ensemble_vs_picked_member", "ensemble_vs_baseline", "student_vs_baseline"]
+    assert [c["key"] for c in before if c["task"] == "t"] == [*teacher, "kept_share", *variants]
+    assert [c["key"] for c in before if c["task"] == "u"] == ["gain_carries", *variants]
+    assert len({(c["key"], c["task"]) for c in before}) == len(before)  # (key, task) names one claim
+    assert all(c["claim"] == report_lib.claim_kind(c["key"])[0] for c in before)
+    assert _claim(before, "student_anneal_vs_student")["claim"] == (
+        "Beyond the paper, teacher annealing (student_anneal) beats the student"
+    )
+    # the claims asked only where another holds were asked here: the gates read other claims' verdicts
+    assert _claim(before, "kept_share")["verdict"] == HOLDS and _claim(before, "gain_carries", "u")["verdict"] == HOLDS
+    assert sum(c["p_adjusted"] is not None for c in before) >= 6
+    # every claim reworded to the same title: matching on titles would mix the claims up
+    reworded = {key: ("Reworded", comparison) for key, (_, comparison) in report_lib.CLAIMS.items()}
+    monkeypatch.setattr(report_lib, "CLAIMS", reworded)
+    monkeypatch.setattr(
+        report_lib, "VARIANT_CLAIM", (report_lib.VARIANT_CLAIM[0], "Reworded", report_lib.VARIANT_CLAIM[2])
+    )
+    after, _ = report_lib.claims(evidence)
+    assert {c["claim"] for c in after} == {"Reworded"}
+    untitled = lambda found: [{name: v for name, v in c.items() if name != "claim"} for c in found]  # noqa: E731
+    assert untitled(after) == untitled(before)  # keys, estimates, p, Holm-adjusted p, verdicts, reasons
+    shown = lambda found: [report_lib.claim_line(c)[len(f"- {c['claim']}: ") :] for c in found]  # noqa: E731
+    assert shown(after) == shown(before)  # the text too: the kept share is still shown as a fraction
+
+
+def test_an_unknown_claim_key_names_the_known_ones():
+    assert report_lib.claim_kind("student_r2_vs_student") == (
+        "Beyond the paper, self-distillation round 2 (student_r2) beats the student",
+        "student_r2 - student",
+    )
+    for key in ("baseline_vs_student", "The student beats the baseline", "student_vs_self"):
+        with pytest.raises(KeyError, match="student_vs_baseline"):
+            report_lib.claim_kind(key)
+
+
 def test_warnings_read_each_tasks_loss_after_the_warmup_epoch():
     evidence = _evidence(_run({}, student=0.8, baseline=0.7))
     evidence.warmup_fraction = 0.1
@@ -207,7 +261,8 @@ def test_warnings_read_each_tasks_loss_after_the_warmup_epoch():
     dev = report_lib.scores(evidence, heldout=False)
     found = report_lib.warnings(dev, evidence)
     assert [line for line in found if "loss" in line] == [
-        "student: t's training loss fell 30% over its last epoch: it has not converged, more epochs may change the comparison"
+        "student: t's training loss fell 30% over its last epoch: it has not converged, "
+        "more epochs may change the comparison"
     ]
     assert any(line.startswith("t: the teachers' accuracy spans") for line in found) is False  # 74-76: within 5 points
 

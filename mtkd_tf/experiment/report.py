@@ -14,8 +14,10 @@ choice: teacher selection, the picked member), on each task's first metric:
   that gain is significant, with an interval from the same resamples;
 - the gain carries to tasks without a teacher, asked only where a teacher task gained;
 - after fine-tuning the student beats the baseline; beyond the paper, each variant beats the student.
-Each claim is `{claim, task, metric, split, estimate, low, high, level, method, seeds, p,
+Each claim is `{key, claim, task, metric, split, estimate, low, high, level, method, seeds, p,
 p_adjusted, verdict, reason}`; `verdict` is holds / does not hold / not significant / untested.
+`key` names what is claimed (`student_vs_baseline`; `CLAIMS` holds every key with its title) and
+`(key, task)` names one claim: the report matches claims on keys alone, `claim` is the title to read.
 Intervals are seed-aware (`significance.compare`) where a side has two or more runs; a
 comparison of single runs is "untested" (its example-only interval is shown, labelled). Intervals
 are unadjusted 95%; verdicts use Holm-adjusted p-values over every tested claim of the report.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -42,6 +45,45 @@ ALPHA = 1 - LEVEL
 SPREAD_WARNING = 0.05  # members this far apart on a task (5 points): the ensemble measures seeds
 STILL_LEARNING = 0.10  # a task's loss that fell 10% or more over the last epoch: not converged
 HOLDS, FAILS, NOT_SIGNIFICANT, UNTESTED = "holds", "does not hold", "not significant", "untested"
+
+# Every claim the report makes: `key: (title, comparison)`. The key is the claim's name in report.json
+# and everywhere the report matches claims (Holm, gates, the text); the title is only for reading;
+# the comparison is the `"a - b"` of `comparisons` behind the claim (None: derived from other claims).
+CLAIMS: dict[str, tuple[str, str | None]] = {
+    "ensemble_vs_mean_member": ("The ensemble beats its mean member", "ensemble - mean member"),
+    "ensemble_vs_picked_member": ("The ensemble beats the member picked on dev", "ensemble - picked member"),
+    "ensemble_vs_baseline": ("The ensemble beats the baseline", "ensemble - baseline"),
+    "student_vs_baseline": ("The student beats the baseline", "student - baseline"),
+    "kept_share": (
+        f"The student keeps at least {100 * KEPT_THRESHOLD:.0f}% of the ensemble's gain (the paper: nearly all)",
+        None,
+    ),
+    "gain_carries": ("The gain carries to tasks without a teacher", "student - baseline"),
+    "student_ft_vs_baseline_ft": (
+        "After per-task fine-tuning, the student beats the baseline",
+        "student_ft - baseline_ft",
+    ),
+}
+# A variant beyond the paper (`layout.variant`: student_anneal, student_r1, ...) against the student:
+# key `<row>_vs_student`, one family per variant row.
+VARIANT_CLAIM = ("{row}_vs_student", "Beyond the paper, {what} ({row}) beats the student", "{row} - student")
+_VARIANT_KEY = re.compile(r"^(\w+)_vs_student$")
+
+
+def variant_key(row: str) -> str:
+    """The key of the claim that variant `row` beats the student (`student_anneal_vs_student`)."""
+    return VARIANT_CLAIM[0].format(row=row)
+
+
+def claim_kind(key: str) -> tuple[str, str | None]:
+    """`(title, comparison)` of the claims named `key`; a KeyError names the known keys."""
+    if key in CLAIMS:
+        return CLAIMS[key]
+    match = _VARIANT_KEY.match(key)
+    if match and variant(match.group(1)):
+        row = match.group(1)
+        return VARIANT_CLAIM[1].format(row=row, what=variant(row)), VARIANT_CLAIM[2].format(row=row)
+    raise KeyError(f"{key!r} is not a claim of the report; known: {', '.join(CLAIMS)}, {VARIANT_CLAIM[0]}")
 
 
 @dataclasses.dataclass
@@ -161,12 +203,13 @@ def score_table(table: Mapping, rows: Sequence[str]) -> str:
 
 
 def _claim(
-    title: str, task: str, metric: str, split: str, found: Comparison | None, reason: str = "", untested: str = ""
+    key: str, task: str, metric: str, split: str, found: Comparison | None, reason: str = "", untested: str = ""
 ) -> dict:
-    """A claim; `untested` (a reason) keeps it from a verdict. A comparison of single runs is
-    untested; a seed-aware one is judged by `_judge` after the multiplicity correction."""
+    """Claim `key` on `task`; `untested` (a reason) keeps it from a verdict. A comparison of single runs
+    is untested; a seed-aware one is judged by `_judge` after the multiplicity correction."""
     claim = {
-        "claim": title,
+        "key": key,
+        "claim": claim_kind(key)[0],
         "task": task,
         "metric": metric,
         "split": split,
@@ -199,7 +242,7 @@ def _claim(
 def _judge(claims: list[dict]) -> None:
     """Holm over every claim still to judge; then holds / does not hold / not significant."""
     family = [claim for claim in claims if claim["verdict"] is None]
-    for claim, adjusted in zip(family, holm([claim["p"] for claim in family])):
+    for claim, adjusted in zip(family, holm([claim["p"] for claim in family]), strict=True):
         claim["p_adjusted"] = adjusted
         if adjusted < ALPHA:
             claim["verdict"] = HOLDS if claim["estimate"] > 0 else FAILS
@@ -242,7 +285,7 @@ def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: 
         RESAMPLES,
         evidence.seed,
     )
-    return {f"{a} - {b}": comparison for (a, b), comparison in zip(pairs, found)}
+    return {f"{a} - {b}": comparison for (a, b), comparison in zip(pairs, found, strict=True)}
 
 
 def picked_member(evidence: Evidence, task: str) -> str | None:
@@ -271,65 +314,68 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
     )
     for task, meta in evidence.tasks.items():
         split = split_of[task]
-        name = evidence.metric_name(task, split, meta["metrics"][0])
-        at = lambda comparison: found[task].get(comparison)  # noqa: E731
-        claim = lambda title, comparison, reason="", untested="": everything.append(  # noqa: E731
-            _claim(title, task, name, split, at(comparison), (dev_note + reason).rstrip("; "), untested)
-        )
-        if task in teacher_tasks:
-            claim(
-                "The ensemble beats its mean member",
-                "ensemble - mean member",
-                "members as seeds; the ensemble is one run, its own training noise is not included",
-            )
-            claim(
-                "The ensemble beats the member picked on dev",
-                "ensemble - picked member",
-                untested="one ensemble against one member: training noise is unmeasured (example-only interval)"
-                if at("ensemble - picked member")
-                else "",
-            )
-            claim("The ensemble beats the baseline", "ensemble - baseline")
-            claim("The student beats the baseline", "student - baseline")
-        elif "student - baseline" in found[task]:
-            claim("The gain carries to tasks without a teacher", "student - baseline")
-        if "student_ft - baseline_ft" in found[task]:
-            claim("After per-task fine-tuning, the student beats the baseline", "student_ft - baseline_ft")
-        for comparison in found[task]:
-            row = comparison.split(" - ")[0]
-            what = variant(row)
-            if what:
-                claim(
-                    f"Beyond the paper, {what} ({row}) beats the student",
-                    comparison,
-                    untested="one run of the variant against the student of the same seed: training noise is unmeasured",
-                )
+        metric = evidence.metric_name(task, split, meta["metrics"][0])
+        everything += _task_claims(task, metric, split, found[task], task in teacher_tasks, dev_note)
     everything = [c for c in everything if c["reason"] != "no rows to compare"]
     _judge(everything)
     _gates(everything, evidence, found, teacher_tasks)
     return everything, found
 
 
+def _task_claims(
+    task: str, metric: str, split: str, found: Mapping[str, Comparison], teacher: bool, note: str
+) -> list[dict]:
+    """The claims on one task, from its comparisons `found` (`note` opens each reason)."""
+    made = []
+    has = lambda key: claim_kind(key)[1] in found
+    claim = lambda key, reason="", untested="": made.append(
+        _claim(key, task, metric, split, found.get(claim_kind(key)[1]), (note + reason).rstrip("; "), untested)
+    )
+    if teacher:
+        claim(
+            "ensemble_vs_mean_member",
+            "members as seeds; the ensemble is one run, its own training noise is not included",
+        )
+        claim(
+            "ensemble_vs_picked_member",
+            untested="one ensemble against one member: training noise is unmeasured (example-only interval)"
+            if has("ensemble_vs_picked_member")
+            else "",
+        )
+        claim("ensemble_vs_baseline")
+        claim("student_vs_baseline")
+    elif has("gain_carries"):
+        claim("gain_carries")
+    if has("student_ft_vs_baseline_ft"):
+        claim("student_ft_vs_baseline_ft")
+    for comparison in found:
+        row = comparison.split(" - ")[0]
+        if variant(row):
+            claim(
+                variant_key(row),
+                untested="one run of the variant against the student of the same seed: training noise is unmeasured",
+            )
+    return made
+
+
 def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_tasks: Sequence[str]) -> None:
     """The claims asked only where another holds: the kept share (an ensemble gain to keep) and
     the gain carrying (a teacher-task gain to carry)."""
-    verdict = {(c["claim"], c["task"]): c["verdict"] for c in everything}
-    gained = any(verdict.get(("The student beats the baseline", t)) == HOLDS for t in teacher_tasks)
+    verdict = {(c["key"], c["task"]): c["verdict"] for c in everything}
+    gained = any(verdict.get(("student_vs_baseline", t)) == HOLDS for t in teacher_tasks)
     for c in everything:
-        if c["claim"] == "The gain carries to tasks without a teacher" and not gained and c["verdict"] != UNTESTED:
+        if c["key"] == "gain_carries" and not gained and c["verdict"] != UNTESTED:
             c["verdict"], c["reason"] = UNTESTED, "no teacher task's student gained significantly: no gain to carry"
     for task in teacher_tasks:
         if task not in found:
             continue
-        beats = [
-            i for i, c in enumerate(everything) if c["task"] == task and c["claim"] == "The student beats the baseline"
-        ]
+        beats = [i for i, c in enumerate(everything) if c["task"] == task and c["key"] == "student_vs_baseline"]
         if not beats:
             continue
         kept = {
             **everything[beats[0]],
-            "claim": f"The student keeps at least {100 * KEPT_THRESHOLD:.0f}% of the ensemble's gain "
-            "(the paper: nearly all)",
+            "key": "kept_share",
+            "claim": claim_kind("kept_share")[0],
             "estimate": None,
             "low": None,
             "high": None,
@@ -339,10 +385,11 @@ def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_task
             "p_adjusted": None,
             "verdict": UNTESTED,
         }
-        if verdict.get(("The ensemble beats the baseline", task)) != HOLDS:
+        if verdict.get(("ensemble_vs_baseline", task)) != HOLDS:
             kept["reason"] = "the ensemble's gain over the baseline is not significant: nothing to keep"
         else:
-            student, gain = found[task]["student - baseline"], found[task]["ensemble - baseline"]
+            student = found[task][claim_kind("student_vs_baseline")[1]]
+            gain = found[task][claim_kind("ensemble_vs_baseline")[1]]
             share = ratio_interval(student, gain)
             kept.update(
                 estimate=share.difference,
@@ -351,7 +398,7 @@ def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_task
                 method=f"ratio of {gain.method}",
                 seeds=list(student.seeds),
             )
-            student_gained = verdict.get(("The student beats the baseline", task)) == HOLDS
+            student_gained = verdict.get(("student_vs_baseline", task)) == HOLDS
             kept["verdict"] = (
                 HOLDS
                 if student_gained and share.low >= KEPT_THRESHOLD
@@ -370,7 +417,7 @@ def claim_line(claim: Mapping) -> str:
     """One claim as text: the estimate with its interval (x100; the kept share as a fraction), p, verdict, why."""
     what = f"- {claim['claim']}: {claim['task']} {claim['metric']} ({claim['split']})"
     if claim["estimate"] is not None:
-        share = claim["claim"].startswith("The student keeps")
+        share = claim["key"] == "kept_share"
         show = (lambda v: f"{v:+.2f}") if share else (lambda v: f"{100 * v:+.1f}")  # noqa: E731
         what += f" {show(claim['estimate'])} [{show(claim['low'])}, {show(claim['high'])}]"
     if claim["p"] is not None:
