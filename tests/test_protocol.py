@@ -71,7 +71,7 @@ def test_pool_selection_finetuned_per_task_ensembles_and_finetuned_rows(tmp_path
     assert saved["rows"][-2:] == ["baseline_ft", "student_ft"]
     assert set(saved["results"]["rte"]["accuracy"]) >= {"baseline_ft", "student_ft", "member_0", "ensemble"}
     assert "student_ft - baseline_ft" in saved["intervals"]["sst2"]
-    assert any(claim["claim"].startswith("After per-task fine-tuning") for claim in saved["claims"])
+    assert any(claim["key"] == "student_ft_vs_baseline_ft" for claim in saved["claims"])
     # every model directory records the seed it trained with; each fine-tuned member has its own
     recorded = lambda path: json.load(open(root / path / "experiment.json"))["training"]["seed"]  # noqa: E731
     for name in scores:
@@ -141,10 +141,10 @@ def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path
     assert json.load(open(root / "student_anneal" / "experiment.json"))["distillation"]["alpha_schedule"] == "anneal"
     assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
     assert {"student - baseline", "student_anneal - student", "student_r1 - student"} <= set(saved["intervals"]["rte"])
-    beats = next(c for c in saved["claims"] if c["claim"] == "The student beats the baseline" and c["task"] == "sst2")
+    beats = next(c for c in saved["claims"] if c["key"] == "student_vs_baseline" and c["task"] == "sst2")
     assert beats["method"] == SEED_METHOD and beats["seeds"] == [2, 2] and beats["split"] == "heldout"
     assert saved["heldout"]["sst2"]["examples"] == 16 and set(saved["results_heldout"]) == {"sst2", "rte"}
-    annealed = next(c for c in saved["claims"] if "teacher annealing (student_anneal)" in c["claim"])
+    annealed = next(c for c in saved["claims"] if c["key"] == "student_anneal_vs_student")
     assert annealed["verdict"] == "untested"
     # round 1 learns from the student alone, through its own soft labels
     stored = soft_labels.read(soft_labels.path_for(str(root / "soft_labels_r1"), "sst2"))
