@@ -58,7 +58,7 @@ def setting(
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    """`value` of setting `name` is one of `choices` (the config fields and the Distiller)."""
+    """`value` of setting `name` is one of `choices` (the config fields and the loss terms)."""
     if value not in choices:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}", name)
 
@@ -339,8 +339,9 @@ class DistillationConfig(_Group):
 
     def validate(self) -> None:
         super().validate()
-        check_alpha(self.alpha, self.task_alpha)
-        check_temperature(self.temperature)
+        from mtkd_tf.distill.terms import loss_terms
+
+        loss_terms(self)  # each loss term checks its own settings (alpha, task_alpha, temperature, ...)
         if self.compare_anneal and self.alpha_schedule == "anneal":
             raise ConfigError(
                 "compare_anneal trains an annealed student beside the constant-alpha one, but "
@@ -355,7 +356,7 @@ class DistillationConfig(_Group):
 
 
 def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
-    """alpha and every per-task alpha lie in [0, 1] (used by the config and the Distiller)."""
+    """alpha and every per-task alpha lie in [0, 1] (`distill.terms.SoftLoss` checks them)."""
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}", "alpha")
     for task, value in task_alpha.items():
@@ -364,7 +365,7 @@ def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
 
 
 def check_temperature(temperature: float) -> None:
-    """The distillation temperature is positive (the config, the Distiller, soft-label files)."""
+    """The distillation temperature is positive (`distill.terms.SoftLoss`, soft-label files)."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}", "temperature")
 

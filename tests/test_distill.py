@@ -17,6 +17,7 @@ from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.distill.distiller import Distiller, distillation_targets, soft_width
 from mtkd_tf.distill.soft_labels import SoftLabelError
+from mtkd_tf.distill.terms import SoftLoss
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.models import losses
 from mtkd_tf.models.mtdnn import MTDNN
@@ -242,7 +243,7 @@ def test_hidden_state_loss_trains_a_smaller_student(tiny_student, splits, tiny_e
     data = training_data(
         splits, pre, config, targets={d.task.name: distillation_targets(d.task, len(d), 2) for d in splits}
     )
-    distiller = Distiller(student, teachers=[teacher], hidden_weight=1.0)
+    distiller = Distiller(student, teachers=[teacher], hidden_loss_weight=1.0)
     distiller.compile(optimizer=make_optimizer(config, 12))
     history = distiller.fit(data.starting_at(0), epochs=2, steps_per_epoch=6, verbose=0).history
     assert history["hidden_loss"][-1] < history["hidden_loss"][0]
@@ -523,7 +524,7 @@ def test_annealed_alpha_goes_from_one_at_the_first_step_to_zero_at_the_last(tiny
     assert float(constant.current_alpha(tf.constant(0))) == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="alpha_schedule=anneal needs the number of training steps"):
         Distiller(student, alpha_schedule="anneal")
-    assert Distiller.from_config(distiller.get_config()).total_steps == 11
+    assert Distiller.from_config(distiller.get_config()).term(SoftLoss).total_steps == 11
 
 
 @pytest.mark.parametrize("distilled", [False, True], ids=["mtdnn", "distiller"])

@@ -1,5 +1,5 @@
-"""The Distiller: a keras.Model around a student MT-DNN whose `train_step` mixes, per task,
-the hard-label loss and the soft (teacher) loss:
+"""The Distiller: a keras.Model around a student MT-DNN whose `train_step` sums its loss terms
+(`distill.terms`), by default per task the hard-label and the soft (teacher) loss:
 
     L_t = (1 - alpha_t) * hard + alpha_t * soft
 
@@ -13,18 +13,19 @@ global batch, so any `tf.distribute` strategy gives the single-device result.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import dataclasses
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mtkd_tf.config import ALPHA_SCHEDULES, check_alpha, check_choice, check_temperature
-from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, Task
+from mtkd_tf.config import DistillationConfig
+from mtkd_tf.data.tasks import Task
+from mtkd_tf.distill.terms import Batch, LossTerm, SoftLoss, deserialize_loss_term, loss_terms, serialize_loss_term
 from mtkd_tf.errors import ConfigError
-from mtkd_tf.models.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.mtdnn import MTDNN
-from mtkd_tf.models.train_step import MultiTaskTrainStep, per_task, split_features
+from mtkd_tf.models.train_step import MultiTaskTrainStep, split_features
 from mtkd_tf.training.distribute import MultiWorkerFit
 
 
@@ -49,179 +50,118 @@ def distillation_targets(
 
 @keras.saving.register_keras_serializable(package="mtkd_tf")
 class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
-    """Trains `student` on a per-task mix of hard labels and teacher soft targets.
+    """Trains `student` on the sum of its loss terms: by default a per-task mix of hard labels
+    and teacher soft targets (`terms.HardLoss`, `terms.SoftLoss`).
 
     Args:
         student: the MTDNN to train.
-        alpha: weight of the soft loss for tasks with a teacher (paper: 0.5).
-        task_alpha: per-task overrides of alpha.
-        temperature: T of the soft targets and of the student's softmax (paper: 1).
-        soft_loss: "ce" (paper), "kl" or "mse" (on log-probabilities); regression uses MSE.
+        terms: the loss terms, summed in this order (default: hard and soft at alpha 0.5, T 1, ce).
         teachers: frozen MTDNNs for online distillation; empty: targets come with the batch.
         teacher_tasks: tasks that have a teacher (default: all of the student's).
-        hidden_weight: weight of an MSE between the projected student [CLS] vector and the
-            teachers' mean [CLS] vector (online teachers only; for smaller students).
+        **kwargs: `keras.Model` arguments, or `DistillationConfig` settings instead of `terms`
+            (`Distiller(student, alpha=0.3)`, mapped as `from_settings` does).
+
+    >>> distiller = Distiller.from_settings(config.distillation, student, total_steps=1000)
     """
 
     def __init__(
         self,
         student: MTDNN,
-        alpha: float = 0.5,
-        task_alpha: Mapping[str, float] | None = None,
-        temperature: float = 1.0,
-        soft_loss: str = "ce",
+        terms: Sequence[LossTerm] | None = None,
         teachers: Sequence[MTDNN] = (),
         teacher_tasks: Sequence[str] | None = None,
-        hidden_weight: float = 0.0,
-        alpha_schedule: str = "constant",
-        total_steps: int | None = None,
         **kwargs,
     ):
+        settings = {name: kwargs.pop(name) for name in list(kwargs) if name in _SETTINGS}
+        if settings and terms is not None:
+            raise ConfigError(f"give the Distiller terms or settings, not both ({', '.join(settings)})", "loss_terms")
         super().__init__(**kwargs)
-        task_alpha = dict(task_alpha or {})
-        check_alpha(alpha, task_alpha)
-        check_temperature(temperature)
-        check_choice("soft_loss", soft_loss, SOFT_LOSSES)
-        unknown = sorted(set(task_alpha) - {t.name for t in student.tasks})
-        if unknown:
-            raise ConfigError(f"task_alpha names task(s) the student lacks: {', '.join(unknown)}", "task_alpha")
-        if hidden_weight and not teachers:
-            raise ConfigError("the hidden-state loss needs online teachers", "hidden_loss_weight")
-        check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)
-        if alpha_schedule == "anneal" and not (total_steps or 0) > 0:
-            raise ConfigError("alpha_schedule=anneal needs the number of training steps", "alpha_schedule")
+        if terms is None:
+            total_steps = settings.pop("total_steps", None)
+            terms = loss_terms(DistillationConfig(**settings), total_steps)
         self.student = student
         self.teachers = list(teachers)
         for teacher in self.teachers:
             teacher.trainable = False
         names = [task.name for task in student.tasks]
         self.teacher_tasks = tuple(names if teacher_tasks is None else teacher_tasks)
-        self.alpha = alpha
-        self.task_alpha = task_alpha
-        self.temperature = temperature
-        self.soft_loss_kind = soft_loss
-        self.hidden_weight = hidden_weight
-        self.alpha_schedule = alpha_schedule
-        self.total_steps = total_steps
-        self.alphas = tf.constant([task_alpha.get(name, alpha) for name in names], tf.float32)
         self.has_teacher = tf.constant([float(name in self.teacher_tasks) for name in names], tf.float32)
         self.width = soft_width(student.tasks)
-        if hidden_weight:
+        self.reads_features = any(term.needs_features for term in terms)
+        if self.reads_features:
             self.student_features = student.features_model()
             self.teacher_features = [teacher.features_model() for teacher in self.teachers]
-            self.projection = keras.layers.Dense(self.teachers[0].encoder.hidden_dim, name="hidden_projection")
-            # built now, so every variable exists before the first trace (training.fit builds the optimizer then)
-            self.projection.build((None, student.encoder.hidden_dim))
-        parts = ("hard", "soft", "hidden") if hidden_weight else ("hard", "soft")
-        self.make_trackers(names, parts, task_parts=("hard", "soft"))
+        self.terms = list(terms)
+        for term in self.terms:
+            term.bind(self)
+            for attribute, layer in term.layers().items():  # tracked here: the checkpoints' variable paths
+                setattr(self, attribute, layer)
+        self.make_trackers(
+            names, [term.name for term in self.terms], task_parts=[t.name for t in self.terms if t.logged_per_task]
+        )
         self.built = True  # the student (and teachers) are built; checkpoint restore needs this
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DistillationConfig,
+        student: MTDNN,
+        teachers: Sequence[MTDNN] = (),
+        teacher_tasks: Sequence[str] | None = None,
+        total_steps: int | None = None,
+    ) -> Distiller:
+        """The Distiller a `DistillationConfig` describes, with the run's facts: the student, the
+        online teachers, the tasks with a teacher and the number of training steps."""
+        return cls(student, loss_terms(settings, total_steps), teachers=teachers, teacher_tasks=teacher_tasks)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    # --- targets -------------------------------------------------------------------------
-    def teacher_targets(self, features, task_id, teacher_outputs=None):
-        """Online targets of the batch's task: mean teacher probabilities at T (ranking: of each
-        candidate within its question), or mean score."""
-        if teacher_outputs is None:
-            teacher_outputs = [teacher(features, training=False) for teacher in self.teachers]
-
-        def target(i, task):
-            if task.type == CLASSIFICATION:
-                probs = [tf.exp(soften(out[task.name], self.temperature)) for out in teacher_outputs]
-            elif task.type == RANKING:  # each question's candidate distribution, as the cached targets
-                probs = [
-                    tf.reshape(
-                        tf.nn.softmax(tf.reshape(out[task.name], [-1, task.group_size]) / self.temperature), [-1, 1]
-                    )
-                    for out in teacher_outputs
-                ]
-            else:
-                probs = [out[task.name][:, None] for out in teacher_outputs]
-            mean = tf.add_n(probs) / len(probs)
-            return tf.pad(mean, [[0, 0], [0, self.width - mean.shape[-1]]])
-
-        return tf.stop_gradient(per_task(self.student.tasks, task_id, target))
+    def term(self, cls: type[LossTerm]) -> LossTerm | None:
+        """The first of the Distiller's terms that is a `cls`, or None."""
+        return next((term for term in self.terms if isinstance(term, cls)), None)
 
     # --- losses --------------------------------------------------------------------------
     def current_alpha(self, task_id: tf.Tensor) -> tf.Tensor:
-        """The soft weight of this step: the task's alpha, or with `anneal` 1 - step / (steps - 1)."""
-        if self.alpha_schedule == "constant":
-            return tf.gather(self.alphas, task_id)
-        progress = tf.cast(self.optimizer.iterations, tf.float32) / float(max(self.total_steps - 1, 1))
-        return tf.clip_by_value(1.0 - progress, 0.0, 1.0)
+        """The soft term's weight at this step (`SoftLoss.current_alpha`)."""
+        return self.term(SoftLoss).current_alpha(task_id, self)
+
+    def mix_weights(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-example weights of the hard and soft terms: the soft term's alpha split, or the
+        label mask and no soft weight without a soft term."""
+        soft = self.term(SoftLoss)
+        if soft is not None:
+            return soft.mix_weights(batch)
+        label_mask = batch.y.get("label_mask", tf.ones_like(batch.y["label"]))
+        return label_mask, tf.zeros_like(label_mask)
 
     def compute_losses(self, x, y, training: bool):
-        """Per-example weighted hard and soft losses (and the hidden-state loss); the shared
-        train step (`MultiTaskTrainStep`) does the rest."""
+        """Per-example values of each term and their sum, in the terms' order; the shared train
+        step (`MultiTaskTrainStep`) does the rest."""
         features, task_id = split_features(x)
-        outputs, teacher_outputs, hidden = self._forward(features, training)
-        target, soft_mask = self._soft_targets(features, task_id, y, teacher_outputs)
-        hard_weight, soft_weight = self._loss_weights(task_id, y, soft_mask)
-        losses = self._task_losses(outputs, target, task_id, y)
-        hard, soft = losses[0] * hard_weight, losses[1] * soft_weight
-        parts = {"loss": hard + soft + hidden, "hard": hard, "soft": soft}
-        if self.hidden_weight:
-            parts["hidden"] = hidden
-        return parts, task_id
+        batch = Batch(self, features, task_id, y, training, *self._forward(features, training))
+        parts = {term.name: term(batch) for term in self.terms}
+        values = list(parts.values())
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        return {"loss": total, **parts}, task_id
 
     def _forward(self, features, training: bool):
-        """The student's outputs, the teachers' feature outputs and the hidden-state loss
-        (with `hidden_weight`; else no teacher outputs and a loss of 0)."""
-        hidden = tf.constant(0.0)
-        if not self.hidden_weight:
-            return self.student(features, training=training), None, hidden
+        """The student's outputs and, when a term reads [CLS] vectors, the teachers' (features
+        models); else the teachers run inside the soft term."""
+        if not self.reads_features:
+            return self.student(features, training=training), None
         outputs = self.student_features(features, training=training)
-        teacher_outputs = [t(features, training=False) for t in self.teacher_features]
-        return outputs, teacher_outputs, self._hidden_loss(outputs, teacher_outputs)
-
-    def _hidden_loss(self, outputs, teacher_outputs) -> tf.Tensor:
-        """Weighted MSE between the projected student [CLS] vector and the teachers' mean one."""
-        projected = self.projection(outputs["pooled_output"])
-        teacher_pooled = tf.add_n([t["pooled_output"] for t in teacher_outputs]) / len(teacher_outputs)
-        return self.hidden_weight * tf.reduce_mean(tf.square(projected - tf.stop_gradient(teacher_pooled)), axis=-1)
-
-    def _soft_targets(self, features, task_id, y, teacher_outputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """Soft targets and their mask: from online teachers, or cached in the batch."""
-        if self.teachers:
-            target = self.teacher_targets(features, task_id, teacher_outputs)
-            return target, tf.fill(tf.shape(y["label"]), tf.gather(self.has_teacher, task_id))
-        return y["soft"], y["soft_mask"] * tf.gather(self.has_teacher, task_id)
-
-    def _loss_weights(self, task_id, y, soft_mask) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-example weights of the hard and soft losses (`losses.mix_weights` at this step's alpha)."""
-        label_mask = y.get("label_mask", tf.ones_like(y["label"]))
-        alpha = tf.fill(tf.shape(y["label"]), self.current_alpha(task_id))
-        return mix_weights(alpha, label_mask, soft_mask)
-
-    def _task_losses(self, outputs, target, task_id, y) -> tf.Tensor:
-        """`[hard, soft]` per-example losses of the batch's task, unweighted."""
-
-        def both(i, task):
-            output = outputs[task.name]
-            task_target = target[:, : task.num_classes] if task.type == CLASSIFICATION else target[:, 0]
-            return tf.stack(
-                [
-                    hard_loss(task, output, y["label"]),
-                    soft_loss(task, output, task_target, self.temperature, self.soft_loss_kind),
-                ]
-            )
-
-        return per_task(self.student.tasks, task_id, both)
+        return outputs, [t(features, training=False) for t in self.teacher_features]
 
     def get_config(self):
         return {
             "name": self.name,
             "student": keras.saving.serialize_keras_object(self.student),
             "teachers": [keras.saving.serialize_keras_object(t) for t in self.teachers],
-            "alpha": self.alpha,
-            "task_alpha": self.task_alpha,
-            "temperature": self.temperature,
-            "soft_loss": self.soft_loss_kind,
             "teacher_tasks": list(self.teacher_tasks),
-            "hidden_weight": self.hidden_weight,
-            "alpha_schedule": self.alpha_schedule,
-            "total_steps": self.total_steps,
+            "terms": [serialize_loss_term(term) for term in self.terms],
         }
 
     @classmethod
@@ -229,4 +169,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         config = dict(config)
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         config["teachers"] = [keras.saving.deserialize_keras_object(t) for t in config.get("teachers", [])]
+        config["terms"] = [deserialize_loss_term(term) for term in config["terms"]]
         return cls(**config)
+
+
+_SETTINGS = {field.name for field in dataclasses.fields(DistillationConfig)} | {"total_steps"}

@@ -95,16 +95,11 @@ class Distillation:
         return extended, targets
 
     def trainer(self, model: MTDNN, total_steps: int) -> Distiller:
-        settings = self.settings
-        return Distiller(
+        """The Distiller of these settings around `model` (`Distiller.from_settings`)."""
+        return Distiller.from_settings(
+            self.settings,
             model,
-            alpha=settings.alpha,
-            task_alpha=settings.task_alpha,
-            temperature=settings.temperature,
-            soft_loss=settings.soft_loss,
             teachers=self.teachers,
             teacher_tasks=list(self.teacher_tasks),
-            hidden_weight=settings.hidden_loss_weight,
-            alpha_schedule=settings.alpha_schedule,
             total_steps=total_steps,
         )

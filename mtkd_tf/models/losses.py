@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from mtkd_tf.data.tasks import CLASSIFICATION, RANKING, REGRESSION, Task
 
-SOFT_LOSSES = ("ce", "kl", "mse")  # the soft-loss kinds; the config's choices and the Distiller check them
+SOFT_LOSSES = ("ce", "kl", "mse")  # the soft-loss kinds: the config's choices, checked by terms.SoftLoss
 
 
 def hard_loss(task: Task, output: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
@@ -65,7 +65,7 @@ def soft_loss(
     Ranking: the same on each question's candidate distribution; Q is the members' averaged
     group probabilities softmax(scores / T) (`target`, one per row).
     Regression: squared error to the teachers' mean score.
-    `kind` is one of SOFT_LOSSES, checked where it is set (the config, the `Distiller`).
+    `kind` is one of SOFT_LOSSES, checked where it is set (`distill.terms.SoftLoss`).
     """
     if task.type == REGRESSION:
         return tf.square(output - tf.reshape(target, tf.shape(output)))
