@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 from absl import app, flags
 
@@ -18,7 +19,31 @@ FLAGS = flags.FLAGS
 define_flags(FLAGS)
 
 
+class Mode(NamedTuple):
+    """What a `--mode` runs: `run` takes the Experiment when `needs_experiment` (created first: it
+    makes the strategy before any other TF op; the mode runs under its model_dir lock), else the config."""
+
+    run: Callable[[Any], Any]
+    needs_experiment: bool
+
+
+def _in_modes(name: str) -> Callable[[Any], Any]:
+    """`experiment.modes.<name>`, imported when the mode runs (the import loads TensorFlow)."""
+
+    def run(target):
+        from mtkd_tf.experiment import modes
+
+        return getattr(modes, name)(target)
+
+    return run
+
+
+def _experiment_method(name: str) -> Callable[[Any], Any]:
+    return lambda experiment: getattr(experiment, name)()
+
+
 def _report(config: ExperimentConfig) -> None:
+    """Rebuilds the report (which writes and prints it); a missing run is a usage error."""
     from mtkd_tf.experiment import modes
 
     try:
@@ -27,43 +52,32 @@ def _report(config: ExperimentConfig) -> None:
         raise app.UsageError(str(error)) from None
 
 
-# mode -> what it runs: a function of the config, or one of the Experiment (created first: it makes
-# the strategy before any other TF op).
-CONFIG_MODES = {
-    "report": _report,
-    "export": "export",
-    "serve_check": "serve_check",
-    "export_preset": "export_preset",
-    "export_transformers": "export_transformers",
-}
-EXPERIMENT_MODES = {
-    "train": "train",
-    "evaluate": "evaluate_model",
-    "predict": "predict",
-    "distill": "distill",
-    "train_teachers": None,
-    "soft_labels": None,
-    "pipeline": None,
+# Every --mode, in config.MODES' order: what it runs, and on what.
+MODES: dict[str, Mode] = {
+    "train": Mode(_in_modes("train"), needs_experiment=True),
+    "evaluate": Mode(_in_modes("evaluate_model"), needs_experiment=True),
+    "predict": Mode(_in_modes("predict"), needs_experiment=True),
+    "train_teachers": Mode(_experiment_method("teachers"), needs_experiment=True),
+    "soft_labels": Mode(_experiment_method("soft_labels"), needs_experiment=True),
+    "distill": Mode(_in_modes("distill"), needs_experiment=True),
+    "pipeline": Mode(_experiment_method("run"), needs_experiment=True),
+    "report": Mode(_report, needs_experiment=False),
+    "export": Mode(_in_modes("export"), needs_experiment=False),
+    "serve_check": Mode(_in_modes("serve_check"), needs_experiment=False),
+    "export_preset": Mode(_in_modes("export_preset"), needs_experiment=False),
+    "export_transformers": Mode(_in_modes("export_transformers"), needs_experiment=False),
 }
 
 
 def _run_mode(config: ExperimentConfig):
-    from mtkd_tf.experiment import Experiment, modes
+    mode = MODES[config.runtime.mode]
+    if not mode.needs_experiment:
+        return mode.run(config)
+    from mtkd_tf.experiment import Experiment
 
-    mode = config.runtime.mode
-    if mode in CONFIG_MODES:
-        action = CONFIG_MODES[mode]
-        return action(config) if callable(action) else getattr(modes, action)(config)
     experiment = Experiment(config)
     with experiment.lock():  # before any work: a second run on model_dir stops here
-        if EXPERIMENT_MODES[mode]:
-            result = getattr(modes, EXPERIMENT_MODES[mode])(experiment)
-        else:
-            result = {
-                "train_teachers": experiment.teachers,
-                "soft_labels": experiment.soft_labels,
-                "pipeline": experiment.run,
-            }[mode]()
+        result = mode.run(experiment)
     experiment.close()
     return result
 

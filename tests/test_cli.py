@@ -139,3 +139,20 @@ def test_bad_flags_fail_with_a_clear_message(args, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "== " not in result.stderr and not os.path.exists(f"{tmp_path}/m/teachers")  # no stage started
+
+
+def test_one_table_dispatches_every_mode_to_something_that_exists():
+    import inspect
+
+    from mtkd_tf import cli, config
+    from mtkd_tf.experiment import Experiment, modes
+
+    assert list(cli.MODES) == list(config.MODES)
+    for mode, entry in cli.MODES.items():
+        named = inspect.getclosurevars(entry.run).nonlocals.get("name")  # _in_modes' and _experiment_method's
+        if entry.run.__qualname__.startswith("_in_modes"):
+            assert callable(getattr(modes, named)), mode
+        elif entry.run.__qualname__.startswith("_experiment_method"):
+            assert entry.needs_experiment and callable(getattr(Experiment, named)), mode
+        else:
+            assert entry.run is cli._report and not entry.needs_experiment
