@@ -1,15 +1,17 @@
-"""Target 2 of the speed issue: our MT-DNN training vs Hugging Face transformers + PyTorch,
-fine-tuning the same pretrained MiniLM on the same real rt_polarity training sentences, with the
-same batch size and sequence limit, timed interleaved (rounds of steps, ours then the peer's) in
-one process.
+"""Our MT-DNN training vs Hugging Face transformers + PyTorch, fine-tuning the same pretrained
+MiniLM on the same real rt_polarity training sentences, with the same batch size and sequence
+limit, timed interleaved (rounds of steps, ours then the peer's) in one process
+(`benchmarks/run --figures=peer`; target: ours / peer examples/s >= 1.0; measured figures in
+docs/performance.md).
 
 Each side gets its best CPU settings. Ours: dynamic padding, length bucketing, the fused Adamax
 (`adamax_fused`, as the quickstart), the training precision `auto` picks (mixed_bfloat16 where
-bfloat16 is native and faster, else float32). The peer: `DataCollatorWithPadding`, `group_by_length` (transformers' `LengthGroupedSampler`), AdamW
-with global-norm clipping 1.0, `torch.set_num_threads(<cores>)`, and bfloat16 autocast where
-bfloat16 is native (the peer's equivalent of our `auto`), eager and also under `torch.compile`
-(inductor, `dynamic=True`: one graph for every padded length). Every side reports examples/s of
-steady-state steps (after warm-up steps that trace / compile / allocate).
+bfloat16 is native and faster, else float32). The peer: `DataCollatorWithPadding`,
+`group_by_length` (transformers' `LengthGroupedSampler`), AdamW with global-norm clipping 1.0,
+`torch.set_num_threads(<cores>)`, and bfloat16 autocast where bfloat16 is native (the peer's
+equivalent of our `auto`), eager and also under `torch.compile` (inductor, `dynamic=True`: one
+graph for every padded length). Every side reports examples/s of steady-state steps (after
+warm-up steps that trace / compile / allocate).
 """
 
 from __future__ import annotations

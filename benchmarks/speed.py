@@ -1,14 +1,15 @@
-"""The speed issue's targets 1, 4 and 5 (target 2 is `benchmarks/peer.py`, target 3 the
-quickstart's wall time, `benchmarks/time_quickstart`).
+"""Three of the speed targets `benchmarks/run --figures=speed` checks (measured figures in
+docs/performance.md, "The speed issue's targets, measured"; the peer comparison is
+`benchmarks/peer.py`, the quickstart's wall time `benchmarks/time_quickstart`):
 
-1. Fraction of the machine's fp32 peak that our training and inference steps reach at widths
-   32, 64 and 128 (MiniLM size, batch 32; FLOPs counted from the architecture), in float32 and
-   in the precision `auto` picks. The peak is the best fp32 matmul of TensorFlow and, when it is
-   installed, PyTorch on this machine.
-4. The full-size moviesuite pipeline's wall time, extrapolated from timed steady-state training
-   steps on real moviesuite batches and timed inference.
-5. Soft labels on real text: examples/s per pretrained MiniLM teacher, in float32 (the
-   ensemble tokenises once; batches of short texts are bigger).
+- The fraction of the machine's fp32 peak that our training and inference steps reach at widths
+  32, 64 and 128 (MiniLM size, batch 32; FLOPs counted from the architecture), in float32 and
+  in the precision `auto` picks; target >= 0.60. The peak is the best fp32 matmul of TensorFlow
+  and, when it is installed, PyTorch on this machine.
+- The full-size moviesuite pipeline's (configs/moviesuite_full.cfg) wall time, extrapolated from
+  timed steady-state training steps on real moviesuite batches and timed inference; target < 2 h.
+- Soft labels on real text: examples/s per pretrained MiniLM teacher, in float32 (the
+  ensemble tokenises once; batches of short texts are bigger); target >= 150.
 """
 
 from __future__ import annotations
