@@ -251,3 +251,7 @@ def test_distiller_config_round_trips_its_terms_and_keeps_the_checkpoint_layout(
         assert stored["layers/dense/vars/0"].shape == (64, 64)
     with pytest.raises(ConfigError, match="terms or settings, not both"):
         Distiller(student, [HardLoss()], alpha=0.3)
+    with pytest.raises(ConfigError, match=r"distinct names, got \['hard', 'hard'\]"):  # each is a logged part
+        Distiller(student, [HardLoss(), HardLoss()])
+    with pytest.raises(ConfigError, match="distinct names, got"):
+        Distiller(student, [])

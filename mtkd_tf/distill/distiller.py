@@ -55,7 +55,8 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
 
     Args:
         student: the MTDNN to train.
-        terms: the loss terms, summed in this order (default: hard and soft at alpha 0.5, T 1, ce).
+        terms: the loss terms, summed in this order (default: hard and soft at alpha 0.5, T 1, ce);
+            distinct names; each belongs to this Distiller (`bind` makes its variables).
         teachers: frozen MTDNNs for online distillation; empty: targets come with the batch.
         teacher_tasks: tasks that have a teacher (default: all of the student's).
         **kwargs: `keras.Model` arguments, or `DistillationConfig` settings instead of `terms`
@@ -74,7 +75,7 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
     ):
         settings = {name: kwargs.pop(name) for name in list(kwargs) if name in _SETTINGS}
         if settings and terms is not None:
-            raise ConfigError(f"give the Distiller terms or settings, not both ({', '.join(settings)})", "loss_terms")
+            raise ConfigError(f"give the Distiller terms or settings, not both ({', '.join(settings)})")
         super().__init__(**kwargs)
         if terms is None:
             total_steps = settings.pop("total_steps", None)
@@ -92,13 +93,14 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
             self.student_features = student.features_model()
             self.teacher_features = [teacher.features_model() for teacher in self.teachers]
         self.terms = list(terms)
+        term_names = [term.name for term in self.terms]
+        if not term_names or len(set(term_names)) < len(term_names):
+            raise ConfigError(f"the Distiller needs loss terms with distinct names, got {term_names}")
         for term in self.terms:
             term.bind(self)
             for attribute, layer in term.layers().items():  # tracked here: the checkpoints' variable paths
                 setattr(self, attribute, layer)
-        self.make_trackers(
-            names, [term.name for term in self.terms], task_parts=[t.name for t in self.terms if t.logged_per_task]
-        )
+        self.make_trackers(names, term_names, task_parts=[t.name for t in self.terms if t.logged_per_task])
         self.built = True  # the student (and teachers) are built; checkpoint restore needs this
 
     @classmethod
@@ -140,12 +142,11 @@ class Distiller(MultiTaskTrainStep, MultiWorkerFit, keras.Model):
         step (`MultiTaskTrainStep`) does the rest."""
         features, task_id = split_features(x)
         batch = Batch(self, features, task_id, y, training, *self._forward(features, training))
-        parts = {term.name: term(batch) for term in self.terms}
-        values = list(parts.values())
+        values = [term(batch) for term in self.terms]
         total = values[0]
-        for value in values[1:]:
+        for value in values[1:]:  # left to right: (hard + soft) + hidden
             total = total + value
-        return {"loss": total, **parts}, task_id
+        return {"loss": total, **{term.name: value for term, value in zip(self.terms, values, strict=True)}}, task_id
 
     def _forward(self, features, training: bool):
         """The student's outputs and, when a term reads [CLS] vectors, the teachers' (features

@@ -113,7 +113,7 @@ def register_loss_term(name: str) -> Callable[[type[LossTerm]], type[LossTerm]]:
 def get_loss_term(name: str) -> type[LossTerm]:
     """The class registered as `name`; a ConfigError lists the registered names otherwise."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown loss term {name!r}; registered: {', '.join(sorted(_REGISTRY))}", "loss_terms")
+        raise ConfigError(f"unknown loss term {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
