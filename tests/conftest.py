@@ -81,6 +81,16 @@ def tiny_encoder_factory(glue_dir):
     return make
 
 
+@pytest.fixture(scope="module")
+def splits(glue_dir):
+    """The first 48 training examples of rte (SAN head) and of stsb (a score), in that order: the
+    data test_distill.py and test_resume.py train on (their TASKS)."""
+    from mtkd_tf.data import readers
+    from mtkd_tf.data.tasks import GLUE_TASKS
+
+    return [readers.load_split(GLUE_TASKS[name], "train", data_dir=glue_dir).take(48) for name in ("rte", "stsb")]
+
+
 def run_cli(*args, env=None, timeout=600):
     """Runs bin/run in a subprocess; returns the CompletedProcess."""
     import subprocess
@@ -123,3 +133,11 @@ def tiny_export(tmp_path_factory):
         os.path.join(directory, "model"), model, encoder.tokenizer, encoder.lowercase, 64, encoder=encoder.spec
     )
     return export.export(os.path.join(directory, "model"), os.path.join(directory, "serving"))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_export):
+    """`tiny_export` loaded back for serving (imports tensorflow_text, as a server must)."""
+    from mtkd_tf.export import saved_model as export
+
+    return export.load_export(tiny_export)

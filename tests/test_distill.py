@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 from mtkd_tf.config import TrainingConfig
-from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble, soft_labels
@@ -128,11 +127,6 @@ def test_bad_settings_are_rejected(tiny_student):
 # --- the Distiller on real batches --------------------------------------------------------
 
 TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]
-
-
-@pytest.fixture(scope="module")
-def splits(glue_dir):
-    return [readers.load_split(task, "train", data_dir=glue_dir).take(48) for task in TASKS]
 
 
 @pytest.fixture(scope="module")

@@ -696,11 +696,6 @@ def request_bodies(draw):
     return body
 
 
-@pytest.fixture(scope="module")
-def served(tiny_export):
-    return export.load_export(tiny_export)
-
-
 @FUZZ
 @given(request_bodies())
 @example(["a film"])  # found: AttributeError

@@ -18,7 +18,6 @@ from child_runs import Child
 from conftest import ROOT
 
 from mtkd_tf.config import TrainingConfig
-from mtkd_tf.data import readers
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
 from mtkd_tf.data.tasks import GLUE_TASKS
 from mtkd_tf.distill import ensemble
@@ -49,11 +48,6 @@ class CrashAt(keras.callbacks.Callback):
         self.seen += 1
         if self.seen == self.step:
             raise Crash(f"killed at step {self.step}")
-
-
-@pytest.fixture(scope="module")
-def splits(glue_dir):
-    return [readers.load_split(task, "train", data_dir=glue_dir).take(48) for task in TASKS]
 
 
 @pytest.fixture(scope="module")

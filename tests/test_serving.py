@@ -18,11 +18,6 @@ WORDS = ["the", "film", "dog", "great", "bad", "story", "acting", "dull", "plot"
 PAIRS = {"sst2": False, "serving_default": False, "rte": True, "stsb": True}  # serving_default: sst2
 
 
-@pytest.fixture(scope="module")
-def served(tiny_export):
-    return export.load_export(tiny_export)  # imports tensorflow_text, as a server must
-
-
 def mixed_requests(count: int = 64, seed: int = 0) -> list[tuple[str, dict[str, list[str]]]]:
     """Requests over every signature, of 1-4 texts each, from empty to far beyond max_seq_length."""
     rng = np.random.default_rng(seed)
