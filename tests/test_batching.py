@@ -87,7 +87,7 @@ def test_length_bucketing_keeps_each_pass_a_permutation_and_batches_similar_leng
     lengths = rng.integers(3, 120, 203)
     orders = batching.pass_orders(203, 3, seed=5)
     bucketed = batching.bucket_by_length(orders, lengths, per_batch=8, window_batches=50, seed=5)
-    for before, after in zip(orders, bucketed):
+    for before, after in zip(orders, bucketed, strict=True):
         assert sorted(after.tolist()) == list(range(203))  # every example once per pass
         assert np.array_equal(after[200:], before[200:])  # the partial batch stays last
     spread = lambda order: np.mean([np.ptp(lengths[b]) for b in order[:200].reshape(-1, 8)])  # noqa: E731

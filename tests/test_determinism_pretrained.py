@@ -238,7 +238,7 @@ def test_seeded_minilm_starts_from_identical_weights_and_dropout_seeds():
     (first, model), (second, again) = build(3, 11), build(3, 12)
     states = [v.numpy() for v in first.backbone.variables if v.path.endswith("seed_generator_state")]
     assert len(states) >= 19  # embeddings + 3 dropouts in each of the 6 layers
-    for x, y in zip(_variables(first.backbone), _variables(second.backbone)):
+    for x, y in zip(_variables(first.backbone), _variables(second.backbone), strict=True):
         assert np.array_equal(x, y)
     assert len(_variables(model)) == len(_variables(again))
     for x, y in zip(_variables(model), _variables(again)):
@@ -247,7 +247,9 @@ def test_seeded_minilm_starts_from_identical_weights_and_dropout_seeds():
     other_states = [v.numpy() for v in other.backbone.variables if v.path.endswith("seed_generator_state")]
     assert not all(np.array_equal(x, y) for x, y in zip(states, other_states))  # the seed matters
     pretrained = [v.numpy() for v in other.backbone.weights]
-    assert all(np.array_equal(x, y) for x, y in zip(pretrained, [v.numpy() for v in first.backbone.weights]))
+    assert all(
+        np.array_equal(x, y) for x, y in zip(pretrained, [v.numpy() for v in first.backbone.weights], strict=True)
+    )
 
 
 @pytest.mark.download

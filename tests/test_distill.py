@@ -201,7 +201,7 @@ def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
     distiller = Distiller(student, alpha=0.0)
     distiller.compile(optimizer=make_optimizer(config, steps))
     distiller.fit(distill_data.starting_at(0), epochs=1, steps_per_epoch=steps, verbose=0)
-    for a, b in zip(plain.get_weights(), student.get_weights()):
+    for a, b in zip(plain.get_weights(), student.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert any(
         not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights())
@@ -252,7 +252,7 @@ def test_bfloat16_teachers_give_float32_targets_within_bfloat16_precision(tiny_s
     clone = in_precision(model, "mixed_bfloat16")
     assert clone.encoder.dtype_policy.name == "mixed_bfloat16" and clone.heads["rte"].dtype_policy.name == "float32"
     assert in_precision(clone, "mixed_bfloat16") is clone and in_precision(model, "float32") is model
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), clone.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), clone.get_weights(), strict=True))
     member = [_member(model, pre, "t")]
     for data in splits:  # rte (SAN head) and stsb (regression)
         full = ensemble.ensemble_targets(member, data)
@@ -397,7 +397,7 @@ for kind in ("mtdnn", "distiller"):
         history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history  # every task
         print(kind, name, strategy.num_replicas_in_sync, history["loss"][0])
         weights.append(student.get_weights())
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights, strict=True))
     print(kind, "max_weight_diff", diff)
 mirrored = get_strategy("mirrored")
 for size in (7, 6):  # not divisible by 2 replicas; divisible, but cuts qa_rank's groups of 2 per replica
@@ -463,7 +463,7 @@ def test_evaluating_members_and_ensemble_predicts_each_member_once(tiny_student,
         evaluation.score_outputs(dev, averaged),
     )
     assert len(passes) == len(members) * len(dev)  # the ensemble row reuses the members' passes
-    for row, single in zip(rows, alone):
+    for row, single in zip(rows, alone, strict=True):
         assert row.keys() == single.keys()
         for task in row:
             for metric, value in row[task].items():

@@ -111,7 +111,7 @@ def test_two_worker_pipeline_on_loopback(tmp_path):
     finally:
         for process in processes:
             process.kill()
-    for process, (_, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     digests = [re.findall(r"worker_\d: weights digest (\w+)", err) for _, err in outputs]
     assert len(digests[0]) == 2, outputs[0][1][-2000:]  # the teacher, then the student
@@ -260,7 +260,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_all_resum
     resumed = _workers(model_dir)
     statuses = [child.finish() for child in resumed]
     assert statuses == [0, 0], resumed[0].stderr[-2000:] + resumed[1].stderr[-2000:]
-    for child, backup in zip(resumed, backups):
+    for child, backup in zip(resumed, backups, strict=True):
         assert f"resuming from {backup}/ckpt-{step}" in child.stderr
     digests = [re.findall(r"worker_\d: weights digest (\w+)", child.stderr) for child in resumed]
     assert len(digests[0]) == 1 and digests[0] == digests[1]

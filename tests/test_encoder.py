@@ -14,7 +14,7 @@ def test_size_spec_builds_random_encoder_with_given_shape(tiny_encoder_factory):
     assert backbone.dropout == 0.2
     assert backbone.vocabulary_size == len(encoder.vocabulary)
     same = tiny_encoder_factory(seed=0)
-    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), same.backbone.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), same.backbone.get_weights(), strict=True))
     assert encoder_lib.parse_size_spec("random:layers=3,hidden=32,heads=4")["num_layers"] == 3
 
 

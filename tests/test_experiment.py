@@ -284,7 +284,7 @@ def test_fused_adamax_makes_keras_adamax_updates():
             sparse = tf.IndexedSlices(tf.constant(gradient[:3]), tf.constant([2, 5, 7]), tf.constant(start.shape))
             optimizer.apply_gradients([(tf.constant(gradient), dense), (sparse, rows)])
         results[name] = (dense.numpy(), rows.numpy())
-    for keras_value, fused_value in zip(results["keras"], results["fused"]):
+    for keras_value, fused_value in zip(results["keras"], results["fused"], strict=True):
         assert not np.array_equal(keras_value, start)
         np.testing.assert_allclose(fused_value, keras_value, rtol=0, atol=1e-6)
     config = mt.ExperimentConfig().replace(optimizer="adamax_fused")

@@ -192,7 +192,7 @@ def check_in_transformers(
         # as " " + "'s" (GPT-2's regex: " '" + "s"), and cuts long pairs round-robin (the odd token to
         # the first text; transformers' longest_first: to the second)
         own = _unpadded(arrays[f"{key}/own_ids"], arrays[f"{key}/own_mask"])
-        same = [row == ids for row, ids in zip(own, _unpadded(reference["features"]["token_ids"], mask))]
+        same = [row == ids for row, ids in zip(own, _unpadded(reference["features"]["token_ids"], mask), strict=True)]
         tokenized, agreed = tokenized + len(same), agreed + sum(same)
         own_logits = arrays[f"{key}/own_logits"]
         np.testing.assert_allclose(own_logits[same], logits[same], atol=1e-4, rtol=0, err_msg=key)

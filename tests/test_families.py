@@ -155,7 +155,7 @@ def test_a_smaller_student_keeps_chosen_layers_of_a_keras_hub_preset(family, tmp
             if index not in (0, 2):
                 continue
             name = f"{name.rsplit('_', 1)[0]}_{[0, 2].index(index)}"
-        for a, b in zip(layer.get_weights(), kept[name].get_weights()):
+        for a, b in zip(layer.get_weights(), kept[name].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(EncoderError, match=r"layer\(s\) 3 out of range; the encoder has 3"):
         encoder_lib.load_encoder(f"{preset}:layers=0,3")

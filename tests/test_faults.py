@@ -161,7 +161,9 @@ def test_full_disk_while_the_student_trains_stops_keeps_every_finished_stage_and
     assert status == 0, err[-3000:]
     assert f"resuming from {backup}/ckpt-{kept}" in err
     for a, b in zip(
-        model_dir.load(str(reference / "student")).get_weights(), model_dir.load(str(root / "student")).get_weights()
+        model_dir.load(str(reference / "student")).get_weights(),
+        model_dir.load(str(root / "student")).get_weights(),
+        strict=True,
     ):
         assert np.array_equal(a, b)
     assert (root / "student" / "eval_results.json").read_bytes() == (

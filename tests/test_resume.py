@@ -93,7 +93,7 @@ def test_resumed_training_equals_uninterrupted(make_model, splits, tmp_path, dis
     ]  # the newest two
     assert 16 % per_epoch != 0
     resumed, _ = _train(make_model, splits, tmp_path / "run", distill=distill)
-    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+    for a, b in zip(reference.get_weights(), resumed.get_weights(), strict=True):
         assert np.array_equal(a, b)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
@@ -307,7 +307,7 @@ def _weights(directory):
 
 
 def _same_run(a, b):
-    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b), strict=True))
     assert (a / "eval_results.json").read_bytes() == (b / "eval_results.json").read_bytes()
 
 
@@ -419,7 +419,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one_with_a_warning_an
         rf"{re.escape(str(backup))}/ckpt-4 \(step 4\)",
         caplog.text,
     ), caplog.text
-    for a, b in zip(uninterrupted_weights, resumed.get_weights()):
+    for a, b in zip(uninterrupted_weights, resumed.get_weights(), strict=True):
         assert np.array_equal(a, b)
 
 

@@ -56,8 +56,8 @@ def test_eight_threads_answer_exactly_as_sequential_calls(served):
     sequential = [call(served, name, inputs) for name, inputs in requests]
     rows = {
         (name, *texts): float(answer["probabilities"][row, 0] if "probabilities" in answer else answer["score"][row])
-        for (name, inputs), answer in zip(requests, sequential)
-        for row, texts in enumerate(zip(*inputs.values()))
+        for (name, inputs), answer in zip(requests, sequential, strict=True)
+        for row, texts in enumerate(zip(*inputs.values(), strict=True))
     }
     assert len(set(rows.values())) > 0.9 * len(rows)  # other texts, other answers: a mix-up would show
 
