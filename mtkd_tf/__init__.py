@@ -9,9 +9,16 @@ The product is the Python API: an `ExperimentConfig` (every setting, by concern)
 >>> student = mt.load_model("runs/quickstart/student")
 >>> student.predict_texts("rt_polarity", ["a gripping film"])["label"]
 
-The building blocks (tasks and data, the MT-DNN, training, the Distiller, evaluation,
-strategies, export, plots) are here too, for programs of your own; `export_preset` and
-`export_transformers` take a trained student out to keras-hub and Hugging Face transformers.
+The building blocks are here too, for programs of your own, from one package per part:
+- `data/`: tasks, readers (TSV/CSV, TFDS, Hugging Face datasets), batching, suites;
+- `models/`: encoder, heads, the MT-DNN, inference, evaluation, model directories, losses;
+- `distill/`: the Distiller, its loss terms, the teacher ensemble, soft labels;
+- `training/`: training, checkpointing, fine-tuning, strategies (distribute), pre-emption;
+- `experiment/`: the stages, the directory layout, the data, evaluation, report, significance, plots;
+- `export/`: SavedModel, keras-hub preset, transformers checkpoint, leaderboard submission;
+- `runtime/`: files, locks, progress, environment, oneDNN, assets.
+`export_preset` and `export_transformers` take a trained student out to keras-hub and Hugging
+Face transformers.
 """
 
 from mtkd_tf.runtime import onednn  # first: oneDNN on where TensorFlow leaves it off, before TensorFlow loads
