@@ -19,7 +19,10 @@ import numpy as np
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.runtime import assets
 
-_NOUNS = "film story actor plot scene director cast script movie ending camera music hero villain city dog child house car river".split()
+_NOUNS = (
+    "film story actor plot scene director cast script movie ending camera music hero villain city dog child house car"
+    " river"
+).split()
 _ADJS = "old young dark bright long short strange quiet loud simple".split()
 _VERBS = "shows tells builds hides finds loses follows meets watches breaks".split()
 _POS = "good great wonderful brilliant charming moving superb delightful".split()
@@ -111,7 +114,7 @@ def _similarity(t: _Text, n: int):
         first = t.clause() + t.clause()
         keep = t.rng.random()
         second = [w if t.rng.random() < keep else str(t.rng.choice(_NOUNS + _ADJS)) for w in first]
-        overlap = sum(a == b for a, b in zip(first, second)) / len(first)
+        overlap = sum(a == b for a, b in zip(first, second, strict=True)) / len(first)  # second is first, edited
         score = float(np.clip(5 * overlap + t.rng.normal(0, 0.4), 0, 5))
         rows.append((" ".join(first), " ".join(second), round(score, 3)))
     return rows
@@ -136,23 +139,24 @@ def _sizes(n: int) -> dict[str, int]:
     return {"train": n, "dev": max(n // 4, 8), "test": max(n // 8, 8)}
 
 
-def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) -> str:
-    """Writes the synthetic GLUE-layout suite under `root` and returns it."""
-    rng = np.random.default_rng(seed)
-    t = _Text(rng)
-    w = _Writer(root)
-    sizes = _sizes(examples_per_task)
+def _labelled(
+    t: _Text, w: _Writer, sizes: dict[str, int], directory, make: Callable, header, to_row, test_header, to_test_row
+) -> None:
+    """Writes a task's train.tsv, dev.tsv and test.tsv (the test file with its own header and rows)."""
+    for split in ("train", "dev", "test"):
+        rows = make(t, sizes[split])
+        if split == "test":
+            w.write(directory, f"{split}.tsv", test_header, [to_test_row(i, r) for i, r in enumerate(rows)])
+        else:
+            w.write(directory, f"{split}.tsv", header, [to_row(i, r) for i, r in enumerate(rows)])
 
-    def labelled(directory, make: Callable, header, to_row, test_header, to_test_row, files=None):
-        files = files or {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
-        for split, name in files.items():
-            rows = make(t, sizes["test" if split.startswith("test") else "dev" if split.startswith("dev") else "train"])
-            if split.startswith("test"):
-                w.write(directory, name, test_header, [to_test_row(i, r) for i, r in enumerate(rows)])
-            else:
-                w.write(directory, name, header, [to_row(i, r) for i, r in enumerate(rows)])
 
-    labelled(
+def _write_single_sentence(t: _Text, w: _Writer, sizes: dict[str, int]) -> None:
+    """CoLA (no header, a source and a star column) and SST-2."""
+    _labelled(
+        t,
+        w,
+        sizes,
         "CoLA",
         _cola,
         None,
@@ -160,10 +164,25 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         ["index", "sentence"],
         lambda i, r: [i, r[0]],
     )
-    labelled(
-        "SST-2", _sst2, ["sentence", "label"], lambda i, r: [r[0], r[2]], ["index", "sentence"], lambda i, r: [i, r[0]]
+    _labelled(
+        t,
+        w,
+        sizes,
+        "SST-2",
+        _sst2,
+        ["sentence", "label"],
+        lambda i, r: [r[0], r[2]],
+        ["index", "sentence"],
+        lambda i, r: [i, r[0]],
     )
-    labelled(
+
+
+def _write_similarity_and_paraphrase(t: _Text, w: _Writer, sizes: dict[str, int]) -> None:
+    """MRPC, STS-B and QQP."""
+    _labelled(
+        t,
+        w,
+        sizes,
         "MRPC",
         _paraphrase,
         ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
@@ -172,7 +191,10 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         lambda i, r: [i, 1000 + i, 2000 + i, r[0], r[1]],
     )
     sts_cols = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"]
-    labelled(
+    _labelled(
+        t,
+        w,
+        sizes,
         "STS-B",
         _similarity,
         sts_cols + ["score"],
@@ -180,7 +202,10 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         sts_cols,
         lambda i, r: [i, "main-news", "sample", "2017", i, "none", "none", r[0], r[1]],
     )
-    labelled(
+    _labelled(
+        t,
+        w,
+        sizes,
         "QQP",
         _paraphrase,
         ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
@@ -188,59 +213,73 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         ["id", "question1", "question2"],
         lambda i, r: [i, r[0] + " ?", r[1] + " ?"],
     )
-    mnli_labels = ("entailment", "neutral", "contradiction")
-    mnli_head = [
-        "index",
-        "promptID",
-        "pairID",
-        "genre",
-        "sentence1_binary_parse",
-        "sentence2_binary_parse",
-        "sentence1_parse",
-        "sentence2_parse",
-        "sentence1",
-        "sentence2",
+
+
+_MNLI_LABELS = ("entailment", "neutral", "contradiction")
+_MNLI_HEAD = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+]
+
+
+def _mnli_row(i, r, dev):
+    """An MNLI row: 12 columns (train), or 16 with the five annotators' labels (dev)."""
+    extra = [r[2]] * (5 if dev else 1)
+    return [
+        i,
+        i,
+        f"{i}e",
+        "fiction",
+        f"( {r[0]} )",
+        f"( {r[1]} )",
+        f"(ROOT {r[0]})",
+        f"(ROOT {r[1]})",
+        r[0],
+        r[1],
+        *extra,
+        r[2],
     ]
 
-    def mnli_row(i, r, dev):
-        extra = [r[2]] * (5 if dev else 1)
-        return [
-            i,
-            i,
-            f"{i}e",
-            "fiction",
-            f"( {r[0]} )",
-            f"( {r[1]} )",
-            f"(ROOT {r[0]})",
-            f"(ROOT {r[1]})",
-            r[0],
-            r[1],
-            *extra,
-            r[2],
-        ]
 
+def _write_mnli(t: _Text, w: _Writer, sizes: dict[str, int]) -> None:
+    """MNLI (train, matched and mismatched dev and test splits) and the diagnostic set."""
     for split, name in {
         "train": "train.tsv",
         "dev_matched": "dev_matched.tsv",
         "dev_mismatched": "dev_mismatched.tsv",
     }.items():
         dev = split != "train"
-        rows = _nli(t, sizes["dev" if dev else "train"], mnli_labels)
+        rows = _nli(t, sizes["dev" if dev else "train"], _MNLI_LABELS)
         labels_cols = [f"label{k}" for k in range(1, 6)] if dev else ["label1"]
         w.write(
-            "MNLI", name, mnli_head + labels_cols + ["gold_label"], [mnli_row(i, r, dev) for i, r in enumerate(rows)]
+            "MNLI", name, _MNLI_HEAD + labels_cols + ["gold_label"], [_mnli_row(i, r, dev) for i, r in enumerate(rows)]
         )
     for name in ("test_matched.tsv", "test_mismatched.tsv"):
-        rows = _nli(t, sizes["test"], mnli_labels)
-        w.write("MNLI", name, mnli_head, [mnli_row(i, r, False)[:10] for i, r in enumerate(rows)])
+        rows = _nli(t, sizes["test"], _MNLI_LABELS)
+        w.write("MNLI", name, _MNLI_HEAD, [_mnli_row(i, r, False)[:10] for i, r in enumerate(rows)])
     w.write(
         "diagnostic",
         "diagnostic.tsv",
         ["index", "sentence1", "sentence2"],
-        [[i, r[0], r[1]] for i, r in enumerate(_nli(t, sizes["test"], mnli_labels))],
+        [[i, r[0], r[1]] for i, r in enumerate(_nli(t, sizes["test"], _MNLI_LABELS))],
     )
+
+
+def _write_two_way_nli(t: _Text, w: _Writer, sizes: dict[str, int]) -> None:
+    """QNLI, RTE and WNLI (WNLI with 0/1 labels)."""
     two_way = ("entailment", "not_entailment")
-    labelled(
+    _labelled(
+        t,
+        w,
+        sizes,
         "QNLI",
         lambda t, n: _nli(t, n, two_way),
         ["index", "question", "sentence", "label"],
@@ -248,7 +287,10 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         ["index", "question", "sentence"],
         lambda i, r: [i, r[1] + " ?", r[0]],
     )
-    labelled(
+    _labelled(
+        t,
+        w,
+        sizes,
         "RTE",
         lambda t, n: _nli(t, n, two_way),
         ["index", "sentence1", "sentence2", "label"],
@@ -256,7 +298,10 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         ["index", "sentence1", "sentence2"],
         lambda i, r: [i, r[0], r[1]],
     )
-    labelled(
+    _labelled(
+        t,
+        w,
+        sizes,
         "WNLI",
         lambda t, n: [(a, b, int(c == "entailment")) for a, b, c in _nli(t, n, two_way)],
         ["index", "sentence1", "sentence2", "label"],
@@ -264,6 +309,20 @@ def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) ->
         ["index", "sentence1", "sentence2"],
         lambda i, r: [i, r[0], r[1]],
     )
+
+
+def write_glue_sample(root: str, examples_per_task: int = 400, seed: int = 0) -> str:
+    """Writes the synthetic GLUE-layout suite under `root` and returns it.
+
+    One random stream feeds every file, so the tasks are written in a fixed order.
+    """
+    t = _Text(np.random.default_rng(seed))
+    w = _Writer(root)
+    sizes = _sizes(examples_per_task)
+    _write_single_sentence(t, w, sizes)
+    _write_similarity_and_paraphrase(t, w, sizes)
+    _write_mnli(t, w, sizes)
+    _write_two_way_nli(t, w, sizes)
     return root
 
 
