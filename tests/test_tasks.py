@@ -66,7 +66,9 @@ def test_task_file_yaml_and_json(tmp_path):
             "unknown field(s) colour",
         ),
         (
-            "tasks:\n  - {name: a, type: regression, text_columns: [t]}\n  - {name: a, type: regression, text_columns: [t]}\n",
+            "tasks:\n"
+            "  - {name: a, type: regression, text_columns: [t]}\n"
+            "  - {name: a, type: regression, text_columns: [t]}\n",
             "task name 'a' is defined twice",
         ),
         (

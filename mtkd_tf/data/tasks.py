@@ -400,7 +400,7 @@ def _is_a(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_is_a(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_is_a(item, arg) for item, arg in zip(value, args))
+        return len(value) == len(args) and all(_is_a(item, arg) for item, arg in zip(value, args, strict=True))
     if origin is dict:
         return isinstance(value, dict) and all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
     if hint is float:
@@ -424,8 +424,8 @@ def _check_types(values: dict[str, Any], cls: type, where: str) -> None:
         raise TaskError(f"{where}: field 'delimiter' must be one character (not a line end), got {delimiter!r}")
 
 
-def task_from_dict(entry: dict[str, Any], where: str) -> Task:
-    """Builds a Task from a task-file entry; errors name `where` and the field."""
+def _check_fields(entry: Any, where: str) -> None:
+    """A task-file entry is a mapping with every required field and no unknown one."""
     if not isinstance(entry, dict):
         raise TaskError(f"{where}: a task must be a mapping, got {type(entry).__name__}")
     missing = [key for key in _REQUIRED if key not in entry]
@@ -435,7 +435,11 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
     unknown = sorted(repr(key) if not isinstance(key, str) else key for key in entry if key not in known)
     if unknown:
         raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = dict(entry)
+
+
+def _normalise_sequences(values: dict[str, Any], where: str) -> None:
+    """In place: list fields become tuples (a lone string or number a 1-tuple; labels as strings) and
+    score_range a tuple of floats."""
     for key in (
         "text_columns",
         "labels",
@@ -458,6 +462,13 @@ def task_from_dict(entry: dict[str, Any], where: str) -> Task:
             raise TaskError(
                 f"{where}: field 'score_range' must be [low, high], got {values['score_range']!r}"
             ) from None
+
+
+def task_from_dict(entry: dict[str, Any], where: str) -> Task:
+    """Builds a Task from a task-file entry; errors name `where` and the field."""
+    _check_fields(entry, where)
+    values = dict(entry)
+    _normalise_sequences(values, where)
     if isinstance(values.get("test_layout"), dict):
         layout = dict(values["test_layout"])
         if isinstance(layout.get("text_columns"), (list, tuple)):
