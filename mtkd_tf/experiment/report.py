@@ -474,12 +474,8 @@ def soft_target_table(stats: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-def build(evidence: Evidence) -> tuple[dict, str]:
-    """report.json's content and report.md's text, from the evidence alone."""
-    dev, held = scores(evidence, heldout=False), scores(evidence, heldout=True)
-    order = columns(dev, evidence.rows)
-    found_claims, found = claims(evidence)
-    warning_lines = warnings(dev, evidence)
+def _scores_text(evidence: Evidence, dev: Mapping, held: Mapping, order: list) -> str:
+    """The dev table, the held-out one when there is one, and what each seed mean averages."""
     text = "Dev scores (x100):\n\n" + score_table(dev, order)
     if held:
         text += (
@@ -495,6 +491,12 @@ def build(evidence: Evidence) -> tuple[dict, str]:
             )
             + "."
         )
+    return text
+
+
+def _claims_text(found_claims: list[dict]) -> str:
+    """The claims with their verdicts, and why one seed leaves them untested."""
+    text = ""
     if found_claims:
         text += (
             "\n\nThe paper's claims (each task's first metric; estimate x100 with its unadjusted 95% interval; "
@@ -506,6 +508,12 @@ def build(evidence: Evidence) -> tuple[dict, str]:
             "\n\nOne seed per model cannot tell a method from the luck of a training run, so those claims are "
             "untested: run with --seeds=3 or more for verdicts (docs/results.md has such runs)."
         )
+    return text
+
+
+def _ensemble_text(evidence: Evidence) -> str:
+    """The soft targets' statistics, the teacher selection and the gate, where the run has them."""
+    text = ""
     if evidence.soft_targets:
         text += (
             "\n\nSoft targets on the training examples (what distillation adds beyond the labels):\n\n"
@@ -528,6 +536,16 @@ def build(evidence: Evidence) -> tuple[dict, str]:
             + ", ".join(f"{task} {s['ensemble']:.1f} vs {s['baseline']:.1f}" for task, s in gate["scores"].items())
             + "."
         )
+    return text
+
+
+def build(evidence: Evidence) -> tuple[dict, str]:
+    """report.json's content and report.md's text, from the evidence alone."""
+    dev, held = scores(evidence, heldout=False), scores(evidence, heldout=True)
+    order = columns(dev, evidence.rows)
+    found_claims, found = claims(evidence)
+    warning_lines = warnings(dev, evidence)
+    text = _scores_text(evidence, dev, held, order) + _claims_text(found_claims) + _ensemble_text(evidence)
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
     report = {
@@ -544,7 +562,7 @@ def build(evidence: Evidence) -> tuple[dict, str]:
         "warnings": warning_lines,
         "soft_targets": evidence.soft_targets,
         "heldout": evidence.heldout,
-        "teacher_selection": dict(selection or {}),
+        "teacher_selection": dict(evidence.selection or {}),
         "gate": evidence.gate,
         "rows": order,
         "config": evidence.config,
