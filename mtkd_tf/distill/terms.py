@@ -15,19 +15,16 @@ class and a `@register_loss_term("name")`:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import keras
 import tensorflow as tf
 
-from mtkd_tf.config import ALPHA_SCHEDULES, DistillationConfig, check_alpha, check_choice, check_temperature
 from mtkd_tf.data.tasks import CLASSIFICATION, RANKING
+from mtkd_tf.distill.checks import ALPHA_SCHEDULES, check_alpha, check_choice, check_temperature
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.models.losses import SOFT_LOSSES, hard_loss, mix_weights, soft_loss, soften
 from mtkd_tf.models.train_step import per_task
-
-if TYPE_CHECKING:
-    from mtkd_tf.distill.distiller import Distiller
 
 _REGISTRY: dict[str, type[LossTerm]] = {}
 
@@ -37,7 +34,7 @@ class Batch:
     """One batch as the loss terms see it: the inputs, the student's and online teachers' outputs,
     and `shared` values that several terms need, computed once per trace (`Batch.once`)."""
 
-    distiller: Distiller
+    distiller: keras.Model
     features: dict[str, tf.Tensor]
     task_id: tf.Tensor
     y: dict[str, tf.Tensor]
@@ -73,7 +70,7 @@ class LossTerm:
     def validate(self) -> None:
         """Checks the term's own settings; raises ConfigError naming the setting."""
 
-    def bind(self, distiller: Distiller) -> None:
+    def bind(self, distiller: keras.Model) -> None:
         """Checks the term against the Distiller's student and teachers and creates its variables."""
 
     def layers(self) -> dict[str, keras.layers.Layer]:
@@ -184,7 +181,7 @@ class SoftLoss(LossTerm):
         check_choice("soft_loss", self.kind, SOFT_LOSSES)
         check_choice("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES)
 
-    def bind(self, distiller: Distiller) -> None:
+    def bind(self, distiller: keras.Model) -> None:
         names = [task.name for task in distiller.student.tasks]
         unknown = sorted(set(self.task_alpha) - set(names))
         if unknown:
@@ -193,7 +190,7 @@ class SoftLoss(LossTerm):
             raise ConfigError("alpha_schedule=anneal needs the number of training steps", "alpha_schedule")
         self.alphas = tf.constant([self.task_alpha.get(name, self.alpha) for name in names], tf.float32)
 
-    def current_alpha(self, task_id: tf.Tensor, distiller: Distiller) -> tf.Tensor:
+    def current_alpha(self, task_id: tf.Tensor, distiller: keras.Model) -> tf.Tensor:
         """The soft weight of this step: the task's alpha, or with `anneal` 1 - step / (steps - 1)."""
         if self.alpha_schedule == "constant":
             return tf.gather(self.alphas, task_id)
@@ -280,7 +277,7 @@ class HiddenStateLoss(LossTerm):
         if not self.weight >= 0:
             raise ConfigError(f"hidden_loss_weight must be >= 0, got {self.weight}", "hidden_loss_weight")
 
-    def bind(self, distiller: Distiller) -> None:
+    def bind(self, distiller: keras.Model) -> None:
         if not distiller.teachers:
             raise ConfigError("the hidden-state loss needs online teachers", "hidden_loss_weight")
         self.projection = keras.layers.Dense(distiller.teachers[0].encoder.hidden_dim, name="hidden_projection")
@@ -300,8 +297,8 @@ class HiddenStateLoss(LossTerm):
         return {"weight": self.weight}
 
 
-def loss_terms(settings: DistillationConfig, total_steps: int | None = None) -> list[LossTerm]:
-    """The terms a `DistillationConfig` describes: hard, soft and (with a weight) hidden."""
+def loss_terms(settings: Any, total_steps: int | None = None) -> list[LossTerm]:
+    """The terms a `DistillationConfig` (`settings`) describes: hard, soft and (with a weight) hidden."""
     terms: list[LossTerm] = [
         HardLoss(),
         SoftLoss(

@@ -151,7 +151,7 @@ def bfloat16_speedup(tokens: int = 2048, hidden: int = 384, repeats: int = 5) ->
     best = {}
     for dtype in (tf.float32, tf.bfloat16):
         x, y = tf.cast(a, dtype), tf.cast(b, dtype)
-        step = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+        step = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))  # noqa: B023 (used in this iteration only)
         step()
         times = []
         for _ in range(repeats):
@@ -273,8 +273,8 @@ class MultiWorkerFit:
     keras-team/keras#20585 (Keras 3.15): `fit` fails twice under MultiWorkerMirroredStrategy.
     (1) Before the first step `_maybe_symbolic_build` peeks a batch and `strategy.reduce`s
     the nested, integer batch across workers; our models are built at construction, so
-    we skip the peek (the optimizer builds at its first step, as without a strategy). (2) After each step Keras reduces the
-    logged metrics with `strategy.reduce("MEAN", value, axis=0)`, which fails on 0-d
+    we skip the peek (the optimizer builds at its first step, as without a strategy). (2) After
+    each step Keras reduces the logged metrics with `strategy.reduce("MEAN", value, axis=0)`, which fails on 0-d
     values: the train steps pass their logs through `cross_worker_logs` (see there).
     Single-worker strategies are untouched.
     """
