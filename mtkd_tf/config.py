@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 # Choices owned (and checked for direct callers) by the modules that use them:
 from mtkd_tf.data.batching import SAMPLING
+from mtkd_tf.distill.checks import ALPHA_SCHEDULES, check_alpha, check_choice, check_temperature
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.models.losses import SOFT_LOSSES
 from mtkd_tf.training.distribute import INFERENCE_PRECISIONS, PRECISIONS, STRATEGIES
@@ -38,7 +39,6 @@ MODES = (
     "export_transformers",
 )
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
-ALPHA_SCHEDULES = ("constant", "anneal")
 
 
 def setting(
@@ -55,12 +55,6 @@ def setting(
     if factory:
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    """`value` of setting `name` is one of `choices` (the config fields and the loss terms)."""
-    if value not in choices:
-        raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}", name)
 
 
 class _Group:
@@ -205,6 +199,29 @@ class TrainingConfig(_Group):
         "In a log (not a terminal): seconds between progress lines (step, examples/s, loss, time left); 0: off.",
         lower=0.0,
     )
+    select_best_on_dev: bool = setting(
+        True,
+        "Score every model on dev after each epoch (each selection task's first metric, averaged) and keep "
+        "the best epoch's weights (ties: the earlier); --epochs is then the maximum. Teachers, fine-tuned "
+        "copies, the student and the baseline all follow this one rule.",
+    )
+    early_stopping_patience: int = setting(
+        0,
+        "With select_best_on_dev: stop after this many epochs without improvement on dev (0: train every epoch).",
+        lower=0,
+    )
+    selection_examples: int = setting(
+        1000,
+        "With select_best_on_dev: dev examples per task (ranking: questions) that select the epoch, a fixed "
+        "subset chosen by a hash of their ids when dev is larger (0: all of dev).",
+        lower=0,
+    )
+    selection_tasks: list[str] = setting(
+        [],
+        "With select_best_on_dev: the tasks whose dev scores select the epoch (default: every task the model "
+        "trains on that has labelled dev data).",
+        factory=True,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -339,9 +356,8 @@ class DistillationConfig(_Group):
 
     def validate(self) -> None:
         super().validate()
-        from mtkd_tf.distill.terms import loss_terms
-
-        loss_terms(self)  # each loss term checks its own settings (alpha, task_alpha, temperature, ...)
+        check_alpha(self.alpha, self.task_alpha)  # the soft loss term checks them too (distill/checks.py)
+        check_temperature(self.temperature)
         if self.compare_anneal and self.alpha_schedule == "anneal":
             raise ConfigError(
                 "compare_anneal trains an annealed student beside the constant-alpha one, but "
@@ -353,21 +369,6 @@ class DistillationConfig(_Group):
                 "hidden_loss_weight needs online_teachers (the hidden-state loss compares live [CLS] vectors)",
                 ("hidden_loss_weight", "online_teachers"),
             )
-
-
-def check_alpha(alpha: float, task_alpha: dict[str, float]) -> None:
-    """alpha and every per-task alpha lie in [0, 1] (`distill.terms.SoftLoss` checks them)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", "alpha")
-    for task, value in task_alpha.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"task_alpha {task} must be in [0, 1], got {value}", "task_alpha")
-
-
-def check_temperature(temperature: float) -> None:
-    """The distillation temperature is positive (`distill.terms.SoftLoss`, soft-label files)."""
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}", "temperature")
 
 
 @dataclasses.dataclass
@@ -527,7 +528,7 @@ class ExperimentConfig:
         """The config of parsed absl flags defined by `define_flags`."""
         config = cls()
         values = {}
-        for group, group_cls in GROUPS.items():
+        for group_cls in GROUPS.values():
             for field in dataclasses.fields(group_cls):
                 values[field.name] = from_flag_value(field, flag_values[field.name].value)
         return config.replace(**values)

@@ -24,6 +24,11 @@ COMMAND_LINE = {
 }
 
 
+# Settings added after the runs whose default is not what the runs did: the value that reproduces
+# them (configs/protocol.cfg sets it). Dev-based selection (issue #40) is on by default since.
+BEFORE_THE_SETTING = {"training.select_best_on_dev": False}
+
+
 def _flat(config: dict) -> dict[str, object]:
     """{"group.field": value} of a `to_dict()` config, as JSON stores it (tuples become lists)."""
     return {
@@ -36,7 +41,8 @@ def _flat(config: dict) -> dict[str, object]:
 def differences(name: str, recorded: dict, config_file: str) -> list[str]:
     """How the config `config_file` resolves to differs from the `recorded` one: a setting of
     either that the other lacks or holds differently. Settings added to ExperimentConfig after
-    the run are not in the record: they must be at their defaults (what the run did)."""
+    the run are not in the record: they must be at their defaults, or where the default is new
+    behaviour, at the value that reproduces the run (`BEFORE_THE_SETTING`)."""
     recorded = _flat(recorded)
     today = _flat(ExperimentConfig.from_flagfile(config_file).to_dict())
     defaults = _flat(ExperimentConfig().to_dict())
@@ -47,10 +53,9 @@ def differences(name: str, recorded: dict, config_file: str) -> list[str]:
         if setting not in today:
             found.append(f"{setting}: recorded {recorded[setting]!r}, no longer a setting")
         elif setting not in recorded:
-            if today[setting] != defaults[setting]:
-                found.append(
-                    f"{setting}: added after the run, so its default {defaults[setting]!r}; now {today[setting]!r}"
-                )
+            then = BEFORE_THE_SETTING.get(setting, defaults[setting])
+            if today[setting] != then:
+                found.append(f"{setting}: added after the run, which did what {then!r} does; now {today[setting]!r}")
         elif today[setting] != recorded[setting]:
             found.append(f"{setting}: recorded {recorded[setting]!r}, now {today[setting]!r}")
     return found

@@ -45,6 +45,10 @@ def test_pipeline_writes_report_with_every_row(experiment):
         assert os.path.isfile(os.path.join(root, "soft_labels", f"{task}.npz"))
     for name in ("teachers/member_0", "teachers/member_1", "student", "baseline"):
         assert os.path.isfile(os.path.join(root, name, "eval_results.json"))
+        selection = json.load(open(os.path.join(root, name, "preprocessing.json")))["selection"]  # dev-based
+        curve = selection["dev_curve"]
+        assert sorted(curve, key=int) == ["1", "2", "3"] and selection["stopped"]
+        assert selection["kept_epoch"] == min((-curve[e], int(e)) for e in curve)[1]  # the first best epoch
     history = json.load(open(os.path.join(root, "student", "history.json")))
     assert {"hard_loss", "soft_loss", "sst2_hard", "sst2_soft", "stsb_loss"} <= set(history[0])
 

@@ -101,7 +101,7 @@ class SplitData:
         return np.asarray(
             [
                 int.from_bytes(hashlib.blake2b(f"{a}\0{b}".encode(), digest_size=8).digest(), "little")
-                for a, b in zip(self.text_a, second)
+                for a, b in zip(self.text_a, second, strict=True)
             ],
             dtype=np.uint64,
         )
@@ -156,6 +156,14 @@ def carve(data: SplitData, count: int) -> tuple[SplitData, SplitData]:
         )
     held = _first_by_hash(data, count, HELDOUT)
     return data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held), HELDOUT)
+
+
+def subset(data: SplitData, count: int, salt: str) -> SplitData:
+    """`count` examples of `data` (ranking: questions) chosen by blake2b(salt + id), in `data`'s
+    order; all of `data` when it has no more."""
+    if count >= len(_units(data)[1]):
+        return data
+    return data.select(np.flatnonzero(_first_by_hash(data, count, salt)))
 
 
 def keep_labels(data: SplitData, fraction: float) -> tuple[SplitData, SplitData]:

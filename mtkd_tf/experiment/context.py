@@ -204,6 +204,7 @@ class Context:
             label=label,
             callbacks=self.callbacks,
             clock=self.clock,
+            dev=self.data.dev,
             **how,
         )
 

@@ -81,7 +81,7 @@ class Evaluate(Stage):
         for dirs, tasks in by_members.items() if member_dirs else ():
             subset = {task: splits[task] for task in tasks}
             each = [cache.outputs(directory, subset) for directory in dirs]
-            for directory, found in zip(member_dirs, each):
+            for directory, found in zip(member_dirs, each, strict=True):
                 outputs.setdefault(os.path.basename(os.path.normpath(directory)), {}).update(found)
             outputs.setdefault("ensemble", {}).update(ensemble.average_outputs(subset, each))
         shown = sorted(layout.model_dirs().items(), key=lambda item: not item[0].startswith("baseline"))

@@ -67,7 +67,16 @@ def finetune_copy(ctx: Context, source: str, task: str, directory: str, label: s
         learning_rate=settings.finetune_learning_rate or config.training.learning_rate,
     )
     logger.info("fine-tuning %s on %s (seed %d) -> %s", label, task, actual.training.seed, directory)
-    return finetune(source, task, ctx.data.train[task], actual, directory, callbacks=ctx.callbacks, clock=ctx.clock)
+    return finetune(
+        source,
+        task,
+        ctx.data.train[task],
+        actual,
+        directory,
+        callbacks=ctx.callbacks,
+        clock=ctx.clock,
+        dev=ctx.data.dev,
+    )
 
 
 def write_soft_labels(ctx: Context, teachers: dict[str, list[str]], directory: str) -> None:

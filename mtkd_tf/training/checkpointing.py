@@ -83,13 +83,16 @@ class TrainingState:
 
     `run` describes the run's shape (steps per epoch, epochs, ...); a checkpoint made by a
     run of another shape is refused, since resuming it would train on the wrong schedule.
-    `keep`: how many verified checkpoints to keep (the newest ones).
+    `keep`: how many verified checkpoints to keep (the newest ones). `extra`: an object whose
+    `state()` (a JSON value) each checkpoint records and whose `load(state)` a restore calls, for
+    training state outside the model (dev selection's best score and patience counter).
     """
 
-    def __init__(self, backup_dir: str, run: dict[str, Any], keep: int = 2):
+    def __init__(self, backup_dir: str, run: dict[str, Any], keep: int = 2, extra=None):
         self.backup_dir = backup_dir
         self.run = dict(run)
         self.keep = max(int(keep), 1)
+        self.extra = extra
 
     def save(self, model: keras.Model, step: int) -> str:
         """Writes checkpoint `step` atomically, verifies it, then removes all but the newest `keep`."""
@@ -112,6 +115,8 @@ class TrainingState:
                 "rng_states": len(rng),
                 "sha256": {name: sha256(os.path.join(temporary, name)) for name in (WEIGHTS, RNG)},
             }
+            if self.extra is not None:
+                state["extra"] = self.extra.state()
             with open(os.path.join(temporary, STATE), "w", encoding="utf-8") as handle:
                 json.dump(state, handle, indent=1)
             for name in (WEIGHTS, RNG, STATE):  # on disk before the rename makes the checkpoint visible
@@ -134,7 +139,7 @@ class TrainingState:
             raise CheckpointError(
                 f"{error}: it failed its check right after it was written; {self._kept(step)}"
             ) from None
-        for older, path in checkpoints(self.backup_dir)[: -self.keep]:
+        for _, path in checkpoints(self.backup_dir)[: -self.keep]:
             shutil.rmtree(path, ignore_errors=True)
         return final
 
@@ -200,6 +205,8 @@ class TrainingState:
         with np.load(os.path.join(path, RNG)) as stored:
             for i, variable in enumerate(rng):
                 variable.assign(stored[f"rng_{i}"])
+        if self.extra is not None:
+            self.extra.load(state.get("extra"))
         logger.info("resuming from %s (step %d of %d)", path, step, self.run.get("total_steps", -1))
         return step
 

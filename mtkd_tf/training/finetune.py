@@ -13,7 +13,7 @@ trained further), so it loads, evaluates, predicts and exports like any other.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 
@@ -39,10 +39,12 @@ def finetune(
     output_dir: str,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     clock: RunClock | None = None,
+    dev: Mapping[str, Mapping[str, SplitData]] | None = None,
 ) -> MTDNN:
     """Fine-tunes the multi-task model in `source_dir` on `task_name` alone into `output_dir`
     (`config.training`: the fine-tuning's seed, epochs and learning rate; resumable like any
-    training run), in the current strategy scope and dtype policy."""
+    training run), in the current strategy scope and dtype policy; with `dev`, the epoch kept is
+    the best on `task_name`'s dev split (`select_best_on_dev`)."""
     return train_model(
         config,
         output_dir,
@@ -51,4 +53,5 @@ def finetune(
         label=f"fine-tune {task_name}",
         callbacks=callbacks,
         clock=clock,
+        dev=dev,
     )

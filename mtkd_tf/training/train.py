@@ -38,6 +38,7 @@ from mtkd_tf.runtime.directory_lock import DirectoryLock
 from mtkd_tf.runtime.files import write_json
 from mtkd_tf.runtime.progress import ProgressLog, RunClock, keras_verbose
 from mtkd_tf.training import checkpointing, distribute
+from mtkd_tf.training.selection import DevSelection, selection_splits
 
 logger = logging.getLogger(__name__)
 
@@ -159,21 +160,7 @@ def training_data(
         counts, config.epochs, config.task_sampling, config.sampling_temperature, config.seed
     )
 
-    draws = np.bincount(schedule, minlength=len(splits))
-    streams = [  # tokens, columns and every pass's example order, computed once
-        batching.TaskStream.prepare(
-            data,
-            task_ids[position] if task_ids is not None else position,
-            preprocessor,
-            config.batch_size,
-            targets=(targets or {}).get(data.task.name),
-            seed=config.seed * 1000 + position,
-            drop_remainder=drop_remainder,
-            passes=max(1, -(-int(draws[position]) // counts[position])),
-            length_bucketing=config.length_bucketing,
-        )
-        for position, data in enumerate(splits)
-    ]
+    streams = _task_streams(splits, preprocessor, config, targets, drop_remainder, task_ids, counts, schedule)
 
     def global_batches(start: int | tf.Tensor) -> tf.data.Dataset:
         if isinstance(start, (int, np.integer)):
@@ -181,7 +168,7 @@ def training_data(
         else:  # a tensor, inside `epochs()`
             done = tf.math.bincount(tf.constant(schedule, tf.int32)[:start], minlength=len(splits), dtype=tf.int64)
             done = [done[i] for i in range(len(splits))]  # batches each task already trained
-        datasets = [stream.batches(skip) for stream, skip in zip(streams, done)]
+        datasets = [stream.batches(skip) for stream, skip in zip(streams, done, strict=True)]
         return batching.multitask_dataset(datasets, schedule, start)
 
     names = [data.task.name for data in splits]
@@ -204,6 +191,34 @@ def training_data(
     return TrainingData(distributed, per_epoch, counts, schedule, names, epochs)
 
 
+def _task_streams(
+    splits: Sequence[SplitData],
+    preprocessor: Preprocessor,
+    config: TrainingConfig,
+    targets: Mapping[str, Mapping[str, np.ndarray]] | None,
+    drop_remainder: bool,
+    task_ids: Sequence[int] | None,
+    counts: Sequence[int],
+    schedule: np.ndarray,
+) -> list[batching.TaskStream]:
+    """Each task's stream of batches: tokens, columns and every pass's example order, computed once."""
+    draws = np.bincount(schedule, minlength=len(splits))
+    return [
+        batching.TaskStream.prepare(
+            data,
+            task_ids[position] if task_ids is not None else position,
+            preprocessor,
+            config.batch_size,
+            targets=(targets or {}).get(data.task.name),
+            seed=config.seed * 1000 + position,
+            drop_remainder=drop_remainder,
+            passes=max(1, -(-int(draws[position]) // counts[position])),
+            length_bucketing=config.length_bucketing,
+        )
+        for position, data in enumerate(splits)
+    ]
+
+
 def _batch_counts(splits: Sequence[SplitData], batch_size: int, replicas: int, drop_remainder: bool) -> list[int]:
     """Batches per task and epoch, after checking that `batch_size` splits evenly over the
     replicas and never splits a ranking task's question group."""
@@ -220,7 +235,7 @@ def _batch_counts(splits: Sequence[SplitData], batch_size: int, replicas: int, d
                 "batch_size",
             )
     counts = [batching.num_batches(len(data), batch_size, drop_remainder) for data in splits]
-    for data, count in zip(splits, counts):
+    for data, count in zip(splits, counts, strict=True):
         if count == 0:
             raise ConfigError(
                 f"task {data.task.name} has {len(data)} examples, fewer than one batch of batch_size {batch_size}",
@@ -274,9 +289,11 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     label: str = "training",
     clock: RunClock | None = None,
+    selection: DevSelection | None = None,
 ) -> checkpointing.TrainingState:
     """`model.fit` that resumes where an earlier run of it stopped, with TensorBoard logs,
-    history, progress lines and the caller's Keras `callbacks`.
+    history, progress lines and the caller's Keras `callbacks`; `selection` scores the model on
+    dev after each epoch (its state is part of every checkpoint) and may stop training early.
 
     The training state is checkpointed every `config.checkpoint_every_steps` steps and at
     epoch ends (`checkpointing`); a re-run restores the latest valid checkpoint and continues at
@@ -287,7 +304,7 @@ def fit(
     `label` names the run in progress lines; `clock` times the whole experiment's steps.
     """
     with DirectoryLock(work_dir, "model directory"):
-        return _fit(model, data, config, work_dir, callbacks, label, clock)
+        return _fit(model, data, config, work_dir, callbacks, label, clock, selection)
 
 
 def _fit(
@@ -298,21 +315,11 @@ def _fit(
     callbacks: Sequence[keras.callbacks.Callback],
     label: str,
     clock: RunClock | None,
+    selection: DevSelection | None = None,
 ) -> checkpointing.TrainingState:
     per_epoch = data.steps_per_epoch
     total = per_epoch * config.epochs
-    state = checkpointing.TrainingState(
-        os.path.join(work_dir, "backup"),
-        {
-            "steps_per_epoch": per_epoch,
-            "epochs": config.epochs,
-            "total_steps": total,
-            "batch_size": config.batch_size,
-            "seed": config.seed,
-            "length_bucketing": config.length_bucketing,
-        },
-        keep=config.keep_checkpoints,
-    )
+    state = _training_state(data, config, work_dir, selection)
     start = state.restore(model)
     if model.optimizer is not None and not model.optimizer.built:
         # Slots made before the first trace: a tf.function that creates variables traces twice
@@ -320,20 +327,18 @@ def _fit(
         model.optimizer.build(model.trainable_variables)
     if clock is not None:
         clock.skip(start)
-    step_tasks = data.step_tasks
-    guard = checkpointing.LossGuard(step_tasks, per_epoch, start, state.backup_dir)
     saver = checkpointing.StepCheckpoint(state, config.checkpoint_every_steps, start, per_epoch)
-    progress = ProgressLog(label, total, start, config.batch_size, config.progress_seconds, clock)
     standard = [
-        guard,  # first: a NaN step is never checkpointed
+        checkpointing.LossGuard(data.step_tasks, per_epoch, start, state.backup_dir),  # first: no NaN step is saved
+        *([selection] if selection is not None else []),  # before the history, TensorBoard and the saver
         HistoryFile(os.path.join(work_dir, "history.json")),  # before the epoch-end checkpoint (see StepCheckpoint)
         keras.callbacks.TensorBoard(os.path.join(work_dir, "logs"), update_freq="epoch"),
         saver,
         checkpointing.StopOnRequest(saver, label),  # after the saver: a stop saves the step it ends
-        progress,
+        ProgressLog(label, total, start, config.batch_size, config.progress_seconds, clock),
     ]
     step = start
-    while step < total:
+    while step < total and not (selection is not None and selection.stopped):  # stopped early: nothing left
         epoch, into = divmod(step, per_epoch)
         # An interrupted epoch finishes alone; whole epochs then run in one `fit`.
         last_epoch = epoch + 1 if into else config.epochs
@@ -354,6 +359,25 @@ def _fit(
     return state
 
 
+def _training_state(
+    data: TrainingData, config: TrainingConfig, work_dir: str, selection: DevSelection | None
+) -> checkpointing.TrainingState:
+    """The checkpoints of one run in `<work_dir>/backup`, refused when they were made by a run of
+    another shape; they carry `selection`'s state too."""
+    per_epoch = data.steps_per_epoch
+    run = {
+        "steps_per_epoch": per_epoch,
+        "epochs": config.epochs,
+        "total_steps": per_epoch * config.epochs,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "length_bucketing": config.length_bucketing,
+    }
+    return checkpointing.TrainingState(
+        os.path.join(work_dir, "backup"), run, keep=config.keep_checkpoints, extra=selection
+    )
+
+
 def static_shapes(config: TrainingConfig, strategy: tf.distribute.Strategy | None) -> bool:
     """XLA and TPUs want one batch shape: full batches padded to the full sequence length."""
     return config.jit_compile or (strategy is not None and distribute.is_tpu(strategy))
@@ -367,13 +391,15 @@ def encoder_preprocessor(
     return Preprocessor(encoder.tokenizer, max_seq_length, multiple)
 
 
-def save_trained(model_dir: str, model, encoder, config: dict | None = None):
+def save_trained(model_dir: str, model, encoder, config: dict | None = None, selection: dict | None = None):
     """Saves a trained MT-DNN (it owns its preprocessor) with its encoder's vocabulary and, if
-    given, the experiment config that made it; returns the model, now knowing its directory."""
+    given, the experiment config that made it and its dev selection (`kept_epoch`, `dev_curve`,
+    `stopped`, in preprocessing.json); returns the model, now knowing its directory."""
     from mtkd_tf.models import model_dir as model_dir_lib
 
     length = model.preprocessor.sequence_length
-    model_dir_lib.save(model_dir, model, encoder.tokenizer, encoder.lowercase, length, encoder=encoder.spec)
+    recorded = {"selection": selection} if selection is not None else {}
+    model_dir_lib.save(model_dir, model, encoder.tokenizer, encoder.lowercase, length, encoder=encoder.spec, **recorded)
     if config is not None:
         write_json(os.path.join(model_dir, model_dir_lib.CONFIG_FILE), config)
     model.directory = model_dir
@@ -402,40 +428,26 @@ def train_model(
     label: str = "MT-DNN",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     clock: RunClock | None = None,
+    dev: Mapping[str, Mapping[str, SplitData]] | None = None,
 ):
     """Trains one MT-DNN into `model_dir` and returns it: the one set-up of teachers, student,
     baseline and fine-tuning (seed, strategy, static shapes, preprocessor, data, resumable fit).
+
+    With `training.select_best_on_dev` and `dev` (`{task: {split: data}}`), the model is scored on
+    the dev splits of the tasks it trains on (or `selection_tasks`) after every epoch and the best
+    epoch's weights are the ones saved (`selection.DevSelection`).
 
     A new model on `encoder` serving `tasks` trains on every task of `train`; with `source_dir`,
     the trained model there is fine-tuned on the tasks of `train` alone. `objective`
     (`distill.student.Distillation`) adds its targets and its loss. The model is built in the
     current `tf.distribute` strategy scope and dtype policy; `config` is saved beside it.
     """
-    from mtkd_tf.models.mtdnn import MTDNN
-
     settings = config.training
     config.validate()
     keras.utils.set_random_seed(settings.seed)
     strategy = tf.distribute.get_strategy()
     static = static_shapes(settings, strategy)
-    task_ids = None
-    if source_dir:
-        model, encoder = _trained_model(source_dir, config.model.pad_to_multiple_of)
-        names = [task.name for task in model.tasks]
-        missing = [name for name in train if name not in names]
-        if missing:
-            raise ConfigError(
-                f"finetune_tasks: {source_dir} has no head for task {missing[0]!r} (it has {', '.join(names)})",
-                "finetune_tasks",
-            )
-        task_ids = [names.index(name) for name in train]
-        splits = list(train.values())
-    else:
-        preprocessor = encoder_preprocessor(
-            encoder, config.model.max_seq_length, config.model.pad_to_multiple_of, static
-        )
-        model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
-        splits = [train[task.name] for task in model.tasks]
+    model, encoder, splits, task_ids = _model_and_splits(config, train, tasks, encoder, source_dir, static)
     targets = None
     if objective is not None:
         splits, targets = objective.data(model, encoder, splits)
@@ -449,7 +461,64 @@ def train_model(
         task_ids=task_ids,
     )
     trainer = model if objective is None else objective.trainer(model, data.steps_per_epoch * settings.epochs)
-    return fit_and_save(trainer, model, encoder, data, settings, model_dir, callbacks, label, clock, config.to_dict())
+    selection = dev_selection(settings, model, list(train), dev, model_dir, config.runtime.eval_batch_size)
+    return fit_and_save(
+        trainer, model, encoder, data, settings, model_dir, callbacks, label, clock, config.to_dict(), selection
+    )
+
+
+def _model_and_splits(
+    config: ExperimentConfig,
+    train: Mapping[str, SplitData],
+    tasks: Sequence[Task],
+    encoder: Encoder | None,
+    source_dir: str | None,
+    static: bool,
+) -> tuple:
+    """(model, encoder, its training splits in head order, their head ids or None): a new MT-DNN
+    on `encoder` serving `tasks`, or the trained one in `source_dir` to fine-tune on `train`'s tasks."""
+    from mtkd_tf.models.mtdnn import MTDNN
+
+    if not source_dir:
+        preprocessor = encoder_preprocessor(
+            encoder, config.model.max_seq_length, config.model.pad_to_multiple_of, static
+        )
+        model = MTDNN(encoder.backbone, tasks, preprocessor=preprocessor)
+        return model, encoder, [train[task.name] for task in model.tasks], None
+    model, encoder = _trained_model(source_dir, config.model.pad_to_multiple_of)
+    names = [task.name for task in model.tasks]
+    missing = [name for name in train if name not in names]
+    if missing:
+        raise ConfigError(
+            f"finetune_tasks: {source_dir} has no head for task {missing[0]!r} (it has {', '.join(names)})",
+            "finetune_tasks",
+        )
+    return model, encoder, list(train.values()), [names.index(name) for name in train]
+
+
+def dev_selection(
+    settings: TrainingConfig,
+    model,
+    trained: Sequence[str],
+    dev: Mapping[str, Mapping[str, SplitData]] | None,
+    model_dir: str,
+    batch_size: int,
+) -> DevSelection | None:
+    """The dev selection of a run (None when it is off, or when no task has labelled dev data,
+    which is logged: the model then trains every epoch)."""
+    if not settings.select_best_on_dev:
+        return None
+    tasks = [name for name in (settings.selection_tasks or trained) if name in trained]
+    splits = selection_splits(dev or {}, tasks, settings.selection_examples)
+    if not splits:
+        (logger.info if dev is None else logger.warning)(
+            "select_best_on_dev: none of %s has labelled dev data here; training all %d epoch(s) without selection",
+            ", ".join(tasks) or "the trained tasks",
+            settings.epochs,
+        )
+        return None
+    best_dir = os.path.join(model_dir, "backup", "best")
+    return DevSelection(model, splits, best_dir, settings.early_stopping_patience, batch_size)
 
 
 def _trained_model(source_dir: str, pad_to_multiple_of: int):
@@ -479,14 +548,17 @@ def fit_and_save(
     label: str = "training",
     clock: RunClock | None = None,
     experiment_config: dict | None = None,
+    selection: DevSelection | None = None,
 ):
     """Compiles `trainer` (the MT-DNN itself, or a Distiller around it), trains it resumably,
-    saves `model` to `model_dir` and removes the checkpoints; returns the saved model."""
+    saves `model` to `model_dir` (with `selection`: the best epoch's weights) and removes the
+    checkpoints; returns the saved model."""
     trainer.compile(
         optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs), jit_compile=config.jit_compile
     )
     with DirectoryLock(model_dir, "model directory"):
-        state = fit(trainer, data, config, model_dir, callbacks, label, clock)
-        trained = save_trained(model_dir, model, encoder, experiment_config)
+        state = fit(trainer, data, config, model_dir, callbacks, label, clock, selection)
+        record = selection.finish(config.epochs) if selection is not None else None
+        trained = save_trained(model_dir, model, encoder, experiment_config, record)
         state.remove()
     return trained
