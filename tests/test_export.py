@@ -34,7 +34,10 @@ result = {}
 for name, function in loaded.signatures.items():
     keys = sorted(function.structured_input_signature[1])
     outputs = function(**{k: tf.constant(texts[k]) for k in keys})
-    result[name] = {k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist()) for k, v in outputs.items()}
+    result[name] = {
+        k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
+        for k, v in outputs.items()
+    }
 replayed = 0
 for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_requests"):
     log = prediction_log_pb2.PredictionLog.FromString(record.numpy())

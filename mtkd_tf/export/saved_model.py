@@ -53,6 +53,52 @@ def _signature_inputs(task) -> list[str]:
     return ["sentence1", "sentence2"] if task.is_pair else ["sentence1"]
 
 
+def _served_tasks(model, serving_default_task: str | None) -> tuple[list, str]:
+    """The tasks an export serves (those with a head or predicted with another's) and the
+    serving_default one's name."""
+    served = [task for task in model.all_tasks if task.predict_with or task.name in model.heads]
+    names = [task.name for task in served]
+    default = serving_default_task or names[0]
+    if default not in names:
+        raise ExportError(
+            f"serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}",
+            "serving_default_task",
+        )
+    return served, default
+
+
+def _endpoint(model, preprocessor, task):
+    """A task's signature: a tf.function from its raw texts to its outputs."""
+    import tensorflow as tf
+
+    head = task.predict_with or task.name
+    source = model.task(head)
+    inputs = _signature_inputs(task)
+
+    def predict(*texts):
+        features = preprocessor(*_checked_inputs(inputs, texts))
+        output = model(features, training=False)[head]
+        if source.type != CLASSIFICATION:
+            return {"score": tf.cast(output, tf.float32)}
+        probabilities = tf.exp(output)
+        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        label = tf.gather(tf.constant(list(source.labels)), label_id)
+        return {"probabilities": probabilities, "label_id": label_id, "label": label}
+
+    # Named arguments: they become the signature's input names.
+    if len(inputs) == 2:
+
+        def serve(sentence1, sentence2):
+            return predict(sentence1, sentence2)
+    else:
+
+        def serve(sentence1):
+            return predict(sentence1)
+
+    signature = [tf.TensorSpec([None], tf.string, name=name) for name in inputs]
+    return tf.function(serve, input_signature=signature, autograph=False)
+
+
 def export(
     model_dir: str,
     export_dir: str,
@@ -67,14 +113,8 @@ def export(
 
     trained = model_dir_lib.load(model_dir)
     model, preprocessor = trained, trained.preprocessor.prepare()
-    served = [task for task in model.all_tasks if task.predict_with or task.name in model.heads]
+    served, default = _served_tasks(model, serving_default_task)
     names = [task.name for task in served]
-    default = serving_default_task or names[0]
-    if default not in names:
-        raise ExportError(
-            f"serving_default_task {default!r} is not one of the model's tasks {', '.join(names)}",
-            "serving_default_task",
-        )
     version = version or next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if os.path.exists(path):
@@ -87,37 +127,8 @@ def export(
     archive.track(model)
     archive.track(preprocessor.tokenizer)
     archive.track(preprocessor.packer)
-
-    def endpoint(task):
-        head = task.predict_with or task.name
-        source = model.task(head)
-        inputs = _signature_inputs(task)
-
-        def predict(*texts):
-            features = preprocessor(*_checked_inputs(inputs, texts))
-            output = model(features, training=False)[head]
-            if source.type != CLASSIFICATION:
-                return {"score": tf.cast(output, tf.float32)}
-            probabilities = tf.exp(output)
-            label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-            label = tf.gather(tf.constant(list(source.labels)), label_id)
-            return {"probabilities": probabilities, "label_id": label_id, "label": label}
-
-        # Named arguments: they become the signature's input names.
-        if len(inputs) == 2:
-
-            def serve(sentence1, sentence2):
-                return predict(sentence1, sentence2)
-        else:
-
-            def serve(sentence1):
-                return predict(sentence1)
-
-        signature = [tf.TensorSpec([None], tf.string, name=name) for name in inputs]
-        return tf.function(serve, input_signature=signature, autograph=False)
-
     for task in served:
-        function = endpoint(task)
+        function = _endpoint(model, preprocessor, task)
         archive.add_endpoint(task.name, function)
         if task.name == default:
             archive.add_endpoint("serving_default", function)
@@ -145,7 +156,7 @@ def _checked_inputs(names: list[str], texts: tuple) -> list:
     import tensorflow as tf
 
     checked, rows = [], []
-    for name, text in zip(names, texts):
+    for name, text in zip(names, texts, strict=True):  # one text per signature input
         unknown = tf.io.parse_tensor(tf.io.serialize_tensor(text), tf.string)
         rank = tf.debugging.Assert(
             tf.equal(tf.rank(unknown), 1),
@@ -193,7 +204,8 @@ def write_warmup(export_path: str, signatures: dict[str, list[str]], model_name:
                 request = predict_pb2.PredictRequest(
                     model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
                 )
-                for key, text in zip(inputs, (first, second)):
+                # A single-sentence signature takes only the first text of the pair.
+                for key, text in zip(inputs, (first, second), strict=False):
                     request.inputs[key].CopyFrom(tf.make_tensor_proto([text.encode("utf-8")], dtype=tf.string))
                 log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
                 writer.write(log.SerializeToString())

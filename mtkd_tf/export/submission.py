@@ -38,7 +38,7 @@ def write_predictions(
             task = data.task
             predictions = decide(task, predict_outputs(model, data, batch_size), data.groups)
             lines = ["index\tprediction"]
-            for example_id, value in zip(data.ids, predictions):
+            for example_id, value in zip(data.ids, predictions, strict=True):  # one prediction per example
                 index = example_id.rsplit("/", 1)[1]
                 if task.type == REGRESSION:
                     low, high = task.score_range or (-np.inf, np.inf)
