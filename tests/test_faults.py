@@ -28,6 +28,7 @@ PIPELINE = [
     "--batch_size=8",
     "--train_baseline=false",
     "--verbose=0",
+    "--select_best_on_dev",
     "--deterministic",
     "--seed=3",
     "--checkpoint_every_steps=2",

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-COMMON = ["--flagfile=configs/tiny.cfg", "--tasks=sst2,rte,stsb", "--num_teachers=2", "--epochs=3", "--verbose=0"]
+COMMON = [
+    "--flagfile=configs/tiny.cfg",
+    "--tasks=sst2,rte,stsb",
+    "--num_teachers=2",
+    "--epochs=3",
+    "--verbose=0",
+    "--select_best_on_dev",
+]
 
 
 @pytest.fixture(scope="module")

@@ -277,6 +277,7 @@ ARGS = [
     "--deterministic",
     "--checkpoint_every_steps=5",
     "--answer_module=san",
+    "--select_best_on_dev",  # resume and determinism hold with dev selection's state in the checkpoints
 ]
 
 

@@ -120,6 +120,7 @@ def test_a_trained_model_records_its_selection_and_keeps_the_best_epoch(tmp_path
         epochs=3,
         verbose=0,
         mode="train",
+        select_best_on_dev=True,  # tiny.cfg turns it off for speed
     )
     experiment = mt.Experiment(config)
     mt.modes.train(experiment)
