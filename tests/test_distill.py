@@ -204,7 +204,8 @@ def test_alpha_zero_trains_exactly_like_plain_mtdnn(tiny_student, splits):
     for a, b in zip(plain.get_weights(), student.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert any(
-        not np.allclose(a, b) for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights())
+        not np.allclose(a, b)
+        for a, b in zip(plain.get_weights(), tiny_student(seed=5, dropout=0.0)[0].get_weights(), strict=True)
     )
 
 
@@ -376,10 +377,16 @@ rank = load_task_file(write_ranking_sample(sys.argv[4], questions=16, candidates
 # the pairwise ranking head (per-replica slices of 4 rows keep groups of 2 whole).
 tasks = [dataclasses.replace(GLUE_TASKS["rte"], dropout=0.0, san_step_dropout=0.0),
          dataclasses.replace(GLUE_TASKS["stsb"], dropout=0.0), dataclasses.replace(rank, dropout=0.0)]
-splits = [readers.load_split(t, "train", data_dir=sys.argv[4] if t.name == "qa_rank" else sys.argv[2]).take(32) for t in tasks]
+splits = [readers.load_split(t, "train", data_dir=sys.argv[4] if t.name == "qa_rank" else sys.argv[2]).take(32)
+          for t in tasks]
 config = TrainingConfig(batch_size=8, epochs=1, learning_rate=1e-3, seed=0, verbose=0)
 rng = np.random.default_rng(0)
-targets = {s.task.name: distillation_targets(s.task, len(s), 2, rng.dirichlet([1, 1], len(s)) if s.task.num_classes == 2 else rng.uniform(0, 5, len(s))) for s in splits}
+targets = {
+    s.task.name: distillation_targets(
+        s.task, len(s), 2, rng.dirichlet([1, 1], len(s)) if s.task.num_classes == 2 else rng.uniform(0, 5, len(s))
+    )
+    for s in splits
+}
 for kind in ("mtdnn", "distiller"):
     weights = []
     for name in ("default", "mirrored"):
@@ -394,7 +401,8 @@ for kind in ("mtdnn", "distiller"):
             # SGD: Adam-family updates turn float-rounding noise in near-zero gradients into
             # whole steps; SGD shows the strategy's own equivalence (global clipping included).
             model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
-        history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history  # every task
+        # every task
+        history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history
         print(kind, name, strategy.num_replicas_in_sync, history["loss"][0])
         weights.append(student.get_weights())
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights, strict=True))

@@ -216,7 +216,7 @@ def member_outputs(
     outputs: list[dict[tuple[str, str], np.ndarray]] = [{} for _ in members]
     for key, data in labelled_splits(dev):
         tokenised: dict[tuple, tuple] = {}
-        for member, predictions in zip(members, outputs):
+        for member, predictions in zip(members, outputs, strict=True):
             predictions[key] = predict_outputs(member, data, batch_size, tokens=_shared_tokens(tokenised, member, data))
     return outputs, average_outputs(dev, outputs)
 

@@ -106,7 +106,8 @@ def validate(soft: SoftLabels, where: str) -> None:
     if meta["type"] == CLASSIFICATION:
         if targets.ndim != 2 or targets.shape[1] != len(meta["labels"]):
             raise SoftLabelError(
-                f"{where}: targets have shape {targets.shape}, expected [N, {len(meta['labels'])}] for labels {meta['labels']}"
+                f"{where}: targets have shape {targets.shape}, expected [N, {len(meta['labels'])}] "
+                f"for labels {meta['labels']}"
             )
         sums = targets.sum(axis=1)
         off = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
@@ -200,7 +201,8 @@ def align(
         raise SoftLabelError(f"{where}: made for task {meta['task']!r}, not {task.name!r}")
     if meta["type"] != task.type or list(meta["labels"]) != list(task.labels):
         raise SoftLabelError(
-            f"{where}: label set {meta['labels']} ({meta['type']}) does not match task {task.name}'s {list(task.labels)} ({task.type})"
+            f"{where}: label set {meta['labels']} ({meta['type']}) does not match "
+            f"task {task.name}'s {list(task.labels)} ({task.type})"
         )
     if temperature is not None and abs(meta["temperature"] - temperature) > 1e-9:
         raise SoftLabelError(

@@ -66,7 +66,7 @@ class Distillation:
         """The splits with each teacher task's unlabelled text appended, and every task's targets."""
         settings, with_teacher = self.settings, set(self.teacher_tasks)
         extended, label_masks = [], {}
-        for task, data in zip(model.tasks, splits):
+        for task, data in zip(model.tasks, splits, strict=True):  # one split per head
             extra = self.unlabelled.get(task.name)
             if extra is not None and task.name in with_teacher:
                 label_masks[task.name] = np.concatenate([np.ones(len(data)), np.zeros(len(extra))])
@@ -85,7 +85,7 @@ class Distillation:
                 tokenizer_family(encoder.tokenizer).double_separator,
             )
         width, targets = soft_width(model.tasks), {}
-        for task, labelled, data in zip(model.tasks, splits, extended):
+        for task, labelled, data in zip(model.tasks, splits, extended, strict=True):
             soft = None
             if task.name in with_teacher and not settings.online_teachers:
                 stored = soft_labels.read(soft_labels.path_for(self.soft_labels_dir, task.name))

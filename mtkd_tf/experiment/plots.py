@@ -136,7 +136,7 @@ def plot_training_curves(
     columns = min(len(tasks), 4) or 1
     rows = -(-len(tasks) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
-    for axis, task in zip(axes.flat, tasks):
+    for axis, task in zip(axes.flat, tasks, strict=False):  # the grid's spare cells are turned off below
         epochs = [entry["epoch"] + 1 for entry in student]
         for key, label, style in (
             (f"{task}_loss", "student total", "-"),

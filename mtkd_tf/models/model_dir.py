@@ -1,9 +1,10 @@
 """A trained model directory: the MT-DNN, its vocabulary and how text was preprocessed.
 
 Files of `<model_dir>`: `model.keras` (the MTDNN), `vocab.txt`, `preprocessing.json`
-(lowercase, max_seq_length, encoder spec), `manifest.json` (their SHA-256, written last), plus what training adds (`backup/`, `logs/`,
-`history.json`, `eval_results.json`). Files are written under a temporary name and
-renamed, so a crash never leaves a half-written model that a later stage accepts.
+(lowercase, max_seq_length, encoder spec), `manifest.json` (their SHA-256, written last),
+plus what training adds (`backup/`, `logs/`, `history.json`, `eval_results.json`). Files
+are written under a temporary name and renamed, so a crash never leaves a half-written
+model that a later stage accepts.
 """
 
 from __future__ import annotations

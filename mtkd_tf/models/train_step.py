@@ -85,7 +85,7 @@ def clip_across_replicas(gradients: list, optimizer: keras.optimizers.Optimizer)
     summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(gradients[i]) for i in present])
     clipped = clip_by_global_norm(summed, clipnorm * scale)
     result = list(gradients)
-    for i, gradient in zip(present, clipped):
+    for i, gradient in zip(present, clipped, strict=True):
         result[i] = gradient / replicas
     return result
 
@@ -138,7 +138,7 @@ class MultiTaskTrainStep:
         variables = self.trainable_variables
         gradients = clip_across_replicas(tape.gradient(scaled, variables), self.optimizer)
         with optimizer_clipping_off(self.optimizer):
-            self.optimizer.apply_gradients(zip(gradients, variables))
+            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._track(losses, task_id, x)
 
     def test_step(self, data):

