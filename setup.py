@@ -11,7 +11,10 @@ with open("mtkd_tf/version.py", encoding="utf-8") as handle:
 setup(
     name="mtkd_tf",
     version=VERSION,
-    description="Multi-task deep neural networks with knowledge distillation (Liu et al. 2019) on TensorFlow, Keras and keras-hub",
+    description=(
+        "Multi-task deep neural networks with knowledge distillation (Liu et al. 2019) "
+        "on TensorFlow, Keras and keras-hub"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
@@ -42,6 +45,7 @@ setup(
             "ipykernel>=6.29",
             "datasets>=3.0",
             "hypothesis>=6.100",
-        ],  # hypothesis: property-based fuzz tests of the readers and serving
+            "ruff==0.17.6",
+        ],  # hypothesis: property-based fuzz tests of the readers and serving; ruff: the linter CI runs
     },
 )
