@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Mapping, Sequence
 
 import keras
@@ -73,6 +74,7 @@ class DevSelection(keras.callbacks.Callback):
         self.best_epoch: int | None = None
         self.waited = 0
         self.stopped: str | None = None
+        self.seconds = 0.0  # spent scoring on dev (since this process started the run)
 
     # --- the state a checkpoint carries ----------------------------------------------------------
     def state(self) -> dict:
@@ -100,7 +102,9 @@ class DevSelection(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         number = epoch + 1
+        started = time.perf_counter()
         score = self.score()
+        self.seconds += time.perf_counter() - started
         self.curve[number] = score
         if logs is not None:
             logs["dev_score"] = score
@@ -111,11 +115,12 @@ class DevSelection(keras.callbacks.Callback):
         else:
             self.waited += 1
         logger.info(
-            "dev score after epoch %d: %.4f (best %.4f, epoch %d)",
+            "dev score after epoch %d: %.4f (best %.4f, epoch %d; %.1f s on dev so far)",
             number,
             score,
             self.curve[self.best_epoch],
             self.best_epoch,
+            self.seconds,
         )
         if self.patience and self.waited >= self.patience:
             self.stopped = (
@@ -140,6 +145,7 @@ class DevSelection(keras.callbacks.Callback):
             "stopped": stopped,
             "tasks": sorted(self.dev),
             "examples": {task: len(next(iter(splits.values()))) for task, splits in self.dev.items()},
+            "dev_seconds": round(self.seconds, 2),  # this process's share (a resumed run counts anew)
         }
 
     def _path(self, epoch: int) -> str:
