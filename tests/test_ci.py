@@ -2,6 +2,7 @@
 there because a module is missing fails (a skipped parity test is a test that cannot fail)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,13 @@ def test_in_ci_a_test_skipped_for_a_missing_module_fails(tmp_path):
 def test_ci_installs_the_transformers_peer_and_says_it_is_ci():
     script = open(os.path.join(ROOT, ".ci", "run")).read()
     assert "-r benchmarks/requirements-peer.txt" in script and "CI=true" in script
+
+
+def test_ci_lints_with_the_pinned_ruff_before_the_tests():
+    script = open(os.path.join(ROOT, ".ci", "run")).read()
+    lint = script.index("ruff check . && .venv/bin/ruff format --check .")
+    assert lint < script.index("-m pytest")
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    assert re.search(r'"ruff==[0-9.]+"', setup), "the test extra pins ruff"
+    config = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert "[tool.ruff]" in config and "line-length = 120" in config
