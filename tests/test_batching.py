@@ -55,7 +55,7 @@ def test_multitask_batches_are_homogeneous_and_cover_each_task_once_per_epoch():
     schedule = batching.batch_schedule(counts, epochs=2, seed=3)
     dataset = batching.multitask_dataset(datasets, schedule)
     seen = collections.defaultdict(list)
-    for step, (x, y) in enumerate(dataset.take(len(schedule))):
+    for step, (x, _y) in enumerate(dataset.take(len(schedule))):
         task_ids = x["task_id"].numpy()
         assert len(set(task_ids)) == 1 and task_ids[0] == schedule[step]
         assert x["token_ids"].shape == x["segment_ids"].shape == x["padding_mask"].shape

@@ -63,7 +63,7 @@ def _weights(directory):
 def _assert_same_model(a, b):
     first, second = _weights(a), _weights(b)
     assert len(first) == len(second) > 100  # MiniLM's 6 layers and the heads
-    differ = [i for i, (x, y) in enumerate(zip(first, second)) if not np.array_equal(x, y)]
+    differ = [i for i, (x, y) in enumerate(zip(first, second, strict=True)) if not np.array_equal(x, y)]
     assert not differ, f"{len(differ)} of {len(first)} weight arrays differ"
     assert (a / "eval_results.json").read_bytes() == (b / "eval_results.json").read_bytes()
 
@@ -241,11 +241,11 @@ def test_seeded_minilm_starts_from_identical_weights_and_dropout_seeds():
     for x, y in zip(_variables(first.backbone), _variables(second.backbone), strict=True):
         assert np.array_equal(x, y)
     assert len(_variables(model)) == len(_variables(again))
-    for x, y in zip(_variables(model), _variables(again)):
+    for x, y in zip(_variables(model), _variables(again), strict=True):
         assert np.array_equal(x, y)
     other, _ = build(4, 11)
     other_states = [v.numpy() for v in other.backbone.variables if v.path.endswith("seed_generator_state")]
-    assert not all(np.array_equal(x, y) for x, y in zip(states, other_states))  # the seed matters
+    assert not all(np.array_equal(x, y) for x, y in zip(states, other_states, strict=True))  # the seed matters
     pretrained = [v.numpy() for v in other.backbone.weights]
     assert all(
         np.array_equal(x, y) for x, y in zip(pretrained, [v.numpy() for v in first.backbone.weights], strict=True)
@@ -275,10 +275,11 @@ def test_seeded_minilm_run_sees_the_same_data_order(glue_dir):
     (schedule, batches), (schedule_again, batches_again) = stream(3), stream(3)
     assert np.array_equal(schedule, schedule_again) and len(batches) == 8
     flat, flat_again = tf.nest.flatten(batches), tf.nest.flatten(batches_again)
-    assert len(flat) == len(flat_again) and all(np.array_equal(x, y) for x, y in zip(flat, flat_again))
+    assert len(flat) == len(flat_again) and all(np.array_equal(x, y) for x, y in zip(flat, flat_again, strict=True))
     other_schedule, other_batches = stream(4)
+    # one element structure per dataset, 8 batches each: as many arrays on both sides
     assert not np.array_equal(schedule, other_schedule) or not all(
-        np.array_equal(x, y) for x, y in zip(flat, tf.nest.flatten(other_batches))
+        np.array_equal(x, y) for x, y in zip(flat, tf.nest.flatten(other_batches), strict=True)
     )
 
 

@@ -29,7 +29,8 @@ def holder(tmp_path):
         handle = os.open({str(directory / directory_lock.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)
         fcntl.flock(handle, fcntl.LOCK_EX)
         os.write(handle, json.dumps({{"pid": os.getpid(), "host": {socket.gethostname()!r},
-                                     "started": "2026-12-03T08:00:00+00:00", "command": "bin/run --mode=train"}}).encode())
+                                     "started": "2026-12-03T08:00:00+00:00",
+                                     "command": "bin/run --mode=train"}}).encode())
         print("held", flush=True)
         time.sleep(120)
     """)

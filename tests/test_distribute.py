@@ -196,7 +196,7 @@ def test_mixed_float16_scales_the_loss_and_trains(glue_dir, tiny_encoder_factory
         before = [w.copy() for w in model.get_weights()]
         history = model.fit(data.starting_at(0), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0).history
         assert np.isfinite(history["loss"][0])
-        assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+        assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
         assert model.encoder.compute_dtype == "float16" and model.heads["sst2"].compute_dtype == "float32"
     finally:
         keras.config.set_dtype_policy(previous)

@@ -107,7 +107,7 @@ def test_plain_keras_fit_on_finite_epochs_with_callbacks(tiny_encoder_factory, g
     stream = list(data.starting_at(0).take(2 * data.steps_per_epoch))
     epochs = list(data.dataset) + list(data.dataset)
     assert len(epochs) == len(stream)
-    for (x1, y1), (x2, y2) in zip(epochs, stream):
+    for (x1, y1), (x2, y2) in zip(epochs, stream, strict=True):
         np.testing.assert_array_equal(x1["token_ids"].numpy(), x2["token_ids"].numpy())
         np.testing.assert_array_equal(y1["label"].numpy(), y2["label"].numpy())
     data = mt.training_data(splits, preprocessor, config)
@@ -250,7 +250,8 @@ def test_a_saved_model_predicts_raw_strings_in_a_fresh_process(tmp_path, monkeyp
         f"model = mt.load_model({str(tmp_path / 'm')!r})\n"
         "out = model.predict_texts('sst2', ['a gripping, wonderful film', 'dull and boring'])\n"
         "score = model.predict_texts('stsb', ['a cat sat'], ['a cat sits'])['score']\n"
-        "print(json.dumps({'labels': out['label'].tolist(), 'p': out['probabilities'].tolist(), 's': score.tolist()}))\n"
+        "print(json.dumps({'labels': out['label'].tolist(), 'p': out['probabilities'].tolist(),\n"
+        "                  's': score.tolist()}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -61,7 +61,8 @@ def load(name, path):
     for kind in ("single", "pair"):
         inputs = {key: features[f"{kind}/{key}"] for key in backbone.input}
         outputs = backbone(inputs)
-        arrays[f"{name}/{kind}/sequence_output"] = (outputs["sequence_output"] if isinstance(outputs, dict) else outputs).numpy()
+        sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+        arrays[f"{name}/{kind}/sequence_output"] = sequence.numpy()
     result[name] = entry
 
 for name, path in job["presets"].items():

@@ -42,7 +42,10 @@ for name, entry in job["exports"].items():
     auto = transformers.AutoModelForSequenceClassification if entry["task"] else transformers.AutoModel
     model = auto.from_pretrained(path).eval()
     features = np.load(entry["features"])
-    inputs = {"input_ids": torch.tensor(features["token_ids"]), "attention_mask": torch.tensor(features["padding_mask"])}
+    inputs = {
+        "input_ids": torch.tensor(features["token_ids"]),
+        "attention_mask": torch.tensor(features["padding_mask"]),
+    }
     if model.config.model_type == "bert":
         inputs["token_type_ids"] = torch.tensor(features["segment_ids"])
     own = tokenizer(*texts, padding=True, truncation=True, return_tensors="pt")  # max_length: model_max_length
@@ -123,7 +126,7 @@ def _rows(ids) -> list[list[int]]:
 
 
 def _unpadded(ids, mask) -> list[list[int]]:
-    return [[int(i) for i, m in zip(row, row_mask) if m] for row, row_mask in zip(ids, mask)]
+    return [[int(i) for i, m in zip(row, row_mask, strict=True) if m] for row, row_mask in zip(ids, mask, strict=True)]
 
 
 def check_in_transformers(

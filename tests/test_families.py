@@ -69,7 +69,7 @@ def test_each_family_trains_mtdnn_heads_then_saves_and_reloads_exactly(family, t
         epochs=1, batch_size=16, learning_rate=1e-3, verbose=0, checkpoint_every_steps=0, max_seq_length=32
     )
     model = train_model(config, str(tmp_path), train, tasks=tasks, encoder=encoder)  # 8 steps, both tasks
-    assert not all(np.array_equal(a, b) for a, b in zip(initial, model.encoder.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(initial, model.encoder.get_weights(), strict=True))
     before = model.predict_texts("rte", ["a gripping story"], ["who directed it"])["probabilities"]
     assert before.shape == (1, 2) and np.allclose(before.sum(), 1, atol=1e-5)
     loaded = model_dir.load(str(tmp_path))

@@ -225,7 +225,7 @@ def test_ranking_batches_keep_groups_whole(rank_task_file, rank_task, tiny_encod
     encoder = tiny_encoder_factory()
     pre = Preprocessor(load_tokenizer(encoder.vocabulary), 32)
     data = training_data([train], pre, TrainingConfig(batch_size=8, epochs=1))
-    for x, y in data.dataset.take(data.steps_per_epoch):
+    for _x, y in data.dataset.take(data.steps_per_epoch):
         labels = y["label"].numpy().reshape(-1, 4)
         assert np.all((labels == rank_task.positive_index).sum(axis=1) == 1)
     with pytest.raises(ValueError, match="multiple of 4"):

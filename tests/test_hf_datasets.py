@@ -107,7 +107,7 @@ def hf_dir(glue_dir, tmp_path_factory):
     for split, ours in (("train", "train"), ("validation", "dev")):
         data = _glue(glue_dir, "rte", ours)
         with open(root / "notes" / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            for a, b, label in zip(data.text_a, data.text_b, data.labels):
+            for a, b, label in zip(data.text_a, data.text_b, data.labels, strict=True):
                 handle.write(json.dumps({"note": a, "context": b, "grade": ["low", "high"][label]}) + "\n")
     (root / "tasks.yaml").write_text(REVIEWS_TASK_FILE)
     return str(root)

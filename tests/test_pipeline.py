@@ -35,8 +35,8 @@ def test_pipeline_writes_report_with_every_row(experiment):
     results = report["results"]
     assert set(results) == {"sst2", "rte", "stsb"}
     assert set(results["stsb"]) == {"pearson", "spearman"}
-    for task, metrics in results.items():
-        for metric, values in metrics.items():
+    for _task, metrics in results.items():
+        for _metric, values in metrics.items():
             assert set(report["rows"]) <= set(values)
             assert all(np.isfinite(values[row]) for row in report["rows"])
     table = open(os.path.join(root, "report.md")).read()
@@ -176,9 +176,12 @@ def test_distillation_on_unlabelled_text(tmp_path):
     data.mkdir(parents=True)
     words = {1: "good great fine", 0: "bad awful dull"}
     rng = np.random.default_rng(0)
-    rows = [(f"the film was {words[int(l)].split()[i % 3]}", int(l)) for i, l in enumerate(rng.integers(0, 2, 60))]
-    (data / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
-    (data / "dev.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows[:20]))
+    rows = [
+        (f"the film was {words[int(label)].split()[i % 3]}", int(label))
+        for i, label in enumerate(rng.integers(0, 2, 60))
+    ]
+    (data / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows))
+    (data / "dev.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows[:20]))
     (data / "extra.tsv").write_text(
         "text\n" + "".join(f"a plot so {w}\n" for w in ("good", "dull", "fine", "awful") * 10)
     )

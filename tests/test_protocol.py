@@ -139,7 +139,7 @@ def test_seeds_and_the_variants_beyond_the_paper_are_rows_of_one_report(tmp_path
     first, second = model_dir.load(str(root / "student")), model_dir.load(str(root / "student_s2"))
     assert json.load(open(root / "student_s2" / "experiment.json"))["training"]["seed"] == 1
     assert json.load(open(root / "student_anneal" / "experiment.json"))["distillation"]["alpha_schedule"] == "anneal"
-    assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights(), strict=True))
     assert {"student - baseline", "student_anneal - student", "student_r1 - student"} <= set(saved["intervals"]["rte"])
     beats = next(c for c in saved["claims"] if c["key"] == "student_vs_baseline" and c["task"] == "sst2")
     assert beats["method"] == SEED_METHOD and beats["seeds"] == [2, 2] and beats["split"] == "heldout"

@@ -41,7 +41,7 @@ def test_the_interval_is_at_least_as_wide_as_the_seeds_spread_implies():
     rng = np.random.default_rng(3)
     labels, a, b = _experiment(rng, 3, 0.02, seed_sd=0.05, size=400)
     found = compare(accuracy, labels, a, b, resamples=2000)
-    differences = [accuracy(labels, x) - accuracy(labels, y) for x, y in zip(a, b)]
+    differences = [accuracy(labels, x) - accuracy(labels, y) for x, y in zip(a, b, strict=True)]
     half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
     assert found.high - found.low >= 0.95 * 2 * half
     assert found.estimate == pytest.approx(np.mean(differences))
