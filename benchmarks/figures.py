@@ -312,7 +312,7 @@ def real_text_epochs(setup: Setup, examples_per_task: int = 512) -> dict[str, fl
             outputs[name] = [predict_outputs(model, d, 128, by_length=by_length) for d in train]
             if timed:
                 results[f"infer_real_{name}_s"] = time.perf_counter() - started
-    pairs = zip(outputs["length_order"], outputs["data_order"])
+    pairs = zip(outputs["length_order"], outputs["data_order"], strict=True)  # one per split
     results["infer_real_max_abs_diff"] = float(max(np.max(np.abs(a - b)) for a, b in pairs))
     results["infer_real_examples"] = float(sum(len(d) for d in train))
     return results
@@ -390,8 +390,8 @@ def serving(setup: Setup, calls: int = 30) -> dict[str, float]:
             strings = tf.constant(texts[:batch])
             features = pre(strings)
             for name, call in (
-                ("export", lambda: serve(sentence1=strings)["probabilities"]),
-                ("raw", lambda: forward(features)),
+                ("export", lambda strings=strings: serve(sentence1=strings)["probabilities"]),
+                ("raw", lambda features=features: forward(features)),
             ):
                 call()
                 samples = []

@@ -102,7 +102,7 @@ class Peer:
         self.features = [
             {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": int(label)}
             for ids, types, mask, label in zip(
-                encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"], labels
+                encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"], labels, strict=True
             )
         ]
         lengths = [len(f["input_ids"]) for f in self.features]

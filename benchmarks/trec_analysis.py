@@ -35,11 +35,14 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
         labels = np.asarray(train[task].labels)
         stats = soft_labels.statistics(targets, labels)
         stats["class_order_matches_head"] = list(stored.metadata["labels"]) == list(train[task].task.labels)
-        stats["mean_mass_per_class"] = dict(zip(train[task].task.labels, np.round(targets.mean(0), 4).tolist()))
+        stats["mean_mass_per_class"] = dict(
+            zip(train[task].task.labels, np.round(targets.mean(0), 4).tolist(), strict=True)
+        )
         stats["gold_share_per_class"] = dict(
             zip(
                 train[task].task.labels,
                 np.round(np.bincount(labels, minlength=targets.shape[1]) / len(labels), 4).tolist(),
+                strict=True,
             )
         )
         found["soft_targets"][task] = stats
@@ -82,7 +85,7 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
             baselines = [found["models"].get(f"{own}/{RUN('baseline', r)}") for r in range(seeds)]
             if not all(students) or not all(baselines):
                 continue
-            differences = [s[task]["accuracy"] - b[task]["accuracy"] for s, b in zip(students, baselines)]
+            differences = [s[task]["accuracy"] - b[task]["accuracy"] for s, b in zip(students, baselines, strict=True)]
             both = compare(
                 accuracy,
                 labels,
@@ -146,5 +149,6 @@ def _print(found: dict, tasks: Sequence[str]) -> None:
     for name, entries in groups.items():
         print(f"| {name} | " + " | ".join(f"{100 * np.mean([e[c] for e in entries]):.1f}" for c in names) + " |")
     print(
-        f"\nalpha 0 against the baseline of the same seed, max |output difference|: {found['alpha0_max_output_difference']}"
+        "\nalpha 0 against the baseline of the same seed, max |output difference|: "
+        f"{found['alpha0_max_output_difference']}"
     )
