@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtkd_tf.config import check_temperature
 from mtkd_tf.data.split import SplitData
 from mtkd_tf.data.tasks import CLASSIFICATION, Task
+from mtkd_tf.distill.checks import check_temperature
 from mtkd_tf.errors import ConfigError, MtkdError
 from mtkd_tf.runtime.files import write_npz
 
