@@ -135,18 +135,18 @@ def full_run_estimate(setup: figures.Setup, steps: int = 12) -> dict[str, float]
 
     config = ExperimentConfig.from_flagfile("configs/moviesuite_full.cfg", model_dir="/tmp/mtkd-estimate")
     experiment = Experiment(config)
-    train = experiment.train_data
+    train = experiment.data.train
     batch, epochs = config.training.batch_size, config.training.epochs
     per_epoch = sum(math.ceil(len(d) / batch) for d in train.values())
     models = config.teachers.num_teachers + 1 + int(config.distillation.train_baseline)
     total_steps = models * per_epoch * epochs
     # Timed: steady-state steps of the real MT-DNN on real batches, in the configured precision.
     policy = distribute.set_precision(config.runtime.mixed_precision)
-    encoder = experiment.encoder(config.model.encoder, None, 0)
+    encoder = experiment.ctx.encoder(config.model.encoder, None, 0)
     preprocessor = training.encoder_preprocessor(encoder, config.model.max_seq_length)
     from mtkd_tf.models.mtdnn import MTDNN
 
-    model = MTDNN(encoder.backbone, experiment.tasks, preprocessor=preprocessor)
+    model = MTDNN(encoder.backbone, experiment.data.tasks, preprocessor=preprocessor)
     data = training.training_data([train[t.name] for t in model.tasks], preprocessor, config.training)
     model.compile(optimizer=training.make_optimizer(config.training, 10_000))
     iterator = iter(data.starting_at(0))
@@ -163,12 +163,12 @@ def full_run_estimate(setup: figures.Setup, steps: int = 12) -> dict[str, float]
     # Inference: soft labels (teachers x teacher-task training examples) + evaluation of every model on dev.
     from mtkd_tf.models.inference import predict_outputs
 
-    dev = experiment.dev_data
+    dev = experiment.data.dev
     sample = next(iter(next(iter(dev.values())).values()))
     started = time.perf_counter()
     predict_outputs(model, sample, config.runtime.eval_batch_size)
     per_example = (time.perf_counter() - started) / len(sample)
-    labelled = sum(len(train[name]) for name in experiment.teacher_tasks) * config.teachers.num_teachers
+    labelled = sum(len(train[name]) for name in experiment.data.teacher_tasks) * config.teachers.num_teachers
     evaluated = sum(len(d) for splits in dev.values() for d in splits.values()) * (models + 1)
     inference = per_example * (labelled + evaluated)
     return {

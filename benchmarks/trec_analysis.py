@@ -25,8 +25,8 @@ def analyse(out: str, configs: Mapping, seeds: int, tasks: Sequence[str]) -> dic
     from mtkd_tf.models.inference import predict_outputs
 
     main = Experiment(configs["main"])
-    dev = {task: main.dev_data[task]["dev"] for task in tasks}
-    train = {task: main.train_data[task] for task in tasks}
+    dev = {task: main.data.dev[task]["dev"] for task in tasks}
+    train = {task: main.data.train[task] for task in tasks}
     found: dict = {"cpu": _cpu(), "cores": os.cpu_count(), "soft_targets": {}, "models": {}, "probes": {}}
 
     for task in tasks:  # the soft targets on the training examples

@@ -54,7 +54,7 @@ def test_strategy_factory_names_and_errors(monkeypatch):
 def test_multi_worker_coordination_tolerates_a_minute_without_heartbeats():
     """A worker starved of CPU for 10 s (TensorFlow's default) must not abort the cluster."""
     code = (
-        "from mtkd_tf import distribute\nfrom tensorflow.python.eager import context\n"
+        "from mtkd_tf.training import distribute\nfrom tensorflow.python.eager import context\n"
         "distribute.configure_coordination_service()\nconfig = context.context().coordination_service\n"
         "print(config.heartbeat_timeout_in_ms, config.service_leader, config.service_type,"
         " [(job.name, job.num_tasks) for job in config.coordinated_job_list])"

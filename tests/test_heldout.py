@@ -57,8 +57,8 @@ def test_an_experiment_trains_without_its_heldout_examples(tmp_path, monkeypatch
         assert len(held) == 30 and len(data) == 100 and held.labels is not None
         assert not set(held.ids) & set(data.ids)
     plain = mt.Experiment(config.replace(heldout_examples=0, model_dir=str(tmp_path / "b")))
-    assert plain.heldout_data == {}
-    assert len(plain.train_data["sst2"]) == 100
+    assert plain.data.heldout == {}
+    assert len(plain.data.train["sst2"]) == 100
 
 
 def test_a_labelled_fraction_keeps_labels_by_id_and_the_rest_become_unlabelled_text():

@@ -176,7 +176,7 @@ def test_the_gate_stops_before_any_student_when_the_ensemble_does_not_beat_the_b
     assert gate["open"] is False and gate["margin"] == 1000.0
     # the gate's scores, recomputed here from predict_texts: sst2 dev accuracy x100 of the
     # members' averaged probabilities and of baseline run 0
-    dev = mt.Experiment(_config(tmp_path)).dev_data["sst2"]["dev"]
+    dev = mt.Experiment(_config(tmp_path)).data.dev["sst2"]["dev"]
     members = [model_dir.load(str(root / "teachers" / f"member_{k}")) for k in range(2)]
     mean = np.mean([m.predict_texts("sst2", dev.text_a)["probabilities"] for m in members], axis=0)
     baseline = model_dir.load(str(root / "baseline")).predict_texts("sst2", dev.text_a)["label_id"]
