@@ -5,6 +5,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402  (CrashAt; after TF_CPP_MIN_LOG_LEVEL is set)
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,3 +142,20 @@ def served(tiny_export):
     from mtkd_tf.export import saved_model as export
 
     return export.load_export(tiny_export)
+
+
+class Crash(Exception):
+    """Stands in for a pre-emption in in-process tests."""
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises at the end of global step `step` (after that step's checkpoint, if any)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise Crash(f"killed at step {self.step}")

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 from child_runs import Child
-from conftest import ROOT
+from conftest import ROOT, Crash, CrashAt
 
 from mtkd_tf.config import TrainingConfig
 from mtkd_tf.data.preprocessing import Preprocessor, load_tokenizer
@@ -31,23 +31,6 @@ from mtkd_tf.training.checkpointing import CheckpointError, NumericalError, Trai
 
 TASKS = [GLUE_TASKS["rte"], GLUE_TASKS["stsb"]]  # rte has the SAN head: its step dropout draws RNG too
 CONFIG = TrainingConfig(batch_size=8, epochs=2, learning_rate=1e-3, seed=3, verbose=0, checkpoint_every_steps=4)
-
-
-class Crash(Exception):
-    """Stands in for a pre-emption in in-process tests."""
-
-
-class CrashAt(keras.callbacks.Callback):
-    """Raises at the end of global step `step` (after that step's checkpoint, if any)."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.seen = step, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            raise Crash(f"killed at step {self.step}")
 
 
 @pytest.fixture(scope="module")

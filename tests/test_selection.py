@@ -7,7 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, Crash, CrashAt
 
 import mtkd_tf as mt
 from mtkd_tf.config import TrainingConfig
@@ -50,21 +50,6 @@ def make_model(tiny_encoder_factory):
         return MTDNN(encoder.backbone, TASKS), Preprocessor(load_tokenizer(encoder.vocabulary), 64)
 
     return make
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.seen = step, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            raise Crash(f"killed at step {self.step}")
 
 
 SCORES = [0.50, 0.70, 0.70, 0.60, 0.90]  # best at 2 (3 ties: the earlier stays), stop after 4 with patience 2
