@@ -268,8 +268,15 @@ class SoftLabels(Stage):
 
     name = "soft_labels"
 
-    def __init__(self, ctx: Context, directory: str | None = None, teachers: Callable[[], dict] | None = None):
+    def __init__(
+        self,
+        ctx: Context,
+        directory: str | None = None,
+        teachers: Callable[[], dict] | None = None,
+        name: str = "soft_labels",
+    ):
         super().__init__(ctx)
+        self.name = name
         self.directory = directory or self.layout.soft_labels_dir
         self._teachers = teachers or ctx.teachers.by_task
 
@@ -362,10 +369,8 @@ class Variants(StageGroup):
         teacher = self.layout.student_dir
         for number in range(1, distillation.self_distill_rounds + 1):
             labels, row = self.layout.round_soft_labels_dir(number), self.layout.round_row(number)
-            found.append(
-                SoftLabels(ctx, labels, lambda teacher=teacher: {t: [teacher] for t in ctx.data.teacher_tasks})
-            )
-            found[-1].name = f"soft_labels of round {number}"
+            round_teacher = lambda teacher=teacher: {t: [teacher] for t in ctx.data.teacher_tasks}  # noqa: E731
+            found.append(SoftLabels(ctx, labels, round_teacher, name=f"soft_labels of round {number}"))
             found.append(
                 ModelStage(
                     ctx,
