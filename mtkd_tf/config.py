@@ -39,6 +39,7 @@ MODES = (
     "export_transformers",
 )
 OPTIMIZERS = ("adamax", "adamax_fused", "adamw", "adam")
+TEACHER_CHECKS = ("off", "warn", "skip")
 
 
 def setting(
@@ -255,6 +256,13 @@ class TeacherConfig(_Group):
     teacher_dir: str | None = setting(None, "Where members are trained (default: <model_dir>/teachers).")
     teacher_dirs: list[str] = setting(
         [], "Explicit teacher model dirs (e.g. earlier students, for self-distillation).", factory=True
+    )
+    teacher_check: str = setting(
+        "skip",
+        "Before its soft labels are made, check each teacher task (docs/protocol.md): members that did not "
+        "converge are left out of its ensemble; a task whose ensemble or soft targets fail is, under skip, "
+        "trained on hard labels only (alpha 0), under warn warned about and distilled, under off not checked.",
+        choices=TEACHER_CHECKS,
     )
     gate_margin: float | None = setting(
         None,
