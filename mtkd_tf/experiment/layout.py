@@ -183,6 +183,11 @@ class ExperimentLayout:
         """Where the soft labels being made in `directory` are kept until each task's file is written."""
         return os.path.join(directory, PARTIAL)
 
+    @staticmethod
+    def teacher_check_file(directory: str) -> str:
+        """The teacher check of the soft labels in `directory` (`distill.teacher_check`)."""
+        return os.path.join(directory, "teacher_check.json")
+
     # --- the student side -------------------------------------------------------------------------
     def run_dir(self, name: str, run: int) -> str:
         """Seed run `run` (0-based) of "student" or "baseline": its directory, then `<dir>_s2`, ..."""

@@ -10,12 +10,13 @@ import dataclasses
 import logging
 from typing import Sequence
 
-from mtkd_tf.distill import ensemble
+from mtkd_tf.distill import ensemble, teacher_check
 from mtkd_tf.distill.student import Distillation
 from mtkd_tf.experiment.context import Context
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
 from mtkd_tf.training import distribute
 from mtkd_tf.training.finetune import finetune, finetune_seed
+from mtkd_tf.training.selection import selection_splits
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -40,13 +41,12 @@ def train_student(
     """The distilled student of seed `seed` (`settings`: other distillation settings; by default
     it learns from the experiment's soft labels and teachers); returned in float32."""
     config = dataclasses.replace(ctx.config.replace(seed=seed), distillation=settings or ctx.config.distillation)
-    objective = Distillation(
-        config.distillation,
-        ctx.data.teacher_tasks,
-        soft_labels_dir or ctx.readable("soft_labels_dir"),
-        ctx.teachers.dirs() if teacher_dirs is None else teacher_dirs,
-        ctx.data.unlabelled,
-    )
+    soft_labels_dir = soft_labels_dir or ctx.readable("soft_labels_dir")
+    teacher_dirs = ctx.teachers.dirs() if teacher_dirs is None else teacher_dirs
+    tasks, check = ctx.data.teacher_tasks, ctx.layout.teacher_check_file(soft_labels_dir)
+    if ctx.config.teachers.teacher_check != "off":  # the tasks the check skipped train on hard labels
+        tasks, teacher_dirs = teacher_check.distilled_tasks(check, tasks), teacher_check.kept_dirs(check, teacher_dirs)
+    objective = Distillation(config.distillation, tasks, soft_labels_dir, teacher_dirs, ctx.data.unlabelled)
     student = ctx.train(config, directory, "student", encoder=ctx.student_encoder(seed), objective=objective)
     return in_precision(student, "float32")
 
@@ -80,12 +80,12 @@ def finetune_copy(ctx: Context, source: str, task: str, directory: str, label: s
 
 
 def write_soft_labels(ctx: Context, teachers: dict[str, list[str]], directory: str) -> None:
-    """The soft labels of `teachers` (`{task: member dirs}`) on the teacher tasks' data."""
+    """The soft labels of `teachers` (`{task: member dirs}`) on those teacher tasks' data."""
     config = ctx.config
     distillation = config.distillation
     ensemble.make_soft_labels(
         teachers,
-        ctx.data.soft_label_data(),
+        {name: data for name, data in ctx.data.soft_label_data().items() if name in teachers},
         distillation.temperature,
         directory,
         config.runtime.eval_batch_size,
@@ -93,3 +93,26 @@ def write_soft_labels(ctx: Context, teachers: dict[str, list[str]], directory: s
         distribute.inference_policy(distillation.soft_labels_precision),
         partial_dir=ctx.layout.soft_labels_partial(directory),
     )
+
+
+def check_teachers(ctx: Context, teachers: dict[str, list[str]], directory: str) -> dict[str, str]:
+    """The teacher check (`distill.teacher_check`) of `teachers` (`{task: member dirs}`) around
+    making their soft labels in `directory`; records it there and returns the teachers each
+    distilled task's targets came from."""
+    config, data = ctx.config, ctx.data
+    mode, selection = config.teachers.teacher_check, config.training.selection_examples
+    batch = config.runtime.eval_batch_size
+    checks = {}
+    for name, dirs in teachers.items():
+        dev = next(iter(selection_splits(data.dev, [name], selection).get(name, {}).values()), None)
+        train = data.train[name]
+        checks[name] = teacher_check.check_task(train.task, dirs, dev, train.labels, mode, batch)
+    made = {name: found.teachers() for name, found in checks.items() if found.distilled}
+    write_soft_labels(ctx, made, directory)
+    for name in made:
+        train = data.train[name]
+        teacher_check.check_soft_targets(checks[name], train.task, directory, train, config.distillation.temperature)
+    for found in checks.values():
+        teacher_check.report(found)
+    teacher_check.write_checks(ctx.layout.teacher_check_file(directory), mode, checks)
+    return made

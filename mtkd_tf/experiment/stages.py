@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mtkd_tf.distill import ensemble
+from mtkd_tf.distill import ensemble, teacher_check
 from mtkd_tf.errors import MtkdError
 from mtkd_tf.experiment import recipes
 from mtkd_tf.experiment.context import Context
@@ -284,9 +284,21 @@ class SoftLabels(Stage):
         return [self.directory]
 
     def done(self) -> bool:
-        return ensemble.soft_labels_valid(
-            self.directory, self.ctx.data.soft_label_data(), self.config.distillation.temperature
-        )
+        data, mode = self.ctx.data.soft_label_data(), self.config.teachers.teacher_check
+        if mode != "off":  # done when checked in this mode, of these teachers, and every distilled task written
+            checks = teacher_check.read_checks(self.layout.teacher_check_file(self.directory))
+            teachers = self._teachers()
+            if (
+                checks is None
+                or set(checks) != set(data)
+                or any(
+                    found.mode != mode or _paths([m["model_dir"] for m in found.members]) != _paths(teachers[name])
+                    for name, found in checks.items()
+                )
+            ):
+                return False
+            data = {name: splits for name, splits in data.items() if checks[name].distilled}
+        return ensemble.soft_labels_valid(self.directory, data, self.config.distillation.temperature)
 
     def result(self) -> str:
         return self.directory
@@ -295,8 +307,15 @@ class SoftLabels(Stage):
         self.announce(
             f"averaging the teachers' predictions on {', '.join(self.ctx.data.teacher_tasks)} -> {self.directory}"
         )
-        recipes.write_soft_labels(self.ctx, self._teachers(), self.directory)
+        if self.config.teachers.teacher_check == "off":
+            recipes.write_soft_labels(self.ctx, self._teachers(), self.directory)
+        else:
+            recipes.check_teachers(self.ctx, self._teachers(), self.directory)
         return self.directory
+
+
+def _paths(directories: Sequence[str]) -> list[str]:
+    return sorted(os.path.abspath(directory) for directory in directories)
 
 
 def student_stage(ctx: Context, run: int = 0) -> ModelStage:
