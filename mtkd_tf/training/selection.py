@@ -30,8 +30,10 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
+from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.data.split import SplitData, subset
 from mtkd_tf.models import evaluation
+from mtkd_tf.models.inference import labelled_splits, predict_outputs
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -75,6 +77,7 @@ class DevSelection(keras.callbacks.Callback):
         self.waited = 0
         self.stopped: str | None = None
         self.seconds = 0.0  # spent scoring on dev (since this process started the run)
+        self._tokens: dict | None = None
 
     # --- the state a checkpoint carries ----------------------------------------------------------
     def state(self) -> dict:
@@ -96,8 +99,15 @@ class DevSelection(keras.callbacks.Callback):
 
     # --- each epoch -------------------------------------------------------------------------------
     def score(self) -> float:
-        """The mean over the dev splits of each task's first metric (x1, as `evaluate` gives it)."""
-        results = evaluation.evaluate(self.mtdnn, self.dev, self.batch_size)
+        """The mean over the dev splits of each task's first metric (x1, as `evaluate` gives it).
+        The splits are tokenised once, at the first epoch: the preprocessor does not train."""
+        if self._tokens is None:
+            self._tokens = {key: tokenize_all(data, self.mtdnn.preprocessor) for key, data in labelled_splits(self.dev)}
+        outputs = {
+            key: predict_outputs(self.mtdnn, data, self.batch_size, tokens=self._tokens[key])
+            for key, data in labelled_splits(self.dev)
+        }
+        results = evaluation.score_outputs(self.dev, outputs)
         return float(np.mean([next(iter(metrics.values())) for metrics in results.values()]))
 
     def on_epoch_end(self, epoch, logs=None):
