@@ -286,3 +286,39 @@ def kept_dirs(path: str, teacher_dirs: Sequence[str]) -> list[str]:
         if not member["kept"]
     }
     return [directory for directory in teacher_dirs if os.path.abspath(directory) not in dropped]
+
+
+def markdown(checks: Mapping[str, Mapping]) -> str:
+    """report.md's section on the check (`checks`: `{task: TaskCheck.to_json()}`): per task its
+    decision, the members kept and dropped with their scores and rules, and the failures."""
+    lines = [
+        "| task | decision | members kept (dev) | members dropped | ensemble (reference) | soft targets |",
+        "|---|---|---|---|---|---|",
+    ]
+    details = []
+    for task, found in checks.items():
+        kept = ", ".join(
+            f"{m['name']} {m['score']:.1f}" for m in found["members"] if m["kept"] and m["score"] is not None
+        )
+        dropped = ", ".join(f"{m['name']} {m['score']:.1f}" for m in found["members"] if not m["kept"])
+        reference = found.get("reference") or {}
+        ensemble = (
+            f"{found['ensemble']:.1f} ({reference['name']} {reference['score']:.1f})"
+            if found.get("ensemble") is not None
+            else "-"
+        )
+        lines.append(
+            f"| {task} | {found['decision']} | {kept or '-'} | {dropped or '-'} | {ensemble} | "
+            f"{_targets_cell(found.get('targets') or {}, found.get('thresholds') or {})} |"
+        )
+        details += [f"- {task}: {m['name']} left out: {m['reason']}" for m in found["members"] if not m["kept"]]
+        details += [f"- {task}: {failure}" for failure in found.get("failures", [])]
+    return "\n".join(lines + ([""] + details if details else []))
+
+
+def _targets_cell(targets: Mapping, thresholds: Mapping) -> str:
+    if "gold_probability" in targets:
+        return f"mean p(gold) {targets['gold_probability']:.3f} (needs {thresholds['gold_probability']:.3f})"
+    if "correlation" in targets:
+        return f"correlation {targets['correlation']:.1f} (needs {thresholds['correlation']:.1f})"
+    return "-"
