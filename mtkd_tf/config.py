@@ -349,6 +349,21 @@ class DistillationConfig(_Group):
         "are trained once); the report gives mean +/- sd and the interval of the mean difference.",
         lower=1,
     )
+    primary_claims: list[str] = setting(
+        [],
+        "The report's primary claims by key (student_vs_baseline, ensemble_vs_baseline, kept_share, "
+        "gain_carries, ...: report.CLAIMS), on every task: Holm runs over them and, separately, over the "
+        "other (secondary) claims. Fixed when the pipeline starts (<model_dir>/claims_family.json): a resumed "
+        "run or --mode=report asking for another family is refused (default: one family of every tested claim).",
+        factory=True,
+    )
+    bootstrap_resamples: int = setting(
+        100_000,
+        "Bootstrap resamples of the report's intervals and p-values, recorded in report_inputs.json "
+        "(--mode=report uses the run's own; evidence without it used 1000): 100,000 leave p fixed to 0.01 "
+        "and the bounds to about 0.1 point (the report's footer gives the Monte Carlo error).",
+        lower=100,
+    )
     compare_anneal: bool = setting(
         False,
         "Also train a student with alpha_schedule=anneal (<student_dir>_anneal) on the "
@@ -364,6 +379,10 @@ class DistillationConfig(_Group):
 
     def validate(self) -> None:
         super().validate()
+        if self.primary_claims:
+            from mtkd_tf.experiment.report import check_claim_keys  # the claims' owner (loads the experiment)
+
+            check_claim_keys(self.primary_claims)
         check_alpha(self.alpha, self.task_alpha)  # the soft loss term checks them too (distill/checks.py)
         check_temperature(self.temperature)
         if self.compare_anneal and self.alpha_schedule == "anneal":

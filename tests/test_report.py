@@ -108,6 +108,7 @@ def test_three_seeds_give_seed_aware_claims_as_wide_as_the_seeds_spread_implies(
         "seeds",
         "p",
         "p_adjusted",
+        "family",
         "verdict",
         "reason",
     }

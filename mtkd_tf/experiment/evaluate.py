@@ -12,7 +12,7 @@ from mtkd_tf.data.tasks import CLASSIFICATION, RANKING
 from mtkd_tf.distill import ensemble, soft_labels
 from mtkd_tf.experiment.layout import finetuned_row
 from mtkd_tf.experiment.output_cache import OutputCache
-from mtkd_tf.experiment.report import INPUTS, OUTPUTS, Evidence, write_report
+from mtkd_tf.experiment.report import INPUTS, OUTPUTS, Evidence, fix_family, write_report
 from mtkd_tf.experiment.stages import Stage
 from mtkd_tf.models import evaluation, inference
 from mtkd_tf.models import model_dir as model_dir_lib
@@ -42,6 +42,7 @@ class Evaluate(Stage):
         return OutputCache(self.layout.partial_dir(self.name), self.config.runtime.eval_batch_size)
 
     def run(self) -> dict[str, dict]:
+        fix_family(self.layout.root, self.config.distillation.primary_claims)  # refuses a family changed mid-run
         data = self.ctx.data
         heldout, dev = data.heldout, data.dev
         self.announce(
@@ -140,6 +141,8 @@ class Evaluate(Stage):
             config=config.to_dict(),
             environment=environment(ctx.precision),
             seed=config.training.seed,
+            resamples=config.distillation.bootstrap_resamples,
+            primary_claims=sorted(set(config.distillation.primary_claims)) or None,
         )
 
     def soft_target_statistics(self) -> dict[str, dict]:

@@ -25,7 +25,7 @@ from mtkd_tf.export import transformers as export_transformers_lib
 from mtkd_tf.models import evaluation
 from mtkd_tf.models import model_dir as model_dir_lib
 from mtkd_tf.models.mtdnn import in_precision
-from mtkd_tf.runtime.files import write_json
+from mtkd_tf.runtime.files import read_json, write_json
 from mtkd_tf.training import distribute
 
 logger = logging.getLogger("mtkd_tf")
@@ -146,13 +146,17 @@ def export_transformers(config: ExperimentConfig) -> str:
 
 
 def report(config: ExperimentConfig) -> dict:
-    """Rebuilds a finished run's report from its saved evidence alone (no model is loaded); a run
-    stopped by its closed gate gets the gate's report, from gate.json."""
+    """Rebuilds a finished run's report from its saved evidence alone (no model is loaded), with the
+    run's own resample count and claims' families (`--primary_claims`, if given, must be the run's);
+    a run stopped by its closed gate gets the gate's report, from gate.json."""
     if not config.runtime.model_dir:
         raise ConfigError("report needs model_dir (a finished pipeline run)", "model_dir")
     root = config.runtime.model_dir
-    if gate_lib.closed(root) and not os.path.isfile(os.path.join(root, report_lib.INPUTS)):
+    inputs = os.path.join(root, report_lib.INPUTS)
+    if gate_lib.closed(root) and not os.path.isfile(inputs):
         report, text = gate_lib.untestable_report(root)
         print(text)
         return report
+    if config.distillation.primary_claims and os.path.isfile(inputs):  # empty: the run's own family
+        report_lib.same_family(read_json(inputs).get("primary_claims"), config.distillation.primary_claims, root)
     return report_lib.rebuild(root)

@@ -15,12 +15,15 @@ choice: teacher selection, the picked member), on each task's first metric:
 - the gain carries to tasks without a teacher, asked only where a teacher task gained;
 - after fine-tuning the student beats the baseline; beyond the paper, each variant beats the student.
 Each claim is `{key, claim, task, metric, split, estimate, low, high, level, method, seeds, p,
-p_adjusted, verdict, reason}`; `verdict` is holds / does not hold / not significant / untested.
+p_adjusted, family, verdict, reason}`; `verdict` is holds / does not hold / not significant / untested.
 `key` names what is claimed (`student_vs_baseline`; `CLAIMS` holds every key with its title) and
 `(key, task)` names one claim: the report matches claims on keys alone, `claim` is the title to read.
 Intervals are seed-aware (`significance.compare`) where a side has two or more runs; a
 comparison of single runs is "untested" (its example-only interval is shown, labelled). Intervals
-are unadjusted 95%; verdicts use Holm-adjusted p-values over every tested claim of the report.
+are unadjusted 95%; verdicts use Holm-adjusted p-values within each `family`: the run's primary
+claims (`--primary_claims`, fixed when the run starts: `fix_family`) and, separately, the other,
+secondary ones; with none named, one family of every tested claim (`all`). The evidence records the
+bootstrap's resample count (evidence without it used 1,000); the footer gives its Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -33,9 +36,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mtkd_tf.experiment import plots
+from mtkd_tf.errors import ConfigError
+from mtkd_tf.experiment import plots, significance
 from mtkd_tf.experiment.layout import members, seed_runs, variant
-from mtkd_tf.experiment.significance import LEVEL, RESAMPLES, Comparison, compare_many, holm, ratio_interval
+from mtkd_tf.experiment.significance import (
+    LEVEL,
+    REGISTERED_RESAMPLES,
+    Comparison,
+    compare_many,
+    holm,
+    ratio_interval,
+)
 from mtkd_tf.models.evaluation import METRIC_FUNCTIONS
 from mtkd_tf.runtime.files import read_json, write_atomic, write_json, write_npz
 
@@ -86,6 +97,75 @@ def claim_kind(key: str) -> tuple[str, str | None]:
     raise KeyError(f"{key!r} is not a claim of the report; known: {', '.join(CLAIMS)}, {VARIANT_CLAIM[0]}")
 
 
+# --- the claims' families: Holm runs within each, fixed before the run ------------------------------
+
+PRIMARY, SECONDARY, ALL = "primary", "secondary", "all"  # a claim's Holm family (`all`: no primary claims named)
+FAMILY_FILE = "claims_family.json"  # the run's primary claims, recorded when its pipeline starts
+KNOWN_KEYS = ", ".join([*CLAIMS, "student_anneal_vs_student", "student_r<n>_vs_student (n = 1, 2, ...)"])
+
+
+def check_claim_keys(keys: Sequence[str], setting: str = "primary_claims") -> None:
+    """Every key in `keys` names a claim of the report (`claim_kind`), or a ConfigError names it."""
+    unknown = []
+    for key in keys:
+        try:
+            claim_kind(key)
+        except KeyError:
+            unknown.append(key)
+    if unknown:
+        raise ConfigError(
+            f"{setting}: {', '.join(repr(k) for k in unknown)} is not a claim of the report; known: {KNOWN_KEYS}",
+            setting,
+        )
+
+
+def family(key: str, primary: Sequence[str] | None) -> str:
+    """The Holm family of the claims named `key`: primary or secondary when the run named primary claims, else all."""
+    if not primary:
+        return ALL
+    return PRIMARY if key in primary else SECONDARY
+
+
+def describe_family(primary: Sequence[str] | None) -> str:
+    """A family as the errors say it."""
+    return (
+        f"primary claims {', '.join(sorted(primary))}" if primary else "no primary claims (one family of every claim)"
+    )
+
+
+def same_family(recorded: Sequence[str] | None, given: Sequence[str] | None, root: str) -> None:
+    """A ConfigError naming both families if `given` differs from the one the run in `root` recorded."""
+    if sorted(set(recorded or ())) != sorted(set(given or ())):
+        raise ConfigError(
+            f"primary_claims: the run in {root} recorded {describe_family(recorded)}, not "
+            f"{describe_family(given)}: a run's family is fixed before it starts (use the recorded one; "
+            "--mode=report with --primary_claims empty uses it)",
+            "primary_claims",
+        )
+
+
+def recorded_family(root: str) -> tuple[bool, list[str] | None]:
+    """`(found, primary claims)` a run in `root` recorded: its family file, else its evidence (from
+    before family files; no field: no primary claims)."""
+    for name in (FAMILY_FILE, INPUTS):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            return True, read_json(path).get("primary_claims") or None
+    return False, None
+
+
+def fix_family(root: str, primary: Sequence[str] | None) -> list[str] | None:
+    """Records the run's primary claims in `root` before its first stage; a run resumed (or a report
+    built) with a different family is refused, naming both. Returns the family."""
+    found, recorded = recorded_family(root)
+    if found:
+        same_family(recorded, primary, root)
+        if os.path.isfile(os.path.join(root, FAMILY_FILE)):
+            return recorded
+    write_json(os.path.join(root, FAMILY_FILE), {"primary_claims": sorted(set(primary)) if primary else None})
+    return sorted(set(primary)) if primary else None
+
+
 @dataclasses.dataclass
 class Evidence:
     """Everything a report is built from. `predictions[(row, task, split)]` are decided predictions
@@ -107,6 +187,8 @@ class Evidence:
     config: dict = dataclasses.field(default_factory=dict)
     environment: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
+    resamples: int = REGISTERED_RESAMPLES
+    primary_claims: list[str] | None = None
 
     def save(self, root: str) -> None:
         arrays = {f"pred|{row}|{task}|{split}": value for (row, task, split), value in self.predictions.items()}
@@ -221,6 +303,7 @@ def _claim(
         "seeds": None,
         "p": None,
         "p_adjusted": None,
+        "family": None,  # set by `_judge`
         "verdict": UNTESTED,
         "reason": untested or reason,
     }
@@ -239,15 +322,19 @@ def _claim(
     return claim
 
 
-def _judge(claims: list[dict]) -> None:
-    """Holm over every claim still to judge; then holds / does not hold / not significant."""
-    family = [claim for claim in claims if claim["verdict"] is None]
-    for claim, adjusted in zip(family, holm([claim["p"] for claim in family]), strict=True):
-        claim["p_adjusted"] = adjusted
-        if adjusted < ALPHA:
-            claim["verdict"] = HOLDS if claim["estimate"] > 0 else FAILS
-        else:
-            claim["verdict"] = NOT_SIGNIFICANT
+def _judge(claims: list[dict], primary: Sequence[str] | None) -> None:
+    """Holm within each family (the primary claims, the secondary ones; or one of all) over the claims
+    still to judge; then holds / does not hold / not significant."""
+    for claim in claims:
+        claim["family"] = family(claim["key"], primary)
+    for name in (PRIMARY, SECONDARY, ALL):
+        judged = [claim for claim in claims if claim["verdict"] is None and claim["family"] == name]
+        for claim, adjusted in zip(judged, holm([claim["p"] for claim in judged]), strict=True):
+            claim["p_adjusted"] = adjusted
+            if adjusted < ALPHA:
+                claim["verdict"] = HOLDS if claim["estimate"] > 0 else FAILS
+            else:
+                claim["verdict"] = NOT_SIGNIFICANT
 
 
 def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: str | None) -> dict[str, Comparison]:
@@ -282,7 +369,7 @@ def comparisons(evidence: Evidence, task: str, split: str, metric: str, picked: 
         evidence.labels[(task, split)],
         [(side(a), variant_side(a, b)) for a, b in pairs],
         evidence.groups.get((task, split)),
-        RESAMPLES,
+        evidence.resamples,
         evidence.seed,
     )
     return {f"{a} - {b}": comparison for (a, b), comparison in zip(pairs, found, strict=True)}
@@ -317,7 +404,7 @@ def claims(evidence: Evidence) -> tuple[list[dict], dict]:
         metric = evidence.metric_name(task, split, meta["metrics"][0])
         everything += _task_claims(task, metric, split, found[task], task in teacher_tasks, dev_note)
     everything = [c for c in everything if c["reason"] != "no rows to compare"]
-    _judge(everything)
+    _judge(everything, evidence.primary_claims)
     _gates(everything, evidence, found, teacher_tasks)
     return everything, found
 
@@ -342,7 +429,10 @@ def _task_claims(
             if has("ensemble_vs_picked_member")
             else "",
         )
-        claim("ensemble_vs_baseline")
+        claim(
+            "ensemble_vs_baseline",
+            "one ensemble against the baseline's seeds: the ensemble's own training noise is not included",
+        )
         claim("student_vs_baseline")
     elif has("gain_carries"):
         claim("gain_carries")
@@ -383,6 +473,7 @@ def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_task
             "seeds": None,
             "p": None,
             "p_adjusted": None,
+            "family": family("kept_share", evidence.primary_claims),
             "verdict": UNTESTED,
         }
         if verdict.get(("ensemble_vs_baseline", task)) != HOLDS:
@@ -413,6 +504,12 @@ def _gates(everything: list[dict], evidence: Evidence, found: dict, teacher_task
         everything.insert(beats[0] + 1, kept)
 
 
+def p_text(p: float) -> str:
+    """A p-value as the report prints it: to 0.01, and to 0.001 below 0.01 (what the default resample
+    count leaves fixed; the footer gives the Monte Carlo error)."""
+    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
 def claim_line(claim: Mapping) -> str:
     """One claim as text: the estimate with its interval (x100; the kept share as a fraction), p, verdict, why."""
     what = f"- {claim['claim']}: {claim['task']} {claim['metric']} ({claim['split']})"
@@ -421,13 +518,59 @@ def claim_line(claim: Mapping) -> str:
         show = (lambda v: f"{v:+.2f}") if share else (lambda v: f"{100 * v:+.1f}")  # noqa: E731
         what += f" {show(claim['estimate'])} [{show(claim['low'])}, {show(claim['high'])}]"
     if claim["p"] is not None:
-        what += f", p {claim['p']:.3f}" + (
-            f" (Holm {claim['p_adjusted']:.3f})" if claim["p_adjusted"] is not None else ""
+        within = f", {claim['family']}" if claim.get("family") in (PRIMARY, SECONDARY) else ""
+        what += f", p {p_text(claim['p'])}" + (
+            f" (Holm {p_text(claim['p_adjusted'])}{within})" if claim["p_adjusted"] is not None else ""
         )
     if claim["seeds"]:
         what += f", runs {claim['seeds'][0]} vs {claim['seeds'][1]}"
     verdict = claim["verdict"] + (f" ({claim['reason']})" if claim["reason"] else "")
     return f"{what}: **{verdict}**"
+
+
+def monte_carlo(found_claims: Sequence[Mapping], found: Mapping, resamples: int, seed: int) -> dict:
+    """The bootstrap's Monte Carlo error in this report: the largest standard error of a p, of a
+    Holm-adjusted p (its multiplier times its p's) and of an interval bound (points x100)."""
+    tested = [c for c in found_claims if c["p"] is not None and c["method"] is not None]
+    errors = [significance.p_error(c["p"], resamples) for c in tested]
+    adjusted = [
+        significance.p_error(c["p"], resamples) * c["p_adjusted"] / c["p"]
+        for c in tested
+        if c["p_adjusted"] is not None and c["p_adjusted"] < 1 and c["p"] > 0
+    ]
+    bounds = [
+        100 * max(significance.bound_error(comparison.draws, LEVEL))
+        for pairs in found.values()
+        for comparison in pairs.values()
+        if comparison.draws is not None and len(comparison.draws) > 1
+    ]
+    return {
+        "resamples": resamples,
+        "seed": seed,
+        "p_se_max": max(errors, default=None),
+        "p_adjusted_se_max": max(adjusted, default=None),
+        "bound_se_max": max(bounds, default=None),
+    }
+
+
+def monte_carlo_text(error: Mapping) -> str:
+    """report.md's footer: the resample count and the Monte Carlo error of what the report prints."""
+    count = error["resamples"]
+    text = (
+        f"\n\nMonte Carlo error ({count:,} bootstrap resamples, seed {error['seed']}; p is printed to 0.01, or 0.001 "
+        f"below 0.01, bounds to 0.1 point): a p's standard error is 2 sqrt(q (1 - q) / {count:,}) with q = p / 2, "
+        f"at most {1 / np.sqrt(count):.3f}"
+    )
+    if error["p_se_max"] is not None:
+        text += f", here at most {error['p_se_max']:.3f}"
+    if error["p_adjusted_se_max"] is not None:
+        text += f"; a Holm-adjusted p's is its multiplier times that, here at most {error['p_adjusted_se_max']:.3f}"
+    bound = error["bound_se_max"]
+    if bound is not None:
+        text += "; an interval bound's, from the draws around it, is " + (
+            f"at most {bound:.2f} points here" if bound >= 0.005 else "below 0.01 points here"
+        )
+    return text + "."
 
 
 # --- warnings and the whole report ----------------------------------------------------------------
@@ -494,13 +637,24 @@ def _scores_text(evidence: Evidence, dev: Mapping, held: Mapping, order: list) -
     return text
 
 
-def _claims_text(found_claims: list[dict]) -> str:
+def _families_text(primary: Sequence[str] | None) -> str:
+    """What the claims' Holm adjustment runs over."""
+    if not primary:
+        return "verdicts use Holm-adjusted p over every tested claim"
+    return (
+        f"verdicts use Holm-adjusted p within each family, fixed before the run: the primary claims "
+        f"({', '.join(sorted(primary))}; Holm over the tested ones, marked primary) and, separately, the "
+        "secondary ones (every other tested claim, marked secondary)"
+    )
+
+
+def _claims_text(found_claims: list[dict], primary: Sequence[str] | None = None) -> str:
     """The claims with their verdicts, and why one seed leaves them untested."""
     text = ""
     if found_claims:
         text += (
             "\n\nThe paper's claims (each task's first metric; estimate x100 with its unadjusted 95% interval; "
-            "verdicts use Holm-adjusted p over every tested claim; intervals count seeds and examples where a "
+            f"{_families_text(primary)}; intervals count seeds and examples where a "
             "side has 2+ runs, else the claim is untested):\n" + "\n".join(claim_line(c) for c in found_claims)
         )
     if any("one seed" in c["reason"] for c in found_claims):
@@ -545,13 +699,22 @@ def build(evidence: Evidence) -> tuple[dict, str]:
     order = columns(dev, evidence.rows)
     found_claims, found = claims(evidence)
     warning_lines = warnings(dev, evidence)
-    text = _scores_text(evidence, dev, held, order) + _claims_text(found_claims) + _ensemble_text(evidence)
+    text = (
+        _scores_text(evidence, dev, held, order)
+        + _claims_text(found_claims, evidence.primary_claims)
+        + _ensemble_text(evidence)
+    )
     if warning_lines:
         text += "\n\nWarnings:\n" + "\n".join(f"- {line}" for line in warning_lines)
+    error = monte_carlo(found_claims, found, evidence.resamples, evidence.seed)
+    if found_claims:
+        text += monte_carlo_text(error)
     report = {
         "results": dev,
         "results_heldout": held,
         "claims": found_claims,
+        "primary_claims": evidence.primary_claims,
+        "bootstrap": error,
         "intervals": {
             task: {
                 "split": next((c["split"] for c in found_claims if c["task"] == task), None),

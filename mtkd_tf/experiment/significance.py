@@ -24,8 +24,8 @@ covered 97% (conservative: the t draw's heavy tails add to the examples' part), 
 over seeds alone covered 88%; counting the interaction twice would cover 98% without it. With one
 run per side, `compare` gives the example-only interval, labelled as such; its verdict is "untested".
 `holm` adjusts a family of p-values for multiple comparisons; `p_error` and `bound_error` give the
-Monte Carlo error of a p and of the bounds at the resample count (blocks of resamples are scored at
-once, each exactly as the metric scores it alone).
+Monte Carlo error of a p and of the bounds at the resample count (`RESAMPLES`, 100,000 by default:
+blocks of resamples are scored at once, each exactly as the metric scores it alone).
 
 >>> labels = np.array([0, 1] * 100)
 >>> runs = lambda errors: [np.where(np.arange(200) < e, 1 - labels, labels) for e in errors]
@@ -44,7 +44,7 @@ from scipy import stats
 
 from mtkd_tf.models.evaluation import accuracy, f1, matthews_corr, pearson, spearman
 
-RESAMPLES = 1000
+RESAMPLES = 100_000  # the default: p to about +-0.003 and bounds to about +-0.1 point (docs/protocol.md)
 REGISTERED_RESAMPLES = 1000  # what evidence that records no count used (the experiments of docs/results.md)
 BLOCK = 1 << 22  # resampled rows x examples drawn at a time: memory stays bounded at any count
 LEVEL = 0.95
