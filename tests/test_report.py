@@ -265,7 +265,23 @@ def test_warnings_read_each_tasks_loss_after_the_warmup_epoch():
         "student: t's training loss fell 30% over its last epoch: it has not converged, "
         "more epochs may change the comparison"
     ]
-    assert any(line.startswith("t: the teachers' accuracy spans") for line in found) is False  # 74-76: within 5 points
+    assert not any("did not converge (dev" in line for line in found)  # members 74-76: all converged
+
+
+def test_warnings_name_each_member_that_did_not_converge_by_the_teacher_checks_rule():
+    evidence = _evidence(_run({}, student=0.8, baseline=0.7))
+    dev = report_lib.scores(evidence, heldout=False)
+    scores = {row: 100 * value for row, value in dev["t"]["accuracy"].items() if row.startswith("member_")}
+    best = max(scores.values())
+    evidence.trivial = {"t": best - 1.0}  # every member within 2 points of the trivial predictor
+    evidence.teacher_check = {"mode": "skip", "tasks": {"t": {"members": [{"name": "member_0", "kept": False}]}}}
+    found = [line for line in report_lib.warnings(dev, evidence) if "did not converge" in line]
+    assert len(found) == len(scores)
+    assert found[0].startswith("t: member_0 did not converge (dev accuracy: ")
+    assert found[0].endswith("; the teacher check left it out of the ensemble")
+    assert not any(line.endswith("ensemble") for line in found[1:])
+    evidence.trivial = {}  # unknown trivial predictor: only the distance below the best member counts
+    assert not [line for line in report_lib.warnings(dev, evidence) if "did not converge" in line]
 
 
 def test_seed_rows_give_mean_and_sd_columns():

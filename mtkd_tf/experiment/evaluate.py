@@ -9,7 +9,7 @@ import numpy as np
 
 from mtkd_tf.data.split import HELDOUT, SplitData, ids_digest
 from mtkd_tf.data.tasks import CLASSIFICATION, RANKING
-from mtkd_tf.distill import ensemble, soft_labels
+from mtkd_tf.distill import ensemble, soft_labels, teacher_check
 from mtkd_tf.experiment.layout import finetuned_row
 from mtkd_tf.experiment.output_cache import OutputCache
 from mtkd_tf.experiment.report import INPUTS, OUTPUTS, Evidence, fix_family, write_report
@@ -128,6 +128,13 @@ class Evaluate(Stage):
             selection=optional(selection),
             gate=optional(layout.gate_file),
             soft_targets=self.soft_target_statistics(),
+            teacher_check=optional(layout.teacher_check_file(ctx.readable("soft_labels_dir")))
+            if config.teachers.teacher_check != "off"
+            else None,
+            trivial={
+                name: teacher_check.trivial_score(data.task, data.task.metrics[0], data.labels)
+                for name, data in ctx.data.train.items()
+            },
             warmup_fraction=config.training.warmup_fraction,
             heldout={
                 task: {

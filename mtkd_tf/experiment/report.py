@@ -36,6 +36,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mtkd_tf.distill import teacher_check
+from mtkd_tf.distill.teacher_check import did_not_converge
 from mtkd_tf.errors import ConfigError
 from mtkd_tf.experiment import plots, significance
 from mtkd_tf.experiment.layout import members, seed_runs, variant
@@ -53,7 +55,6 @@ from mtkd_tf.runtime.files import read_json, write_atomic, write_json, write_npz
 INPUTS, OUTPUTS = "report_inputs.json", "report_outputs.npz"
 KEPT_THRESHOLD = 0.5  # "keeps most of the gain" (the paper says nearly all)
 ALPHA = 1 - LEVEL
-SPREAD_WARNING = 0.05  # members this far apart on a task (5 points): the ensemble measures seeds
 STILL_LEARNING = 0.10  # a task's loss that fell 10% or more over the last epoch: not converged
 HOLDS, FAILS, NOT_SIGNIFICANT, UNTESTED = "holds", "does not hold", "not significant", "untested"
 
@@ -189,6 +190,8 @@ class Evidence:
     seed: int = 0
     resamples: int = REGISTERED_RESAMPLES
     primary_claims: list[str] | None = None
+    teacher_check: dict | None = None  # soft_labels/teacher_check.json: {"mode", "tasks": {task: check}}
+    trivial: dict[str, float] = dataclasses.field(default_factory=dict)  # each task's trivial predictor (x100)
 
     def save(self, root: str) -> None:
         arrays = {f"pred|{row}|{task}|{split}": value for (row, task, split), value in self.predictions.items()}
@@ -577,15 +580,22 @@ def monte_carlo_text(error: Mapping) -> str:
 
 
 def warnings(dev: Mapping, evidence: Evidence) -> list[str]:
-    """Where a comparison measures noise: members far apart, or a task's loss still falling after warm-up."""
+    """Where a comparison measures noise: a member that did not converge (`teacher_check.did_not_converge`,
+    on its dev score), or a task's loss still falling after warm-up."""
     found = []
+    checked = (evidence.teacher_check or {}).get("tasks", {})
     for task, metrics in dev.items():
         metric = next(iter(metrics))
-        values = [metrics[metric][row] for row in members(list(metrics[metric]))]
-        if len(values) > 1 and max(values) - min(values) > SPREAD_WARNING:
+        scores = {row: 100 * metrics[metric][row] for row in members(list(metrics[metric]))}
+        best = max(scores.values(), default=0.0)
+        for row, score in scores.items():
+            reason = did_not_converge(score, evidence.trivial.get(task), best)
+            if reason is None:
+                continue
+            left_out = any(m["name"] == row and not m["kept"] for m in checked.get(task, {}).get("members", []))
             found.append(
-                f"{task}: the teachers' {metric} spans {100 * min(values):.1f}-{100 * max(values):.1f} "
-                f"(more than {100 * SPREAD_WARNING:.0f} points): the ensemble mixes converged and unconverged members"
+                f"{task}: {row} did not converge (dev {metric}: {reason})"
+                + ("; the teacher check left it out of the ensemble" if left_out else "")
             )
     for row, history in evidence.histories.items():
         warm = int(np.ceil(evidence.warmup_fraction * len(history))) if history else 0
@@ -682,6 +692,11 @@ def _ensemble_text(evidence: Evidence) -> str:
             + ", ".join(f"{name} {100 * entry['mean']:.1f}" for name, entry in ranked)
             + f"; kept {', '.join(selection['chosen'])}."
         )
+    if evidence.teacher_check:
+        text += (
+            f"\n\nTeacher check (--teacher_check={evidence.teacher_check['mode']}; rules in docs/protocol.md; dev x100 "
+            "on the selection subset):\n\n" + teacher_check.markdown(evidence.teacher_check["tasks"])
+        )
     if evidence.gate:
         gate = evidence.gate
         text += (
@@ -724,6 +739,7 @@ def build(evidence: Evidence) -> tuple[dict, str]:
         },
         "warnings": warning_lines,
         "soft_targets": evidence.soft_targets,
+        "teacher_check": evidence.teacher_check,
         "heldout": evidence.heldout,
         "teacher_selection": dict(evidence.selection or {}),
         "gate": evidence.gate,
