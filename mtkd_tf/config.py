@@ -352,7 +352,7 @@ class DistillationConfig(_Group):
     primary_claims: list[str] = setting(
         [],
         "The report's primary claims by key (student_vs_baseline, ensemble_vs_baseline, kept_share, "
-        "gain_carries, ...: report.CLAIMS), on every task: Holm runs over them and, separately, over the "
+        "gain_carries, ...: claim_keys.CLAIMS), on every task: Holm runs over them and, separately, over the "
         "other (secondary) claims. Fixed when the pipeline starts (<model_dir>/claims_family.json): a resumed "
         "run or --mode=report asking for another family is refused (default: one family of every tested claim).",
         factory=True,
@@ -380,7 +380,7 @@ class DistillationConfig(_Group):
     def validate(self) -> None:
         super().validate()
         if self.primary_claims:
-            from mtkd_tf.experiment.report import check_claim_keys  # the claims' owner (loads the experiment)
+            from mtkd_tf.experiment.claim_keys import check_claim_keys  # the report's claims, by key
 
             check_claim_keys(self.primary_claims)
         check_alpha(self.alpha, self.task_alpha)  # the soft loss term checks them too (distill/checks.py)

@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from mtkd_tf.distill.soft_labels import statistics
+from mtkd_tf.experiment import claim_keys
 from mtkd_tf.experiment import report as report_lib
 from mtkd_tf.experiment.layout import run_row
 from mtkd_tf.experiment.report import HOLDS, NOT_SIGNIFICANT, UNTESTED, Evidence
@@ -224,9 +225,9 @@ def test_claims_are_matched_on_their_keys_and_a_title_is_only_read(monkeypatch):
     assert sum(c["p_adjusted"] is not None for c in before) >= 6
     # every claim reworded to the same title: matching on titles would mix the claims up
     reworded = {key: ("Reworded", comparison) for key, (_, comparison) in report_lib.CLAIMS.items()}
-    monkeypatch.setattr(report_lib, "CLAIMS", reworded)
+    monkeypatch.setattr(claim_keys, "CLAIMS", reworded)
     monkeypatch.setattr(
-        report_lib, "VARIANT_CLAIM", (report_lib.VARIANT_CLAIM[0], "Reworded", report_lib.VARIANT_CLAIM[2])
+        claim_keys, "VARIANT_CLAIM", (claim_keys.VARIANT_CLAIM[0], "Reworded", claim_keys.VARIANT_CLAIM[2])
     )
     after, _ = report_lib.claims(evidence)
     assert {c["claim"] for c in after} == {"Reworded"}
