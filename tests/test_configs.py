@@ -27,7 +27,11 @@ COMMAND_LINE = {
 # Settings added after the runs whose default is not what the runs did: the value that reproduces
 # them (configs/protocol.cfg sets it). Dev-based selection and the teacher check (issue #40) are on
 # by default since.
-BEFORE_THE_SETTING = {"training.select_best_on_dev": False, "teachers.teacher_check": "off"}
+BEFORE_THE_SETTING = {
+    "training.select_best_on_dev": False,
+    "teachers.teacher_check": "off",
+    "distillation.bootstrap_resamples": 1000,
+}
 
 
 def _flat(config: dict) -> dict[str, object]:

@@ -25,6 +25,7 @@ import keras
 
 from mtkd_tf.config import ExperimentConfig
 from mtkd_tf.errors import ConfigError
+from mtkd_tf.experiment import report as report_lib
 from mtkd_tf.experiment import stages as stages_lib
 from mtkd_tf.experiment.context import Context
 from mtkd_tf.experiment.data import ExperimentData
@@ -106,6 +107,7 @@ class Experiment:
     def _run(self) -> dict:
         ctx = self.ctx
         ctx.validate()
+        report_lib.fix_family(self.layout.root, self.config.distillation.primary_claims)  # before the first stage
         started, stages = time.time(), self.stages()
         for stage in stages:
             ctx.clock.plan(stage.steps())
