@@ -214,7 +214,9 @@ class TrainingConfig(_Group):
     selection_examples: int = setting(
         1000,
         "With select_best_on_dev: dev examples per task (ranking: questions) that select the epoch, a fixed "
-        "subset chosen by a hash of their ids when dev is larger (0: all of dev).",
+        "subset chosen by a hash of their ids when dev is larger (0: all of dev); never more than a quarter "
+        "of the task's training examples, so each epoch's dev pass stays a small share of it. The teacher check "
+        "scores members on this subset without that cap.",
         lower=0,
     )
     selection_tasks: list[str] = setting(

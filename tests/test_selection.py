@@ -114,7 +114,8 @@ def test_a_trained_model_records_its_selection_and_keeps_the_best_epoch(tmp_path
     assert set(record) >= {"kept_epoch", "dev_curve", "stopped"}
     assert sorted(record["dev_curve"]) == ["1", "2", "3"] and record["stopped"] == "trained the maximum 3 epoch(s)"
     assert record["kept_epoch"] == first_maximum(record["dev_curve"])
-    splits = selection_splits(experiment.data.dev, ["sst2", "stsb"], config.training.selection_examples)
+    limits = {name: len(experiment.data.train[name]) // 4 for name in ("sst2", "stsb")}  # a quarter of training
+    splits = selection_splits(experiment.data.dev, ["sst2", "stsb"], config.training.selection_examples, limits)
     results = evaluation.evaluate(mt.load_model(str(tmp_path / "m")), splits)
     score = np.mean([next(iter(metrics.values())) for metrics in results.values()])
     assert score == pytest.approx(record["dev_curve"][str(record["kept_epoch"])], abs=1e-6)
@@ -124,8 +125,8 @@ def test_selection_is_off_without_labelled_dev_data_and_with_the_flag():
     settings = TrainingConfig()
     assert settings.select_best_on_dev  # the library's default (docs/protocol.md says why)
     model = object()
-    assert training.dev_selection(settings, model, ["rte"], None, "/nowhere", 8) is None
-    assert training.dev_selection(TrainingConfig(select_best_on_dev=False), model, ["rte"], {}, "/x", 8) is None
+    assert training.dev_selection(settings, model, {"rte": 48}, None, "/nowhere", 8) is None
+    assert training.dev_selection(TrainingConfig(select_best_on_dev=False), model, {"rte": 48}, {}, "/x", 8) is None
 
 
 def test_the_selection_subset_is_fixed_by_id_and_capped(splits):
@@ -136,3 +137,6 @@ def test_the_selection_subset_is_fixed_by_id_and_capped(splits):
     shuffled = {"rte": {"dev": splits[0].select(np.random.default_rng(0).permutation(len(splits[0])))}}
     assert set(only(selection_splits(shuffled, ["rte"], 10), "rte").ids) == set(only(chosen, "rte").ids)
     assert only(selection_splits(dev, ["rte", "stsb"], 0), "stsb") is splits[1]  # 0: all of dev
+    capped = selection_splits(dev, ["rte", "stsb"], 10, {"rte": 4})  # a quarter of 16 training examples
+    assert len(only(capped, "rte")) == 4 and len(only(capped, "stsb")) == 10
+    assert set(only(capped, "rte").ids) <= set(only(chosen, "rte").ids)  # the smaller subset is within the larger

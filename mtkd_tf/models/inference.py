@@ -42,12 +42,30 @@ def predict_outputs(
     shapes earlier calls saw.) Under a strategy with several replicas in one worker, Keras's
     `predict` spreads each batch over them, with a fresh trace per call for the same reason.
     """
-    head = data.task.predict_with or data.task.name
+    return predict_prepared(model, data, prepare(model, data, batch_size, by_length, tokens))
+
+
+def prepare(
+    model: keras.Model,
+    data: SplitData,
+    batch_size: int = 128,
+    by_length: bool = True,
+    tokens: tuple[tf.RaggedTensor, ...] | None = None,
+) -> tuple[np.ndarray, tf.data.Dataset]:
+    """`(order, batches)` that `predict_prepared` runs: made once, they serve every later call on
+    the same data (dev selection scores the same splits after every epoch; building the batches
+    traces their packing function, a fixed cost of each call)."""
     preprocessor = model.preprocessor
     tokens = tokens if tokens is not None else tokenize_all(data, preprocessor)
     order = length_order(tokens) if by_length else np.arange(len(data))
     budget = batch_size * preprocessor.sequence_length if by_length else 0
-    dataset = inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
+    return order, inference_dataset(data, preprocessor, batch_size, order, tokens, token_budget=budget)
+
+
+def predict_prepared(model: keras.Model, data: SplitData, prepared: tuple[np.ndarray, tf.data.Dataset]) -> np.ndarray:
+    """`predict_outputs` on batches made by `prepare` (for `model`'s preprocessor)."""
+    head = data.task.predict_with or data.task.name
+    order, dataset = prepared
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1 and not is_multi_worker():
         model.predict_function = None  # a fresh trace (see above)

@@ -30,10 +30,9 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
-from mtkd_tf.data.batching import tokenize_all
 from mtkd_tf.data.split import SplitData, subset
 from mtkd_tf.models import evaluation
-from mtkd_tf.models.inference import labelled_splits, predict_outputs
+from mtkd_tf.models.inference import labelled_splits, predict_prepared, prepare
 
 logger = logging.getLogger("mtkd_tf")
 
@@ -41,16 +40,21 @@ SALT = "selection"  # the seeded subset of a large dev split: blake2b("selection
 
 
 def selection_splits(
-    dev: Mapping[str, Mapping[str, SplitData]], tasks: Sequence[str], examples: int
+    dev: Mapping[str, Mapping[str, SplitData]],
+    tasks: Sequence[str],
+    examples: int,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, SplitData]]:
     """The labelled dev splits that select a model: each of `tasks`' first labelled dev split,
-    cut to `examples` examples (ranking: questions) chosen by a hash of their ids (0: all)."""
+    cut to `examples` examples (ranking: questions; 0: all), and to `limits[task]` where given,
+    chosen by a hash of their ids (a smaller subset is a prefix of the larger one's order)."""
     found = {}
     for task in tasks:
         labelled = [data for data in dev.get(task, {}).values() if data.labels is not None]
         if labelled:
             first = labelled[0]
-            found[task] = {first.split: subset(first, examples, SALT) if examples else first}
+            count = min(examples or len(first), (limits or {}).get(task, len(first)))
+            found[task] = {first.split: subset(first, count, SALT)}
     return found
 
 
@@ -77,7 +81,7 @@ class DevSelection(keras.callbacks.Callback):
         self.waited = 0
         self.stopped: str | None = None
         self.seconds = 0.0  # spent scoring on dev (since this process started the run)
-        self._tokens: dict | None = None
+        self._prepared: dict | None = None
 
     # --- the state a checkpoint carries ----------------------------------------------------------
     def state(self) -> dict:
@@ -100,12 +104,13 @@ class DevSelection(keras.callbacks.Callback):
     # --- each epoch -------------------------------------------------------------------------------
     def score(self) -> float:
         """The mean over the dev splits of each task's first metric (x1, as `evaluate` gives it).
-        The splits are tokenised once, at the first epoch: the preprocessor does not train."""
-        if self._tokens is None:
-            self._tokens = {key: tokenize_all(data, self.mtdnn.preprocessor) for key, data in labelled_splits(self.dev)}
+        The splits are tokenised and batched once, at the first epoch: the preprocessor does not train."""
+        if self._prepared is None:
+            self._prepared = {
+                key: prepare(self.mtdnn, data, self.batch_size) for key, data in labelled_splits(self.dev)
+            }
         outputs = {
-            key: predict_outputs(self.mtdnn, data, self.batch_size, tokens=self._tokens[key])
-            for key, data in labelled_splits(self.dev)
+            key: predict_prepared(self.mtdnn, data, self._prepared[key]) for key, data in labelled_splits(self.dev)
         }
         results = evaluation.score_outputs(self.dev, outputs)
         return float(np.mean([next(iter(metrics.values())) for metrics in results.values()]))

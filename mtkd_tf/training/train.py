@@ -461,7 +461,8 @@ def train_model(
         task_ids=task_ids,
     )
     trainer = model if objective is None else objective.trainer(model, data.steps_per_epoch * settings.epochs)
-    selection = dev_selection(settings, model, list(train), dev, model_dir, config.runtime.eval_batch_size)
+    sizes = {name: len(data) for name, data in train.items()}
+    selection = dev_selection(settings, model, sizes, dev, model_dir, config.runtime.eval_batch_size)
     return fit_and_save(
         trainer, model, encoder, data, settings, model_dir, callbacks, label, clock, config.to_dict(), selection
     )
@@ -499,17 +500,20 @@ def _model_and_splits(
 def dev_selection(
     settings: TrainingConfig,
     model,
-    trained: Sequence[str],
+    trained: Mapping[str, int],
     dev: Mapping[str, Mapping[str, SplitData]] | None,
     model_dir: str,
     batch_size: int,
 ) -> DevSelection | None:
     """The dev selection of a run (None when it is off, or when no task has labelled dev data,
-    which is logged: the model then trains every epoch)."""
+    which is logged: the model then trains every epoch). `trained`: each task's training examples;
+    a task is scored on at most a quarter as many dev examples (and `selection_examples`), so that
+    an epoch's dev pass, an inference on at most a quarter of its examples, stays a small share of it."""
     if not settings.select_best_on_dev:
         return None
     tasks = [name for name in (settings.selection_tasks or trained) if name in trained]
-    splits = selection_splits(dev or {}, tasks, settings.selection_examples)
+    limits = {name: max(1, trained[name] // 4) for name in tasks}
+    splits = selection_splits(dev or {}, tasks, settings.selection_examples, limits)
     if not splits:
         (logger.info if dev is None else logger.warning)(
             "select_best_on_dev: none of %s has labelled dev data here; training all %d epoch(s) without selection",
