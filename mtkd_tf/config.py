@@ -266,6 +266,14 @@ class TeacherConfig(_Group):
         "trained on hard labels only (alpha 0), under warn warned about and distilled, under off not checked.",
         choices=TEACHER_CHECKS,
     )
+    soft_labels_file: dict[str, str] = dataclasses.field(
+        default_factory=dict,
+        metadata={
+            "help": "task:PATH items: a task's soft targets from a file (JSON Lines or CSV of id or text, and "
+            "probabilities per label or a score; README), e.g. labels from a large model served elsewhere; "
+            "such a task needs no teachers."
+        },
+    )
     gate_margin: float | None = setting(
         None,
         "Pipeline gate (points x100): after the teachers and baseline run 0, the "
@@ -652,13 +660,17 @@ def from_flag_value(field: dataclasses.Field, value: Any) -> Any:
     """A flag's parsed value as the field's type (lists of numbers, task:alpha items)."""
     kind = _base_type(field)
     if typing.get_origin(kind) is dict:
+        _, value_type = typing.get_args(kind)
         result = {}
         for item in value or []:
-            name, _, number = item.partition(":")
+            name, colon, text = item.partition(":")
             try:
-                result[name] = float(number)
-            except ValueError:  # also catches a missing ":" (float of "")
-                raise ConfigError(f"{field.name} item {item!r} is not task:alpha", field.name) from None
+                if not colon or not name or not text:
+                    raise ValueError(item)
+                result[name] = value_type(text)
+            except ValueError:
+                spelled = "task:alpha" if value_type is float else "task:PATH"
+                raise ConfigError(f"{field.name} item {item!r} is not {spelled}", field.name) from None
         return result
     if typing.get_origin(kind) is list:
         (item_type,) = typing.get_args(kind)

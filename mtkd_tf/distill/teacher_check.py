@@ -235,6 +235,13 @@ def check_task(
     return found
 
 
+def from_file(train: SplitData, mode: str, path: str) -> TaskCheck:
+    """The record of a task whose soft targets come from a file: no members to check."""
+    task = train.task
+    trivial = trivial_score(task, task.metrics[0], train.labels)
+    return TaskCheck(task.name, task.metrics[0], mode, trivial, [], note=f"soft targets from the file {path}")
+
+
 def check_soft_targets(found: TaskCheck, task: Task, directory: str, train: SplitData, temperature: float) -> None:
     """Rule 3 on the soft labels written in `directory` for `train`'s labelled examples (where the
     kept members made them and rule 3 applies to the task's type)."""

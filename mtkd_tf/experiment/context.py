@@ -51,6 +51,16 @@ class TeacherSet:
         )
 
     @property
+    def from_files(self) -> dict[str, str]:
+        """`{task: path}`: teacher tasks whose soft targets come from a file (`soft_labels_file`)."""
+        return dict(self.config.teachers.soft_labels_file)
+
+    @property
+    def needed(self) -> bool:
+        """Whether any teacher task needs members trained (every task may have a file instead)."""
+        return not self.given and any(name not in self.from_files for name in self.data.teacher_tasks)
+
+    @property
     def pooled(self) -> bool:
         """Whether the best `num_teachers` are chosen from a larger pool."""
         teachers = self.config.teachers
@@ -85,6 +95,7 @@ class TeacherSet:
             if self.finetuned and name in teacher_tasks
             else members
             for name in (tasks if tasks is not None else teacher_tasks)
+            if name not in self.from_files
         }
 
 
@@ -167,10 +178,33 @@ class Context:
                     "teacher pool by",
                     "teacher_selection_tasks",
                 )
+        self._check_files()
         missing = [directory for directory in config.teachers.teacher_dirs if not model_dir_lib.exists(directory)]
         if missing:
             raise ConfigError(f"teacher_dirs: no trained model in {', '.join(missing)}", "teacher_dirs")
         self.validated = True
+
+    def _check_files(self) -> None:
+        """`soft_labels_file`: each names a teacher task and a file that exists; the soft targets are
+        cached soft labels (online teachers and the gate need trained teachers)."""
+        files, teacher_tasks = self.teachers.from_files, self.data.teacher_tasks
+        if not files:
+            return
+        unknown = sorted(set(files) - set(teacher_tasks))
+        if unknown:
+            raise ConfigError(
+                f"soft_labels_file names {', '.join(unknown)}, not among the teacher tasks {', '.join(teacher_tasks)}",
+                "soft_labels_file",
+            )
+        missing = [f"{task}:{path}" for task, path in files.items() if not os.path.isfile(path)]
+        if missing:
+            raise ConfigError(f"soft_labels_file: no such file: {', '.join(missing)}", "soft_labels_file")
+        if self.config.distillation.online_teachers or self.config.teachers.gate_margin is not None:
+            raise ConfigError(
+                "soft_labels_file gives cached soft targets: it cannot be combined with online_teachers or "
+                "gate_margin, which need trained teachers",
+                ("soft_labels_file", "online_teachers" if self.config.distillation.online_teachers else "gate_margin"),
+            )
 
     # --- what the recipes share ------------------------------------------------------------------
     @property

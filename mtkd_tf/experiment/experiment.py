@@ -81,11 +81,13 @@ class Experiment:
     def stages(self) -> list[stages_lib.Stage]:
         """The pipeline, in order: what `run()` walks and what its time estimate adds up."""
         ctx, config = self.ctx, self.config
-        found: list[stages_lib.Stage] = [stages_lib.Teachers(ctx)]
-        if ctx.teachers.pooled:
-            found.append(stages_lib.Selection(ctx))
-        if ctx.teachers.finetuned:
-            found.append(stages_lib.TeacherFinetune(ctx))
+        found: list[stages_lib.Stage] = []
+        if ctx.teachers.needed or not ctx.teachers.from_files:  # every task's targets from a file: no members
+            found.append(stages_lib.Teachers(ctx))
+            if ctx.teachers.pooled:
+                found.append(stages_lib.Selection(ctx))
+            if ctx.teachers.finetuned:
+                found.append(stages_lib.TeacherFinetune(ctx))
         gated = config.teachers.gate_margin is not None
         if gated:
             found += [stages_lib.baseline_stage(ctx, 0), Gate(ctx)]
@@ -144,6 +146,11 @@ class Experiment:
         if ctx.teachers.given:
             ctx.announce("teachers", f"using {len(ctx.teachers.given)} given model(s)")
             return ctx.teachers.given
+        if not ctx.teachers.needed:
+            ctx.announce(
+                "teachers", "every teacher task's soft targets come from a file (soft_labels_file): none to train"
+            )
+            return []
         stages_lib.Teachers(ctx)()
         if ctx.teachers.pooled:
             stages_lib.Selection(ctx)()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Sequence
 
-from mtkd_tf.distill import ensemble, teacher_check
+from mtkd_tf.distill import ensemble, soft_label_file, soft_labels, teacher_check
 from mtkd_tf.distill.student import Distillation
 from mtkd_tf.experiment.context import Context
 from mtkd_tf.models.mtdnn import MTDNN, in_precision
@@ -95,19 +96,21 @@ def write_soft_labels(ctx: Context, teachers: dict[str, list[str]], directory: s
     )
 
 
-def check_teachers(ctx: Context, teachers: dict[str, list[str]], directory: str) -> dict[str, str]:
+def check_teachers(
+    ctx: Context, teachers: dict[str, list[str]], directory: str, files: dict[str, str] | None = None
+) -> dict[str, str]:
     """The teacher check (`distill.teacher_check`) of `teachers` (`{task: member dirs}`) around
-    making their soft labels in `directory`; records it there and returns the teachers each
-    distilled task's targets came from."""
+    making their soft labels in `directory`; records it there (tasks whose targets are `files` are
+    recorded as not checked) and returns the teachers each distilled task's targets came from."""
     config, data = ctx.config, ctx.data
     mode, selection = config.teachers.teacher_check, config.training.selection_examples
     batch = config.runtime.eval_batch_size
-    checks = {}
+    checks = {name: teacher_check.from_file(data.train[name], mode, path) for name, path in (files or {}).items()}
     for name, dirs in teachers.items():
         dev = next(iter(selection_splits(data.dev, [name], selection).get(name, {}).values()), None)
         train = data.train[name]
         checks[name] = teacher_check.check_task(train.task, dirs, dev, train.labels, mode, batch)
-    made = {name: found.teachers() for name, found in checks.items() if found.distilled}
+    made = {name: found.teachers() for name, found in checks.items() if found.distilled and name not in (files or {})}
     write_soft_labels(ctx, made, directory)
     for name in made:
         train = data.train[name]
@@ -116,3 +119,34 @@ def check_teachers(ctx: Context, teachers: dict[str, list[str]], directory: str)
         teacher_check.report(found)
     teacher_check.write_checks(ctx.layout.teacher_check_file(directory), mode, checks)
     return made
+
+
+def write_file_soft_labels(ctx: Context, files: dict[str, str], directory: str) -> None:
+    """The soft labels of the tasks whose targets are in a file (`soft_labels_file`), written as
+    the ensemble's would be, with the file's sha256 (a changed file makes them again)."""
+    data, temperature = ctx.data.soft_label_data(), ctx.config.distillation.temperature
+    for name, path in files.items():
+        splits = data[name]
+        task = splits[0].task
+        targets = soft_label_file.read_targets(path, task, splits, temperature)
+        soft = soft_labels.build(task, splits, targets, [path], temperature)
+        soft.metadata["source_sha256"] = soft_label_file.file_digest(path)
+        os.makedirs(directory, exist_ok=True)
+        soft_labels.write(soft_labels.path_for(directory, name), soft)
+        logger.info("soft labels of %s: %d examples from the file %s", name, len(soft.ids), path)
+
+
+def file_soft_labels_current(directory: str, files: dict[str, str]) -> bool:
+    """Whether each file task's soft labels in `directory` were made from its file as it is now."""
+    for name, path in files.items():
+        target = soft_labels.path_for(directory, name)
+        if not os.path.isfile(target):
+            return False
+        try:
+            metadata = soft_labels.read(target).metadata
+        except soft_labels.SoftLabelError:
+            return False
+        if metadata.get("source_sha256") != soft_label_file.file_digest(path):
+            logger.info("soft labels of %s: %s changed since they were made; making them again", name, path)
+            return False
+    return True

@@ -279,12 +279,15 @@ class SoftLabels(Stage):
         self.name = name
         self.directory = directory or self.layout.soft_labels_dir
         self._teachers = teachers or ctx.teachers.by_task
+        self.files = ctx.teachers.from_files if teachers is None else {}  # tasks whose targets are in a file
 
     def outputs(self) -> list[str]:
         return [self.directory]
 
     def done(self) -> bool:
         data, mode = self.ctx.data.soft_label_data(), self.config.teachers.teacher_check
+        if not recipes.file_soft_labels_current(self.directory, self.files):
+            return False
         if mode != "off":  # done when checked in this mode, of these teachers, and every distilled task written
             checks = teacher_check.read_checks(self.layout.teacher_check_file(self.directory))
             teachers = self._teachers()
@@ -292,7 +295,8 @@ class SoftLabels(Stage):
                 checks is None
                 or set(checks) != set(data)
                 or any(
-                    found.mode != mode or _paths([m["model_dir"] for m in found.members]) != _paths(teachers[name])
+                    found.mode != mode
+                    or _paths([m["model_dir"] for m in found.members]) != _paths(teachers.get(name, []))
                     for name, found in checks.items()
                 )
             ):
@@ -307,10 +311,11 @@ class SoftLabels(Stage):
         self.announce(
             f"averaging the teachers' predictions on {', '.join(self.ctx.data.teacher_tasks)} -> {self.directory}"
         )
+        recipes.write_file_soft_labels(self.ctx, self.files, self.directory)
         if self.config.teachers.teacher_check == "off":
             recipes.write_soft_labels(self.ctx, self._teachers(), self.directory)
         else:
-            recipes.check_teachers(self.ctx, self._teachers(), self.directory)
+            recipes.check_teachers(self.ctx, self._teachers(), self.directory, self.files)
         return self.directory
 
 
