@@ -40,6 +40,9 @@ MINILM = [
     "--deterministic",
     f"--checkpoint_every_steps={EVERY}",
     "--verbose=0",
+    # 16 examples per task: the teacher check (docs/protocol.md) would skip tasks whose teachers
+    # did not converge, and these tests are about the distillation's bits, so it is off here.
+    "--teacher_check=off",
 ]
 TRAIN = [*MINILM, "--mode=train"]
 DISTILL = [*MINILM, "--epochs=1"]  # later flags win
